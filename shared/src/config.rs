@@ -1,0 +1,490 @@
+//! The node configuration file (`/etc/sapper/sapper.toml`), shared by privd
+//! and netd; each reads its own section. Validation errors name the file and
+//! the key so an operator can fix them without reading code.
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Default config path.
+pub const DEFAULT_CONFIG: &str = "/etc/sapper/sapper.toml";
+/// Default privd socket.
+pub const DEFAULT_PRIVD_SOCKET: &str = "/run/sapper/privd.sock";
+/// Default netd management socket.
+pub const DEFAULT_MGMT_SOCKET: &str = "/run/sapper/netd.sock";
+
+/// A configuration error, naming where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// The offending key (dotted path), or `-` for syntax errors.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Settings both daemons use.
+    #[serde(default)]
+    pub node: NodeConfig,
+    /// netd's section.
+    pub netd: Option<NetdConfig>,
+    /// privd's section.
+    pub privd: Option<PrivdConfig>,
+}
+
+/// Role names as written in the config file.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleName {
+    /// Traffic enters here.
+    Entry,
+    /// Traffic leaves here.
+    Exit,
+    /// Forwards between neighbours.
+    Relay,
+}
+
+/// `[node]`
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node name shown to peers; defaults to the host name.
+    pub name: Option<String>,
+    /// The role this node takes (a fixed hint until negotiation decides).
+    pub role: Option<RoleName>,
+    /// File holding the PSK.
+    pub psk_file: Option<PathBuf>,
+    /// Environment variable holding the PSK.
+    pub psk_env: Option<String>,
+}
+
+/// Transport kinds.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC (datagrams for packets, a stream for control).
+    Quic,
+    /// WebSocket over TLS.
+    Ws,
+}
+
+impl Transport {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Ws => "ws",
+        }
+    }
+}
+
+fn default_ws_path() -> String {
+    "/sapper".into()
+}
+
+/// `[[netd.listen]]`
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Transport.
+    pub transport: Transport,
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// HTTP path for WebSocket upgrades.
+    #[serde(default = "default_ws_path")]
+    pub ws_path: String,
+}
+
+/// `[[netd.connect]]`
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectConfig {
+    /// Transport.
+    pub transport: Transport,
+    /// `host:port` to dial.
+    pub address: String,
+    /// TLS server name; defaults to the host part of `address`.
+    pub server_name: Option<String>,
+    /// SHA-256 fingerprint (hex, colons allowed) of the peer's certificate.
+    pub fingerprint: Option<String>,
+    /// CA certificate (PEM) to verify the peer against.
+    pub ca_file: Option<PathBuf>,
+    /// HTTP path for WebSocket upgrades.
+    #[serde(default = "default_ws_path")]
+    pub ws_path: String,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/sapper")
+}
+fn default_mgmt() -> PathBuf {
+    PathBuf::from(DEFAULT_MGMT_SOCKET)
+}
+fn default_ping_interval() -> u64 {
+    1000
+}
+fn default_miss_limit() -> u32 {
+    5
+}
+fn default_reconnect_min() -> u64 {
+    250
+}
+fn default_reconnect_max() -> u64 {
+    30_000
+}
+fn default_handshake_timeout() -> u64 {
+    10_000
+}
+fn default_queue() -> usize {
+    1024
+}
+
+/// `[netd]`
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct NetdConfig {
+    /// User to drop to when started as root.
+    pub user: Option<String>,
+    /// Group to drop to (defaults to the user's primary group).
+    pub group: Option<String>,
+    /// Where a generated certificate and key are kept.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Certificate (PEM); generated into `state_dir` when absent.
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) for `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Management socket path.
+    #[serde(default = "default_mgmt")]
+    pub management_socket: PathBuf,
+    /// Group that owns the management socket.
+    pub management_group: Option<String>,
+    /// privd's socket; absent on a node without a TUN.
+    pub privd_socket: Option<PathBuf>,
+    /// Interval between control-channel pings.
+    #[serde(default = "default_ping_interval")]
+    pub ping_interval_ms: u64,
+    /// Unanswered pings after which a peer is dropped.
+    #[serde(default = "default_miss_limit")]
+    pub ping_miss_limit: u32,
+    /// First reconnect delay.
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min_ms: u64,
+    /// Largest reconnect delay.
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_ms: u64,
+    /// Time allowed for TLS plus the Sapper handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_ms: u64,
+    /// Packets queued per peer before new ones are dropped.
+    #[serde(default = "default_queue")]
+    pub peer_queue: usize,
+    /// Prefixes this node reaches and offers to peers.
+    #[serde(default)]
+    pub announce_routes: Vec<IpNet>,
+    /// Listeners.
+    #[serde(default)]
+    pub listen: Vec<ListenConfig>,
+    /// Peers to dial.
+    #[serde(default)]
+    pub connect: Vec<ConnectConfig>,
+}
+
+fn default_privd_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_PRIVD_SOCKET)
+}
+fn default_tun_name() -> String {
+    "sapper0".into()
+}
+fn default_mtu() -> u32 {
+    1280
+}
+
+/// `[privd.tun]`
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TunConfig {
+    /// Interface name.
+    #[serde(default = "default_tun_name")]
+    pub name: String,
+    /// Addresses with prefix length.
+    #[serde(default)]
+    pub addresses: Vec<IpNet>,
+    /// MTU.
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
+    /// Routes installed when the TUN is created.
+    #[serde(default)]
+    pub routes: Vec<IpNet>,
+    /// Prefixes inside which netd may add or remove routes later.
+    #[serde(default)]
+    pub allowed_routes: Vec<IpNet>,
+}
+
+/// `[privd.nat]`: kernel exit.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct NatConfig {
+    /// Turn on forwarding and masquerade.
+    #[serde(default)]
+    pub enable: bool,
+    /// Source prefixes to masquerade (the tunnel's addresses); defaults to
+    /// the networks of the TUN addresses.
+    #[serde(default)]
+    pub sources: Vec<IpNet>,
+}
+
+/// `[privd]`
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PrivdConfig {
+    /// Unix socket path.
+    #[serde(default = "default_privd_socket")]
+    pub socket: PathBuf,
+    /// Group owning the socket (netd's group).
+    pub socket_group: Option<String>,
+    /// The only uid allowed to make requests, by name.
+    pub netd_user: Option<String>,
+    /// The only uid allowed to make requests, by number.
+    pub netd_uid: Option<u32>,
+    /// The TUN.
+    pub tun: TunConfig,
+    /// Kernel-exit NAT.
+    pub nat: Option<NatConfig>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "-".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parses and validates config text; `file` is used in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.into(),
+            key: "-".into(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let err = |key: String, message: &str| ConfigError {
+            file: file.into(),
+            key,
+            message: message.into(),
+        };
+        if let Some(name) = &self.node.name {
+            let ok = !name.is_empty()
+                && name.len() <= crate::handshake::MAX_NAME_LEN
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !ok {
+                return Err(err(
+                    "node.name".into(),
+                    "1-64 ASCII letters, digits, '-', '_' or '.'",
+                ));
+            }
+        }
+        if self.node.psk_file.is_some() && self.node.psk_env.is_some() {
+            return Err(err(
+                "node.psk_env".into(),
+                "set either psk_file or psk_env, not both",
+            ));
+        }
+        if let Some(n) = &self.netd {
+            if n.ping_interval_ms < 50 {
+                return Err(err("netd.ping_interval_ms".into(), "must be at least 50"));
+            }
+            if n.ping_miss_limit == 0 {
+                return Err(err("netd.ping_miss_limit".into(), "must be at least 1"));
+            }
+            if n.reconnect_min_ms == 0 || n.reconnect_max_ms < n.reconnect_min_ms {
+                return Err(err(
+                    "netd.reconnect_max_ms".into(),
+                    "need 0 < reconnect_min_ms <= reconnect_max_ms",
+                ));
+            }
+            if n.peer_queue == 0 || n.peer_queue > 65536 {
+                return Err(err("netd.peer_queue".into(), "must be 1..=65536"));
+            }
+            if n.cert_file.is_some() != n.key_file.is_some() {
+                return Err(err(
+                    "netd.key_file".into(),
+                    "cert_file and key_file go together",
+                ));
+            }
+            for (i, l) in n.listen.iter().enumerate() {
+                if !l.ws_path.starts_with('/') {
+                    return Err(err(
+                        format!("netd.listen[{i}].ws_path"),
+                        "must start with '/'",
+                    ));
+                }
+            }
+            for (i, c) in n.connect.iter().enumerate() {
+                if c.fingerprint.is_none() && c.ca_file.is_none() {
+                    return Err(err(
+                        format!("netd.connect[{i}]"),
+                        "set fingerprint (the peer's certificate SHA-256) or ca_file",
+                    ));
+                }
+                if let Some(fp) = &c.fingerprint {
+                    if parse_fingerprint(fp).is_none() {
+                        return Err(err(
+                            format!("netd.connect[{i}].fingerprint"),
+                            "expected 64 hex digits (colons allowed)",
+                        ));
+                    }
+                }
+                if !c.ws_path.starts_with('/') {
+                    return Err(err(
+                        format!("netd.connect[{i}].ws_path"),
+                        "must start with '/'",
+                    ));
+                }
+                if c.address.rsplit_once(':').is_none() {
+                    return Err(err(
+                        format!("netd.connect[{i}].address"),
+                        "expected host:port",
+                    ));
+                }
+            }
+        }
+        if let Some(p) = &self.privd {
+            let t = &p.tun;
+            if t.name.is_empty() || t.name.len() > 15 || t.name.contains('/') {
+                return Err(err("privd.tun.name".into(), "1-15 characters, no '/'"));
+            }
+            if !(576..=65535).contains(&t.mtu) {
+                return Err(err("privd.tun.mtu".into(), "must be 576..=65535"));
+            }
+            if t.mtu < 1280 && t.addresses.iter().any(|a| matches!(a, IpNet::V6(_))) {
+                return Err(err(
+                    "privd.tun.mtu".into(),
+                    "IPv6 addresses need an MTU of at least 1280",
+                ));
+            }
+            if p.netd_user.is_some() && p.netd_uid.is_some() {
+                return Err(err(
+                    "privd.netd_uid".into(),
+                    "set either netd_user or netd_uid, not both",
+                ));
+            }
+            if p.netd_user.is_none() && p.netd_uid.is_none() {
+                return Err(err(
+                    "privd.netd_user".into(),
+                    "name the user netd runs as (netd_user or netd_uid)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a SHA-256 fingerprint written as hex, with or without colons.
+pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
+    let clean: String = s.chars().filter(|c| *c != ':').collect();
+    let bytes = hex::decode(clean).ok()?;
+    bytes.try_into().ok()
+}
+
+/// Formats a fingerprint as colon-separated upper-case hex.
+pub fn format_fingerprint(fp: &[u8; 32]) -> String {
+    fp.iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// True when `prefix` lies entirely inside one of `allowed`.
+pub fn prefix_allowed(prefix: &IpNet, allowed: &[IpNet]) -> bool {
+    allowed.iter().any(|a| a.contains(prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+name = "entry"
+psk_file = "/etc/sapper/psk"
+
+[netd]
+user = "sapper"
+privd_socket = "/run/sapper/privd.sock"
+announce_routes = ["10.200.0.0/24"]
+
+[[netd.connect]]
+transport = "quic"
+address = "10.0.0.2:4433"
+fingerprint = "AB:CD:ab:cd:00:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:77:88:99:aa:bb"
+
+[privd]
+netd_user = "sapper"
+[privd.tun]
+addresses = ["10.99.0.1/24", "fd99::1/64"]
+routes = ["10.200.0.0/24"]
+allowed_routes = ["10.0.0.0/8"]
+"#;
+
+    #[test]
+    fn parses_good_config() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        let n = c.netd.unwrap();
+        assert_eq!(n.connect[0].transport, Transport::Quic);
+        assert_eq!(n.ping_interval_ms, 1000);
+        let p = c.privd.unwrap();
+        assert_eq!(p.tun.name, "sapper0");
+        assert_eq!(p.tun.mtu, 1280);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let bad = GOOD.replace("fingerprint = \"AB", "fingerprint = \"XY");
+        let e = Config::parse(&bad, "t.toml").unwrap_err();
+        assert_eq!(e.key, "netd.connect[0].fingerprint");
+        assert!(e
+            .to_string()
+            .starts_with("t.toml: netd.connect[0].fingerprint"));
+
+        let e = Config::parse(&GOOD.replace("mtu", "mtux"), "t.toml");
+        assert!(e.is_ok(), "no mtu key in GOOD");
+        let e = Config::parse(&format!("{GOOD}\nbogus = 1\n"), "t.toml").unwrap_err();
+        assert!(e.message.contains("bogus"), "{e}");
+
+        let no_pin = GOOD.replace("fingerprint = ", "# fingerprint = ");
+        let e = Config::parse(&no_pin, "t.toml").unwrap_err();
+        assert_eq!(e.key, "netd.connect[0]");
+    }
+
+    #[test]
+    fn fingerprints_and_allow_list() {
+        let fp = [0xabu8; 32];
+        let s = format_fingerprint(&fp);
+        assert_eq!(parse_fingerprint(&s), Some(fp));
+        assert_eq!(parse_fingerprint(&hex::encode(fp)), Some(fp));
+        assert_eq!(parse_fingerprint("abcd"), None);
+        let allowed: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(prefix_allowed(&"10.1.0.0/16".parse().unwrap(), &allowed));
+        assert!(!prefix_allowed(&"0.0.0.0/0".parse().unwrap(), &allowed));
+        assert!(!prefix_allowed(&"11.0.0.0/8".parse().unwrap(), &allowed));
+    }
+}

@@ -1,0 +1,132 @@
+//! Ping/pong bookkeeping: RTT from echoed timestamps and liveness from the
+//! number of pings still unanswered. Times are milliseconds on the caller's
+//! monotonic clock; the peer's clock is never trusted.
+
+use crate::proto::data::{Ping, Pong};
+use std::collections::VecDeque;
+
+/// Replies to a peer's Ping.
+pub fn pong_for(ping: &Ping) -> Pong {
+    Pong {
+        timestamp_ms: ping.timestamp_ms,
+    }
+}
+
+/// Tracks outstanding pings and the measured RTT for one peer.
+#[derive(Debug, Clone)]
+pub struct Latency {
+    outstanding: VecDeque<u64>,
+    miss_limit: usize,
+    last_rtt_ms: Option<f64>,
+    smoothed_rtt_ms: Option<f64>,
+}
+
+impl Latency {
+    /// A tracker that declares the peer dead once `miss_limit` pings are
+    /// unanswered. The outstanding list is bounded by that limit.
+    pub fn new(miss_limit: usize) -> Self {
+        let miss_limit = miss_limit.max(1);
+        Self {
+            outstanding: VecDeque::with_capacity(miss_limit),
+            miss_limit,
+            last_rtt_ms: None,
+            smoothed_rtt_ms: None,
+        }
+    }
+
+    /// Records a ping sent at `now_ms` and returns it.
+    pub fn ping(&mut self, now_ms: u64) -> Ping {
+        if self.outstanding.len() >= self.miss_limit {
+            self.outstanding.pop_front();
+        }
+        self.outstanding.push_back(now_ms);
+        Ping {
+            timestamp_ms: now_ms,
+        }
+    }
+
+    /// Handles a Pong received at `now_ms`. Returns the RTT if the pong
+    /// answers a ping we sent; pongs for unknown timestamps are ignored.
+    /// Answering one ping also clears every older one: the peer is alive.
+    pub fn pong(&mut self, pong: &Pong, now_ms: u64) -> Option<f64> {
+        let idx = self
+            .outstanding
+            .iter()
+            .position(|&t| t == pong.timestamp_ms)?;
+        self.outstanding.drain(..=idx);
+        let rtt = now_ms.saturating_sub(pong.timestamp_ms) as f64;
+        self.last_rtt_ms = Some(rtt);
+        // RFC 6298-style smoothing (alpha = 1/8) so one slow pong does not
+        // swing the figure operators see.
+        self.smoothed_rtt_ms = Some(match self.smoothed_rtt_ms {
+            None => rtt,
+            Some(s) => s + (rtt - s) / 8.0,
+        });
+        Some(rtt)
+    }
+
+    /// Unanswered pings.
+    pub fn missed(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// True when `miss_limit` pings in a row went unanswered.
+    pub fn is_dead(&self) -> bool {
+        self.outstanding.len() >= self.miss_limit
+    }
+
+    /// The most recent RTT.
+    pub fn last_rtt_ms(&self) -> Option<f64> {
+        self.last_rtt_ms
+    }
+
+    /// The smoothed RTT.
+    pub fn smoothed_rtt_ms(&self) -> Option<f64> {
+        self.smoothed_rtt_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtt_from_echoed_timestamp() {
+        let mut l = Latency::new(3);
+        let p = l.ping(1000);
+        let pong = pong_for(&p);
+        assert_eq!(l.pong(&pong, 1012), Some(12.0));
+        assert_eq!(l.last_rtt_ms(), Some(12.0));
+        assert_eq!(l.smoothed_rtt_ms(), Some(12.0));
+        let p2 = l.ping(2000);
+        assert_eq!(l.pong(&pong_for(&p2), 2020), Some(20.0));
+        assert_eq!(l.smoothed_rtt_ms(), Some(13.0));
+        assert_eq!(l.missed(), 0);
+    }
+
+    #[test]
+    fn unknown_and_duplicate_pongs_ignored() {
+        let mut l = Latency::new(3);
+        let p = l.ping(10);
+        assert_eq!(l.pong(&Pong { timestamp_ms: 9 }, 20), None);
+        assert!(l.pong(&pong_for(&p), 20).is_some());
+        assert_eq!(l.pong(&pong_for(&p), 30), None);
+    }
+
+    #[test]
+    fn dead_after_miss_limit_and_bounded() {
+        let mut l = Latency::new(3);
+        l.ping(1);
+        l.ping(2);
+        assert!(!l.is_dead());
+        l.ping(3);
+        assert!(l.is_dead());
+        for t in 4..100 {
+            l.ping(t);
+        }
+        assert_eq!(l.missed(), 3);
+        // A late answer to the newest ping revives the peer.
+        assert_eq!(l.pong(&Pong { timestamp_ms: 99 }, 105), Some(6.0));
+        assert!(!l.is_dead());
+    }
+}

@@ -1,0 +1,18 @@
+//! The library every Sapper binary shares: generated protocol types, stream
+//! framing, the PSK proof and handshake state machine, latency bookkeeping and
+//! configuration types. Nothing in here performs I/O; the daemons wire these
+//! pieces to sockets at their edges.
+
+pub mod config;
+pub mod framing;
+pub mod handshake;
+pub mod latency;
+pub mod proof;
+pub mod proto;
+pub mod psk;
+
+/// Wire protocol version carried in every Handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Software version, informational.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
