@@ -1,0 +1,1 @@
+//! Client for the privd socket. (work in progress)
