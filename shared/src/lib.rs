@@ -3,6 +3,7 @@
 //! configuration types. Nothing in here performs I/O; the daemons wire these
 //! pieces to sockets at their edges.
 
+pub mod backoff;
 pub mod config;
 pub mod framing;
 pub mod handshake;
@@ -10,6 +11,7 @@ pub mod latency;
 pub mod proof;
 pub mod proto;
 pub mod psk;
+pub mod routing;
 
 /// Wire protocol version carried in every Handshake.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,94 @@
+//! A blocking client for netd's management socket.
+
+use sapper_shared::framing::{self, HEADER_LEN, MAX_CONTROL_FRAME};
+use sapper_shared::proto::management::{
+    request::Body as Req, response::Body as Resp, Request, Response,
+};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug)]
+pub enum ClientError {
+    Unreachable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Io(std::io::Error),
+    Protocol(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Unreachable { path, source } => match source.kind() {
+                std::io::ErrorKind::PermissionDenied => write!(
+                    f,
+                    "permission denied on {}: run as root or as a member of the socket's group (see netd.management_group)",
+                    path.display()
+                ),
+                _ => write!(
+                    f,
+                    "cannot reach netd: {source}; is sapper-netd running? expected socket at {}",
+                    path.display()
+                ),
+            },
+            ClientError::Io(e) => write!(f, "talking to netd: {e}"),
+            ClientError::Protocol(m) => write!(f, "bad reply from netd: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+pub struct Client {
+    stream: UnixStream,
+    next_id: u64,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Unreachable {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let t = Some(Duration::from_secs(10));
+        stream.set_read_timeout(t).map_err(ClientError::Io)?;
+        stream.set_write_timeout(t).map_err(ClientError::Io)?;
+        Ok(Self { stream, next_id: 1 })
+    }
+
+    pub fn call(&mut self, body: Req) -> Result<Resp, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let req = Request {
+            id,
+            body: Some(body),
+        };
+        self.stream
+            .write_all(&framing::encode(&req))
+            .map_err(ClientError::Io)?;
+        let resp = self.read()?;
+        if resp.id != id {
+            return Err(ClientError::Protocol(format!(
+                "reply to request {} instead of {id}",
+                resp.id
+            )));
+        }
+        resp.body
+            .ok_or_else(|| ClientError::Protocol("empty response".into()))
+    }
+
+    fn read(&mut self) -> Result<Response, ClientError> {
+        let mut header = [0u8; HEADER_LEN];
+        self.stream
+            .read_exact(&mut header)
+            .map_err(ClientError::Io)?;
+        let len = framing::body_len(header, MAX_CONTROL_FRAME)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body).map_err(ClientError::Io)?;
+        framing::decode(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+}

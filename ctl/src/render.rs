@@ -1,0 +1,231 @@
+//! Human tables and stable JSON for management responses. The JSON field
+//! names are part of sapperctl's interface (documented in the README).
+
+use sapper_shared::proto::data::{Capabilities, NodeRole};
+use sapper_shared::proto::management::{
+    response::Body as Resp, ErrorCode, PeerInfo, StatusResponse,
+};
+use serde_json::{json, Value};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn error_code(code: i32) -> &'static str {
+    ErrorCode::try_from(code)
+        .map(|c| c.as_str_name())
+        .unwrap_or("UNKNOWN")
+}
+
+fn role(r: i32) -> &'static str {
+    match NodeRole::try_from(r) {
+        Ok(NodeRole::RoleEntry) => "entry",
+        Ok(NodeRole::RoleRelay) => "relay",
+        Ok(NodeRole::RoleExit) => "exit",
+        _ => "indeterminate",
+    }
+}
+
+fn caps_json(c: &Option<Capabilities>) -> Value {
+    let c = c.unwrap_or_default();
+    json!({"tun_capable": c.tun_capable, "listening": c.listening, "connecting": c.connecting})
+}
+
+pub fn status_json(s: &StatusResponse) -> Value {
+    json!({
+        "name": s.name,
+        "version": s.version,
+        "role": role(s.role),
+        "role_reason": s.role_reason,
+        "uptime_s": s.uptime_s,
+        "listeners": s.listeners.iter().map(|l| json!({"address": l.address, "transport": l.transport})).collect::<Vec<_>>(),
+        "cert_fingerprint": s.cert_fingerprint,
+        "tun": s.tun.as_ref().map(|t| json!({"name": t.name, "addresses": t.addresses, "mtu": t.mtu})),
+        "peer_count": s.peer_count,
+    })
+}
+
+pub fn peer_json(p: &PeerInfo) -> Value {
+    json!({
+        "name": p.name,
+        "address": p.address,
+        "transport": p.transport,
+        "outbound": p.outbound,
+        "capabilities": caps_json(&p.capabilities),
+        "role": role(p.role),
+        "latency_ms": p.latency_ms,
+        "bytes_in": p.bytes_in,
+        "bytes_out": p.bytes_out,
+        "packets_in": p.packets_in,
+        "packets_out": p.packets_out,
+        "drops": p.drops,
+        "connected_at": p.connected_at,
+        "routes": p.routes,
+    })
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn ago(unix_s: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    duration(now.saturating_sub(unix_s)) + " ago"
+}
+
+pub fn duration(s: u64) -> String {
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// Left-aligned columns sized to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = width[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n")
+}
+
+pub fn render(body: &Resp, json_out: bool) -> String {
+    match body {
+        Resp::Status(s) if json_out => status_json(s).to_string(),
+        Resp::Status(s) => {
+            let mut out = vec![
+                format!("node:        {} ({})", s.name, s.version),
+                format!("role:        {}", s.role_reason),
+                format!("uptime:      {}", duration(s.uptime_s)),
+                format!("fingerprint: {}", s.cert_fingerprint),
+                format!("peers:       {}", s.peer_count),
+            ];
+            match &s.tun {
+                Some(t) => out.push(format!(
+                    "tun:         {} mtu {} {}",
+                    t.name,
+                    t.mtu,
+                    t.addresses.join(" ")
+                )),
+                None => out.push("tun:         none (no privd)".into()),
+            }
+            for l in &s.listeners {
+                out.push(format!("listening:   {} {}", l.transport, l.address));
+            }
+            out.join("\n")
+        }
+        Resp::Peers(p) if json_out => {
+            json!({"peers": p.peers.iter().map(peer_json).collect::<Vec<_>>()}).to_string()
+        }
+        Resp::Peers(p) if p.peers.is_empty() => "no peers connected".into(),
+        Resp::Peers(p) => table(
+            &[
+                "NAME",
+                "ADDRESS",
+                "TRANSPORT",
+                "ROLE",
+                "LATENCY",
+                "IN",
+                "OUT",
+                "CONNECTED",
+            ],
+            &p.peers
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.name.clone(),
+                        p.address.clone(),
+                        p.transport.clone(),
+                        role(p.role).into(),
+                        p.latency_ms
+                            .map(|l| format!("{l:.1} ms"))
+                            .unwrap_or_else(|| "-".into()),
+                        human_bytes(p.bytes_in),
+                        human_bytes(p.bytes_out),
+                        ago(p.connected_at),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Resp::Ok(_) => {
+            if json_out {
+                json!({"ok": true}).to_string()
+            } else {
+                "ok".into()
+            }
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_and_tables() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
+        assert_eq!(duration(42), "42s");
+        assert_eq!(duration(180), "3m");
+        assert_eq!(duration(3723), "1h2m");
+        let t = table(&["A", "LONGER"], &[vec!["wide cell".into(), "x".into()]]);
+        assert_eq!(t, "A          LONGER\nwide cell  x");
+    }
+
+    #[test]
+    fn peer_json_has_documented_fields() {
+        let p = PeerInfo {
+            name: "exit".into(),
+            latency_ms: Some(1.5),
+            role: NodeRole::RoleExit as i32,
+            ..Default::default()
+        };
+        let v = peer_json(&p);
+        for k in [
+            "name",
+            "address",
+            "transport",
+            "role",
+            "latency_ms",
+            "bytes_in",
+            "bytes_out",
+            "packets_in",
+            "packets_out",
+            "connected_at",
+            "capabilities",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(v["role"], "exit");
+        assert_eq!(v["latency_ms"], 1.5);
+    }
+}

@@ -1,0 +1,135 @@
+//! What every link does after TLS, whatever the transport: the Sapper
+//! handshake, then control messages and the keepalive loop. Transports supply
+//! the byte movement; the decisions are sapper_shared's.
+
+use crate::node::{Node, Peer};
+use anyhow::{anyhow, Result};
+use sapper_shared::handshake::{Accepted, Handshaker};
+use sapper_shared::latency::pong_for;
+use sapper_shared::proof::{ChannelBinding, Side};
+use sapper_shared::proto::control::{control_message::Body, ControlError, ControlMessage};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A transport's control channel, before it is split into tasks.
+pub trait ControlIo {
+    /// Sends one control message.
+    async fn send(&mut self, msg: &ControlMessage) -> Result<()>;
+    /// Receives the body of one control message (bounded by the framing limit).
+    async fn recv(&mut self) -> Result<Vec<u8>>;
+}
+
+/// Runs the Sapper handshake over `io`. On rejection the peer is told why
+/// (typed code, no secrets) and an error is returned; the caller closes.
+pub async fn handshake<C: ControlIo>(
+    node: &Node,
+    io: &mut C,
+    side: Side,
+    binding: ChannelBinding,
+    remote: std::net::SocketAddr,
+) -> Result<Accepted> {
+    let mut hs = Handshaker::new(node.local_handshake(), side, binding, node.psk.clone());
+    let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
+    let result = tokio::time::timeout(timeout, async {
+        io.send(&hs.outgoing()).await?;
+        let body = io.recv().await?;
+        Ok::<_, anyhow::Error>(hs.receive(&body))
+    })
+    .await;
+    let verdict = match result {
+        Err(_) => Err(anyhow!("timed out after {timeout:?}")),
+        Ok(Err(e)) => Err(e.context("link failed during handshake")),
+        Ok(Ok(Err(reject))) => {
+            let msg = ControlMessage {
+                body: Some(Body::Error(ControlError {
+                    code: reject.code() as i32,
+                    message: reject.to_string(),
+                })),
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), io.send(&msg)).await;
+            Err(anyhow!(reject))
+        }
+        Ok(Ok(Ok(accepted))) => Ok(accepted),
+    };
+    match &verdict {
+        Ok(a) => tracing::info!(peer = %a.peer.name, %remote, "handshake accepted"),
+        Err(e) => {
+            node.stats.handshake_failures.fetch_add(1, Relaxed);
+            tracing::warn!(%remote, reason = %format!("{e:#}"), "handshake rejected");
+        }
+    }
+    verdict
+}
+
+/// Acts on one control message from an established peer.
+pub fn handle_control(node: &Node, peer: &Peer, body: &[u8]) {
+    let msg: ControlMessage = match sapper_shared::framing::decode(body) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(peer = %peer.handshake.name, error = %e, "malformed control message; closing");
+            peer.close.cancel();
+            return;
+        }
+    };
+    match msg.body {
+        Some(Body::Ping(p)) => {
+            let pong = ControlMessage {
+                body: Some(Body::Pong(pong_for(&p))),
+            };
+            // A peer flooding pings only loses pongs.
+            let _ = peer.control.try_send(pong);
+        }
+        Some(Body::Pong(p)) => {
+            if let Ok(mut l) = peer.latency.lock() {
+                l.pong(&p, node.now_ms());
+            }
+        }
+        Some(Body::Disconnect(d)) => {
+            tracing::info!(peer = %peer.handshake.name, reason = %d.reason, "peer disconnected");
+            peer.close.cancel();
+        }
+        Some(Body::Error(e)) => {
+            tracing::warn!(peer = %peer.handshake.name, code = e.code, message = %e.message, "peer reported an error");
+            peer.close.cancel();
+        }
+        Some(Body::Handshake(_)) => {
+            tracing::warn!(peer = %peer.handshake.name, "second handshake; closing");
+            peer.close.cancel();
+        }
+        // Route updates and role transitions arrive with the roles issue.
+        Some(other) => {
+            tracing::debug!(peer = %peer.handshake.name, ?other, "ignored control message")
+        }
+        None => tracing::debug!(peer = %peer.handshake.name, "empty control message"),
+    }
+}
+
+/// Pings the peer every interval; cancels the link when it misses too many.
+pub async fn keepalive(node: Arc<Node>, peer: Arc<Peer>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(node.cfg.ping_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = peer.close.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ping = match peer.latency.lock() {
+            Ok(mut l) => {
+                if l.is_dead() {
+                    tracing::warn!(peer = %peer.handshake.name, missed = l.missed(), "peer stopped answering pings; dropping it");
+                    peer.close.cancel();
+                    return;
+                }
+                l.ping(node.now_ms())
+            }
+            Err(_) => return,
+        };
+        let msg = ControlMessage {
+            body: Some(Body::Ping(ping)),
+        };
+        if peer.control.try_send(msg).is_err() {
+            peer.counters.drops.fetch_add(1, Relaxed);
+        }
+    }
+}
