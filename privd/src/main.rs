@@ -1,4 +1,25 @@
+//! sapper-privd: the one process in Sapper that keeps a privilege. It owns
+//! the TUN, its addresses and routes, and (on an exit node) forwarding and
+//! NAT, and it answers a handful of typed requests from netd's uid over a
+//! Unix socket. Every decision is written to stderr as one JSON line.
+
+mod audit;
+mod authz;
+mod nat;
+mod netlink;
+mod privs;
+mod server;
+mod tun;
+
+use anyhow::{bail, Context};
 use clap::Parser;
+use sapper_shared::config::{Config, PrivdConfig};
+use server::Privd;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
 
 /// Sapper's privileged helper: opens the TUN, sets addresses and routes, and
 /// hands the TUN to sapper-netd. Accepts only typed requests from netd's uid.
@@ -7,10 +28,142 @@ use clap::Parser;
 struct Args {
     /// Config file.
     #[arg(long, default_value = sapper_shared::config::DEFAULT_CONFIG)]
-    config: std::path::PathBuf,
+    config: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    anyhow::bail!("not implemented yet")
+    let args = Args::parse();
+    let cfg = Config::load(&args.config)
+        .with_context(|| format!("loading {}", args.config.display()))?
+        .privd
+        .with_context(|| format!("{}: no [privd] section", args.config.display()))?;
+    privs::check_net_admin()?;
+    let netd_uid = netd_uid(&cfg)?;
+    let std_listener = server::bind(&cfg.socket, cfg.socket_group.as_deref())
+        .context("setting up the privd socket")?;
+    // From here on only CAP_NET_ADMIN is left; everything below was checked
+    // to need no more (see privs.rs).
+    privs::drop_to_net_admin().context("dropping capabilities")?;
+    audit::log("info", &format!("capabilities: {}", privs::describe()));
+
+    // Built only now so that every runtime thread inherits the reduced sets.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let result = rt.block_on(run(&cfg, netd_uid, std_listener));
+    if let Err(e) = std::fs::remove_file(&cfg.socket) {
+        audit::log("warn", &format!("removing {}: {e}", cfg.socket.display()));
+    }
+    match &result {
+        Ok(()) => audit::log("info", "stopped"),
+        Err(e) => audit::log("error", &format!("{e:#}")),
+    }
+    result
+}
+
+fn netd_uid(cfg: &PrivdConfig) -> anyhow::Result<u32> {
+    match (&cfg.netd_user, cfg.netd_uid) {
+        (Some(name), _) => Ok(nix::unistd::User::from_name(name)
+            .with_context(|| format!("looking up privd.netd_user {name:?}"))?
+            .with_context(|| format!("privd.netd_user {name:?}: no such user"))?
+            .uid
+            .as_raw()),
+        (None, Some(uid)) => Ok(uid),
+        (None, None) => bail!("set privd.netd_user or privd.netd_uid"),
+    }
+}
+
+async fn run(
+    cfg: &PrivdConfig,
+    netd_uid: u32,
+    std_listener: std::os::unix::net::UnixListener,
+) -> anyhow::Result<()> {
+    // Signal handlers first, so a SIGTERM during setup is not lost.
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+
+    let net = netlink::Netlink::connect()?;
+    let t = &cfg.tun;
+    let (tun_fd, tun_name) = tun::create(&t.name)?;
+    let ifindex = nix::net::if_::if_nametoindex(tun_name.as_str())
+        .with_context(|| format!("interface index of {tun_name}"))?;
+    net.configure_link(ifindex, t.mtu, &t.addresses)
+        .await
+        .with_context(|| format!("configuring {tun_name}"))?;
+    let mut routes = BTreeSet::new();
+    for r in &t.routes {
+        let r = r.trunc();
+        net.add_route(ifindex, r)
+            .await
+            .with_context(|| format!("privd.tun.routes: {r}"))?;
+        routes.insert(r);
+    }
+
+    let nat_active = setup_nat(cfg, &tun_name).await?;
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(std_listener)?;
+    let privd = Arc::new(Privd {
+        tun_name: tun_name.clone(),
+        tun_mtu: t.mtu,
+        tun_addresses: t.addresses.clone(),
+        ifindex,
+        tun_fd,
+        allowed_routes: t.allowed_routes.clone(),
+        policy: authz::AccessPolicy { netd_uid },
+        net,
+        routes: tokio::sync::Mutex::new(routes),
+        nat_active: AtomicBool::new(nat_active),
+        granted: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+    });
+    audit::log(
+        "info",
+        &format!(
+            "serving {} for uid {netd_uid}: tun {tun_name} (index {ifindex}), nat {}",
+            cfg.socket.display(),
+            if nat_active { "on" } else { "off" }
+        ),
+    );
+    let shutdown = async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    let served = privd.serve(listener, shutdown).await;
+    if nat_active {
+        match nat::apply(&nat::teardown()).await {
+            Ok(()) => audit::log("info", &format!("removed nft table {}", nat::TABLE)),
+            Err(e) => audit::log("error", &format!("removing nft table {}: {e}", nat::TABLE)),
+        }
+    }
+    served.context("accepting connections")
+}
+
+/// Installs forwarding and the NAT table when `[privd.nat] enable = true`;
+/// otherwise removes a table a previous run may have left.
+async fn setup_nat(cfg: &PrivdConfig, tun_name: &str) -> anyhow::Result<bool> {
+    let Some(nat_cfg) = cfg.nat.as_ref().filter(|n| n.enable) else {
+        // Best effort: without nft there can be no stale table to worry about.
+        let _ = nat::apply(&nat::teardown()).await;
+        return Ok(false);
+    };
+    let sources = nat::sources(&nat_cfg.sources, &cfg.tun.addresses);
+    let ruleset = nat::ruleset(tun_name, &sources)?;
+    let need_v6 = sources.iter().any(|n| matches!(n, ipnet::IpNet::V6(_)));
+    nat::enable_forwarding(need_v6)?;
+    nat::apply(&ruleset)
+        .await
+        .with_context(|| format!("installing nft table {}", nat::TABLE))?;
+    let shown: Vec<String> = sources.iter().map(ToString::to_string).collect();
+    audit::log(
+        "info",
+        &format!(
+            "forwarding on; masquerading {} via table {}",
+            shown.join(", "),
+            nat::TABLE
+        ),
+    );
+    Ok(true)
 }

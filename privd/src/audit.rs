@@ -1,0 +1,176 @@
+//! The audit trail: one JSON object per line on stderr, so that journald or
+//! any log shipper keeps each decision as one record and a reviewer can grep
+//! or `jq` it. Every request privd reads produces exactly one record.
+
+use serde_json::{json, Value};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Authorized and carried out.
+    Granted,
+    /// Rejected by policy; nothing was attempted.
+    Refused,
+    /// Authorized, but the kernel (or privd's bookkeeping) said no.
+    Failed,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Granted => "granted",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// One audited decision.
+#[derive(Debug)]
+pub struct Record<'a> {
+    /// From SO_PEERCRED, so not forgeable by the peer.
+    pub peer_uid: u32,
+    /// From SO_PEERCRED; absent if the kernel did not report one.
+    pub peer_pid: Option<i32>,
+    /// `open_tun`, `route_change`, `status` or `unknown`.
+    pub request: &'static str,
+    /// Request parameters (peer-supplied strings are escaped by serde).
+    pub params: Value,
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Why.
+    pub reason: &'a str,
+}
+
+/// Renders a record as one line (no trailing newline).
+pub fn line(rec: &Record<'_>, now: SystemTime) -> String {
+    json!({
+        "ts": rfc3339(now),
+        "audit": true,
+        "peer_uid": rec.peer_uid,
+        "peer_pid": rec.peer_pid,
+        "request": rec.request,
+        "params": rec.params,
+        "outcome": rec.outcome.as_str(),
+        "reason": rec.reason,
+    })
+    .to_string()
+}
+
+/// Writes a record to stderr.
+pub fn emit(rec: &Record<'_>) {
+    eprintln!("{}", line(rec, SystemTime::now()));
+}
+
+/// Operational messages (start, stop, warnings) in the same JSON-lines
+/// stream, marked `"audit": false` so they are never mistaken for decisions.
+pub fn log(level: &str, msg: &str) {
+    let v = json!({ "ts": rfc3339(SystemTime::now()), "audit": false, "level": level, "msg": msg });
+    eprintln!("{v}");
+}
+
+/// Shortens peer-supplied text for the log; the frame limit already bounds
+/// it, this only keeps lines readable.
+pub fn clip(s: &str) -> String {
+    const MAX: usize = 80;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// UTC RFC 3339 with milliseconds, e.g. `2024-05-01T12:00:00.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+// Howard Hinnant's days-to-civil algorithm; avoids a date crate for one line.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn audit_line_is_one_json_object_with_every_field() {
+        let rec = Record {
+            peer_uid: 4242,
+            peer_pid: Some(77),
+            request: "route_change",
+            params: json!({ "prefix": "10.1.0.0/16\n\"x", "add": true }),
+            outcome: Outcome::Refused,
+            reason: "permission denied: only netd's uid may use privd",
+        };
+        let t = UNIX_EPOCH + Duration::from_millis(1_714_564_800_123);
+        let l = line(&rec, t);
+        assert!(!l.contains('\n'), "one line even with a newline in params");
+        let v: Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["ts"], "2024-05-01T12:00:00.123Z");
+        assert_eq!(v["audit"], true);
+        assert_eq!(v["peer_uid"], 4242);
+        assert_eq!(v["peer_pid"], 77);
+        assert_eq!(v["request"], "route_change");
+        assert_eq!(v["params"]["prefix"], "10.1.0.0/16\n\"x");
+        assert_eq!(v["params"]["add"], true);
+        assert_eq!(v["outcome"], "refused");
+        assert_eq!(v["reason"], rec.reason);
+        assert_eq!(v.as_object().unwrap().len(), 8);
+    }
+
+    #[test]
+    fn outcomes_and_missing_pid() {
+        let mut rec = Record {
+            peer_uid: 0,
+            peer_pid: None,
+            request: "open_tun",
+            params: json!({}),
+            outcome: Outcome::Granted,
+            reason: "ok",
+        };
+        let v: Value = serde_json::from_str(&line(&rec, UNIX_EPOCH)).unwrap();
+        assert_eq!(v["outcome"], "granted");
+        assert!(v["peer_pid"].is_null());
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
+        rec.outcome = Outcome::Failed;
+        let v: Value = serde_json::from_str(&line(&rec, UNIX_EPOCH)).unwrap();
+        assert_eq!(v["outcome"], "failed");
+    }
+
+    #[test]
+    fn dates_across_leap_years() {
+        let at = |s: u64| rfc3339(UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00.000Z");
+        assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59.000Z");
+        assert_eq!(at(1_709_210_096), "2024-02-29T12:34:56.000Z");
+    }
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long() {
+        assert_eq!(clip("10.0.0.0/8"), "10.0.0.0/8");
+        let long = "é".repeat(200);
+        assert_eq!(clip(&long).chars().count(), 81);
+    }
+}
