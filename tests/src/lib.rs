@@ -1,1 +1,79 @@
-//! Helpers for the end-to-end tests live in tests/tests/common.
+//! End-to-end test harness for Sapper.
+//!
+//! The tests in `tests/tests/` build a small network out of Linux network
+//! namespaces (entry `E`, exit `X`, and a private network `P` reachable only
+//! from `X`), start the real `sapper-privd` and `sapper-netd` binaries inside
+//! them and push real packets through the tunnel. Everything here is
+//! synchronous std code: the daemons are separate processes, so the harness
+//! only spawns, waits (always with a deadline) and reads files.
+//!
+//! * [`bins`] finds (and, once per test binary, builds) the workspace binaries.
+//! * [`cmd`] runs commands with time limits and polls with deadlines.
+//! * [`netns`] is a guard for one network namespace.
+//! * [`topology`] is the guard for a whole E/X/P test network with daemons.
+//! * [`blast`] is the data generator and checksum shared with `sapper-blast`.
+
+pub mod bins;
+pub mod blast;
+pub mod cmd;
+pub mod netns;
+pub mod topology;
+
+use std::sync::OnceLock;
+
+pub use topology::{Node, Options, Topology, Transport};
+
+/// Fails the calling test with a clear message unless it runs as root.
+///
+/// The end-to-end tests create network namespaces, TUN devices and nftables
+/// rules; none of that works unprivileged, and silently skipping would let a
+/// CI run look green without testing anything.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "the Sapper end-to-end tests must run as root (they create network \
+         namespaces, TUN devices and nftables rules); euid is {euid}. \
+         Run `sudo scripts/test.sh` (or `sudo -E cargo test -p sapper-tests`)."
+    );
+}
+
+/// Checks, once per process, that the test runs as root and that the
+/// commands the harness shells out to are installed; panics naming what is
+/// missing and how to get it.
+pub fn require_env() {
+    require_root();
+    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+    let res = CHECKED.get_or_init(|| {
+        let needed = [
+            ("ip", "iproute2"),
+            ("ping", "iputils-ping"),
+            ("nft", "nftables"),
+        ];
+        let missing: Vec<String> = needed
+            .iter()
+            .filter(|(cmd, _)| !on_path(cmd))
+            .map(|(cmd, pkg)| format!("`{cmd}` (Debian package {pkg})"))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the e2e tests need {}; scripts/test.sh installs them, or run \
+                 `apt-get install -y iproute2 iputils-ping nftables`",
+                missing.join(", ")
+            ))
+        }
+    });
+    if let Err(e) = res {
+        panic!("{e}");
+    }
+}
+
+fn on_path(cmd: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|d| d.join(cmd).is_file())
+}
