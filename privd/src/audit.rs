@@ -2,6 +2,7 @@
 //! any log shipper keeps each decision as one record and a reviewer can grep
 //! or `jq` it. Every request privd reads produces exactly one record.
 
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -43,19 +44,34 @@ pub struct Record<'a> {
     pub reason: &'a str,
 }
 
+// A struct rather than json!() so the fields keep this order on the line
+// (ts first reads best in a terminal).
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    audit: bool,
+    peer_uid: u32,
+    peer_pid: Option<i32>,
+    request: &'a str,
+    params: &'a Value,
+    outcome: &'a str,
+    reason: &'a str,
+}
+
 /// Renders a record as one line (no trailing newline).
 pub fn line(rec: &Record<'_>, now: SystemTime) -> String {
-    json!({
-        "ts": rfc3339(now),
-        "audit": true,
-        "peer_uid": rec.peer_uid,
-        "peer_pid": rec.peer_pid,
-        "request": rec.request,
-        "params": rec.params,
-        "outcome": rec.outcome.as_str(),
-        "reason": rec.reason,
-    })
-    .to_string()
+    let l = Line {
+        ts: rfc3339(now),
+        audit: true,
+        peer_uid: rec.peer_uid,
+        peer_pid: rec.peer_pid,
+        request: rec.request,
+        params: &rec.params,
+        outcome: rec.outcome.as_str(),
+        reason: rec.reason,
+    };
+    // Serializing plain strings, numbers and a Value cannot fail.
+    serde_json::to_string(&l).unwrap_or_default()
 }
 
 /// Writes a record to stderr.
@@ -138,6 +154,10 @@ mod tests {
         assert_eq!(v["outcome"], "refused");
         assert_eq!(v["reason"], rec.reason);
         assert_eq!(v.as_object().unwrap().len(), 8);
+        assert!(
+            l.starts_with("{\"ts\":\"2024-05-01T12:00:00.123Z\",\"audit\":true,\"peer_uid\":4242,"),
+            "{l}"
+        );
     }
 
     #[test]

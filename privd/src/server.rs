@@ -257,7 +257,8 @@ impl Privd {
                 Err(e) => {
                     // Framing is lost, so the connection cannot go on.
                     let reply = Reply::not_granted(Outcome::Refused, e.to_string());
-                    self.record(peer, RequestKind::Unknown, json!({}), &reply);
+                    let params = json!({ "len": u32::from_be_bytes(header) });
+                    self.record(peer, RequestKind::Unknown, params, &reply);
                     let _ = self.send(&mut stream, reply).await;
                     return;
                 }

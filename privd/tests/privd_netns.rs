@@ -1,0 +1,537 @@
+//! End-to-end: the real sapper-privd binary in a fresh network namespace,
+//! driven through sapper-privd-client. Needs root (it creates namespaces);
+//! skipped with a message otherwise.
+//!
+//! The "other uid" check re-runs this test binary as uid 4242 with
+//! `PROBE_ENV` set, which turns the `probe_child` test into a tiny client.
+
+use nix::libc;
+use sapper_privd_client::{PrivdClient, PrivdError};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PROBE_ENV: &str = "SAPPER_PRIVD_PROBE_SOCKET";
+const PROBE_UID: u32 = 4242;
+const NOGROUP: u32 = 65534;
+
+/// Only does something when re-executed by `probe_as`.
+#[test]
+fn probe_child() {
+    let Ok(path) = std::env::var(PROBE_ENV) else {
+        return;
+    };
+    let open = PrivdClient::connect(&path).and_then(|mut c| c.open_tun().map(|_| ()));
+    println!("PROBE open_tun: {}", outcome(open));
+    let status = PrivdClient::connect(&path).and_then(|mut c| c.status().map(|_| ()));
+    println!("PROBE status: {}", outcome(status));
+}
+
+fn outcome(r: Result<(), PrivdError>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(PrivdError::PermissionDenied { detail, .. }) => format!("permission-denied {detail}"),
+        Err(PrivdError::Refused(m)) => format!("refused {m}"),
+        Err(e) => format!("other {e}"),
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A namespace, a temp dir and a running privd; torn down in Drop so that a
+/// failed assertion leaves nothing behind.
+struct World {
+    ns: String,
+    dir: PathBuf,
+    socket: PathBuf,
+    privd: Option<Child>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl World {
+    fn new(config_tail: &str) -> Option<Self> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIPPED: privd integration tests need root");
+            return None;
+        }
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let ns = format!("sapt-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&ns);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.join("run/privd.sock");
+        let mut world = World {
+            ns,
+            dir,
+            socket,
+            privd: None,
+            stderr: Arc::default(),
+        };
+        run("ip", &["netns", "add", &world.ns]);
+        let config = format!(
+            "[privd]\nsocket = {:?}\nsocket_group = \"nogroup\"\n{config_tail}",
+            world.socket.display().to_string()
+        );
+        let cfg_path = world.dir.join("sapper.toml");
+        std::fs::write(&cfg_path, config).unwrap();
+        world.start(&cfg_path);
+        Some(world)
+    }
+
+    fn start(&mut self, cfg: &Path) {
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                env!("CARGO_BIN_EXE_sapper-privd"),
+            ])
+            .arg("--config")
+            .arg(cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sapper-privd");
+        let err = child.stderr.take().unwrap();
+        let lines = self.stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("privd: {line}");
+                lines.lock().unwrap().push(line);
+            }
+        });
+        self.privd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.privd.as_mut().unwrap().try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("privd exited early ({status}): {:?}", self.lines());
+            }
+            if UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "privd did not come up: {:?}",
+                self.lines()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn client(&self) -> PrivdClient {
+        PrivdClient::connect_with_timeout(&self.socket, Duration::from_secs(5)).unwrap()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Audit records so far, each parsed; every stderr line must be JSON.
+    fn audit(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .filter(|v| v["audit"] == true)
+            .collect()
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["-n", self.ns.as_str()];
+        all.extend_from_slice(args);
+        stdout(run("ip", &all))
+    }
+
+    fn in_ns(&self, cmd: &[&str]) -> Output {
+        let mut all = vec!["netns", "exec", self.ns.as_str()];
+        all.extend_from_slice(cmd);
+        output("ip", &all)
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.privd.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).unwrap();
+        let status = wait_bounded(&mut child, Duration::from_secs(10));
+        // Let the reader thread drain the last lines.
+        std::thread::sleep(Duration::from_millis(200));
+        status.unwrap_or_else(|| panic!("privd ignored SIGTERM: {:?}", self.lines()))
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.privd.take() {
+            let _ = child.kill();
+            let _ = wait_bounded(&mut child, Duration::from_secs(5));
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn output(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+}
+
+fn run(cmd: &str, args: &[&str]) -> Output {
+    let out = output(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(out: Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Interface name and flags of a TUN fd (TUNGETIFF), proving it is one.
+fn tun_info(fd: &OwnedFd) -> (String, i32) {
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    nix::ioctl_read_bad!(
+        tungetiff,
+        nix::request_code_read!(b'T', 210, std::mem::size_of::<libc::c_uint>()),
+        IfReq
+    );
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    unsafe { tungetiff(fd.as_raw_fd(), &mut req) }.expect("TUNGETIFF on the received fd");
+    let len = req.name.iter().position(|b| *b == 0).unwrap_or(16);
+    (
+        String::from_utf8_lossy(&req.name[..len]).into_owned(),
+        i32::from(req.flags),
+    )
+}
+
+/// Sends raw bytes and returns whatever privd answers before closing or a
+/// short timeout.
+fn raw_exchange(socket: &Path, bytes: &[u8]) -> Vec<u8> {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+    s.read_exact(&mut body).unwrap();
+    body
+}
+
+fn error_text(body: &[u8]) -> String {
+    use sapper_shared::proto::privd::{priv_response, PrivResponse};
+    let r: PrivResponse = sapper_shared::framing::decode(body).unwrap();
+    match r.body {
+        Some(priv_response::Body::Error(m)) => m,
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+/// Runs `probe_child` from a copy of this test binary as another uid.
+fn probe_as(world: &World, uid: u32, gid: u32) -> String {
+    let exe = world.dir.join("probe");
+    if !exe.exists() {
+        // A copy in the 0755 temp dir, since the build tree may not be
+        // traversable by other uids.
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut child = Command::new(&exe)
+        .args(["--exact", "probe_child", "--nocapture", "--test-threads=1"])
+        .env(PROBE_ENV, &world.socket)
+        .uid(uid)
+        .gid(gid)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_bounded(&mut child, Duration::from_secs(30)).expect("probe hung");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "probe failed: {out}");
+    out
+}
+
+const MAIN_CONFIG: &str = r#"netd_uid = 0
+[privd.tun]
+name = "sapt0"
+mtu = 1400
+addresses = ["10.77.0.1/24", "fd77::1/64"]
+routes = ["10.78.0.0/24"]
+allowed_routes = ["10.80.0.0/16", "fd80::/48"]
+[privd.nat]
+enable = true
+"#;
+
+#[test]
+fn privd_end_to_end() {
+    let Some(mut w) = World::new(MAIN_CONFIG) else {
+        return;
+    };
+
+    // The socket: 0660, group nogroup.
+    let meta = std::fs::metadata(&w.socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), NOGROUP);
+
+    // OpenTun: a real TUN fd for the configured interface.
+    let mut c = w.client();
+    let (fd, opened) = c.open_tun().unwrap();
+    assert_eq!(opened.name, "sapt0");
+    assert_eq!(opened.mtu, 1400);
+    assert_eq!(opened.addresses, ["10.77.0.1/24", "fd77::1/64"]);
+    let (name, flags) = tun_info(&fd);
+    assert_eq!(name, "sapt0");
+    assert_eq!(flags & libc::IFF_TUN, libc::IFF_TUN);
+    assert_eq!(flags & libc::IFF_NO_PI, libc::IFF_NO_PI);
+    let fdflags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+    assert_ne!(
+        fdflags & libc::FD_CLOEXEC,
+        0,
+        "received fd is close-on-exec"
+    );
+    let addr = w.ip(&["addr", "show", "dev", "sapt0"]);
+    for want in ["mtu 1400", "inet 10.77.0.1/24", "inet6 fd77::1/64", ",UP"] {
+        assert!(addr.contains(want), "{want:?} missing in:\n{addr}");
+    }
+    assert!(
+        !addr.contains("tentative"),
+        "v6 address usable at once:\n{addr}"
+    );
+    assert!(w.ip(&["route"]).contains("10.78.0.0/24 dev sapt0"));
+
+    // Routes inside the allow-list are applied, on the same connection.
+    c.route_change("10.80.1.0/24", true).unwrap();
+    c.route_change("10.80.2.0/24", true).unwrap();
+    c.route_change("10.80.2.0/24", true)
+        .expect("re-adding a route privd holds is idempotent");
+    c.route_change("fd80:0:0:5::/64", true).unwrap();
+    let routes = w.ip(&["route"]);
+    assert!(routes.contains("10.80.1.0/24 dev sapt0"), "{routes}");
+    assert!(routes.contains("10.80.2.0/24 dev sapt0"), "{routes}");
+    let routes6 = w.ip(&["-6", "route"]);
+    assert!(routes6.contains("fd80:0:0:5::/64 dev sapt0"), "{routes6}");
+
+    // Outside the allow-list, or not privd's: refused, nothing changes.
+    for bad in ["10.81.0.0/24", "0.0.0.0/0", "fd81::/64"] {
+        match c.route_change(bad, true) {
+            Err(PrivdError::Refused(m)) => assert!(m.contains("allowed_routes"), "{m}"),
+            other => panic!("{bad}: expected a refusal, got {other:?}"),
+        }
+    }
+    assert!(!w.ip(&["route"]).contains("10.81.0.0"));
+    assert!(
+        matches!(c.route_change("10.80.1.7/24", true), Err(PrivdError::Refused(m)) if m.contains("host bits"))
+    );
+    assert!(matches!(
+        c.route_change("not a prefix", true),
+        Err(PrivdError::Refused(_))
+    ));
+
+    // Removal: only routes privd installed, and only once.
+    c.route_change("10.80.1.0/24", false).unwrap();
+    assert!(!w.ip(&["route"]).contains("10.80.1.0/24"));
+    assert!(matches!(
+        c.route_change("10.80.1.0/24", false),
+        Err(PrivdError::Refused(m)) if m.contains("not a route privd installed")
+    ));
+
+    // A stalled client does not hold up others.
+    let mut stalled = UnixStream::connect(&w.socket).unwrap();
+    stalled.write_all(&[0, 0]).unwrap();
+    let status = w.client().status().unwrap();
+    assert_eq!(status.tun_name, "sapt0");
+    assert_eq!(
+        status.routes,
+        ["10.78.0.0/24", "10.80.2.0/24", "fd80:0:0:5::/64"]
+    );
+    assert!(status.nat_active);
+    assert!(status.forwarding);
+    assert!(status.granted >= 6, "{status:?}");
+    assert!(status.refused >= 6, "{status:?}");
+    drop(stalled);
+
+    // Garbage, empty and unknown bodies get an error reply.
+    for body in [&[0xffu8, 0xff, 0xff][..], &[], &[0x2a, 0x00]] {
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        assert_eq!(
+            error_text(&raw_exchange(&w.socket, &frame)),
+            "unknown or malformed request"
+        );
+    }
+    // An oversize frame is refused before its body is read, then closed.
+    let reply = raw_exchange(&w.socket, &(1u32 << 20).to_be_bytes());
+    assert!(
+        error_text(&reply).contains("exceeds"),
+        "{}",
+        error_text(&reply)
+    );
+
+    // Another uid in the socket group reaches privd and is refused, audited.
+    let out = probe_as(&w, PROBE_UID, NOGROUP);
+    assert!(
+        out.contains("PROBE open_tun: permission-denied permission denied: only netd's uid"),
+        "{out}"
+    );
+    assert!(out.contains("PROBE status: permission-denied"), "{out}");
+    // Outside the group it cannot even connect.
+    let out = probe_as(&w, PROBE_UID + 1, PROBE_UID + 1);
+    assert!(out.contains("PROBE open_tun: permission-denied"), "{out}");
+    assert!(out.contains("is this user in privd.socket_group?"), "{out}");
+
+    let audit = w.audit();
+    let refused_probe = audit
+        .iter()
+        .find(|v| v["peer_uid"] == PROBE_UID && v["request"] == "open_tun")
+        .unwrap_or_else(|| panic!("no audit record for uid {PROBE_UID}: {audit:#?}"));
+    assert_eq!(refused_probe["outcome"], "refused");
+    assert!(refused_probe["peer_pid"].as_i64().unwrap() > 0);
+    assert!(refused_probe["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("permission denied"));
+    assert!(refused_probe["ts"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        !audit.iter().any(|v| v["peer_uid"] == PROBE_UID + 1),
+        "never connected"
+    );
+    let granted_route = audit
+        .iter()
+        .find(|v| v["request"] == "route_change" && v["params"]["prefix"] == "10.80.1.0/24")
+        .unwrap();
+    assert_eq!(granted_route["outcome"], "granted");
+    assert_eq!(granted_route["params"]["add"], true);
+    assert_eq!(granted_route["peer_uid"], 0);
+    assert!(audit.iter().any(|v| v["request"] == "route_change"
+        && v["params"]["prefix"] == "10.81.0.0/24"
+        && v["outcome"] == "refused"));
+    assert!(audit
+        .iter()
+        .any(|v| v["request"] == "unknown" && v["outcome"] == "refused"));
+
+    // NAT: the table exists while privd runs, and goes with it.
+    let table = w.in_ns(&["nft", "list", "table", "inet", "sapper"]);
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.contains("masquerade") && table.contains("10.77.0.0/24"),
+        "{table}"
+    );
+    assert!(table.contains("oifname != \"sapt0\""), "{table}");
+    let fwd = stdout(w.in_ns(&["cat", "/proc/sys/net/ipv4/ip_forward"]));
+    assert_eq!(fwd.trim(), "1");
+
+    drop(c);
+    drop(fd);
+    let status = w.stop();
+    assert!(status.success(), "privd exit: {status}");
+    assert!(!w
+        .in_ns(&["nft", "list", "table", "inet", "sapper"])
+        .status
+        .success());
+    assert!(!w.socket.exists(), "socket removed on shutdown");
+    assert!(
+        !w.ip(&["link"]).contains("sapt0"),
+        "TUN gone with privd's fd"
+    );
+}
+
+#[test]
+fn root_is_refused_when_netd_is_someone_else() {
+    let Some(mut w) = World::new(&format!(
+        "netd_uid = {PROBE_UID}\n[privd.tun]\nname = \"sapt1\"\naddresses = [\"10.66.0.1/24\"]\n"
+    )) else {
+        return;
+    };
+    let mut c = w.client();
+    assert!(matches!(
+        c.open_tun(),
+        Err(PrivdError::PermissionDenied { .. })
+    ));
+    assert!(matches!(
+        c.status(),
+        Err(PrivdError::PermissionDenied { .. })
+    ));
+    // netd's uid is served (it is in the socket group here).
+    let out = probe_as(&w, PROBE_UID, NOGROUP);
+    assert!(out.contains("PROBE open_tun: ok"), "{out}");
+    assert!(out.contains("PROBE status: ok"), "{out}");
+    // NAT is off: no table.
+    assert!(!w
+        .in_ns(&["nft", "list", "table", "inet", "sapper"])
+        .status
+        .success());
+    let audit = w.audit();
+    assert!(audit
+        .iter()
+        .any(|v| v["peer_uid"] == 0 && v["request"] == "open_tun" && v["outcome"] == "refused"));
+    assert!(audit.iter().any(|v| v["peer_uid"] == PROBE_UID
+        && v["request"] == "open_tun"
+        && v["outcome"] == "granted"));
+    assert!(w.stop().success());
+}
+
+#[test]
+fn config_without_privd_section_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("sapt-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("sapper.toml");
+    std::fs::write(&cfg, "[node]\nname = \"x\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sapper-privd"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no [privd] section"), "{err}");
+}
