@@ -9,6 +9,7 @@ mod nat;
 mod netlink;
 mod privs;
 mod server;
+mod socket;
 mod tun;
 
 use anyhow::{bail, Context};
@@ -17,7 +18,7 @@ use sapper_shared::config::{Config, PrivdConfig};
 use server::Privd;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -39,7 +40,7 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("{}: no [privd] section", args.config.display()))?;
     privs::check_net_admin()?;
     let netd_uid = netd_uid(&cfg)?;
-    let std_listener = server::bind(&cfg.socket, cfg.socket_group.as_deref())
+    let std_listener = socket::bind(&cfg.socket, cfg.socket_group.as_deref())
         .context("setting up the privd socket")?;
     // From here on only CAP_NET_ADMIN is left; everything below was checked
     // to need no more (see privs.rs).
@@ -100,9 +101,11 @@ async fn run(
         routes.insert(r);
     }
 
-    let nat_active = setup_nat(cfg, &tun_name).await?;
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(std_listener)?;
+    // Last fallible step before serving, so that once the table exists the
+    // only way out is through the teardown below.
+    let nat_active = setup_nat(cfg, &tun_name).await?;
     let privd = Arc::new(Privd {
         tun_name: tun_name.clone(),
         tun_mtu: t.mtu,
@@ -113,7 +116,7 @@ async fn run(
         policy: authz::AccessPolicy { netd_uid },
         net,
         routes: tokio::sync::Mutex::new(routes),
-        nat_active: AtomicBool::new(nat_active),
+        nat_active,
         granted: AtomicU64::new(0),
         refused: AtomicU64::new(0),
     });

@@ -17,9 +17,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -34,94 +32,6 @@ pub const MAX_REQUEST: usize = 4 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds the fds a misbehaving member of the socket group can pin.
 const MAX_CONNECTIONS: usize = 64;
-
-/// Socket setup errors.
-#[derive(Debug, thiserror::Error)]
-pub enum SocketError {
-    /// Filesystem or bind failure.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// Which path.
-        path: String,
-        /// Why.
-        source: io::Error,
-    },
-    /// Something other than a socket sits at the path.
-    #[error("{0} exists and is not a socket; refusing to remove it")]
-    NotASocket(String),
-    /// Another privd answers on the path.
-    #[error("{0} is in use by a running privd")]
-    InUse(String),
-    /// The configured group does not exist.
-    #[error("privd.socket_group {0:?}: no such group")]
-    NoGroup(String),
-    /// chown failed.
-    #[error("chown {path}: {source}")]
-    Chown {
-        /// Which path.
-        path: String,
-        /// Why.
-        source: nix::Error,
-    },
-}
-
-/// Binds the request socket: mode 0660, group `group` when given.
-pub fn bind(
-    path: &Path,
-    group: Option<&str>,
-) -> Result<std::os::unix::net::UnixListener, SocketError> {
-    let shown = path.display().to_string();
-    let io_err = |what: &'static str| {
-        let path = shown.clone();
-        move |source| SocketError::Io { what, path, source }
-    };
-    if let Some(dir) = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(io_err("create directory for"))?;
-        // Explicitly, since the umask may have narrowed it and netd must be
-        // able to traverse it.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(io_err("chmod directory for"))?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(SocketError::InUse(shown));
-            }
-            std::fs::remove_file(path).map_err(io_err("remove stale socket"))?;
-        }
-        Ok(_) => return Err(SocketError::NotASocket(shown)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("inspect")(e)),
-    }
-    // Created 0600 so that nobody can connect before the group is right.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let listener = bound.map_err(io_err("bind"))?;
-    if let Some(name) = group {
-        let gid = nix::unistd::Group::from_name(name)
-            .ok()
-            .flatten()
-            .ok_or_else(|| SocketError::NoGroup(name.to_string()))?
-            .gid;
-        nix::unistd::chown(path, None, Some(gid)).map_err(|source| SocketError::Chown {
-            path: shown.clone(),
-            source,
-        })?;
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(io_err("chmod"))?;
-    Ok(listener)
-}
 
 /// Everything privd holds. The TUN facts come from the config only.
 pub struct Privd {
@@ -144,8 +54,8 @@ pub struct Privd {
     /// Routes privd installed. The lock also serialises route changes so
     /// the set and the kernel agree.
     pub routes: Mutex<BTreeSet<IpNet>>,
-    /// True while the nft table is installed.
-    pub nat_active: AtomicBool,
+    /// True when the nft table was installed at start.
+    pub nat_active: bool,
     /// Requests granted since start.
     pub granted: AtomicU64,
     /// Requests refused or failed since start.
@@ -382,7 +292,7 @@ impl Privd {
             priv_response::Body::Status(PrivStatus {
                 tun_name: self.tun_name.clone(),
                 routes,
-                nat_active: self.nat_active.load(Ordering::Relaxed),
+                nat_active: self.nat_active,
                 granted: self.granted.load(Ordering::Relaxed),
                 refused: self.refused.load(Ordering::Relaxed),
                 forwarding: nat::forwarding_enabled(),
