@@ -101,8 +101,10 @@ impl PrivdClient {
         Ok(Self { stream, path })
     }
 
-    /// Asks for the TUN. Returns privd's duplicate of the TUN fd (blocking
-    /// mode, close-on-exec) and the interface facts from privd's config.
+    /// Asks for the TUN. Returns a close-on-exec duplicate of privd's TUN fd
+    /// and the interface facts from privd's config. Every duplicate shares
+    /// one open file description and one packet queue, so O_NONBLOCK set on
+    /// one is seen by all, and two readers would split the packets.
     pub fn open_tun(&mut self) -> Result<(OwnedFd, TunOpened), PrivdError> {
         let (body, fds) = self.call(priv_request::Body::OpenTun(Default::default()))?;
         match body {

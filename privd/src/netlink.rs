@@ -8,6 +8,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHe
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use std::net::IpAddr;
+use std::time::Duration;
 
 /// Netlink failures.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,10 @@ pub enum NetlinkError {
     /// The kernel has no such route.
     #[error("no route for {0} on the TUN")]
     NotFound(IpNet),
+    /// No answer in time (should not happen; bounds how long a route
+    /// change can hold privd's route lock).
+    #[error("{0}: no answer from the kernel within {NETLINK_TIMEOUT:?}")]
+    Timeout(String),
     /// Any other refusal from the kernel.
     #[error("{what}: {source}")]
     Kernel {
@@ -30,6 +35,8 @@ pub enum NetlinkError {
         source: rtnetlink::Error,
     },
 }
+
+const NETLINK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A handle on the rtnetlink socket; cheap to clone.
 #[derive(Clone)]
@@ -118,11 +125,10 @@ impl Netlink {
     /// Adds a route to `net` through interface `index`; refuses to replace
     /// an existing one (which might belong to another interface).
     pub async fn add_route(&self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
-        self.handle
-            .route()
-            .add(Self::route_message(index, &net))
-            .execute()
+        let req = self.handle.route().add(Self::route_message(index, &net));
+        tokio::time::timeout(NETLINK_TIMEOUT, req.execute())
             .await
+            .map_err(|_| NetlinkError::Timeout(format!("add route {net}")))?
             .map_err(|e| match errno(&e) {
                 EEXIST => NetlinkError::Exists(net),
                 _ => kernel(format!("add route {net}"))(e),
@@ -131,11 +137,10 @@ impl Netlink {
 
     /// Deletes the route to `net` through interface `index`.
     pub async fn del_route(&self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
-        self.handle
-            .route()
-            .del(Self::route_message(index, &net))
-            .execute()
+        let req = self.handle.route().del(Self::route_message(index, &net));
+        tokio::time::timeout(NETLINK_TIMEOUT, req.execute())
             .await
+            .map_err(|_| NetlinkError::Timeout(format!("delete route {net}")))?
             .map_err(|e| match errno(&e) {
                 ESRCH | ENOENT => NetlinkError::NotFound(net),
                 _ => kernel(format!("delete route {net}"))(e),
