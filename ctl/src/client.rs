@@ -80,6 +80,31 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("empty response".into()))
     }
 
+    /// Reads streamed events until netd closes the stream or `on_event`'s
+    /// caller is interrupted. No read timeout: events may be rare.
+    pub fn stream_events(
+        &mut self,
+        mut on_event: impl FnMut(sapper_shared::proto::management::Event),
+    ) -> Result<(), ClientError> {
+        self.stream
+            .set_read_timeout(None)
+            .map_err(ClientError::Io)?;
+        loop {
+            let resp = match self.read() {
+                Ok(r) => r,
+                Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(())
+                }
+                Err(e) => return Err(e),
+            };
+            match resp.body {
+                Some(Resp::Event(ev)) => on_event(ev),
+                Some(Resp::Error(e)) => return Err(ClientError::Protocol(e.message)),
+                _ => {}
+            }
+        }
+    }
+
     fn read(&mut self) -> Result<Response, ClientError> {
         let mut header = [0u8; HEADER_LEN];
         self.stream

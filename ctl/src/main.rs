@@ -1,23 +1,28 @@
 //! sapperctl: the operator's view of a running node, over netd's management
-//! socket. Human output by default, `--json` for scripts.
+//! socket (and, for `privd status`, privd's). Human output by default,
+//! `--json` for scripts.
 
 mod client;
 mod render;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use client::{Client, ClientError};
-use sapper_shared::proto::management::{request::Body as Req, response::Body as Resp};
+use sapper_shared::proto::management::{
+    request::Body as Req, response::Body as Resp, ConnectRequest, DisconnectRequest, ListenRequest,
+    PingRequest, RouteChangeRequest,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Inspect and steer a running Sapper node.
 #[derive(Parser)]
-#[command(version)]
+#[command(name = "sapperctl", version)]
 struct Args {
     /// netd's management socket.
     #[arg(long, global = true, default_value = sapper_shared::config::DEFAULT_MGMT_SOCKET)]
     socket: PathBuf,
-    /// Print JSON instead of tables.
+    /// Print JSON instead of tables (one object per line for `events`).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -30,24 +35,167 @@ enum Command {
     Status,
     /// Connected peers with latency and traffic.
     Peers,
+    /// Packet, byte, drop and handshake-failure counters.
+    Stats,
+    /// Routes and the peer each goes to.
+    Routes,
+    /// Ping a peer over the control channel and print the RTT.
+    Ping {
+        /// Unique prefix of the peer's name.
+        peer: String,
+        /// Number of pings.
+        #[arg(short = 'c', long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Dial a new peer (and keep redialling it).
+    Connect {
+        /// host:port.
+        address: String,
+        /// SHA-256 fingerprint of the peer's certificate.
+        #[arg(long)]
+        fingerprint: String,
+        /// quic or ws.
+        #[arg(long, default_value = "quic")]
+        transport: String,
+        /// TLS server name (defaults to the host).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// WebSocket path.
+        #[arg(long)]
+        ws_path: Option<String>,
+    },
+    /// Open a new listener.
+    Listen {
+        /// address:port to bind.
+        address: String,
+        /// quic or ws.
+        #[arg(long, default_value = "quic")]
+        transport: String,
+        /// WebSocket path.
+        #[arg(long)]
+        ws_path: Option<String>,
+    },
+    /// Close the link to a peer.
+    Disconnect {
+        /// Unique prefix of the peer's name.
+        peer: String,
+    },
+    /// Add or remove a route on the TUN (privd checks its allow-list).
+    Route {
+        #[command(subcommand)]
+        action: RouteAction,
+    },
+    /// Stream events (peer connected/disconnected, routes, errors) until Ctrl-C.
+    Events,
+    /// Stop netd.
+    Shutdown,
+    /// Ask privd.
+    Privd {
+        /// privd's socket.
+        #[arg(long, default_value = sapper_shared::config::DEFAULT_PRIVD_SOCKET)]
+        privd_socket: PathBuf,
+        #[command(subcommand)]
+        action: PrivdAction,
+    },
+    /// Print shell completions.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Subcommand)]
+enum RouteAction {
+    /// Add a route.
+    Add { prefix: String },
+    /// Remove a route.
+    Del { prefix: String },
+}
+
+#[derive(Subcommand)]
+enum PrivdAction {
+    /// What privd holds: TUN, routes, NAT, request counters.
+    Status,
 }
 
 /// Exit codes: scripts tell "the request failed" from "nobody answered".
 const EXIT_FAILED: u8 = 1;
 const EXIT_UNREACHABLE: u8 = 3;
 
+fn fail(e: &ClientError) -> ExitCode {
+    eprintln!("sapperctl: {e}");
+    match e {
+        ClientError::Unreachable { .. } => ExitCode::from(EXIT_UNREACHABLE),
+        _ => ExitCode::from(EXIT_FAILED),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let req = match args.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Args::command(),
+                "sapperctl",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let r = clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout());
+            return if r.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            };
+        }
+        Command::Privd {
+            privd_socket,
+            action: PrivdAction::Status,
+        } => {
+            return privd_status(&privd_socket, args.json);
+        }
         Command::Status => Req::Status(Default::default()),
         Command::Peers => Req::Peers(Default::default()),
+        Command::Stats => Req::Stats(Default::default()),
+        Command::Routes => Req::Routes(Default::default()),
+        Command::Ping { peer, count } => return ping(&args.socket, peer, count, args.json),
+        Command::Connect {
+            address,
+            fingerprint,
+            transport,
+            server_name,
+            ws_path,
+        } => Req::Connect(ConnectRequest {
+            address,
+            transport,
+            fingerprint,
+            server_name: server_name.unwrap_or_default(),
+            ws_path: ws_path.unwrap_or_default(),
+        }),
+        Command::Listen {
+            address,
+            transport,
+            ws_path,
+        } => Req::Listen(ListenRequest {
+            address,
+            transport,
+            ws_path: ws_path.unwrap_or_default(),
+        }),
+        Command::Disconnect { peer } => Req::Disconnect(DisconnectRequest { peer }),
+        Command::Route { action } => Req::RouteChange(match action {
+            RouteAction::Add { prefix } => RouteChangeRequest { prefix, add: true },
+            RouteAction::Del { prefix } => RouteChangeRequest { prefix, add: false },
+        }),
+        Command::Events => return events(&args.socket, args.json),
+        Command::Shutdown => Req::Shutdown(Default::default()),
     };
     let mut client = match Client::connect(&args.socket) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("sapperctl: {e}");
-            return ExitCode::from(EXIT_UNREACHABLE);
-        }
+        Err(e) => return fail(&e),
     };
     match client.call(req) {
         Ok(Resp::Error(e)) => {
@@ -58,13 +206,88 @@ fn main() -> ExitCode {
             println!("{}", render::render(&body, args.json));
             ExitCode::SUCCESS
         }
-        Err(e @ ClientError::Unreachable { .. }) => {
-            eprintln!("sapperctl: {e}");
-            ExitCode::from(EXIT_UNREACHABLE)
+        Err(e) => fail(&e),
+    }
+}
+
+fn ping(socket: &std::path::Path, peer: String, count: u32, json: bool) -> ExitCode {
+    let mut client = match Client::connect(socket) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let mut failed = false;
+    for i in 0..count.max(1) {
+        if i > 0 {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        match client.call(Req::Ping(PingRequest { peer: peer.clone() })) {
+            Ok(Resp::Ping(p)) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"peer": p.peer, "rtt_ms": p.rtt_ms})
+                    );
+                } else {
+                    println!("pong from {}: time={:.2} ms", p.peer, p.rtt_ms);
+                }
+            }
+            Ok(Resp::Error(e)) => {
+                eprintln!("sapperctl: {} ({})", e.message, render::error_code(e.code));
+                failed = true;
+            }
+            Ok(other) => {
+                eprintln!("sapperctl: unexpected reply {other:?}");
+                failed = true;
+            }
+            Err(e) => return fail(&e),
+        }
+    }
+    if failed {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn events(socket: &std::path::Path, json: bool) -> ExitCode {
+    let mut client = match Client::connect(socket) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match client.call(Req::Subscribe(Default::default())) {
+        Ok(Resp::Ok(_)) => {}
+        Ok(Resp::Error(e)) => {
+            eprintln!("sapperctl: {} ({})", e.message, render::error_code(e.code));
+            return ExitCode::from(EXIT_FAILED);
+        }
+        Ok(other) => {
+            eprintln!("sapperctl: unexpected reply {other:?}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+        Err(e) => return fail(&e),
+    }
+    if let Err(e) = client.stream_events(|ev| {
+        println!("{}", render::event_line(&ev, json));
+    }) {
+        return fail(&e);
+    }
+    ExitCode::SUCCESS
+}
+
+fn privd_status(path: &std::path::Path, json: bool) -> ExitCode {
+    let status = sapper_privd_client::PrivdClient::connect(path).and_then(|mut c| c.status());
+    match status {
+        Ok(s) => {
+            println!("{}", render::privd_status(&s, json));
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("sapperctl: {e}");
-            ExitCode::from(EXIT_FAILED)
+            if matches!(e, sapper_privd_client::PrivdError::Unreachable { .. }) {
+                ExitCode::from(EXIT_UNREACHABLE)
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            }
         }
     }
 }

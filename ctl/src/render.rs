@@ -3,8 +3,9 @@
 
 use sapper_shared::proto::data::{Capabilities, NodeRole};
 use sapper_shared::proto::management::{
-    response::Body as Resp, ErrorCode, PeerInfo, StatusResponse,
+    event, response::Body as Resp, ErrorCode, Event, PeerInfo, StatusResponse,
 };
+use sapper_shared::proto::privd::PrivStatus;
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -183,6 +184,77 @@ pub fn render(body: &Resp, json_out: bool) -> String {
         }
         other => format!("{other:?}"),
     }
+}
+
+/// One line per event: JSON object or human text.
+pub fn event_line(ev: &Event, json_out: bool) -> String {
+    let (kind, detail): (&str, Value) = match &ev.body {
+        Some(event::Body::PeerConnected(p)) => ("peer_connected", peer_json(p)),
+        Some(event::Body::PeerDisconnected(d)) => (
+            "peer_disconnected",
+            json!({"name": d.name, "reason": d.reason}),
+        ),
+        Some(event::Body::RouteAdded(r)) => {
+            ("route_added", json!({"prefix": r.prefix, "peer": r.peer}))
+        }
+        Some(event::Body::RouteRemoved(r)) => {
+            ("route_removed", json!({"prefix": r.prefix, "peer": r.peer}))
+        }
+        Some(event::Body::Error(e)) => ("error", json!({"message": e})),
+        None => ("unknown", Value::Null),
+    };
+    if json_out {
+        return json!({"timestamp_ms": ev.timestamp_ms, "event": kind, "detail": detail})
+            .to_string();
+    }
+    let text = match &ev.body {
+        Some(event::Body::PeerConnected(p)) => format!(
+            "{} connected from {} over {}",
+            p.name, p.address, p.transport
+        ),
+        Some(event::Body::PeerDisconnected(d)) => format!("{} disconnected: {}", d.name, d.reason),
+        Some(event::Body::RouteAdded(r)) => format!("route {} added", r.prefix),
+        Some(event::Body::RouteRemoved(r)) => format!("route {} removed", r.prefix),
+        Some(event::Body::Error(e)) => format!("error: {e}"),
+        None => "unknown event".into(),
+    };
+    format!("{} {text}", ev.timestamp_ms)
+}
+
+pub fn privd_status(s: &PrivStatus, json_out: bool) -> String {
+    if json_out {
+        return json!({
+            "tun_name": s.tun_name,
+            "routes": s.routes,
+            "nat_active": s.nat_active,
+            "forwarding": s.forwarding,
+            "granted": s.granted,
+            "refused": s.refused,
+        })
+        .to_string();
+    }
+    [
+        format!(
+            "tun:        {}",
+            if s.tun_name.is_empty() {
+                "-"
+            } else {
+                &s.tun_name
+            }
+        ),
+        format!(
+            "routes:     {}",
+            if s.routes.is_empty() {
+                "-".into()
+            } else {
+                s.routes.join(" ")
+            }
+        ),
+        format!("nat:        {}", if s.nat_active { "on" } else { "off" }),
+        format!("forwarding: {}", if s.forwarding { "on" } else { "off" }),
+        format!("requests:   {} granted, {} refused", s.granted, s.refused),
+    ]
+    .join("\n")
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! asks privd for the TUN and starts talking to the network.
 
 mod dial;
+mod listen;
 mod mgmt;
 mod node;
 mod privs;
@@ -16,7 +17,6 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use node::Node;
 use sapper_shared::config::{format_fingerprint, Config, NetdConfig, Transport};
-use sapper_shared::proto::management::ListenerInfo;
 use sapper_shared::psk::Psk;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -102,6 +102,15 @@ fn run(args: Args) -> Result<()> {
     };
 
     let target = privs::resolve(netd.user.as_deref(), netd.group.as_deref())?;
+    let operator_gid = match &netd.operator_group {
+        Some(g) => Some(
+            nix::unistd::Group::from_name(g)?
+                .with_context(|| format!("{file}: netd.operator_group {g:?} does not exist"))?
+                .gid
+                .as_raw(),
+        ),
+        None => None,
+    };
     let bound = bind_all(&netd, target)?;
     privs::drop_all(target)?;
     tracing::info!(uid = %nix::unistd::getuid(), "dropped privileges; no capabilities held");
@@ -126,8 +135,17 @@ fn run(args: Args) -> Result<()> {
             Some(t) => Some(Arc::new(t()?)),
             None => None,
         };
-        let node = Arc::new(Node::new(netd, name, role, psk, fingerprint, tun));
-        serve(node, identity, bound).await
+        let node = Arc::new(Node::new(
+            netd,
+            Arc::new(identity),
+            operator_gid,
+            name,
+            role,
+            psk,
+            fingerprint,
+            tun,
+        ));
+        serve(node, bound).await
     })
 }
 
@@ -182,37 +200,30 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
 /// often started together). Returns a constructor to run inside the runtime,
 /// where the fd can be registered with the reactor.
 fn open_tun(path: &Path) -> Result<impl FnOnce() -> Result<tun::Tun>> {
-    let _ = (path, Instant::now(), Duration::ZERO);
-    anyhow::bail!("stub");
-    #[allow(unreachable_code)]
-    Ok(|| -> Result<tun::Tun> { anyhow::bail!("stub") })
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        match sapper_privd_client::PrivdClient::connect(path) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "privd not reachable yet");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e).context("connecting to privd"),
+        }
+    };
+    let (fd, info) = client.open_tun().context("asking privd for the TUN")?;
+    tracing::info!(tun = %info.name, mtu = info.mtu, "received the TUN from privd");
+    Ok(move || {
+        tun::Tun::new(fd, info.name, info.mtu, info.addresses).context("registering the TUN")
+    })
 }
 
-async fn serve(node: Arc<Node>, identity: tls::Identity, bound: Bound) -> Result<()> {
-    let mut listeners = Vec::new();
+async fn serve(node: Arc<Node>, bound: Bound) -> Result<()> {
     for (sock, addr) in bound.quic {
-        let tls = tls::server_config(&identity, &[tls::ALPN_QUIC])?;
-        let ep = quic::server_endpoint(sock, &node.cfg, tls)?;
-        tracing::info!(address = %addr, "listening (QUIC)");
-        listeners.push(ListenerInfo {
-            address: addr,
-            transport: "quic".into(),
-        });
-        tokio::spawn(quic::accept_loop(node.clone(), ep));
+        listen::quic(&node, sock, addr)?;
     }
     for (sock, addr, path) in bound.ws {
-        let tls = tls::server_config(&identity, &[b"http/1.1"])?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::from_std(sock)?;
-        tracing::info!(address = %addr, %path, "listening (WebSocket)");
-        listeners.push(ListenerInfo {
-            address: addr,
-            transport: "ws".into(),
-        });
-        tokio::spawn(ws::accept_loop(node.clone(), listener, acceptor, path));
-    }
-    if let Ok(mut l) = node.listeners.lock() {
-        *l = listeners;
+        listen::ws(&node, sock, addr, path)?;
     }
     for target in node.cfg.connect.clone() {
         let tls = dial::client_tls(&target)?;

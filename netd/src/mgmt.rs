@@ -1,17 +1,24 @@
 //! The management socket: length-delimited management.proto requests from
-//! sapperctl. Reads are open to anyone who can reach the socket; changes
-//! need root or netd's own uid (the operator-group rule arrives with the
-//! ctl issue).
+//! sapperctl. Reads are open to anyone who can reach the socket (its mode and
+//! group decide who can); changes need root, netd's own uid, or membership in
+//! the operator group, judged from SO_PEERCRED.
 
 use crate::node::{role_str, Node};
 use anyhow::{Context, Result};
+use sapper_shared::config::{parse_fingerprint, ConnectConfig, Transport};
 use sapper_shared::framing::{self, HEADER_LEN, MAX_CONTROL_FRAME};
+use sapper_shared::proto::control::{control_message::Body as Ctl, ControlMessage};
+use sapper_shared::proto::data::Ping;
+use sapper_shared::proto::management::{
+    event, ConnectRequest, ListenRequest, PingResponse, RouteChangeRequest,
+};
 use sapper_shared::proto::management::{
     request::Body as Req, response::Body as Resp, Error, ErrorCode, Ok as MOk, PeersResponse,
     Request, Response, RouteInfo, RoutesResponse, StatsResponse, StatusResponse, TunInfo,
 };
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -61,7 +68,13 @@ fn error(id: u64, code: ErrorCode, message: impl Into<String>) -> Response {
 
 async fn client(node: Arc<Node>, mut stream: UnixStream) -> Result<()> {
     let cred = stream.peer_cred().context("SO_PEERCRED")?;
-    let may_write = cred.uid() == 0 || cred.uid() == nix::unistd::getuid().as_raw();
+    let may_write = may_change(
+        cred.uid(),
+        cred.gid(),
+        nix::unistd::getuid().as_raw(),
+        node.operator_gid,
+        supplementary_groups,
+    );
     while let Some(req) = read_request(&mut stream).await? {
         let id = req.id;
         let Some(body) = req.body else {
@@ -78,19 +91,15 @@ async fn client(node: Arc<Node>, mut stream: UnixStream) -> Result<()> {
                 | Req::RouteChange(_)
         );
         if is_write && !may_write {
-            tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a management change from an unprivileged uid");
-            let r = error(
-                id,
-                ErrorCode::PermissionDenied,
-                "permission denied: changes need root or netd's own user",
-            );
+            tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), request = request_kind(&body), "refused a management change from a non-operator");
+            let r = error(id, ErrorCode::PermissionDenied, denied_message(&node));
             stream.write_all(&framing::encode(&r)).await?;
             continue;
         }
         if let Req::Subscribe(_) = body {
             return subscribe(node, stream, id).await;
         }
-        let resp = handle(&node, id, body);
+        let resp = handle(&node, id, body).await;
         stream.write_all(&framing::encode(&resp)).await?;
     }
     Ok(())
@@ -145,7 +154,7 @@ fn find_peer(node: &Node, prefix: &str) -> Result<Arc<crate::node::Peer>, (Error
     }
 }
 
-fn handle(node: &Node, id: u64, body: Req) -> Response {
+async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Response {
     let ok = |b| Response { id, body: Some(b) };
     match body {
         Req::Status(_) => ok(Resp::Status(StatusResponse {
@@ -210,11 +219,282 @@ fn handle(node: &Node, id: u64, body: Req) -> Response {
             node.shutdown.cancel();
             ok(Resp::Ok(MOk {}))
         }
-        Req::Ping(_) | Req::Connect(_) | Req::Listen(_) | Req::RouteChange(_) => error(
-            id,
-            ErrorCode::Unimplemented,
-            "not implemented yet in this netd",
-        ),
+        Req::Ping(p) => match find_peer(node, &p.peer) {
+            Ok(peer) => match ping(node, &peer).await {
+                Ok(rtt_ms) => ok(Resp::Ping(PingResponse {
+                    rtt_ms,
+                    peer: peer.handshake.name.clone(),
+                })),
+                Err((code, msg)) => error(id, code, msg),
+            },
+            Err((code, msg)) => error(id, code, msg),
+        },
+        Req::Connect(c) => match connect(node, c).await {
+            Ok(()) => ok(Resp::Ok(MOk {})),
+            Err((code, msg)) => error(id, code, msg),
+        },
+        Req::Listen(l) => match listen(node, l) {
+            Ok(()) => ok(Resp::Ok(MOk {})),
+            Err((code, msg)) => error(id, code, msg),
+        },
+        Req::RouteChange(r) => match route_change(node, r).await {
+            Ok(()) => ok(Resp::Ok(MOk {})),
+            Err((code, msg)) => error(id, code, msg),
+        },
         Req::Subscribe(_) => error(id, ErrorCode::Internal, "subscribe handled elsewhere"),
+    }
+}
+
+type Failure = (ErrorCode, String);
+
+/// Who may change things: root, netd's own uid, and members of the operator
+/// group (primary or supplementary). Everyone else who can reach the socket
+/// may only read.
+pub fn may_change(
+    uid: u32,
+    gid: u32,
+    netd_uid: u32,
+    operator_gid: Option<u32>,
+    groups_of: impl Fn(u32, u32) -> Vec<u32>,
+) -> bool {
+    if uid == 0 || uid == netd_uid {
+        return true;
+    }
+    match operator_gid {
+        Some(op) => gid == op || groups_of(uid, gid).contains(&op),
+        None => false,
+    }
+}
+
+/// The account's groups from the group database. Reading it needs no
+/// privilege, and it reflects what a login for that uid would get.
+fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
+    let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
+        return vec![];
+    };
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return vec![];
+    };
+    nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid))
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_default()
+}
+
+fn denied_message(node: &Node) -> String {
+    let group = node
+        .cfg
+        .operator_group
+        .as_deref()
+        .map(|g| format!(", or membership in group {g:?}"))
+        .unwrap_or_default();
+    format!("permission denied: changes need root, netd's own user{group}")
+}
+
+fn request_kind(body: &Req) -> &'static str {
+    match body {
+        Req::Status(_) => "status",
+        Req::Peers(_) => "peers",
+        Req::Stats(_) => "stats",
+        Req::Routes(_) => "routes",
+        Req::Ping(_) => "ping",
+        Req::Connect(_) => "connect",
+        Req::Listen(_) => "listen",
+        Req::Disconnect(_) => "disconnect",
+        Req::Shutdown(_) => "shutdown",
+        Req::Subscribe(_) => "subscribe",
+        Req::RouteChange(_) => "route-change",
+    }
+}
+
+/// A control-channel ping answered by the peer's control loop, so the RTT
+/// includes the peer's daemon, not just its kernel.
+async fn ping(node: &Node, peer: &crate::node::Peer) -> Result<f64, Failure> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut ts = node.now_ms();
+    {
+        let mut w = peer
+            .ping_waiters
+            .lock()
+            .map_err(|_| (ErrorCode::Internal, "lock poisoned".to_string()))?;
+        if w.len() >= crate::node::MAX_PING_WAITERS {
+            return Err((ErrorCode::Internal, "too many pings in flight".into()));
+        }
+        // Timestamps double as ids; keep them unique among waiters.
+        while w.contains_key(&ts) {
+            ts += 1;
+        }
+        w.insert(ts, tx);
+    }
+    let started = std::time::Instant::now();
+    let msg = ControlMessage {
+        body: Some(Ctl::Ping(Ping { timestamp_ms: ts })),
+    };
+    let sent = peer.control.try_send(msg).is_ok();
+    let answered = sent
+        && matches!(
+            tokio::time::timeout(Duration::from_secs(5), rx).await,
+            Ok(Ok(()))
+        );
+    if let Ok(mut w) = peer.ping_waiters.lock() {
+        w.remove(&ts);
+    }
+    if answered {
+        Ok(started.elapsed().as_secs_f64() * 1000.0)
+    } else {
+        Err((
+            ErrorCode::Timeout,
+            format!("no pong from {} within 5 s", peer.handshake.name),
+        ))
+    }
+}
+
+fn transport(s: &str) -> Result<Transport, Failure> {
+    match s {
+        "quic" | "" => Ok(Transport::Quic),
+        "ws" => Ok(Transport::Ws),
+        other => Err((
+            ErrorCode::InvalidArgument,
+            format!("unknown transport {other:?}: use quic or ws"),
+        )),
+    }
+}
+
+/// Adds a peer to dial (and redial) and waits until it is connected or the
+/// handshake timeout passes; the connector keeps trying either way.
+async fn connect(node: &Arc<Node>, c: ConnectRequest) -> Result<(), Failure> {
+    let bad = |m: String| (ErrorCode::InvalidArgument, m);
+    let transport = transport(&c.transport)?;
+    if parse_fingerprint(&c.fingerprint).is_none() {
+        return Err(bad(
+            "a certificate fingerprint (64 hex digits) is required to connect".into(),
+        ));
+    }
+    let target = ConnectConfig {
+        transport,
+        address: c.address.clone(),
+        server_name: (!c.server_name.is_empty()).then_some(c.server_name),
+        fingerprint: Some(c.fingerprint),
+        ca_file: None,
+        ws_path: if c.ws_path.is_empty() {
+            "/sapper".into()
+        } else {
+            c.ws_path
+        },
+    };
+    let addr = crate::dial::resolve(&target.address)
+        .await
+        .map_err(|e| bad(format!("{e:#}")))?;
+    let tls = crate::dial::client_tls(&target).map_err(|e| bad(format!("{e:#}")))?;
+    let mut events = node.events.subscribe();
+    tokio::spawn(crate::dial::connector(node.clone(), target, tls));
+    let wait = Duration::from_millis(node.cfg.handshake_timeout_ms);
+    let connected = tokio::time::timeout(wait, async {
+        while let Ok(ev) = events.recv().await {
+            if let Some(event::Body::PeerConnected(p)) = ev.body {
+                if p.address == addr.to_string() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    match connected {
+        Ok(true) => Ok(()),
+        _ => Err((
+            ErrorCode::Timeout,
+            format!("not connected to {addr} within {wait:?}; still retrying in the background (see netd's log)"),
+        )),
+    }
+}
+
+fn listen(node: &Arc<Node>, l: ListenRequest) -> Result<(), Failure> {
+    let transport = transport(&l.transport)?;
+    let addr: std::net::SocketAddr = l.address.parse().map_err(|_| {
+        (
+            ErrorCode::InvalidArgument,
+            format!("{:?} is not an address:port", l.address),
+        )
+    })?;
+    let failed = |e: anyhow::Error| (ErrorCode::Internal, format!("{e:#}"));
+    let bind_err = |e: std::io::Error| {
+        let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            " (netd runs without privileges: use a port >= 1024 or configure the listener)"
+        } else {
+            ""
+        };
+        (ErrorCode::Internal, format!("binding {addr}: {e}{hint}"))
+    };
+    match transport {
+        Transport::Quic => {
+            let s = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+            s.set_nonblocking(true).map_err(bind_err)?;
+            crate::listen::quic(node, s, addr.to_string()).map_err(failed)
+        }
+        Transport::Ws => {
+            let s = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+            s.set_nonblocking(true).map_err(bind_err)?;
+            let path = if l.ws_path.is_empty() {
+                "/sapper".into()
+            } else {
+                l.ws_path
+            };
+            crate::listen::ws(node, s, addr.to_string(), path).map_err(failed)
+        }
+    }
+}
+
+/// Asks privd to change a route on the TUN; privd checks its own allow-list.
+async fn route_change(node: &Node, r: RouteChangeRequest) -> Result<(), Failure> {
+    let prefix: ipnet::IpNet = r.prefix.parse().map_err(|_| {
+        (
+            ErrorCode::InvalidArgument,
+            format!("{:?} is not a CIDR prefix", r.prefix),
+        )
+    })?;
+    let Some(path) = node.cfg.privd_socket.clone() else {
+        return Err((
+            ErrorCode::PrivdRefused,
+            "this node has no privd (no TUN)".into(),
+        ));
+    };
+    let add = r.add;
+    let res = tokio::task::spawn_blocking(move || {
+        let mut c = sapper_privd_client::PrivdClient::connect(&path)?;
+        c.route_change(&prefix.to_string(), add)
+    })
+    .await
+    .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+    res.map_err(|e| (ErrorCode::PrivdRefused, e.to_string()))?;
+    let info = RouteInfo {
+        prefix: prefix.to_string(),
+        peer: String::new(),
+    };
+    node.emit(if add {
+        event::Body::RouteAdded(info)
+    } else {
+        event::Body::RouteRemoved(info)
+    });
+    tracing::info!(%prefix, add, "route changed through privd");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn who_may_change() {
+        let none = |_: u32, _: u32| vec![];
+        let member = |_: u32, _: u32| vec![100, 4242];
+        // root and netd itself always
+        assert!(may_change(0, 0, 999, None, none));
+        assert!(may_change(999, 999, 999, None, none));
+        // others only through the operator group
+        assert!(!may_change(1000, 1000, 999, None, member));
+        assert!(!may_change(1000, 1000, 999, Some(4242), none));
+        assert!(may_change(1000, 4242, 999, Some(4242), none));
+        assert!(may_change(1000, 1000, 999, Some(4242), member));
+        assert!(!may_change(1000, 1000, 999, Some(7), member));
     }
 }

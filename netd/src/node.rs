@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub fn unix_ms() -> u64 {
@@ -78,9 +78,41 @@ pub struct Peer {
     pub path: PacketPath,
     /// Cancelled to close this link (operator, shutdown, dead peer).
     pub close: CancellationToken,
+    /// Operator pings waiting for their pong, by timestamp.
+    pub ping_waiters: Mutex<HashMap<u64, oneshot::Sender<()>>>,
 }
 
+/// Most operator pings in flight per peer.
+pub const MAX_PING_WAITERS: usize = 16;
+
 impl Peer {
+    /// A peer that passed the handshake on a new link.
+    pub fn new(
+        node: &Node,
+        accepted: sapper_shared::handshake::Accepted,
+        address: SocketAddr,
+        transport: Transport,
+        outbound: bool,
+        control: mpsc::Sender<ControlMessage>,
+        path: PacketPath,
+    ) -> Self {
+        Self {
+            id: node.next_peer_id(),
+            handshake: accepted.peer,
+            routes: accepted.routes,
+            address,
+            transport,
+            outbound,
+            connected_at: unix_ms(),
+            counters: Counters::default(),
+            latency: Mutex::new(Latency::new(node.cfg.ping_miss_limit as usize)),
+            control,
+            path,
+            close: CancellationToken::new(),
+            ping_waiters: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn role(&self) -> NodeRole {
         match self.handshake.hint {
             Some(RoleHint { level, target })
@@ -142,6 +174,9 @@ pub struct NodeStats {
 
 pub struct Node {
     pub cfg: NetdConfig,
+    pub identity: Arc<crate::tls::Identity>,
+    /// Members of this group may change things over the management socket.
+    pub operator_gid: Option<u32>,
     pub name: String,
     pub role: NodeRole,
     pub psk: Option<Psk>,
@@ -158,8 +193,11 @@ pub struct Node {
 }
 
 impl Node {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: NetdConfig,
+        identity: Arc<crate::tls::Identity>,
+        operator_gid: Option<u32>,
         name: String,
         role: NodeRole,
         psk: Option<Psk>,
@@ -168,6 +206,8 @@ impl Node {
     ) -> Self {
         Self {
             cfg,
+            identity,
+            operator_gid,
             name,
             role,
             psk,

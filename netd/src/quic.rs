@@ -10,7 +10,6 @@ use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use sapper_shared::config::{ConnectConfig, Transport};
 use sapper_shared::framing::{self, HEADER_LEN, MAX_CONTROL_FRAME};
-use sapper_shared::latency::Latency;
 use sapper_shared::proof::{ChannelBinding, Side, BINDING_LEN, EXPORTER_LABEL};
 use sapper_shared::proto::control::ControlMessage;
 use std::net::SocketAddr;
@@ -184,23 +183,18 @@ async fn run(
     };
     let (control_tx, control_rx) = mpsc::channel(64);
     let (big_tx, big_rx) = mpsc::channel(node.cfg.peer_queue.min(256));
-    let peer = Arc::new(Peer {
-        id: node.next_peer_id(),
-        handshake: accepted.peer,
-        routes: accepted.routes,
-        address: remote,
-        transport: Transport::Quic,
+    let peer = Arc::new(Peer::new(
+        &node,
+        accepted,
+        remote,
+        Transport::Quic,
         outbound,
-        connected_at: crate::node::unix_ms(),
-        counters: Default::default(),
-        latency: std::sync::Mutex::new(Latency::new(node.cfg.ping_miss_limit as usize)),
-        control: control_tx,
-        path: PacketPath::Quic {
+        control_tx,
+        PacketPath::Quic {
             conn: conn.clone(),
             big: big_tx,
         },
-        close: CancellationToken::new(),
-    });
+    ));
     node.register(peer.clone());
     tracing::info!(peer = %peer.handshake.name, %remote, transport = "quic", "peer connected");
 

@@ -81,6 +81,14 @@ pub fn handle_control(node: &Node, peer: &Peer, body: &[u8]) {
             let _ = peer.control.try_send(pong);
         }
         Some(Body::Pong(p)) => {
+            if let Some(waiter) = peer
+                .ping_waiters
+                .lock()
+                .ok()
+                .and_then(|mut w| w.remove(&p.timestamp_ms))
+            {
+                let _ = waiter.send(());
+            }
             if let Ok(mut l) = peer.latency.lock() {
                 l.pong(&p, node.now_ms());
             }

@@ -12,7 +12,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use sapper_shared::config::{ConnectConfig, Transport};
-use sapper_shared::latency::Latency;
 use sapper_shared::proof::{ChannelBinding, Side, BINDING_LEN, EXPORTER_LABEL};
 use sapper_shared::proto::control::ControlMessage;
 use std::net::SocketAddr;
@@ -85,6 +84,8 @@ async fn accept_one(
         EXPORTER_LABEL,
         Some(b""),
     ))?;
+    // The callback's signature is tungstenite's; its error type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() == path {
             Ok(resp)
@@ -204,20 +205,15 @@ where
     };
     let (control_tx, control_rx) = mpsc::channel(64);
     let (data_tx, data_rx) = mpsc::channel(node.cfg.peer_queue);
-    let peer = Arc::new(Peer {
-        id: node.next_peer_id(),
-        handshake: accepted.peer,
-        routes: accepted.routes,
-        address: remote,
-        transport: Transport::Ws,
+    let peer = Arc::new(Peer::new(
+        &node,
+        accepted,
+        remote,
+        Transport::Ws,
         outbound,
-        connected_at: crate::node::unix_ms(),
-        counters: Default::default(),
-        latency: std::sync::Mutex::new(Latency::new(node.cfg.ping_miss_limit as usize)),
-        control: control_tx,
-        path: PacketPath::Ws { tx: data_tx },
-        close: CancellationToken::new(),
-    });
+        control_tx,
+        PacketPath::Ws { tx: data_tx },
+    ));
     node.register(peer.clone());
     tracing::info!(peer = %peer.handshake.name, %remote, transport = "ws", "peer connected");
 

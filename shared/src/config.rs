@@ -164,8 +164,11 @@ pub struct NetdConfig {
     /// Management socket path.
     #[serde(default = "default_mgmt")]
     pub management_socket: PathBuf,
-    /// Group that owns the management socket.
+    /// Group that owns the management socket: its members can read status.
     pub management_group: Option<String>,
+    /// Group whose members may also change things (connect, disconnect,
+    /// routes, shutdown). Root and netd's own user always may.
+    pub operator_group: Option<String>,
     /// privd's socket; absent on a node without a TUN.
     pub privd_socket: Option<PathBuf>,
     /// Interval between control-channel pings.

@@ -42,7 +42,7 @@ impl<K: Clone + PartialEq> RouteTable<K> {
         self.entries.push((prefix, peer));
         // Longest prefix first so lookup can stop at the first match.
         self.entries
-            .sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+            .sort_by_key(|e| std::cmp::Reverse(e.0.prefix_len()));
     }
 
     /// Removes every route through `peer`, returning the prefixes removed.

@@ -1,0 +1,38 @@
+//! Starting listeners, at start-up (sockets bound before the privilege drop)
+//! and later on an operator's request.
+
+use crate::node::Node;
+use crate::{quic, tls, ws};
+use anyhow::{Context, Result};
+use sapper_shared::proto::management::ListenerInfo;
+use std::sync::Arc;
+
+fn record(node: &Node, address: String, transport: &str) {
+    if let Ok(mut l) = node.listeners.lock() {
+        l.push(ListenerInfo {
+            address,
+            transport: transport.into(),
+        });
+    }
+}
+
+/// Serves QUIC on a bound UDP socket.
+pub fn quic(node: &Arc<Node>, sock: std::net::UdpSocket, addr: String) -> Result<()> {
+    let tls = tls::server_config(&node.identity, &[tls::ALPN_QUIC])?;
+    let ep = quic::server_endpoint(sock, &node.cfg, tls)?;
+    tracing::info!(address = %addr, "listening (QUIC)");
+    record(node, addr, "quic");
+    tokio::spawn(quic::accept_loop(node.clone(), ep));
+    Ok(())
+}
+
+/// Serves WebSocket-over-TLS on a bound TCP listener.
+pub fn ws(node: &Arc<Node>, sock: std::net::TcpListener, addr: String, path: String) -> Result<()> {
+    let tls = tls::server_config(&node.identity, &[b"http/1.1"])?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::from_std(sock).context("registering the listener")?;
+    tracing::info!(address = %addr, %path, "listening (WebSocket)");
+    record(node, addr, "ws");
+    tokio::spawn(ws::accept_loop(node.clone(), listener, acceptor, path));
+    Ok(())
+}
