@@ -25,6 +25,9 @@ struct Args {
     /// Print JSON instead of tables (one object per line for `events`).
     #[arg(long, global = true)]
     json: bool,
+    /// privd's socket (for `privd status`).
+    #[arg(long, global = true, default_value = sapper_shared::config::DEFAULT_PRIVD_SOCKET)]
+    privd_socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,9 +94,6 @@ enum Command {
     Shutdown,
     /// Ask privd.
     Privd {
-        /// privd's socket.
-        #[arg(long, default_value = sapper_shared::config::DEFAULT_PRIVD_SOCKET)]
-        privd_socket: PathBuf,
         #[command(subcommand)]
         action: PrivdAction,
     },
@@ -153,10 +153,9 @@ fn main() -> ExitCode {
             };
         }
         Command::Privd {
-            privd_socket,
             action: PrivdAction::Status,
         } => {
-            return privd_status(&privd_socket, args.json);
+            return privd_status(&args.privd_socket, args.json);
         }
         Command::Status => Req::Status(Default::default()),
         Command::Peers => Req::Peers(Default::default()),

@@ -175,6 +175,39 @@ pub fn render(body: &Resp, json_out: bool) -> String {
                 })
                 .collect::<Vec<_>>(),
         ),
+        Resp::Stats(st) if json_out => json!({
+            "tun_packets_in": st.tun_packets_in,
+            "tun_packets_out": st.tun_packets_out,
+            "drops": st.drops,
+            "handshake_failures": st.handshake_failures,
+            "bytes_in": st.bytes_in,
+            "bytes_out": st.bytes_out,
+        })
+        .to_string(),
+        Resp::Stats(st) => [
+            format!("tun packets in:     {}", st.tun_packets_in),
+            format!("tun packets out:    {}", st.tun_packets_out),
+            format!("bytes in:           {}", human_bytes(st.bytes_in)),
+            format!("bytes out:          {}", human_bytes(st.bytes_out)),
+            format!("drops:              {}", st.drops),
+            format!("handshake failures: {}", st.handshake_failures),
+        ]
+        .join("\n"),
+        Resp::Routes(r) if json_out => json!({
+            "routes": r.routes.iter().map(|r| json!({"prefix": r.prefix, "peer": r.peer})).collect::<Vec<_>>()
+        })
+        .to_string(),
+        Resp::Routes(r) if r.routes.is_empty() => "no routes".into(),
+        Resp::Routes(r) => table(
+            &["PREFIX", "PEER"],
+            &r.routes
+                .iter()
+                .map(|r| {
+                    let peer = if r.peer.is_empty() { "-".into() } else { r.peer.clone() };
+                    vec![r.prefix.clone(), peer]
+                })
+                .collect::<Vec<_>>(),
+        ),
         Resp::Ok(_) => {
             if json_out {
                 json!({"ok": true}).to_string()

@@ -70,12 +70,16 @@ pub enum Decision {
 
 /// Decides whether `peer_uid` may make a request of `kind`.
 ///
+/// Status is read-only and answers anyone who can reach the socket (its mode
+/// and group already decide who that is), so operators can run
+/// `sapperctl privd status`. Everything that changes state is netd's alone.
 /// Root gets no special treatment: a root shell that wants a route must go
 /// through netd (or run netd as root, which makes netd_uid 0).
 pub fn authorize(kind: RequestKind, peer_uid: u32, policy: &AccessPolicy) -> Decision {
     match kind {
         RequestKind::Unknown => Decision::Deny(Denial::Malformed),
-        RequestKind::OpenTun | RequestKind::RouteChange | RequestKind::Status => {
+        RequestKind::Status => Decision::Allow,
+        RequestKind::OpenTun | RequestKind::RouteChange => {
             if peer_uid == policy.netd_uid {
                 Decision::Allow
             } else {
@@ -131,13 +135,12 @@ mod tests {
     }
 
     #[test]
-    fn only_netd_uid_is_allowed() {
+    fn only_netd_uid_may_change_anything() {
         let p = AccessPolicy { netd_uid: 998 };
-        for kind in [
-            RequestKind::OpenTun,
-            RequestKind::RouteChange,
-            RequestKind::Status,
-        ] {
+        for uid in [0, 998, 4242] {
+            assert_eq!(authorize(RequestKind::Status, uid, &p), Decision::Allow);
+        }
+        for kind in [RequestKind::OpenTun, RequestKind::RouteChange] {
             assert_eq!(authorize(kind, 998, &p), Decision::Allow, "{kind:?}");
             assert_eq!(
                 authorize(kind, 0, &p),

@@ -417,7 +417,8 @@ fn privd_end_to_end() {
         out.contains("PROBE open_tun: permission-denied permission denied: only netd's uid"),
         "{out}"
     );
-    assert!(out.contains("PROBE status: permission-denied"), "{out}");
+    // Status is read-only and open to anyone who reaches the socket.
+    assert!(out.contains("PROBE status: ok"), "{out}");
     // Outside the group it cannot even connect.
     let out = probe_as(&w, PROBE_UID + 1, PROBE_UID + 1);
     assert!(out.contains("PROBE open_tun: permission-denied"), "{out}");
@@ -496,10 +497,8 @@ fn root_is_refused_when_netd_is_someone_else() {
         c.open_tun(),
         Err(PrivdError::PermissionDenied { .. })
     ));
-    assert!(matches!(
-        c.status(),
-        Err(PrivdError::PermissionDenied { .. })
-    ));
+    // Read-only status answers root like any reader.
+    assert!(c.status().is_ok());
     // netd's uid is served (it is in the socket group here).
     let out = probe_as(&w, PROBE_UID, NOGROUP);
     assert!(out.contains("PROBE open_tun: ok"), "{out}");
