@@ -110,6 +110,19 @@ fn profile_dir() -> Result<PathBuf, String> {
     Ok(dir.to_path_buf())
 }
 
+/// Variables cargo sets for the process it runs (besides `CARGO_PKG_*`).
+const CARGO_SET_FOR_TESTS: &[&str] = &[
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
 fn build(profile_dir: &Path) -> Result<(), String> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -119,6 +132,16 @@ fn build(profile_dir: &Path) -> Result<(), String> {
         .ok_or("profile directory has no parent")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
+    // `cargo test` gives the test process the variables it sets for the test
+    // crate (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, ...). Passed on, they would
+    // make build scripts that watch them (ring's does) rerun, and the nested
+    // build would recompile half the dependency tree every time.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_") || CARGO_SET_FOR_TESTS.contains(&key.as_ref()) {
+            cmd.env_remove(key.as_ref());
+        }
+    }
     cmd.current_dir(workspace)
         .args(["build", "--workspace", "--bins", "--target-dir"])
         .arg(target_dir);

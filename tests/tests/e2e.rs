@@ -223,8 +223,8 @@ fn privd_refuses_other_uid(t: Transport) {
     let audit = topo.privd(Node::Entry).stderr_text();
     let line = audit
         .lines()
-        .find(|l| l.contains("refused"))
-        .unwrap_or_default();
+        .find(|l| l.contains("refused") && l.contains("4242"))
+        .unwrap_or_else(|| panic!("privd logged no refusal naming uid 4242; its stderr:\n{audit}"));
     eprintln!("probe: {}; audit: {line}", stdout.trim());
     // netd, the legitimate client, is unaffected.
     topo.assert_daemons_alive();

@@ -1,0 +1,59 @@
+# shellcheck shell=bash
+# Helpers shared by scripts/test.sh, scripts/demo.sh, bench/throughput.sh and
+# .ci/run. Source it; it defines functions and sets nothing else.
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Fails unless running as root.
+need_root() {
+    [ "$(id -u)" -eq 0 ] || die "$1 needs root (network namespaces, TUN, nftables): run it with sudo"
+}
+
+# ensure_packages CMD:PKG ... — apt-get installs the packages whose command
+# is missing (apt-get update first, once).
+ensure_packages() {
+    local missing=() pair cmd pkg
+    for pair in "$@"; do
+        cmd=${pair%%:*}
+        pkg=${pair#*:}
+        if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/sbin/$cmd" ]; then
+            missing+=("$pkg")
+        fi
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    command -v apt-get >/dev/null 2>&1 || die "missing packages ${missing[*]} and no apt-get to install them"
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Sets CARGO. Under sudo, PATH usually lacks ~/.cargo/bin; borrow the
+# invoking user's toolchain then.
+find_cargo() {
+    if command -v cargo >/dev/null 2>&1; then
+        CARGO=$(command -v cargo)
+        return 0
+    fi
+    if [ -n "${SUDO_USER:-}" ]; then
+        local home
+        home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+        if [ -x "$home/.cargo/bin/cargo" ]; then
+            export CARGO_HOME="$home/.cargo" RUSTUP_HOME="$home/.rustup"
+            export PATH="$home/.cargo/bin:$PATH"
+            CARGO="$home/.cargo/bin/cargo"
+            return 0
+        fi
+    fi
+    die "cargo not found: install a Rust toolchain (https://rustup.rs), then run this again"
+}
+
+# After a sudo run, give target/ back to the user who ran sudo so their own
+# builds keep working.
+restore_target_owner() {
+    local root=$1
+    if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ] && [ -d "$root/target" ]; then
+        chown -R "$SUDO_USER": "$root/target" 2>/dev/null || true
+    fi
+}

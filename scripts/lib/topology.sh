@@ -1,0 +1,217 @@
+# shellcheck shell=bash
+# The standard E/X/P test network for scripts/demo.sh and bench/throughput.sh
+# (the Rust e2e harness in tests/src/topology.rs builds the same one).
+#
+#   E (entry)              X (exit)                 P (private, no default route)
+#   sap0 10.99.0.1/24      sap0 10.99.0.2/24
+#   ve-x 10.10.0.1/24 ──── vx-e 10.10.0.2/24
+#                          vx-p 10.20.0.1/24 ────── vp-x 10.20.0.2/24
+#
+# Needs: BIN (directory with sapper-privd, sapper-netd, sapperctl) and
+# TOPO_TAG (two lower-case letters naming the caller in namespace names).
+# Call topo_cleanup from an EXIT trap.
+
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+TOPO_PIDS=()
+TOPO_DIR=""
+TOPO_NAMESPACES=()
+
+topo_names() {
+    # ≤ 15 characters: "s" + tag + role + pid.
+    NS_E="s${TOPO_TAG}E$$"
+    NS_X="s${TOPO_TAG}X$$"
+    NS_P="s${TOPO_TAG}P$$"
+}
+
+# topo_up TRANSPORT — builds the network, writes configs and starts privd and
+# netd on both nodes (the exit listens, the entry connects).
+topo_up() {
+    local transport=$1 port ws_lines=""
+    topo_names
+    TOPO_DIR=$(mktemp -d /tmp/sapper-"$TOPO_TAG".XXXXXX)
+    chmod 0755 "$TOPO_DIR"   # netd runs as nobody and needs to reach its sockets
+
+    local ns
+    for ns in "$NS_E" "$NS_X" "$NS_P"; do
+        ip netns del "$ns" 2>/dev/null || true
+        ip netns add "$ns"
+        TOPO_NAMESPACES+=("$ns")
+        ip -n "$ns" link set lo up
+    done
+    ip -n "$NS_E" link add ve-x type veth peer name vx-e netns "$NS_X"
+    ip -n "$NS_X" link add vx-p type veth peer name vp-x netns "$NS_P"
+    ip -n "$NS_E" addr add 10.10.0.1/24 dev ve-x
+    ip -n "$NS_X" addr add 10.10.0.2/24 dev vx-e
+    ip -n "$NS_X" addr add 10.20.0.1/24 dev vx-p
+    ip -n "$NS_P" addr add 10.20.0.2/24 dev vp-x
+    ip -n "$NS_E" link set ve-x up
+    ip -n "$NS_X" link set vx-e up
+    ip -n "$NS_X" link set vx-p up
+    ip -n "$NS_P" link set vp-x up
+
+    case $transport in
+        quic) port=4433 ;;
+        ws) port=8443; ws_lines='ws_path = "/sapper"' ;;
+        *) die "unknown transport $transport (quic or ws)" ;;
+    esac
+
+    local node
+    for node in entry exit; do
+        mkdir -p "$TOPO_DIR/$node/state"
+        chmod 0755 "$TOPO_DIR/$node"
+        chmod 0700 "$TOPO_DIR/$node/state"
+    done
+    # One PSK for both sides; 0600 root: netd reads it before dropping root.
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOPO_DIR/entry/psk"
+    cp "$TOPO_DIR/entry/psk" "$TOPO_DIR/exit/psk"
+    chmod 0600 "$TOPO_DIR/entry/psk" "$TOPO_DIR/exit/psk"
+
+    topo_config exit "$transport" "$port" "$ws_lines" "" >"$TOPO_DIR/exit/sapper.toml"
+    local fp
+    fp=$("$BIN/sapper-netd" --config "$TOPO_DIR/exit/sapper.toml" --print-fingerprint | tail -n1) ||
+        die "sapper-netd --print-fingerprint failed"
+    topo_config entry "$transport" "$port" "$ws_lines" "$fp" >"$TOPO_DIR/entry/sapper.toml"
+
+    topo_start exit-privd "$NS_X" "$BIN/sapper-privd" --config "$TOPO_DIR/exit/sapper.toml"
+    topo_start entry-privd "$NS_E" "$BIN/sapper-privd" --config "$TOPO_DIR/entry/sapper.toml"
+    topo_wait "exit privd socket" 20 test -S "$TOPO_DIR/exit/privd.sock"
+    topo_wait "entry privd socket" 20 test -S "$TOPO_DIR/entry/privd.sock"
+    topo_start exit-netd "$NS_X" "$BIN/sapper-netd" --config "$TOPO_DIR/exit/sapper.toml"
+    topo_wait "exit netd socket" 20 test -S "$TOPO_DIR/exit/netd.sock"
+    topo_start entry-netd "$NS_E" "$BIN/sapper-netd" --config "$TOPO_DIR/entry/sapper.toml"
+    topo_wait "entry netd socket" 20 test -S "$TOPO_DIR/entry/netd.sock"
+}
+
+# topo_config NODE TRANSPORT PORT WS_LINES FINGERPRINT — prints a config.
+topo_config() {
+    local node=$1 transport=$2 port=$3 ws_lines=$4 fp=$5 d="$TOPO_DIR/$1"
+    cat <<CFG
+[node]
+name = "$node"
+role = "$node"
+psk_file = "$d/psk"
+
+[netd]
+user = "nobody"
+group = "nogroup"
+state_dir = "$d/state"
+management_socket = "$d/netd.sock"
+privd_socket = "$d/privd.sock"
+ping_interval_ms = 200
+CFG
+    if [ "$node" = exit ]; then
+        cat <<CFG
+announce_routes = ["10.20.0.0/24"]
+
+[[netd.listen]]
+transport = "$transport"
+address = "0.0.0.0:$port"
+$ws_lines
+
+[privd]
+socket = "$d/privd.sock"
+socket_group = "nogroup"
+netd_user = "nobody"
+
+[privd.tun]
+name = "sap0"
+addresses = ["10.99.0.2/24", "fd99::2/64"]
+mtu = 1280
+allowed_routes = ["10.0.0.0/8", "fd00::/8"]
+
+[privd.nat]
+enable = true
+CFG
+    else
+        cat <<CFG
+
+[[netd.connect]]
+transport = "$transport"
+address = "10.10.0.2:$port"
+server_name = "exit"
+fingerprint = "$fp"
+$ws_lines
+
+[privd]
+socket = "$d/privd.sock"
+socket_group = "nogroup"
+netd_user = "nobody"
+
+[privd.tun]
+name = "sap0"
+addresses = ["10.99.0.1/24", "fd99::1/64"]
+mtu = 1280
+routes = ["10.20.0.0/24"]
+allowed_routes = ["10.0.0.0/8", "fd00::/8"]
+CFG
+    fi
+}
+
+# topo_start LABEL NS PROGRAM ARGS... — starts a daemon in NS, logging to
+# $TOPO_DIR/LABEL.log.
+topo_start() {
+    local label=$1 ns=$2
+    shift 2
+    ip netns exec "$ns" "$@" >"$TOPO_DIR/$label.log" 2>&1 </dev/null &
+    TOPO_PIDS+=("$!")
+    echo "$label $!" >>"$TOPO_DIR/pids"
+}
+
+# topo_wait WHAT SECONDS COMMAND... — polls COMMAND every 0.2 s; fails after
+# SECONDS, or as soon as a daemon has died.
+topo_wait() {
+    local what=$1 secs=$2 i pid
+    shift 2
+    for ((i = 0; i < secs * 5; i++)); do
+        if "$@" >/dev/null 2>&1; then
+            return 0
+        fi
+        for pid in "${TOPO_PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null || { topo_logs; die "a daemon (pid $pid) exited while waiting for $what"; }
+        done
+        sleep 0.2
+    done
+    topo_logs
+    die "timed out after ${secs}s waiting for $what"
+}
+
+# Waits until a ping from E reaches P through the tunnel.
+topo_wait_tunnel() {
+    topo_wait "the tunnel (ping 10.20.0.2 from E)" "${1:-30}" \
+        ip netns exec "$NS_E" ping -n -c 1 -W 1 10.20.0.2
+}
+
+# Prints the tail of every daemon log.
+topo_logs() {
+    [ -n "$TOPO_DIR" ] && [ -d "$TOPO_DIR" ] || return 0
+    local f
+    for f in "$TOPO_DIR"/*.log; do
+        [ -e "$f" ] || continue
+        printf -- '----- %s -----\n' "$(basename "$f")" >&2
+        tail -n 40 "$f" >&2
+    done
+}
+
+# Stops the daemons and removes namespaces and files. Safe to call twice.
+topo_cleanup() {
+    local pid ns i
+    for pid in "${TOPO_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for ((i = 0; i < 30; i++)); do
+        local alive=0
+        for pid in "${TOPO_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ $alive -eq 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${TOPO_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for ns in "${TOPO_NAMESPACES[@]}"; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    [ -n "$TOPO_DIR" ] && rm -rf "$TOPO_DIR"
+    TOPO_PIDS=()
+    TOPO_NAMESPACES=()
+    TOPO_DIR=""
+}
