@@ -11,6 +11,7 @@ pub mod latency;
 pub mod proof;
 pub mod proto;
 pub mod psk;
+pub mod roles;
 pub mod routing;
 
 /// Wire protocol version carried in every Handshake.
