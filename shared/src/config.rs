@@ -63,6 +63,47 @@ pub struct NodeConfig {
     pub psk_file: Option<PathBuf>,
     /// Environment variable holding the PSK.
     pub psk_env: Option<String>,
+    /// Turn automatic role negotiation and automatic routes back on under
+    /// the secure posture.
+    #[serde(default)]
+    pub zero_config: bool,
+    /// Override zero_config for negotiation alone.
+    pub auto_negotiate: Option<bool>,
+    /// Override zero_config for installing announced routes alone.
+    pub auto_routes: Option<bool>,
+    /// Run with no PSK at all. Must be asked for in so many words.
+    #[serde(default)]
+    pub insecure_open: bool,
+    /// A role hint carried in the Handshake.
+    pub hint: Option<HintConfig>,
+    /// Do not announce this node's routes to peers.
+    #[serde(default)]
+    pub no_announce_routes: bool,
+    /// Do not install routes peers announce.
+    #[serde(default)]
+    pub no_accept_routes: bool,
+}
+
+/// Hint strengths as written in the config file.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HintLevelName {
+    /// Take the role if negotiation is ambiguous.
+    Prefer,
+    /// Never take the role.
+    Exclude,
+    /// This role or Indeterminate.
+    Fixed,
+}
+
+/// `[node.hint]`
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HintConfig {
+    /// Strength.
+    pub level: HintLevelName,
+    /// Role the hint is about.
+    pub role: RoleName,
 }
 
 /// Transport kinds.

@@ -8,6 +8,7 @@ pub mod config;
 pub mod framing;
 pub mod handshake;
 pub mod latency;
+pub mod posture;
 pub mod proof;
 pub mod proto;
 pub mod psk;

@@ -1,0 +1,143 @@
+//! The security posture a node runs with, from what it was configured with.
+//! Any authentication (PSK, pinned fingerprint, CA) means the secure posture:
+//! verification enforced, no automatic negotiation or routes, the configured
+//! role fixed. `zero_config` (or `auto_negotiate` / `auto_routes`) turns the
+//! automation back on explicitly. A node with no authentication at all must
+//! say `insecure_open`.
+
+use crate::config::{HintLevelName, NetdConfig, NodeConfig, RoleName};
+use crate::proto::data::{HintLevel, NodeRole, RoleHint};
+
+/// What the node may do on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Posture {
+    /// Some authentication is configured.
+    pub secure: bool,
+    /// Roles come from negotiation rather than configuration alone.
+    pub auto_negotiate: bool,
+    /// Announced routes are installed on the TUN.
+    pub auto_routes: bool,
+    /// This node announces its routes.
+    pub announce_routes: bool,
+    /// This node accepts routes peers announce.
+    pub accept_routes: bool,
+    /// The hint this node starts with.
+    pub hint: Option<RoleHint>,
+}
+
+/// Why a posture cannot be formed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PostureError {
+    /// Nothing authenticates peers and the operator did not ask for that.
+    #[error(
+        "no authentication configured: set node.psk_file or node.psk_env (and pin peers), \
+         or set node.insecure_open = true to run an open node on purpose"
+    )]
+    Unauthenticated,
+}
+
+fn role(r: RoleName) -> NodeRole {
+    match r {
+        RoleName::Entry => NodeRole::RoleEntry,
+        RoleName::Exit => NodeRole::RoleExit,
+        RoleName::Relay => NodeRole::RoleRelay,
+    }
+}
+
+/// Resolves the posture.
+pub fn resolve(node: &NodeConfig, netd: &NetdConfig) -> Result<Posture, PostureError> {
+    let has_psk = node.psk_file.is_some() || node.psk_env.is_some();
+    let pins = netd
+        .connect
+        .iter()
+        .any(|c| c.fingerprint.is_some() || c.ca_file.is_some());
+    let secure = has_psk || pins;
+    if !has_psk && !node.insecure_open {
+        return Err(PostureError::Unauthenticated);
+    }
+    let automatic = node.zero_config || !secure;
+    let hint = match (node.hint, node.role) {
+        (Some(h), _) => Some(RoleHint {
+            level: match h.level {
+                HintLevelName::Prefer => HintLevel::Prefer,
+                HintLevelName::Exclude => HintLevel::Exclude,
+                HintLevelName::Fixed => HintLevel::Fixed,
+            } as i32,
+            target: role(h.role) as i32,
+        }),
+        (None, Some(r)) => Some(RoleHint {
+            level: HintLevel::Fixed as i32,
+            target: role(r) as i32,
+        }),
+        (None, None) => None,
+    };
+    Ok(Posture {
+        secure,
+        auto_negotiate: node.auto_negotiate.unwrap_or(automatic),
+        auto_routes: node.auto_routes.unwrap_or(automatic),
+        announce_routes: !node.no_announce_routes,
+        accept_routes: !node.no_accept_routes,
+        hint,
+    })
+}
+
+/// The role a node without automatic negotiation takes: its fixed hint.
+pub fn fixed_role(p: &Posture) -> Option<NodeRole> {
+    let h = p.hint?;
+    (h.level == HintLevel::Fixed as i32)
+        .then(|| NodeRole::try_from(h.target).unwrap_or(NodeRole::RoleIndeterminate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn posture(toml: &str) -> Result<Posture, PostureError> {
+        let c = Config::parse(toml, "t.toml").unwrap();
+        resolve(&c.node, c.netd.as_ref().unwrap())
+    }
+
+    #[test]
+    fn psk_means_secure_and_manual() {
+        let p = posture("[node]\npsk_file = \"/k\"\nrole = \"exit\"\n[netd]\n").unwrap();
+        assert!(p.secure);
+        assert!(!p.auto_negotiate && !p.auto_routes);
+        assert_eq!(fixed_role(&p), Some(NodeRole::RoleExit));
+    }
+
+    #[test]
+    fn zero_config_turns_automation_back_on() {
+        let p = posture("[node]\npsk_file = \"/k\"\nzero_config = true\n[netd]\n").unwrap();
+        assert!(p.secure && p.auto_negotiate && p.auto_routes);
+        assert_eq!(p.hint, None);
+        let p =
+            posture("[node]\npsk_file = \"/k\"\nzero_config = true\nauto_routes = false\n[netd]\n")
+                .unwrap();
+        assert!(p.auto_negotiate && !p.auto_routes);
+    }
+
+    #[test]
+    fn no_authentication_must_be_asked_for() {
+        assert_eq!(posture("[netd]\n"), Err(PostureError::Unauthenticated));
+        let p = posture("[node]\ninsecure_open = true\n[netd]\n").unwrap();
+        assert!(!p.secure && p.auto_negotiate && p.auto_routes);
+    }
+
+    #[test]
+    fn hints_and_switches() {
+        let p = posture(
+            "[node]\npsk_file = \"/k\"\nno_accept_routes = true\n[node.hint]\nlevel = \"prefer\"\nrole = \"entry\"\n[netd]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.hint,
+            Some(RoleHint {
+                level: HintLevel::Prefer as i32,
+                target: NodeRole::RoleEntry as i32
+            })
+        );
+        assert_eq!(fixed_role(&p), None);
+        assert!(!p.accept_routes && p.announce_routes);
+    }
+}
