@@ -62,7 +62,13 @@ pub fn drop_all(target: Option<Target>) -> Result<()> {
         CapSet::Effective,
         CapSet::Permitted,
     ] {
-        caps::clear(None, set).with_context(|| format!("clearing {set:?} capabilities"))?;
+        // Only when there is something to clear: under systemd the sets are
+        // already empty and the unit's SystemCallFilter= denies capset(2).
+        let held =
+            caps::read(None, set).with_context(|| format!("reading {set:?} capabilities"))?;
+        if !held.is_empty() {
+            caps::clear(None, set).with_context(|| format!("clearing {set:?} capabilities"))?;
+        }
     }
     nix::sys::prctl::set_no_new_privs().context("setting no_new_privs")?;
     let eff = caps::read(None, CapSet::Effective).context("reading capabilities")?;

@@ -155,7 +155,15 @@ async fn setup_nat(cfg: &PrivdConfig, tun_name: &str) -> anyhow::Result<bool> {
     let sources = nat::sources(&nat_cfg.sources, &cfg.tun.addresses);
     let ruleset = nat::ruleset(tun_name, &sources)?;
     let need_v6 = sources.iter().any(|n| matches!(n, ipnet::IpNet::V6(_)));
-    nat::enable_forwarding(need_v6)?;
+    let forwarding = nat::enable_forwarding(need_v6)?;
+    if !forwarding {
+        // Not fatal: the NAT table is still right, and status keeps
+        // reporting forwarding off until the operator's sysctl fixes it.
+        audit::log(
+            "warn",
+            "forwarding off: /proc/sys is read-only here; set net.ipv4.ip_forward=1 (sysctl.d/60-sapper.conf)",
+        );
+    }
     nat::apply(&ruleset)
         .await
         .with_context(|| format!("installing nft table {}", nat::TABLE))?;
@@ -163,7 +171,8 @@ async fn setup_nat(cfg: &PrivdConfig, tun_name: &str) -> anyhow::Result<bool> {
     audit::log(
         "info",
         &format!(
-            "forwarding on; masquerading {} via table {}",
+            "forwarding {}; masquerading {} via table {}",
+            if forwarding { "on" } else { "off" },
             shown.join(", "),
             nat::TABLE
         ),

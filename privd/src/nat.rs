@@ -138,21 +138,28 @@ pub async fn apply(script: &str) -> Result<(), NatError> {
     Ok(())
 }
 
-/// Turns on forwarding. IPv6 is only required when there are v6 sources, so
-/// a host with IPv6 disabled can still be a v4 exit.
+/// Turns on forwarding and returns whether IPv4 forwarding is on afterwards.
+/// IPv6 is only required when there are v6 sources, so a host with IPv6
+/// disabled can still be a v4 exit.
 ///
 /// Writing these files needs no capability beyond CAP_NET_ADMIN: sysctls
 /// under /proc/sys/net are checked against the network namespace owner, and
-/// CAP_NET_ADMIN there grants the owner's write bit.
-pub fn enable_forwarding(need_v6: bool) -> Result<(), NatError> {
-    let write = |path: &'static str| {
-        std::fs::write(path, b"1\n").map_err(|source| NatError::Sysctl { path, source })
+/// CAP_NET_ADMIN there grants the owner's write bit. Under systemd
+/// (ProtectKernelTunables=yes) /proc/sys is read-only: forwarding is then
+/// the sysctl.d file's job, a write failing with EROFS is not an error, and
+/// the caller reports forwarding off if it is.
+pub fn enable_forwarding(need_v6: bool) -> Result<bool, NatError> {
+    let write = |path: &'static str| match std::fs::write(path, b"1\n") {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EROFS) => Ok(()),
+        Err(source) => Err(NatError::Sysctl { path, source }),
     };
     write(IPV4_FORWARD)?;
     match write(IPV6_FORWARD) {
-        Err(e) if need_v6 || Path::new(IPV6_FORWARD).exists() => Err(e),
-        _ => Ok(()),
+        Err(e) if need_v6 || Path::new(IPV6_FORWARD).exists() => return Err(e),
+        _ => {}
     }
+    Ok(forwarding_enabled())
 }
 
 /// True when IPv4 forwarding is on.

@@ -64,13 +64,28 @@ pub fn drop_to_net_admin() -> Result<(), PrivError> {
         }
     }
     let keep: CapsHashSet = [KEEP].into_iter().collect();
-    caps::clear(None, CapSet::Ambient).map_err(caps_err("clear ambient set"))?;
+    let is_keep = |set| caps::read(None, set).is_ok_and(|s| s == keep);
+    // Started by systemd with AmbientCapabilities=CAP_NET_ADMIN the sets are
+    // already exactly `keep`, and the unit's SystemCallFilter= denies
+    // capset(2); so change only what differs.
+    if !is_keep(CapSet::Ambient) {
+        caps::clear(None, CapSet::Ambient).map_err(caps_err("clear ambient set"))?;
+    }
     // Effective before permitted: the kernel refuses an effective set that is
     // larger than the permitted one.
-    caps::set(None, CapSet::Effective, &keep).map_err(caps_err("set effective set"))?;
-    caps::set(None, CapSet::Permitted, &keep).map_err(caps_err("set permitted set"))?;
-    caps::set(None, CapSet::Inheritable, &keep).map_err(caps_err("set inheritable set"))?;
-    caps::raise(None, CapSet::Ambient, KEEP).map_err(caps_err("raise ambient CAP_NET_ADMIN"))?;
+    for (set, what) in [
+        (CapSet::Effective, "set effective set"),
+        (CapSet::Permitted, "set permitted set"),
+        (CapSet::Inheritable, "set inheritable set"),
+    ] {
+        if !is_keep(set) {
+            caps::set(None, set, &keep).map_err(caps_err(what))?;
+        }
+    }
+    if !is_keep(CapSet::Ambient) {
+        caps::raise(None, CapSet::Ambient, KEEP)
+            .map_err(caps_err("raise ambient CAP_NET_ADMIN"))?;
+    }
     nix::sys::prctl::set_no_new_privs().map_err(|e| PrivError::Caps {
         what: "set no_new_privs",
         msg: e.to_string(),
