@@ -239,6 +239,9 @@ pub struct NetdConfig {
     /// Peers to dial.
     #[serde(default)]
     pub connect: Vec<ConnectConfig>,
+    /// The userspace exit (`[netd.exit]`).
+    #[serde(default)]
+    pub exit: ExitConfig,
 }
 
 fn default_privd_socket() -> PathBuf {
@@ -411,6 +414,9 @@ impl Config {
                 }
             }
         }
+        if let Some((key, message)) = self.netd.as_ref().and_then(|n| n.exit.check().err()) {
+            return Err(err(format!("netd.exit.{key}"), &message));
+        }
         if let Some(p) = &self.privd {
             let t = &p.tun;
             if t.name.is_empty() || t.name.len() > 15 || t.name.contains('/') {
@@ -436,6 +442,149 @@ impl Config {
                     "privd.netd_user".into(),
                     "name the user netd runs as (netd_user or netd_uid)",
                 ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_max_tcp_flows() -> u32 {
+    1024
+}
+fn default_max_udp_flows() -> u32 {
+    1024
+}
+fn default_max_icmp_flows() -> u32 {
+    256
+}
+fn default_flow_buffer() -> u32 {
+    128 * 1024
+}
+fn default_max_buffer() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_connect_timeout() -> u64 {
+    10_000
+}
+fn default_udp_idle() -> u64 {
+    60_000
+}
+fn default_icmp_idle() -> u64 {
+    10_000
+}
+fn default_true() -> bool {
+    true
+}
+
+/// `[netd.exit]`: the userspace exit. On a node without privd (no TUN) netd
+/// terminates the tunnel's TCP, UDP and ICMP echo in a userspace TCP/IP stack
+/// and realises them as ordinary sockets of its own unprivileged user.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ExitConfig {
+    /// Run the userspace exit. Default: on when `node.role = "exit"` and
+    /// there is no `netd.privd_socket`.
+    pub enable: Option<bool>,
+    /// Most TCP flows open at once; more are refused with a RST.
+    #[serde(default = "default_max_tcp_flows")]
+    pub max_tcp_flows: u32,
+    /// Most UDP flows (source ↔ destination pairs) at once; more are refused
+    /// with an ICMP unreachable.
+    #[serde(default = "default_max_udp_flows")]
+    pub max_udp_flows: u32,
+    /// Most ICMP echo flows (source, destination, identifier) at once.
+    #[serde(default = "default_max_icmp_flows")]
+    pub max_icmp_flows: u32,
+    /// Buffer per TCP flow and direction, in bytes (the window offered to
+    /// the entry); also the most bytes queued toward one UDP flow's socket.
+    #[serde(default = "default_flow_buffer")]
+    pub flow_buffer_bytes: u32,
+    /// Total bytes all flow buffers may reserve; a new flow that would pass
+    /// it is refused.
+    #[serde(default = "default_max_buffer")]
+    pub max_buffer_bytes: u64,
+    /// Time allowed for the exit's connect() to a TCP destination.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// A UDP flow with no datagram either way for this long is closed.
+    #[serde(default = "default_udp_idle")]
+    pub udp_idle_timeout_ms: u64,
+    /// An ICMP echo flow with no traffic for this long is closed.
+    #[serde(default = "default_icmp_idle")]
+    pub icmp_idle_timeout_ms: u64,
+    /// Refuse the exit host's loopback, link-local, "this host", multicast
+    /// and broadcast destinations (see `sapper_shared::egress::LOCAL_DENY`).
+    #[serde(default = "default_true")]
+    pub deny_local: bool,
+    /// Destinations allowed (`[tcp|udp|icmp] PREFIX [port N[-M]]`); empty
+    /// allows everything not denied.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Destinations refused; a deny rule beats every allow rule.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+impl Default for ExitConfig {
+    fn default() -> Self {
+        Self {
+            enable: None,
+            max_tcp_flows: default_max_tcp_flows(),
+            max_udp_flows: default_max_udp_flows(),
+            max_icmp_flows: default_max_icmp_flows(),
+            flow_buffer_bytes: default_flow_buffer(),
+            max_buffer_bytes: default_max_buffer(),
+            connect_timeout_ms: default_connect_timeout(),
+            udp_idle_timeout_ms: default_udp_idle(),
+            icmp_idle_timeout_ms: default_icmp_idle(),
+            deny_local: true,
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
+}
+
+impl ExitConfig {
+    /// The egress policy these settings describe.
+    pub fn policy(&self) -> Result<crate::egress::Policy, String> {
+        crate::egress::Policy::parse(&self.allow, &self.deny, self.deny_local)
+    }
+
+    /// Checks ranges; the error is (key below `netd.exit`, message).
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
+        if !(1..=1_000_000).contains(&self.max_tcp_flows) {
+            return bad("max_tcp_flows", "must be 1..=1000000");
+        }
+        if !(1..=1_000_000).contains(&self.max_udp_flows) {
+            return bad("max_udp_flows", "must be 1..=1000000");
+        }
+        if !(1..=100_000).contains(&self.max_icmp_flows) {
+            return bad("max_icmp_flows", "must be 1..=100000");
+        }
+        if !(4096..=(64 << 20)).contains(&self.flow_buffer_bytes) {
+            return bad("flow_buffer_bytes", "must be 4096..=67108864");
+        }
+        if self.max_buffer_bytes < 4 * u64::from(self.flow_buffer_bytes) {
+            return bad(
+                "max_buffer_bytes",
+                "must hold at least one flow (4 x flow_buffer_bytes)",
+            );
+        }
+        if !(100..=600_000).contains(&self.connect_timeout_ms) {
+            return bad("connect_timeout_ms", "must be 100..=600000");
+        }
+        if !(1000..=86_400_000).contains(&self.udp_idle_timeout_ms) {
+            return bad("udp_idle_timeout_ms", "must be 1000..=86400000");
+        }
+        if !(1000..=3_600_000).contains(&self.icmp_idle_timeout_ms) {
+            return bad("icmp_idle_timeout_ms", "must be 1000..=3600000");
+        }
+        for (list, name) in [(&self.allow, "allow"), (&self.deny, "deny")] {
+            for (i, r) in list.iter().enumerate() {
+                if let Err(e) = crate::egress::Rule::parse(r) {
+                    return Err((format!("{name}[{i}]"), e));
+                }
             }
         }
         Ok(())
@@ -517,6 +666,60 @@ allowed_routes = ["10.0.0.0/8"]
         let no_pin = GOOD.replace("fingerprint = ", "# fingerprint = ");
         let e = Config::parse(&no_pin, "t.toml").unwrap_err();
         assert_eq!(e.key, "netd.connect[0]");
+    }
+
+    #[test]
+    fn credential_paths() {
+        let text = GOOD.replace("/etc/sapper/psk", "%d/psk");
+        let mut c = Config::parse(&text, "t.toml").unwrap();
+        let e = c.expand_credentials("t.toml", None).unwrap_err();
+        assert_eq!(e.key, "node.psk_file");
+        c.expand_credentials("t.toml", Some(Path::new("/run/credentials/x")))
+            .unwrap();
+        assert_eq!(
+            c.node.psk_file.as_deref(),
+            Some(Path::new("/run/credentials/x/psk"))
+        );
+        // Plain paths are left alone, with or without a directory.
+        let mut c = Config::parse(GOOD, "t.toml").unwrap();
+        c.expand_credentials("t.toml", None).unwrap();
+        assert_eq!(
+            c.node.psk_file.as_deref(),
+            Some(Path::new("/etc/sapper/psk"))
+        );
+        let bad = GOOD.replace("/etc/sapper/psk", "%d/../etc/shadow");
+        let mut c = Config::parse(&bad, "t.toml").unwrap();
+        assert!(c
+            .expand_credentials("t.toml", Some(Path::new("/c")))
+            .is_err());
+    }
+
+    #[test]
+    fn exit_section_defaults_and_errors() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        let x = c.netd.unwrap().exit;
+        assert_eq!(x.enable, None);
+        assert_eq!(x.max_tcp_flows, 1024);
+        assert!(x.deny_local);
+        assert!(x.policy().is_ok());
+        let with = |extra: &str| {
+            Config::parse(
+                &GOOD.replace("[privd]\n", &format!("[netd.exit]\n{extra}\n\n[privd]\n")),
+                "t.toml",
+            )
+        };
+        let c =
+            with("enable = true\nmax_tcp_flows = 8\ndeny = [\"tcp 10.0.0.0/8 port 22\"]").unwrap();
+        let x = c.netd.unwrap().exit;
+        assert_eq!((x.enable, x.max_tcp_flows), (Some(true), 8));
+        let e = with("deny = [\"10.0.0.0/8\", \"10.0.0.0/8 port 0\"]").unwrap_err();
+        assert_eq!(e.key, "netd.exit.deny[1]");
+        let e = with("max_tcp_flows = 0").unwrap_err();
+        assert_eq!(e.key, "netd.exit.max_tcp_flows");
+        let e = with("flow_buffer_bytes = 1048576\nmax_buffer_bytes = 1048576").unwrap_err();
+        assert_eq!(e.key, "netd.exit.max_buffer_bytes");
+        let e = with("bogus = 1").unwrap_err();
+        assert!(e.message.contains("bogus"), "{e}");
     }
 
     #[test]

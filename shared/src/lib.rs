@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod egress;
 pub mod framing;
 pub mod handshake;
 pub mod latency;
