@@ -8,8 +8,8 @@ mod render;
 use clap::{CommandFactory, Parser, Subcommand};
 use client::{Client, ClientError};
 use sapper_shared::proto::management::{
-    request::Body as Req, response::Body as Resp, ConnectRequest, DisconnectRequest, ListenRequest,
-    PingRequest, RouteChangeRequest,
+    request::Body as Req, response::Body as Resp, ConnectRequest, DisconnectRequest, HintRequest,
+    ListenRequest, PingRequest, RouteChangeRequest,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +88,11 @@ enum Command {
         #[command(subcommand)]
         action: RouteAction,
     },
+    /// Set or clear this node's role hint; neighbours re-negotiate.
+    Hint {
+        #[command(subcommand)]
+        action: HintAction,
+    },
     /// Stream events (peer connected/disconnected, routes, errors) until Ctrl-C.
     Events,
     /// Stop netd.
@@ -112,6 +117,48 @@ enum RouteAction {
     Add { prefix: String },
     /// Remove a route.
     Del { prefix: String },
+}
+
+#[derive(Subcommand)]
+enum HintAction {
+    /// Take ROLE when negotiation is ambiguous.
+    Prefer { role: RoleArg },
+    /// Never take ROLE.
+    Exclude { role: RoleArg },
+    /// Take ROLE or stay indeterminate.
+    Fixed { role: RoleArg },
+    /// Remove the hint.
+    Clear,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Entry,
+    Relay,
+    Exit,
+}
+
+fn hint_request(action: HintAction) -> HintRequest {
+    use sapper_shared::proto::data::{HintLevel, NodeRole, RoleHint};
+    let make = |level: HintLevel, role: RoleArg| {
+        let target = match role {
+            RoleArg::Entry => NodeRole::RoleEntry,
+            RoleArg::Relay => NodeRole::RoleRelay,
+            RoleArg::Exit => NodeRole::RoleExit,
+        };
+        Some(RoleHint {
+            level: level as i32,
+            target: target as i32,
+        })
+    };
+    HintRequest {
+        hint: match action {
+            HintAction::Prefer { role } => make(HintLevel::Prefer, role),
+            HintAction::Exclude { role } => make(HintLevel::Exclude, role),
+            HintAction::Fixed { role } => make(HintLevel::Fixed, role),
+            HintAction::Clear => None,
+        },
+    }
 }
 
 #[derive(Subcommand)]
@@ -189,6 +236,7 @@ fn main() -> ExitCode {
             RouteAction::Add { prefix } => RouteChangeRequest { prefix, add: true },
             RouteAction::Del { prefix } => RouteChangeRequest { prefix, add: false },
         }),
+        Command::Hint { action } => Req::Hint(hint_request(action)),
         Command::Events => return events(&args.socket, args.json),
         Command::Shutdown => Req::Shutdown(Default::default()),
     };

@@ -59,6 +59,7 @@ pub fn peer_json(p: &PeerInfo) -> Value {
         "drops": p.drops,
         "connected_at": p.connected_at,
         "routes": p.routes,
+        "link_reason": p.link_reason,
     })
 }
 

@@ -2,9 +2,12 @@
 //! reads its secrets, drops to its own user with no capability, and only then
 //! asks privd for the TUN and starts talking to the network.
 
+mod activation;
+mod announce;
 mod dial;
 mod listen;
 mod mgmt;
+mod negotiation;
 mod node;
 mod privs;
 mod quic;
@@ -64,12 +67,15 @@ struct Bound {
 }
 
 fn run(args: Args) -> Result<()> {
-    let cfg = Config::load(&args.config)?;
+    let mut cfg = Config::load(&args.config)?;
     let file = args.config.display().to_string();
+    // "%d/name" paths: files systemd's LoadCredential= put in place.
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    cfg.expand_credentials(&file, creds.as_deref())?;
     let netd = cfg
         .netd
         .with_context(|| format!("{file}: no [netd] section"))?;
-    let name = match cfg.node.name {
+    let name = match cfg.node.name.clone() {
         Some(n) => n,
         None => nix::unistd::gethostname()
             .context("reading the host name for node.name")?
@@ -101,6 +107,11 @@ fn run(args: Args) -> Result<()> {
         }
     };
 
+    let posture = sapper_shared::posture::resolve(&cfg.node, &netd)
+        .with_context(|| format!("{file}: [node]"))?;
+    if !posture.secure {
+        tracing::warn!("INSECURE: no authentication configured (node.insecure_open); any peer that can reach this node is accepted");
+    }
     let target = privs::resolve(netd.user.as_deref(), netd.group.as_deref())?;
     let operator_gid = match &netd.operator_group {
         Some(g) => Some(
@@ -120,11 +131,6 @@ fn run(args: Args) -> Result<()> {
         None => None,
     };
 
-    let role = cfg
-        .node
-        .role
-        .map(node::role_of)
-        .unwrap_or(sapper_shared::proto::data::NodeRole::RoleIndeterminate);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -140,7 +146,7 @@ fn run(args: Args) -> Result<()> {
             Arc::new(identity),
             operator_gid,
             name,
-            role,
+            posture,
             psk,
             fingerprint,
             tun,
@@ -149,24 +155,48 @@ fn run(args: Args) -> Result<()> {
     })
 }
 
+/// Takes the sockets systemd passed (see activation.rs) and binds the rest.
 fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
+    let mut act = activation::Activated::from_env()?;
     let mut quic = Vec::new();
     let mut ws = Vec::new();
     for l in &netd.listen {
         match l.transport {
             Transport::Quic => {
-                let s = std::net::UdpSocket::bind(l.address)
-                    .with_context(|| format!("binding UDP {}", l.address))?;
+                let s = match act.take_quic(l.address) {
+                    Some(s) => s,
+                    None => std::net::UdpSocket::bind(l.address)
+                        .with_context(|| format!("binding UDP {}", l.address))?,
+                };
                 s.set_nonblocking(true)?;
                 quic.push((s, l.address.to_string()));
             }
             Transport::Ws => {
-                let s = std::net::TcpListener::bind(l.address)
-                    .with_context(|| format!("binding TCP {}", l.address))?;
+                let s = match act.take_ws(l.address) {
+                    Some(s) => s,
+                    None => std::net::TcpListener::bind(l.address)
+                        .with_context(|| format!("binding TCP {}", l.address))?,
+                };
                 s.set_nonblocking(true)?;
                 ws.push((s, l.address.to_string(), l.ws_path.clone()));
             }
         }
+    }
+    let mgmt_passed = act.take_mgmt();
+    let (more_quic, more_ws) = act.rest();
+    for (s, addr) in more_quic {
+        s.set_nonblocking(true)?;
+        quic.push((s, addr.to_string()));
+    }
+    for (s, addr) in more_ws {
+        s.set_nonblocking(true)?;
+        let path = sapper_shared::config::default_ws_path();
+        ws.push((s, addr.to_string(), path));
+    }
+    if let Some(mgmt) = mgmt_passed {
+        // Mode, owner and group were set by the socket unit.
+        mgmt.set_nonblocking(true)?;
+        return Ok(Bound { quic, ws, mgmt });
     }
     let path = &netd.management_socket;
     if let Some(dir) = path.parent() {
@@ -232,7 +262,9 @@ async fn serve(node: Arc<Node>, bound: Bound) -> Result<()> {
     let mgmt = tokio::net::UnixListener::from_std(bound.mgmt)?;
     tokio::spawn(mgmt::serve(node.clone(), mgmt));
     tokio::spawn(node::tun_reader(node.clone()));
-    tracing::info!(name = %node.name, role = node::role_str(node.role), "netd ready");
+    tracing::info!(name = %node.name, posture = %node.posture_summary(), "netd ready");
+    activation::ready(&node);
+    node.renegotiate(false);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -240,9 +272,12 @@ async fn serve(node: Arc<Node>, bound: Bound) -> Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = node.shutdown.cancelled() => {}
     }
+    activation::stopping();
     node.shutdown.cancel();
     // Let links send their goodbyes.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = std::fs::remove_file(&node.cfg.management_socket);
+    if !activation::mgmt_activated() {
+        let _ = std::fs::remove_file(&node.cfg.management_socket);
+    }
     Ok(())
 }

@@ -89,6 +89,7 @@ async fn client(node: Arc<Node>, mut stream: UnixStream) -> Result<()> {
                 | Req::Disconnect(_)
                 | Req::Shutdown(_)
                 | Req::RouteChange(_)
+                | Req::Hint(_)
         );
         if is_write && !may_write {
             tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), request = request_kind(&body), "refused a management change from a non-operator");
@@ -160,7 +161,7 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Response {
         Req::Status(_) => ok(Resp::Status(StatusResponse {
             name: node.name.clone(),
             version: sapper_shared::SOFTWARE_VERSION.into(),
-            role: node.role as i32,
+            role: node.role() as i32,
             uptime_s: node.started.elapsed().as_secs(),
             listeners: node.listeners.lock().map(|l| l.clone()).unwrap_or_default(),
             cert_fingerprint: node.fingerprint.clone(),
@@ -170,7 +171,18 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Response {
                 mtu: t.mtu,
             }),
             peer_count: node.peers().len() as u32,
-            role_reason: format!("{} (fixed by configuration)", role_str(node.role)),
+            role_reason: node
+                .role_state
+                .lock()
+                .map(|st| {
+                    format!(
+                        "{}: {} [{}]",
+                        role_str(st.role),
+                        st.reason,
+                        node.posture_summary()
+                    )
+                })
+                .unwrap_or_default(),
         })),
         Req::Peers(_) => ok(Resp::Peers(PeersResponse {
             peers: node.peers().iter().map(|p| p.info()).collect(),
@@ -241,6 +253,10 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Response {
             Ok(()) => ok(Resp::Ok(MOk {})),
             Err((code, msg)) => error(id, code, msg),
         },
+        Req::Hint(h) => {
+            node.set_hint(h.hint);
+            ok(Resp::Ok(MOk {}))
+        }
         Req::Subscribe(_) => error(id, ErrorCode::Internal, "subscribe handled elsewhere"),
     }
 }
@@ -303,6 +319,7 @@ fn request_kind(body: &Req) -> &'static str {
         Req::Shutdown(_) => "shutdown",
         Req::Subscribe(_) => "subscribe",
         Req::RouteChange(_) => "route-change",
+        Req::Hint(_) => "hint",
     }
 }
 

@@ -5,14 +5,15 @@
 use crate::tun::Tun;
 use bytes::Bytes;
 use ipnet::IpNet;
-use sapper_shared::config::{NetdConfig, RoleName, Transport};
+use sapper_shared::config::{NetdConfig, Transport};
 use sapper_shared::latency::Latency;
+use sapper_shared::posture::Posture;
 use sapper_shared::proto::control::ControlMessage;
-use sapper_shared::proto::data::{Capabilities, Handshake, HintLevel, NodeRole, RoleHint};
+use sapper_shared::proto::data::{Capabilities, Handshake, NodeRole, RoleHint};
 use sapper_shared::proto::management::{self as mgmt, event, Event, PeerInfo};
 use sapper_shared::psk::Psk;
 use sapper_shared::routing::{self, RouteTable};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,14 +26,6 @@ pub fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-pub fn role_of(r: RoleName) -> NodeRole {
-    match r {
-        RoleName::Entry => NodeRole::RoleEntry,
-        RoleName::Exit => NodeRole::RoleExit,
-        RoleName::Relay => NodeRole::RoleRelay,
-    }
 }
 
 pub fn role_str(r: NodeRole) -> &'static str {
@@ -80,6 +73,29 @@ pub struct Peer {
     pub close: CancellationToken,
     /// Operator pings waiting for their pong, by timestamp.
     pub ping_waiters: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// What negotiation decided for this link.
+    pub link: Mutex<LinkState>,
+}
+
+/// The negotiated state of one link.
+#[derive(Debug, Clone)]
+pub struct LinkState {
+    /// Our role on this link.
+    pub local: NodeRole,
+    /// The peer's role on this link.
+    pub peer: NodeRole,
+    /// Why, for operators.
+    pub reason: String,
+    /// The peer's latest hint (Handshake, then RoleTransitions).
+    pub peer_hint: Option<RoleHint>,
+}
+
+/// This node's role and why.
+#[derive(Debug, Clone)]
+pub struct RoleState {
+    pub role: NodeRole,
+    pub reason: String,
+    pub hint: Option<RoleHint>,
 }
 
 /// Most operator pings in flight per peer.
@@ -96,6 +112,7 @@ impl Peer {
         control: mpsc::Sender<ControlMessage>,
         path: PacketPath,
     ) -> Self {
+        let peer_hint = accepted.peer.hint;
         Self {
             id: node.next_peer_id(),
             handshake: accepted.peer,
@@ -109,19 +126,29 @@ impl Peer {
             control,
             path,
             close: CancellationToken::new(),
+            link: Mutex::new(LinkState {
+                local: NodeRole::RoleIndeterminate,
+                peer: NodeRole::RoleIndeterminate,
+                reason: "not negotiated yet".into(),
+                peer_hint,
+            }),
             ping_waiters: Mutex::new(HashMap::new()),
         }
     }
 
+    /// True when negotiation gave this link a forwarding role.
+    pub fn active(&self) -> bool {
+        self.link
+            .lock()
+            .map(|l| l.local != NodeRole::RoleIndeterminate)
+            .unwrap_or(false)
+    }
+
     pub fn role(&self) -> NodeRole {
-        match self.handshake.hint {
-            Some(RoleHint { level, target })
-                if level == HintLevel::Fixed as i32 || level == HintLevel::Prefer as i32 =>
-            {
-                NodeRole::try_from(target).unwrap_or(NodeRole::RoleIndeterminate)
-            }
-            _ => NodeRole::RoleIndeterminate,
-        }
+        self.link
+            .lock()
+            .map(|l| l.peer)
+            .unwrap_or(NodeRole::RoleIndeterminate)
     }
 
     /// Queues one packet to the peer; never waits. A full queue drops the
@@ -160,6 +187,11 @@ impl Peer {
             drops: c.drops.load(Relaxed),
             routes: self.handshake.routes.clone(),
             outbound: self.outbound,
+            link_reason: self
+                .link
+                .lock()
+                .map(|l| l.reason.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -178,7 +210,8 @@ pub struct Node {
     /// Members of this group may change things over the management socket.
     pub operator_gid: Option<u32>,
     pub name: String,
-    pub role: NodeRole,
+    pub posture: Posture,
+    pub role_state: Mutex<RoleState>,
     pub psk: Option<Psk>,
     pub fingerprint: String,
     pub started: Instant,
@@ -188,7 +221,11 @@ pub struct Node {
     pub events: broadcast::Sender<Event>,
     pub shutdown: CancellationToken,
     peers: RwLock<HashMap<u64, Arc<Peer>>>,
-    routes: RwLock<RouteTable<u64>>,
+    pub(crate) routes: RwLock<RouteTable<u64>>,
+    /// The node each learned prefix comes from, for withdrawals.
+    pub(crate) route_origin: Mutex<HashMap<IpNet, String>>,
+    /// Prefixes this node asked privd to install on its TUN.
+    pub(crate) installed: Mutex<BTreeSet<IpNet>>,
     next_id: AtomicU64,
 }
 
@@ -199,7 +236,7 @@ impl Node {
         identity: Arc<crate::tls::Identity>,
         operator_gid: Option<u32>,
         name: String,
-        role: NodeRole,
+        posture: Posture,
         psk: Option<Psk>,
         fingerprint: String,
         tun: Option<Arc<Tun>>,
@@ -209,7 +246,12 @@ impl Node {
             identity,
             operator_gid,
             name,
-            role,
+            role_state: Mutex::new(RoleState {
+                role: NodeRole::RoleIndeterminate,
+                reason: "no peers yet".into(),
+                hint: posture.hint,
+            }),
+            posture,
             psk,
             fingerprint,
             started: Instant::now(),
@@ -220,6 +262,8 @@ impl Node {
             shutdown: CancellationToken::new(),
             peers: RwLock::new(HashMap::new()),
             routes: RwLock::new(RouteTable::default()),
+            route_origin: Mutex::new(HashMap::new()),
+            installed: Mutex::new(BTreeSet::new()),
             next_id: AtomicU64::new(1),
         }
     }
@@ -244,16 +288,16 @@ impl Node {
             name: self.name.clone(),
             version: sapper_shared::PROTOCOL_VERSION,
             psk_proof: vec![],
-            routes: self
-                .cfg
-                .announce_routes
-                .iter()
-                .map(|r| r.to_string())
-                .collect(),
-            hint: (self.role != NodeRole::RoleIndeterminate).then_some(RoleHint {
-                level: HintLevel::Fixed as i32,
-                target: self.role as i32,
-            }),
+            routes: if self.posture.announce_routes {
+                self.cfg
+                    .announce_routes
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect()
+            } else {
+                vec![]
+            },
+            hint: self.role_state.lock().ok().and_then(|s| s.hint),
             software: sapper_shared::SOFTWARE_VERSION.into(),
         }
     }
@@ -261,7 +305,14 @@ impl Node {
     /// Whether tunnel packets are forwarded at all: an Indeterminate node
     /// keeps its links and keepalives but moves no traffic.
     pub fn forwarding(&self) -> bool {
-        self.role != NodeRole::RoleIndeterminate
+        self.role() != NodeRole::RoleIndeterminate
+    }
+
+    pub fn role(&self) -> NodeRole {
+        self.role_state
+            .lock()
+            .map(|s| s.role)
+            .unwrap_or(NodeRole::RoleIndeterminate)
     }
 
     pub fn next_peer_id(&self) -> u64 {
@@ -277,27 +328,24 @@ impl Node {
     }
 
     pub fn register(&self, peer: Arc<Peer>) {
-        if let Ok(mut routes) = self.routes.write() {
-            for r in &peer.routes {
-                routes.insert(*r, peer.id);
-            }
-        }
         if let Ok(mut peers) = self.peers.write() {
             peers.insert(peer.id, peer.clone());
         }
+        self.renegotiate(false);
+        self.learn_routes(&peer, &peer.routes, &peer.handshake.name);
+        self.share_routes_with(&peer);
         self.emit(event::Body::PeerConnected(peer.info()));
     }
 
     pub fn unregister(&self, peer: &Peer, reason: &str) {
-        if let Ok(mut routes) = self.routes.write() {
-            routes.remove_peer(&peer.id);
-        }
+        self.forget_peer_routes(peer);
         let removed = self
             .peers
             .write()
             .map(|mut p| p.remove(&peer.id).is_some())
             .unwrap_or(false);
         if removed {
+            self.renegotiate(false);
             self.emit(event::Body::PeerDisconnected(mgmt::PeerDisconnected {
                 name: peer.handshake.name.clone(),
                 reason: reason.into(),
@@ -337,18 +385,27 @@ impl Node {
     /// Picks the peer for a packet read from the TUN: the longest announced
     /// prefix, else the only peer when there is exactly one.
     pub fn peer_for(&self, packet: &[u8]) -> Option<Arc<Peer>> {
+        self.next_hop(packet, None)
+    }
+
+    /// The peer a packet goes to, never back to `from`: the longest
+    /// announced prefix among active links, else the only other active link.
+    pub fn next_hop(&self, packet: &[u8], from: Option<u64>) -> Option<Arc<Peer>> {
         let peers = self.peers.read().ok()?;
         if let Some(dst) = routing::destination(packet) {
             if let Some(id) = self.routes.read().ok()?.lookup(dst) {
                 if let Some(p) = peers.get(id) {
-                    return Some(p.clone());
+                    if Some(p.id) != from && p.active() {
+                        return Some(p.clone());
+                    }
                 }
             }
         }
-        if peers.len() == 1 {
-            return peers.values().next().cloned();
+        let mut others = peers.values().filter(|p| Some(p.id) != from && p.active());
+        match (others.next(), others.next()) {
+            (Some(only), None) => Some(only.clone()),
+            _ => None,
         }
-        None
     }
 
     /// A packet arrived from `peer`: hand it to the TUN.
@@ -357,15 +414,26 @@ impl Node {
         peer.counters
             .bytes_in
             .fetch_add(packet.len() as u64, Relaxed);
+        if !self.forwarding() || !peer.active() || routing::destination(packet).is_none() {
+            peer.counters.drops.fetch_add(1, Relaxed);
+            return;
+        }
+        if self.role() == NodeRole::RoleRelay {
+            // A relay has no TUN of its own in the path: packets go on to
+            // the neighbour on the other side.
+            match self.next_hop(packet, Some(peer.id)) {
+                Some(next) => next.send_packet(Bytes::copy_from_slice(packet)),
+                None => {
+                    self.stats.drops.fetch_add(1, Relaxed);
+                }
+            }
+            return;
+        }
         let Some(tun) = &self.tun else {
             // A TUN-less exit arrives with its own issue; until then count.
             self.stats.drops.fetch_add(1, Relaxed);
             return;
         };
-        if !self.forwarding() || routing::destination(packet).is_none() {
-            peer.counters.drops.fetch_add(1, Relaxed);
-            return;
-        }
         match tun.write(packet).await {
             Ok(()) => {
                 self.stats.tun_out.fetch_add(1, Relaxed);

@@ -105,10 +105,19 @@ pub fn handle_control(node: &Node, peer: &Peer, body: &[u8]) {
             tracing::warn!(peer = %peer.handshake.name, "second handshake; closing");
             peer.close.cancel();
         }
-        // Route updates and role transitions arrive with the roles issue.
-        Some(other) => {
-            tracing::debug!(peer = %peer.handshake.name, ?other, "ignored control message")
-        }
+        Some(Body::RouteUpdate(u)) => match crate::announce::parse_prefixes(&u.prefixes) {
+            Ok(p) => node.learn_routes(peer, &p, &u.origin),
+            Err(e) => {
+                tracing::warn!(peer = %peer.handshake.name, error = %e, "ignored a bad route update")
+            }
+        },
+        Some(Body::RouteWithdraw(w)) => match crate::announce::parse_prefixes(&w.prefixes) {
+            Ok(p) => node.withdraw_routes(peer, &p, &w.origin),
+            Err(e) => {
+                tracing::warn!(peer = %peer.handshake.name, error = %e, "ignored a bad route withdrawal")
+            }
+        },
+        Some(Body::RoleTransition(t)) => node.peer_transition(peer, &t),
         None => tracing::debug!(peer = %peer.handshake.name, "empty control message"),
     }
 }

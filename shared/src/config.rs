@@ -59,7 +59,8 @@ pub struct NodeConfig {
     pub name: Option<String>,
     /// The role this node takes (a fixed hint until negotiation decides).
     pub role: Option<RoleName>,
-    /// File holding the PSK.
+    /// File holding the PSK. `%d/NAME` means `$CREDENTIALS_DIRECTORY/NAME`
+    /// (systemd's `LoadCredential=NAME:...`), as `%d` does in a unit file.
     pub psk_file: Option<PathBuf>,
     /// Environment variable holding the PSK.
     pub psk_env: Option<String>,
@@ -126,7 +127,8 @@ impl Transport {
     }
 }
 
-fn default_ws_path() -> String {
+/// The WebSocket path used when none is configured.
+pub fn default_ws_path() -> String {
     "/sapper".into()
 }
 
@@ -307,7 +309,51 @@ pub struct PrivdConfig {
     pub nat: Option<NatConfig>,
 }
 
+/// The prefix that stands for systemd's credentials directory.
+pub const CREDENTIALS_PREFIX: &str = "%d/";
+
 impl Config {
+    /// Rewrites `%d/NAME` in `node.psk_file`, `netd.cert_file` and
+    /// `netd.key_file` to `creds/NAME`, where `creds` is
+    /// `$CREDENTIALS_DIRECTORY` (systemd's `LoadCredential=`). The daemon
+    /// passes the variable's value in, so parsing stays free of the
+    /// environment. An error if a path uses `%d/` and there is no directory,
+    /// or NAME is not a plain file name.
+    pub fn expand_credentials(
+        &mut self,
+        file: &str,
+        creds: Option<&Path>,
+    ) -> Result<(), ConfigError> {
+        let expand = |key: &str, p: &mut Option<PathBuf>| -> Result<(), ConfigError> {
+            let Some(name) = p
+                .as_ref()
+                .and_then(|p| p.to_str())
+                .and_then(|s| s.strip_prefix(CREDENTIALS_PREFIX))
+            else {
+                return Ok(());
+            };
+            let err = |message: String| ConfigError {
+                file: file.into(),
+                key: key.into(),
+                message,
+            };
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(err(format!("{name:?} is not a credential name")));
+            }
+            let dir = creds.ok_or_else(|| {
+                err("%d/ needs $CREDENTIALS_DIRECTORY: set LoadCredential= in the unit, or use a plain path".into())
+            })?;
+            *p = Some(dir.join(name));
+            Ok(())
+        };
+        expand("node.psk_file", &mut self.node.psk_file)?;
+        if let Some(n) = self.netd.as_mut() {
+            expand("netd.cert_file", &mut n.cert_file)?;
+            expand("netd.key_file", &mut n.key_file)?;
+        }
+        Ok(())
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();

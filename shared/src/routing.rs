@@ -45,6 +45,12 @@ impl<K: Clone + PartialEq> RouteTable<K> {
             .sort_by_key(|e| std::cmp::Reverse(e.0.prefix_len()));
     }
 
+    /// Removes one prefix, whatever its next hop.
+    pub fn remove_prefix(&mut self, prefix: &IpNet) {
+        let prefix = prefix.trunc();
+        self.entries.retain(|(p, _)| *p != prefix);
+    }
+
     /// Removes every route through `peer`, returning the prefixes removed.
     pub fn remove_peer(&mut self, peer: &K) -> Vec<IpNet> {
         let mut removed = Vec::new();
