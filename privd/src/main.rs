@@ -8,6 +8,7 @@ mod authz;
 mod nat;
 mod netlink;
 mod privs;
+mod sd;
 mod server;
 mod socket;
 mod tun;
@@ -17,6 +18,7 @@ use clap::Parser;
 use sapper_shared::config::{Config, PrivdConfig};
 use server::Privd;
 use std::collections::BTreeSet;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -40,8 +42,21 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("{}: no [privd] section", args.config.display()))?;
     privs::check_net_admin()?;
     let netd_uid = netd_uid(&cfg)?;
-    let std_listener = socket::bind(&cfg.socket, cfg.socket_group.as_deref())
-        .context("setting up the privd socket")?;
+    // Under systemd: the socket of sapper-privd.socket, and the TUN that a
+    // previous privd left in the fd store (named "tun").
+    let (stored, sockets): (Vec<_>, Vec<_>) = sd::listen_fds()
+        .context("taking the fds systemd passed")?
+        .into_iter()
+        .partition(|(_, name)| name == "tun");
+    let activated = !sockets.is_empty();
+    let mut sockets = sockets.into_iter();
+    let std_listener = match (sockets.next(), sockets.next()) {
+        (None, _) => socket::bind(&cfg.socket, cfg.socket_group.as_deref())
+            .context("setting up the privd socket")?,
+        (Some((fd, _)), None) => socket::activated(fd).context("the socket systemd passed")?,
+        (Some(_), Some(_)) => bail!("systemd passed more than one socket; privd serves one"),
+    };
+    let stored_tun = stored.into_iter().next().map(|(fd, _)| fd);
     // From here on only CAP_NET_ADMIN is left; everything below was checked
     // to need no more (see privs.rs).
     privs::drop_to_net_admin().context("dropping capabilities")?;
@@ -52,9 +67,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let result = rt.block_on(run(&cfg, netd_uid, std_listener));
-    if let Err(e) = std::fs::remove_file(&cfg.socket) {
-        audit::log("warn", &format!("removing {}: {e}", cfg.socket.display()));
+    let result = rt.block_on(run(&cfg, netd_uid, std_listener, stored_tun));
+    // An activated socket is systemd's: it must outlive this process.
+    if !activated {
+        if let Err(e) = std::fs::remove_file(&cfg.socket) {
+            audit::log("warn", &format!("removing {}: {e}", cfg.socket.display()));
+        }
     }
     match &result {
         Ok(()) => audit::log("info", "stopped"),
@@ -79,6 +97,7 @@ async fn run(
     cfg: &PrivdConfig,
     netd_uid: u32,
     std_listener: std::os::unix::net::UnixListener,
+    stored_tun: Option<OwnedFd>,
 ) -> anyhow::Result<()> {
     // Signal handlers first, so a SIGTERM during setup is not lost.
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -86,7 +105,26 @@ async fn run(
 
     let net = netlink::Netlink::connect()?;
     let t = &cfg.tun;
-    let (tun_fd, tun_name) = tun::create(&t.name)?;
+    let adopted = match stored_tun.map(tun::adopt).transpose()? {
+        Some((fd, name)) if name == t.name => Some((fd, name)),
+        Some((_, name)) => {
+            // Dropping the old fd lets that interface go once netd lets go.
+            audit::log(
+                "warn",
+                &format!(
+                    "fd store held TUN {name}, config says {}: creating anew",
+                    t.name
+                ),
+            );
+            None
+        }
+        None => None,
+    };
+    let from_store = adopted.is_some();
+    let (tun_fd, tun_name) = match adopted {
+        Some(a) => a,
+        None => tun::create(&t.name)?,
+    };
     let ifindex = nix::net::if_::if_nametoindex(tun_name.as_str())
         .with_context(|| format!("interface index of {tun_name}"))?;
     net.configure_link(ifindex, t.mtu, &t.addresses)
@@ -95,10 +133,23 @@ async fn run(
     let mut routes = BTreeSet::new();
     for r in &t.routes {
         let r = r.trunc();
-        net.add_route(ifindex, r)
-            .await
-            .with_context(|| format!("privd.tun.routes: {r}"))?;
+        match net.add_route(ifindex, r).await {
+            // A TUN from the fd store still has the routes the last privd set.
+            Err(netlink::NetlinkError::Exists(_)) if from_store => {}
+            other => other.with_context(|| format!("privd.tun.routes: {r}"))?,
+        }
         routes.insert(r);
+    }
+    // Into systemd's fd store (FileDescriptorStoreMax= in the unit), so the
+    // next privd takes the interface back instead of creating it anew.
+    // systemd ignores an fd it already holds.
+    match sd::notify("FDSTORE=1\nFDNAME=tun", Some(tun_fd.as_fd())) {
+        Ok(true) => audit::log(
+            "info",
+            &format!("TUN {tun_name} fd kept in systemd's fd store"),
+        ),
+        Ok(false) => {}
+        Err(e) => audit::log("warn", &format!("fd store: {e}")),
     }
 
     std_listener.set_nonblocking(true)?;
@@ -120,14 +171,31 @@ async fn run(
         granted: AtomicU64::new(0),
         refused: AtomicU64::new(0),
     });
+    let state = format!(
+        "tun {tun_name} (index {ifindex}, {}), nat {}, forwarding {}",
+        if from_store {
+            "from the fd store"
+        } else {
+            "created"
+        },
+        if nat_active { "on" } else { "off" },
+        if nat::forwarding_enabled() {
+            "on"
+        } else {
+            "off"
+        },
+    );
     audit::log(
         "info",
         &format!(
-            "serving {} for uid {netd_uid}: tun {tun_name} (index {ifindex}), nat {}",
-            cfg.socket.display(),
-            if nat_active { "on" } else { "off" }
+            "serving {} for uid {netd_uid}: {state}",
+            cfg.socket.display()
         ),
     );
+    // Ready: the socket is listening and the TUN is configured.
+    if let Err(e) = sd::notify(&format!("READY=1\nSTATUS={state}"), None) {
+        audit::log("warn", &format!("sd_notify READY: {e}"));
+    }
     let shutdown = async {
         tokio::select! {
             _ = term.recv() => {}
@@ -135,6 +203,7 @@ async fn run(
         }
     };
     let served = privd.serve(listener, shutdown).await;
+    let _ = sd::notify("STOPPING=1", None);
     if nat_active {
         match nat::apply(&nat::teardown()).await {
             Ok(()) => audit::log("info", &format!("removed nft table {}", nat::TABLE)),

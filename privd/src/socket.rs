@@ -25,9 +25,26 @@ pub enum SocketError {
     /// Another privd answers on the path.
     #[error("{0} is in use by a running privd")]
     InUse(String),
+    /// The socket systemd passed is not a listening Unix stream socket.
+    #[error("the passed socket is not a listening Unix stream socket")]
+    NotListening,
     /// The configured group does not exist.
     #[error("privd.socket_group {0:?}: no such group")]
     NoGroup(String),
+}
+
+/// Takes the socket systemd bound (sapper-privd.socket sets its mode and
+/// group), after checking it is a listening Unix stream socket.
+pub fn activated(fd: std::os::fd::OwnedFd) -> Result<UnixListener, SocketError> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let ok = getsockopt(&fd, sockopt::SockType) == Ok(SockType::Stream)
+        && getsockopt(&fd, sockopt::AcceptConn) == Ok(true)
+        && getsockname::<UnixAddr>(fd.as_raw_fd()).is_ok();
+    if !ok {
+        return Err(SocketError::NotListening);
+    }
+    Ok(UnixListener::from(fd))
 }
 
 /// Binds the request socket: mode 0660, group `group` when given.

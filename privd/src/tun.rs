@@ -16,6 +16,9 @@ pub enum TunError {
     /// /dev/net/tun could not be opened.
     #[error("cannot open /dev/net/tun: {0}")]
     Open(std::io::Error),
+    /// A stored fd is not an attached TUN (TUNGETIFF failed).
+    #[error("the stored fd is not a TUN: {0}")]
+    NotTun(nix::Error),
     /// The kernel refused TUNSETIFF (EBUSY: another process still holds a
     /// TUN of that name, e.g. a netd that outlived the previous privd).
     #[error("TUNSETIFF {name:?}: {source}")]
@@ -38,6 +41,12 @@ struct IfReq {
 
 // TUNSETIFF is declared _IOW('T', 202, int) although it takes an ifreq.
 nix::ioctl_write_int!(tunsetiff, b'T', 202);
+// TUNGETIFF is declared _IOR('T', 210, unsigned int) and fills an ifreq.
+nix::ioctl_read_bad!(
+    tungetiff,
+    nix::request_code_read!(b'T', 210, std::mem::size_of::<libc::c_uint>()),
+    IfReq
+);
 
 /// Creates (or attaches to) the TUN `name` as a layer-3 device without
 /// packet-info headers. Returns the fd and the name the kernel chose.
@@ -72,4 +81,24 @@ pub fn create(name: &str) -> Result<(OwnedFd, String), TunError> {
         .unwrap_or(req.name.len());
     let actual = String::from_utf8_lossy(&req.name[..len]).into_owned();
     Ok((OwnedFd::from(file), actual))
+}
+
+/// Takes back a TUN fd from systemd's fd store (a previous privd put it
+/// there): the interface, its addresses and its routes never went away.
+/// TUNGETIFF both proves the fd is a TUN and tells its name.
+pub fn adopt(fd: OwnedFd) -> Result<(OwnedFd, String), TunError> {
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: `req` is a live, correctly sized ifreq; the kernel writes at
+    // most sizeof(struct ifreq) bytes into it, or fails on a non-TUN fd.
+    unsafe { tungetiff(fd.as_raw_fd(), &mut req) }.map_err(TunError::NotTun)?;
+    let len = req
+        .name
+        .iter()
+        .position(|b| *b == 0)
+        .unwrap_or(req.name.len());
+    Ok((fd, String::from_utf8_lossy(&req.name[..len]).into_owned()))
 }
