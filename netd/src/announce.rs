@@ -163,6 +163,19 @@ impl Node {
         } else {
             BTreeSet::new()
         };
+        // Never route a peer's own address into the tunnel: the link to it
+        // would then run through itself.
+        let underlay: Vec<std::net::IpAddr> = self.peers().iter().map(|p| p.address.ip()).collect();
+        let want: BTreeSet<IpNet> = want
+            .into_iter()
+            .filter(|p| {
+                let loops = underlay.iter().any(|a| p.contains(a));
+                if loops {
+                    tracing::warn!(prefix = %p, "not installing an announced route that covers a peer's address");
+                }
+                !loops
+            })
+            .collect();
         let (add, del): (Vec<IpNet>, Vec<IpNet>) = {
             let Ok(mut installed) = self.installed.lock() else {
                 return;

@@ -53,7 +53,12 @@ pub async fn handshake<C: ControlIo>(
         Ok(Ok(Ok(accepted))) => Ok(accepted),
     };
     match &verdict {
-        Ok(a) => tracing::info!(peer = %a.peer.name, %remote, "handshake accepted"),
+        Ok(a) => {
+            tracing::info!(peer = %a.peer.name, %remote, "handshake accepted");
+            if node.psk.is_none() {
+                tracing::warn!(peer = %a.peer.name, %remote, "INSECURE: link without a PSK (node.insecure_open)");
+            }
+        }
         Err(e) => {
             node.stats.handshake_failures.fetch_add(1, Relaxed);
             tracing::warn!(%remote, reason = %format!("{e:#}"), "handshake rejected");
