@@ -221,7 +221,7 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Response {
         })),
         Req::Disconnect(d) => match find_peer(node, &d.peer) {
             Ok(p) => {
-                p.close.cancel();
+                p.disconnect("disconnected by the operator");
                 ok(Resp::Ok(MOk {}))
             }
             Err((code, msg)) => error(id, code, msg),

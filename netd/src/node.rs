@@ -136,6 +136,26 @@ impl Peer {
         }
     }
 
+    /// Tells the peer why we are closing (best effort), then closes after a
+    /// moment so the message can leave first.
+    pub fn disconnect(self: &Arc<Self>, reason: &str) {
+        let msg = ControlMessage {
+            body: Some(
+                sapper_shared::proto::control::control_message::Body::Disconnect(
+                    sapper_shared::proto::control::Disconnect {
+                        reason: reason.to_string(),
+                    },
+                ),
+            ),
+        };
+        let _ = self.control.try_send(msg);
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            me.close.cancel();
+        });
+    }
+
     /// True when negotiation gave this link a forwarding role.
     pub fn active(&self) -> bool {
         self.link

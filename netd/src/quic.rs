@@ -208,7 +208,11 @@ async fn run(
 
     let reason = tokio::select! {
         _ = peer.close.cancelled() => "closed".to_string(),
-        _ = node.shutdown.cancelled() => "shutdown".to_string(),
+        _ = node.shutdown.cancelled() => {
+            peer.disconnect("shutting down");
+            peer.close.cancelled().await;
+            "shutdown".to_string()
+        }
         e = conn.closed() => e.to_string(),
         _ = tasks.join_next() => "link task ended".to_string(),
     };

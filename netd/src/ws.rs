@@ -224,7 +224,11 @@ where
     tasks.spawn(session::keepalive(node.clone(), peer.clone()));
     let reason = tokio::select! {
         _ = peer.close.cancelled() => "closed",
-        _ = node.shutdown.cancelled() => "shutdown",
+        _ = node.shutdown.cancelled() => {
+            peer.disconnect("shutting down");
+            peer.close.cancelled().await;
+            "shutdown"
+        }
         _ = tasks.join_next() => "link task ended",
     };
     peer.close.cancel();

@@ -1,0 +1,183 @@
+//! Flow and memory accounting for the userspace exit: pure bookkeeping, no
+//! I/O. The engine asks [`Usage::admit`] before it creates a flow and calls
+//! [`Usage::release`] exactly once when the flow goes away.
+
+use sapper_shared::config::ExitConfig;
+use sapper_shared::egress::Proto;
+
+/// Bytes moved per channel message between a TCP flow's socket task and the
+/// engine.
+pub const CHUNK: usize = 16 * 1024;
+/// Messages each direction's channel holds.
+pub const CHANNEL_DEPTH: usize = 4;
+/// What an ICMP echo flow may hold: its queue of requests.
+pub const ICMP_FLOW_BYTES: u64 = 16 * 1024;
+
+/// The configured ceilings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most open flows per protocol: [tcp, udp, icmp].
+    pub max_flows: [u32; 3],
+    /// Most bytes all flows may reserve together.
+    pub max_bytes: u64,
+    /// Per-flow buffer setting.
+    pub flow_buffer: u64,
+}
+
+impl Limits {
+    pub fn from_config(c: &ExitConfig) -> Limits {
+        Limits {
+            max_flows: [c.max_tcp_flows, c.max_udp_flows, c.max_icmp_flows],
+            max_bytes: c.max_buffer_bytes,
+            flow_buffer: u64::from(c.flow_buffer_bytes),
+        }
+    }
+
+    /// Bytes one new flow of `proto` reserves: for TCP both smoltcp buffers
+    /// plus both channels; for UDP its send queue bound; for ICMP a fixed
+    /// small queue.
+    pub fn cost(&self, proto: Proto) -> u64 {
+        match proto {
+            Proto::Tcp => 2 * self.flow_buffer + 2 * (CHANNEL_DEPTH * CHUNK) as u64,
+            Proto::Udp => self.flow_buffer,
+            Proto::Icmp => ICMP_FLOW_BYTES,
+        }
+    }
+}
+
+/// Why a new flow was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The per-protocol flow limit is reached.
+    Flows(Proto),
+    /// The flow's buffers would pass the total.
+    Memory,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Flows(p) => write!(f, "max_{p}_flows reached"),
+            Refusal::Memory => f.write_str("max_buffer_bytes reached"),
+        }
+    }
+}
+
+fn idx(p: Proto) -> usize {
+    match p {
+        Proto::Tcp => 0,
+        Proto::Udp => 1,
+        Proto::Icmp => 2,
+    }
+}
+
+/// What is in use now.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Usage {
+    flows: [u32; 3],
+    bytes: u64,
+}
+
+impl Usage {
+    /// Takes room for one flow of `proto` costing `bytes`, or says why not.
+    /// A refusal changes nothing.
+    pub fn admit(&mut self, limits: &Limits, proto: Proto, bytes: u64) -> Result<(), Refusal> {
+        let i = idx(proto);
+        if self.flows[i] >= limits.max_flows[i] {
+            return Err(Refusal::Flows(proto));
+        }
+        if self.bytes.saturating_add(bytes) > limits.max_bytes {
+            return Err(Refusal::Memory);
+        }
+        self.flows[i] += 1;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Gives back what [`Usage::admit`] took.
+    pub fn release(&mut self, proto: Proto, bytes: u64) {
+        let i = idx(proto);
+        self.flows[i] = self.flows[i].saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+
+    pub fn flows(&self, proto: Proto) -> u32 {
+        self.flows[idx(proto)]
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+/// Index of `proto` in per-protocol arrays ([tcp, udp, icmp]).
+pub fn proto_index(proto: Proto) -> usize {
+    idx(proto)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(tcp: u32, bytes: u64) -> Limits {
+        Limits {
+            max_flows: [tcp, 2, 1],
+            max_bytes: bytes,
+            flow_buffer: 1000,
+        }
+    }
+
+    #[test]
+    fn flow_limits_per_protocol() {
+        let l = limits(2, 1 << 30);
+        let mut u = Usage::default();
+        assert_eq!(u.admit(&l, Proto::Tcp, 10), Ok(()));
+        assert_eq!(u.admit(&l, Proto::Tcp, 10), Ok(()));
+        assert_eq!(u.admit(&l, Proto::Tcp, 10), Err(Refusal::Flows(Proto::Tcp)));
+        // Other protocols have their own limit.
+        assert_eq!(u.admit(&l, Proto::Icmp, 10), Ok(()));
+        assert_eq!(
+            u.admit(&l, Proto::Icmp, 10),
+            Err(Refusal::Flows(Proto::Icmp))
+        );
+        assert_eq!((u.flows(Proto::Tcp), u.bytes()), (2, 30));
+        u.release(Proto::Tcp, 10);
+        assert_eq!(u.admit(&l, Proto::Tcp, 10), Ok(()));
+        assert_eq!(
+            Refusal::Flows(Proto::Tcp).to_string(),
+            "max_tcp_flows reached"
+        );
+    }
+
+    #[test]
+    fn memory_limit_and_refusal_changes_nothing() {
+        let l = limits(100, 25);
+        let mut u = Usage::default();
+        assert_eq!(u.admit(&l, Proto::Udp, 20), Ok(()));
+        let before = u.clone();
+        assert_eq!(u.admit(&l, Proto::Udp, 6), Err(Refusal::Memory));
+        assert_eq!(u, before);
+        assert_eq!(u.admit(&l, Proto::Udp, 5), Ok(()));
+        // Releasing more than held saturates instead of wrapping.
+        u.release(Proto::Udp, 100);
+        u.release(Proto::Udp, 100);
+        u.release(Proto::Udp, 100);
+        assert_eq!((u.flows(Proto::Udp), u.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn costs_follow_the_flow_buffer() {
+        let mut c = ExitConfig::default();
+        c.flow_buffer_bytes = 65536;
+        let l = Limits::from_config(&c);
+        assert_eq!(
+            l.cost(Proto::Tcp),
+            2 * 65536 + 2 * (CHANNEL_DEPTH * CHUNK) as u64
+        );
+        assert_eq!(l.cost(Proto::Udp), 65536);
+        assert_eq!(l.cost(Proto::Icmp), ICMP_FLOW_BYTES);
+        // The defaults admit at least 500 TCP flows by memory.
+        let d = Limits::from_config(&ExitConfig::default());
+        assert!(d.max_bytes / d.cost(Proto::Tcp) >= 500);
+    }
+}

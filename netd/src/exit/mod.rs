@@ -1,0 +1,186 @@
+//! The userspace exit: on a node without a TUN (no privd, no capability,
+//! any unprivileged uid) the IP packets that arrive from the entry are
+//! terminated here and realised as ordinary sockets of netd's own user.
+//!
+//! * TCP goes through a smoltcp interface in "any IP" mode. The entry's SYN
+//!   is held while netd `connect()`s to the destination; only when that
+//!   succeeds does a smoltcp socket answer the SYN, so the entry's handshake
+//!   completes exactly when the real one did. A refused connect becomes a RST,
+//!   an unreachable or timed-out one an ICMP destination unreachable. Data
+//!   moves between the smoltcp socket and the real socket through bounded
+//!   channels, so a slow destination closes the window offered to the entry
+//!   instead of growing buffers (see [`tcp`]).
+//! * UDP: one connected socket per (source, destination) pair, closed after
+//!   an idle time (see [`udp`]).
+//! * ICMP echo: one unprivileged "ping" socket (`SOCK_DGRAM`/`IPPROTO_ICMP`,
+//!   or ICMPv6) per (source, destination, identifier). When
+//!   `net.ipv4.ping_group_range` (which governs ICMPv6 ping sockets too) does
+//!   not include netd's group, the kernel refuses such sockets with EACCES:
+//!   netd then answers every echo request with an ICMP destination
+//!   unreachable "administratively prohibited" (so `ping` on the entry
+//!   reports the failure at once instead of timing out), counts it in
+//!   `icmp_unavailable` and logs a warning naming the sysctl once.
+//!
+//! Every new flow passes the egress policy (`sapper_shared::egress`) and the
+//! limits ([`limits`]) first; a refusal is a RST (TCP) or an ICMP
+//! unreachable "administratively prohibited" (UDP, echo), a counter, and one
+//! log line per flow. Existing flows are never touched by a refusal.
+//!
+//! All flow state lives in one task, the [`engine`]; per-flow tasks own the
+//! real sockets. Everything a peer can fill has a bound: the inbound queue
+//! (packets and bytes), each flow's channels, smoltcp's per-socket buffers,
+//! the number of flows and the bytes their buffers may reserve.
+
+pub mod engine;
+pub mod icmp;
+pub mod limits;
+pub mod packet;
+pub mod tcp;
+pub mod udp;
+
+use crate::node::Node;
+use anyhow::Result;
+use bytes::Bytes;
+use sapper_shared::config::ExitConfig;
+use sapper_shared::proto::management::{ExitPeerFlows, ExitStats};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// Packets waiting for the engine, at most.
+const INBOUND_PACKETS: usize = 4096;
+/// Bytes waiting for the engine, at most.
+const INBOUND_BYTES: usize = 8 << 20;
+
+/// Counters shown by `sapperctl status`.
+#[derive(Default)]
+pub struct Stats {
+    pub tcp_flows: AtomicU64,
+    pub udp_flows: AtomicU64,
+    pub icmp_flows: AtomicU64,
+    pub tcp_total: AtomicU64,
+    pub udp_total: AtomicU64,
+    pub icmp_total: AtomicU64,
+    pub refused_limit: AtomicU64,
+    pub denied_flows: AtomicU64,
+    pub denied_packets: AtomicU64,
+    pub connect_refused: AtomicU64,
+    pub connect_failed: AtomicU64,
+    pub buffer_bytes: AtomicU64,
+    pub max_buffer_bytes: AtomicU64,
+    pub dropped: AtomicU64,
+    pub icmp_unavailable: AtomicU64,
+    /// Open flows per peer id: [tcp, udp, icmp].
+    pub per_peer: Mutex<HashMap<u64, [u32; 3]>>,
+}
+
+/// The handle netd's data path holds.
+pub struct UserspaceExit {
+    inbound: mpsc::Sender<(u64, Bytes)>,
+    queued: Arc<AtomicUsize>,
+    pub stats: Arc<Stats>,
+}
+
+impl UserspaceExit {
+    /// Hands one packet from peer `peer` to the engine; never waits. A full
+    /// queue drops the packet (TCP retransmits; the drop is counted).
+    pub fn handle(&self, peer: u64, packet: &[u8]) {
+        let len = packet.len();
+        if self.queued.load(Relaxed) + len > INBOUND_BYTES {
+            self.stats.dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        self.queued.fetch_add(len, Relaxed);
+        if self
+            .inbound
+            .try_send((peer, Bytes::copy_from_slice(packet)))
+            .is_err()
+        {
+            self.queued.fetch_sub(len, Relaxed);
+            self.stats.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The counters as management.proto reports them.
+    pub fn stats_proto(&self) -> ExitStats {
+        let s = &self.stats;
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        ExitStats {
+            tcp_flows: g(&s.tcp_flows),
+            udp_flows: g(&s.udp_flows),
+            icmp_flows: g(&s.icmp_flows),
+            tcp_flows_total: g(&s.tcp_total),
+            udp_flows_total: g(&s.udp_total),
+            icmp_flows_total: g(&s.icmp_total),
+            refused_limit: g(&s.refused_limit),
+            denied_flows: g(&s.denied_flows),
+            denied_packets: g(&s.denied_packets),
+            connect_refused: g(&s.connect_refused),
+            connect_failed: g(&s.connect_failed),
+            buffer_bytes: g(&s.buffer_bytes),
+            max_buffer_bytes: g(&s.max_buffer_bytes),
+            dropped_packets: g(&s.dropped),
+            icmp_unavailable: g(&s.icmp_unavailable),
+        }
+    }
+
+    /// Flows the peer with this id has open here.
+    pub fn peer_flows(&self, peer: u64) -> ExitPeerFlows {
+        let c = self
+            .stats
+            .per_peer
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&peer).copied())
+            .unwrap_or_default();
+        ExitPeerFlows {
+            tcp: c[0],
+            udp: c[1],
+            icmp: c[2],
+        }
+    }
+}
+
+/// Starts the userspace exit if this node should run one: no TUN, and
+/// `[netd.exit] enable` not false. Sets `node.exit`.
+pub fn install(node: &Arc<Node>) -> Result<()> {
+    let cfg: ExitConfig = node.cfg.exit.clone();
+    if node.tun.is_some() {
+        if cfg.enable == Some(true) {
+            tracing::warn!("netd.exit.enable is set but this node has a TUN (privd_socket): the kernel exit is used, the userspace exit stays off");
+        }
+        return Ok(());
+    }
+    if cfg.enable == Some(false) {
+        tracing::info!("userspace exit disabled (netd.exit.enable = false)");
+        return Ok(());
+    }
+    let policy = cfg
+        .policy()
+        .map_err(|e| anyhow::anyhow!("netd.exit: {e}"))?;
+    let stats = Arc::new(Stats::default());
+    stats.max_buffer_bytes.store(cfg.max_buffer_bytes, Relaxed);
+    let (tx, rx) = mpsc::channel(INBOUND_PACKETS);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let exit = Arc::new(UserspaceExit {
+        inbound: tx,
+        queued: queued.clone(),
+        stats: stats.clone(),
+    });
+    icmp::probe_ping_sockets();
+    let engine = engine::Engine::new(node.clone(), cfg.clone(), policy, stats, rx, queued)?;
+    tokio::spawn(engine.run());
+    if node.exit.set(exit).is_err() {
+        anyhow::bail!("userspace exit installed twice");
+    }
+    tracing::info!(
+        max_tcp_flows = cfg.max_tcp_flows,
+        max_udp_flows = cfg.max_udp_flows,
+        max_icmp_flows = cfg.max_icmp_flows,
+        flow_buffer_bytes = cfg.flow_buffer_bytes,
+        max_buffer_bytes = cfg.max_buffer_bytes,
+        "userspace exit ready: tunnel traffic leaves through this host's own sockets"
+    );
+    Ok(())
+}
