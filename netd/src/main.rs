@@ -5,6 +5,7 @@
 mod activation;
 mod announce;
 mod dial;
+mod exit;
 mod listen;
 mod mgmt;
 mod negotiation;
@@ -151,6 +152,7 @@ fn run(args: Args) -> Result<()> {
             fingerprint,
             tun,
         ));
+        exit::install(&node)?;
         serve(node, bound).await
     })
 }

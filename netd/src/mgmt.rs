@@ -183,9 +183,19 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Response {
                     )
                 })
                 .unwrap_or_default(),
+            exit_mode: exit_mode(node).into(),
+            exit: node.exit.get().map(|x| x.stats_proto()),
         })),
         Req::Peers(_) => ok(Resp::Peers(PeersResponse {
-            peers: node.peers().iter().map(|p| p.info()).collect(),
+            peers: node
+                .peers()
+                .iter()
+                .map(|p| {
+                    let mut info = p.info();
+                    info.exit_flows = node.exit.get().map(|x| x.peer_flows(p.id));
+                    info
+                })
+                .collect(),
         })),
         Req::Stats(_) => {
             let peers = node.peers();
@@ -320,6 +330,17 @@ fn request_kind(body: &Req) -> &'static str {
         Req::Subscribe(_) => "subscribe",
         Req::RouteChange(_) => "route-change",
         Req::Hint(_) => "hint",
+    }
+}
+
+/// How traffic leaving the tunnel is realised here (StatusResponse.exit_mode).
+fn exit_mode(node: &Node) -> &'static str {
+    if node.exit.get().is_some() {
+        "userspace"
+    } else if node.tun.is_some() && node.role() == sapper_shared::proto::data::NodeRole::RoleExit {
+        "kernel"
+    } else {
+        "none"
     }
 }
 

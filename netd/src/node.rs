@@ -212,6 +212,7 @@ impl Peer {
                 .lock()
                 .map(|l| l.reason.clone())
                 .unwrap_or_default(),
+            exit_flows: None,
         }
     }
 }
@@ -236,6 +237,8 @@ pub struct Node {
     pub fingerprint: String,
     pub started: Instant,
     pub tun: Option<Arc<Tun>>,
+    /// The userspace exit, on a node without a TUN (set once at start).
+    pub exit: std::sync::OnceLock<Arc<crate::exit::UserspaceExit>>,
     pub listeners: Mutex<Vec<mgmt::ListenerInfo>>,
     pub stats: NodeStats,
     pub events: broadcast::Sender<Event>,
@@ -276,6 +279,7 @@ impl Node {
             fingerprint,
             started: Instant::now(),
             tun,
+            exit: std::sync::OnceLock::new(),
             listeners: Mutex::new(Vec::new()),
             stats: NodeStats::default(),
             events: broadcast::channel(256).0,
@@ -383,6 +387,11 @@ impl Node {
         v
     }
 
+    /// The connected peer with this id.
+    pub fn peer_by_id(&self, id: u64) -> Option<Arc<Peer>> {
+        self.peers.read().ok()?.get(&id).cloned()
+    }
+
     pub fn routes(&self) -> Vec<(IpNet, String)> {
         let peers = self.peers.read();
         let Ok(peers) = peers else { return vec![] };
@@ -450,8 +459,13 @@ impl Node {
             return;
         }
         let Some(tun) = &self.tun else {
-            // A TUN-less exit arrives with its own issue; until then count.
-            self.stats.drops.fetch_add(1, Relaxed);
+            // No TUN: the userspace exit realises the packet, if there is one.
+            match self.exit.get() {
+                Some(exit) => exit.handle(peer.id, packet),
+                None => {
+                    self.stats.drops.fetch_add(1, Relaxed);
+                }
+            }
             return;
         };
         match tun.write(packet).await {

@@ -167,8 +167,10 @@ mod tests {
 
     #[test]
     fn costs_follow_the_flow_buffer() {
-        let mut c = ExitConfig::default();
-        c.flow_buffer_bytes = 65536;
+        let c = ExitConfig {
+            flow_buffer_bytes: 65536,
+            ..Default::default()
+        };
         let l = Limits::from_config(&c);
         assert_eq!(
             l.cost(Proto::Tcp),

@@ -436,3 +436,273 @@ pub fn unreachable(orig: &[u8], why: Unreachable) -> Option<Vec<u8>> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::wire::TcpSeqNumber;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// A TCP segment `src -> dst` with the given flags and payload.
+    fn tcp(src: SocketAddr, dst: SocketAddr, syn: bool, ack: bool, data: &[u8]) -> Vec<u8> {
+        ip_packet(
+            src.ip(),
+            dst.ip(),
+            IpProtocol::Tcp,
+            20 + data.len(),
+            |buf| {
+                let mut p = TcpPacket::new_unchecked(buf);
+                p.set_src_port(src.port());
+                p.set_dst_port(dst.port());
+                p.set_seq_number(TcpSeqNumber(1000));
+                p.set_ack_number(TcpSeqNumber(if ack { 77 } else { 0 }));
+                p.set_header_len(20);
+                p.clear_flags();
+                p.set_syn(syn);
+                p.set_ack(ack);
+                p.set_window_len(1000);
+                p.payload_mut().copy_from_slice(data);
+                p.fill_checksum(&src.ip().into(), &dst.ip().into());
+            },
+        )
+        .unwrap()
+    }
+
+    fn echo_request(src: IpAddr, dst: IpAddr, ident: u16, seq: u16, data: &[u8]) -> Vec<u8> {
+        let caps = ChecksumCapabilities::default();
+        match (src, dst) {
+            (IpAddr::V4(_), IpAddr::V4(_)) => {
+                let r = Icmpv4Repr::EchoRequest {
+                    ident,
+                    seq_no: seq,
+                    data,
+                };
+                ip_packet(src, dst, IpProtocol::Icmp, r.buffer_len(), |b| {
+                    r.emit(&mut Icmpv4Packet::new_unchecked(b), &caps)
+                })
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let r = Icmpv6Repr::EchoRequest {
+                    ident,
+                    seq_no: seq,
+                    data,
+                };
+                ip_packet(src, dst, IpProtocol::Icmpv6, r.buffer_len(), |b| {
+                    r.emit(&s, &d, &mut Icmpv6Packet::new_unchecked(b), &caps)
+                })
+            }
+            _ => None,
+        }
+        .unwrap()
+    }
+
+    #[test]
+    fn tcp_syn_is_parsed_with_its_flow() {
+        for (s, d) in [
+            ("10.99.0.1:40000", "10.20.0.2:5001"),
+            ("[fd99::1]:40000", "[fd20::2]:80"),
+        ] {
+            let pkt = tcp(sa(s), sa(d), true, false, b"");
+            let p = parse(&pkt).unwrap();
+            assert!(matches!(
+                p.kind,
+                Kind::Tcp {
+                    syn: true,
+                    ack: false,
+                    rst: false,
+                    ..
+                }
+            ));
+            let key = p.key().unwrap();
+            assert_eq!((key.proto, key.src, key.dst), (Proto::Tcp, sa(s), sa(d)));
+        }
+    }
+
+    #[test]
+    fn udp_round_trip_and_bad_checksum() {
+        for (s, d) in [
+            ("10.99.0.1:5353", "10.20.0.2:53"),
+            ("[fd99::1]:5353", "[fd20::2]:53"),
+        ] {
+            let mut pkt = udp(sa(s), sa(d), b"hello").unwrap();
+            let p = parse(&pkt).unwrap();
+            assert_eq!(
+                p.kind,
+                Kind::Udp {
+                    src_port: sa(s).port(),
+                    dst_port: sa(d).port(),
+                    payload: b"hello"
+                }
+            );
+            assert_eq!(p.key().unwrap().proto, Proto::Udp);
+            // Corrupt the payload: the checksum no longer holds.
+            let last = pkt.len() - 1;
+            pkt[last] ^= 0xff;
+            assert_eq!(parse(&pkt), None);
+        }
+    }
+
+    #[test]
+    fn echo_request_and_reply() {
+        for (s, d) in [("10.99.0.1", "10.20.0.2"), ("fd99::1", "fd20::2")] {
+            let (s, d): (IpAddr, IpAddr) = (s.parse().unwrap(), d.parse().unwrap());
+            let req = echo_request(s, d, 0x1234, 7, b"ping data");
+            let p = parse(&req).unwrap();
+            assert_eq!(
+                p.kind,
+                Kind::Echo {
+                    ident: 0x1234,
+                    seq: 7,
+                    data: b"ping data"
+                }
+            );
+            let key = p.key().unwrap();
+            assert_eq!((key.proto, key.src.port()), (Proto::Icmp, 0x1234));
+            // The reply verifies with smoltcp's own parser.
+            let reply = echo_reply(d, s, 0x1234, 7, b"ping data").unwrap();
+            let caps = ChecksumCapabilities::default();
+            match (s, d) {
+                (IpAddr::V4(_), IpAddr::V4(_)) => {
+                    let ip = Ipv4Packet::new_checked(&reply[..]).unwrap();
+                    assert_eq!(IpAddr::V4(ip.dst_addr()), s);
+                    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+                    assert_eq!(
+                        Icmpv4Repr::parse(&icmp, &caps).unwrap(),
+                        Icmpv4Repr::EchoReply {
+                            ident: 0x1234,
+                            seq_no: 7,
+                            data: b"ping data"
+                        }
+                    );
+                }
+                (IpAddr::V6(s6), IpAddr::V6(d6)) => {
+                    let ip = Ipv6Packet::new_checked(&reply[..]).unwrap();
+                    let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+                    assert_eq!(
+                        Icmpv6Repr::parse(&d6, &s6, &icmp, &caps).unwrap(),
+                        Icmpv6Repr::EchoReply {
+                            ident: 0x1234,
+                            seq_no: 7,
+                            data: b"ping data"
+                        }
+                    );
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    #[test]
+    fn rst_answers_a_syn() {
+        for (s, d) in [
+            ("10.99.0.1:40000", "10.20.0.2:5001"),
+            ("[fd99::1]:40000", "[fd20::2]:80"),
+        ] {
+            let syn = tcp(sa(s), sa(d), true, false, b"");
+            let rst = tcp_rst(&syn).unwrap();
+            let p = parse(&rst).unwrap();
+            assert_eq!((p.src, p.dst), (sa(d).ip(), sa(s).ip()));
+            let payload = match sa(s) {
+                SocketAddr::V4(_) => &rst[20..],
+                SocketAddr::V6(_) => &rst[40..],
+            };
+            let t = TcpPacket::new_checked(payload).unwrap();
+            assert!(t.verify_checksum(&sa(d).ip().into(), &sa(s).ip().into()));
+            assert!(t.rst() && t.ack() && !t.syn());
+            assert_eq!((t.src_port(), t.dst_port()), (sa(d).port(), sa(s).port()));
+            assert_eq!(t.ack_number(), TcpSeqNumber(1001));
+            // A RST is never answered; an ACK is answered with its ack number.
+            assert_eq!(tcp_rst(&rst), None);
+            let ack = tcp(sa(s), sa(d), false, true, b"abc");
+            let r = tcp_rst(&ack).unwrap();
+            let t = TcpPacket::new_checked(&r[r.len() - 20..]).unwrap();
+            assert!(t.rst() && !t.ack());
+            assert_eq!(t.seq_number(), TcpSeqNumber(77));
+        }
+    }
+
+    #[test]
+    fn unreachable_quotes_the_original() {
+        let udp4 = udp(sa("10.99.0.1:5353"), sa("10.20.0.2:53"), &[9u8; 100]).unwrap();
+        let icmp = unreachable(&udp4, Unreachable::Port).unwrap();
+        let ip = Ipv4Packet::new_checked(&icmp[..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.dst_addr().to_string(), "10.99.0.1");
+        let m = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert!(m.verify_checksum());
+        assert_eq!(m.msg_type(), Icmpv4Message::DstUnreachable);
+        assert_eq!(m.msg_code(), 3);
+        // The IPv4 header and the first 8 bytes of the datagram (UDP header).
+        assert_eq!(&ip.payload()[8..], &udp4[..28]);
+
+        let udp6 = udp(sa("[fd99::1]:5353"), sa("[fd20::2]:53"), &[9u8; 2000]).unwrap();
+        for (why, code) in [
+            (Unreachable::Prohibited, 1),
+            (Unreachable::Host, 3),
+            (Unreachable::Port, 4),
+        ] {
+            let icmp = unreachable(&udp6, why).unwrap();
+            assert!(icmp.len() <= 1280, "{}", icmp.len());
+            let ip = Ipv6Packet::new_checked(&icmp[..]).unwrap();
+            let m = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+            assert!(m.verify_checksum(&ip.src_addr(), &ip.dst_addr()));
+            assert_eq!(m.msg_type(), Icmpv6Message::DstUnreachable);
+            assert_eq!(m.msg_code(), code);
+            assert_eq!(&ip.payload()[8..], &udp6[..1280 - 48]);
+        }
+        let syn = tcp(sa("10.99.0.1:1"), sa("10.20.0.2:2"), true, false, b"");
+        let icmp = unreachable(&syn, Unreachable::Prohibited).unwrap();
+        assert_eq!(
+            Icmpv4Packet::new_checked(&icmp[20..]).unwrap().msg_code(),
+            13
+        );
+    }
+
+    #[test]
+    fn fragments_and_garbage() {
+        let mut frag = udp(sa("10.99.0.1:1"), sa("10.20.0.2:2"), b"x").unwrap();
+        {
+            let mut ip = Ipv4Packet::new_unchecked(&mut frag[..]);
+            ip.set_more_frags(true);
+            ip.fill_checksum();
+        }
+        assert_eq!(parse(&frag).map(|p| p.kind), Some(Kind::Fragment));
+        assert_eq!(parse(&[]), None);
+        assert_eq!(parse(&[0x45; 3]), None);
+        assert_eq!(parse(&[0x70; 60]), None);
+        // Every truncation of valid packets is rejected or parsed, never a panic.
+        let samples = [
+            tcp(sa("10.99.0.1:1"), sa("10.20.0.2:2"), true, false, b"data"),
+            udp(sa("[fd99::1]:1"), sa("[fd20::2]:2"), b"data").unwrap(),
+            echo_request(
+                "10.99.0.1".parse().unwrap(),
+                "10.20.0.2".parse().unwrap(),
+                1,
+                2,
+                b"x",
+            ),
+        ];
+        for s in &samples {
+            for n in 0..s.len() {
+                let _ = parse(&s[..n]);
+                let _ = tcp_rst(&s[..n]);
+                let _ = unreachable(&s[..n], Unreachable::Host);
+            }
+        }
+    }
+
+    #[test]
+    fn ping_socket_replies() {
+        use crate::exit::icmp::parse_reply;
+        let msg = [0u8, 0, 0xab, 0xcd, 0x00, 0x09, 0x00, 0x05, b'h', b'i'];
+        assert_eq!(parse_reply(false, &msg), Some((5, &b"hi"[..])));
+        assert_eq!(parse_reply(true, &msg), None);
+        let mut v6 = msg;
+        v6[0] = 129;
+        assert_eq!(parse_reply(true, &v6), Some((5, &b"hi"[..])));
+        assert_eq!(parse_reply(false, &msg[..7]), None);
+    }
+}
