@@ -3,7 +3,7 @@
 
 use sapper_shared::proto::data::{Capabilities, NodeRole};
 use sapper_shared::proto::management::{
-    event, response::Body as Resp, ErrorCode, Event, PeerInfo, StatusResponse,
+    event, response::Body as Resp, ErrorCode, Event, ExitStats, PeerInfo, StatusResponse,
 };
 use sapper_shared::proto::privd::PrivStatus;
 use serde_json::{json, Value};
@@ -40,6 +40,41 @@ pub fn status_json(s: &StatusResponse) -> Value {
         "cert_fingerprint": s.cert_fingerprint,
         "tun": s.tun.as_ref().map(|t| json!({"name": t.name, "addresses": t.addresses, "mtu": t.mtu})),
         "peer_count": s.peer_count,
+        "exit_mode": if s.exit_mode.is_empty() { "none" } else { s.exit_mode.as_str() },
+        "exit": s.exit.as_ref().map(exit_json),
+    })
+}
+
+/// The userspace exit's counters (`status --json` → `exit`).
+pub fn exit_json(x: &ExitStats) -> Value {
+    json!({
+        "tcp_flows": x.tcp_flows,
+        "udp_flows": x.udp_flows,
+        "icmp_flows": x.icmp_flows,
+        "tcp_flows_total": x.tcp_flows_total,
+        "udp_flows_total": x.udp_flows_total,
+        "icmp_flows_total": x.icmp_flows_total,
+        "refused_limit": x.refused_limit,
+        "denied_flows": x.denied_flows,
+        "denied_packets": x.denied_packets,
+        "connect_refused": x.connect_refused,
+        "connect_failed": x.connect_failed,
+        "buffer_bytes": x.buffer_bytes,
+        "max_buffer_bytes": x.max_buffer_bytes,
+        "dropped_packets": x.dropped_packets,
+        "icmp_unavailable": x.icmp_unavailable,
+    })
+}
+
+/// How a peer that is an exit realises traffic: a TUN-capable exit uses the
+/// kernel (TUN + NAT), a TUN-less one the userspace exit.
+pub fn peer_exit_mode(p: &PeerInfo) -> Option<&'static str> {
+    (NodeRole::try_from(p.role) == Ok(NodeRole::RoleExit)).then(|| {
+        if p.capabilities.unwrap_or_default().tun_capable {
+            "kernel"
+        } else {
+            "userspace"
+        }
     })
 }
 
@@ -60,6 +95,8 @@ pub fn peer_json(p: &PeerInfo) -> Value {
         "connected_at": p.connected_at,
         "routes": p.routes,
         "link_reason": p.link_reason,
+        "exit_mode": peer_exit_mode(p),
+        "exit_flows": p.exit_flows.map(|f| json!({"tcp": f.tcp, "udp": f.udp, "icmp": f.icmp})),
     })
 }
 
@@ -141,14 +178,41 @@ pub fn render(body: &Resp, json_out: bool) -> String {
             for l in &s.listeners {
                 out.push(format!("listening:   {} {}", l.transport, l.address));
             }
+            match (&s.exit, s.exit_mode.as_str()) {
+                (Some(x), _) => {
+                    out.push(format!(
+                        "exit:        userspace; flows tcp {} udp {} icmp {} (opened {}/{}/{}); buffers {} of {}",
+                        x.tcp_flows,
+                        x.udp_flows,
+                        x.icmp_flows,
+                        x.tcp_flows_total,
+                        x.udp_flows_total,
+                        x.icmp_flows_total,
+                        human_bytes(x.buffer_bytes),
+                        human_bytes(x.max_buffer_bytes)
+                    ));
+                    out.push(format!(
+                        "             refused {} by limits, {} flows denied by policy; connects refused {} failed {}; dropped {}; echo without ping sockets {}",
+                        x.refused_limit,
+                        x.denied_flows,
+                        x.connect_refused,
+                        x.connect_failed,
+                        x.dropped_packets,
+                        x.icmp_unavailable
+                    ));
+                }
+                (None, "kernel") => out.push("exit:        kernel (TUN and privd NAT)".into()),
+                _ => {}
+            }
             out.join("\n")
         }
         Resp::Peers(p) if json_out => {
             json!({"peers": p.peers.iter().map(peer_json).collect::<Vec<_>>()}).to_string()
         }
         Resp::Peers(p) if p.peers.is_empty() => "no peers connected".into(),
-        Resp::Peers(p) => table(
-            &[
+        Resp::Peers(p) => {
+            let flows = p.peers.iter().any(|p| p.exit_flows.is_some());
+            let mut header = vec![
                 "NAME",
                 "ADDRESS",
                 "TRANSPORT",
@@ -157,25 +221,41 @@ pub fn render(body: &Resp, json_out: bool) -> String {
                 "IN",
                 "OUT",
                 "CONNECTED",
-            ],
-            &p.peers
+            ];
+            if flows {
+                header.push("EXIT FLOWS");
+            }
+            let rows = p
+                .peers
                 .iter()
                 .map(|p| {
-                    vec![
+                    let role = match peer_exit_mode(p) {
+                        Some(mode) => format!("exit ({mode})"),
+                        None => role(p.role).into(),
+                    };
+                    let mut row = vec![
                         p.name.clone(),
                         p.address.clone(),
                         p.transport.clone(),
-                        role(p.role).into(),
+                        role,
                         p.latency_ms
                             .map(|l| format!("{l:.1} ms"))
                             .unwrap_or_else(|| "-".into()),
                         human_bytes(p.bytes_in),
                         human_bytes(p.bytes_out),
                         ago(p.connected_at),
-                    ]
+                    ];
+                    if flows {
+                        row.push(match p.exit_flows {
+                            Some(f) => format!("tcp {} udp {} icmp {}", f.tcp, f.udp, f.icmp),
+                            None => "-".into(),
+                        });
+                    }
+                    row
                 })
-                .collect::<Vec<_>>(),
-        ),
+                .collect::<Vec<_>>();
+            table(&header, &rows)
+        }
         Resp::Stats(st) if json_out => json!({
             "tun_packets_in": st.tun_packets_in,
             "tun_packets_out": st.tun_packets_out,
@@ -333,5 +413,55 @@ mod tests {
         }
         assert_eq!(v["role"], "exit");
         assert_eq!(v["latency_ms"], 1.5);
+        // A TUN-less exit is a userspace exit.
+        assert_eq!(v["exit_mode"], "userspace");
+        assert!(v["exit_flows"].is_null());
+    }
+
+    #[test]
+    fn exit_fields_in_status_and_peers() {
+        use sapper_shared::proto::management::{ExitPeerFlows, PeersResponse};
+        let s = StatusResponse {
+            name: "exit".into(),
+            exit_mode: "userspace".into(),
+            exit: Some(ExitStats {
+                tcp_flows: 3,
+                refused_limit: 2,
+                max_buffer_bytes: 1 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = status_json(&s);
+        assert_eq!(v["exit_mode"], "userspace");
+        assert_eq!(v["exit"]["tcp_flows"], 3);
+        assert_eq!(v["exit"]["refused_limit"], 2);
+        let text = render(&Resp::Status(s), false);
+        assert!(
+            text.contains("exit:        userspace; flows tcp 3"),
+            "{text}"
+        );
+        let old = status_json(&StatusResponse::default());
+        assert_eq!(old["exit_mode"], "none");
+        assert!(old["exit"].is_null());
+
+        let peers = PeersResponse {
+            peers: vec![PeerInfo {
+                name: "entry".into(),
+                role: NodeRole::RoleEntry as i32,
+                exit_flows: Some(ExitPeerFlows {
+                    tcp: 1,
+                    udp: 2,
+                    icmp: 0,
+                }),
+                ..Default::default()
+            }],
+        };
+        let text = render(&Resp::Peers(peers.clone()), false);
+        assert!(text.contains("EXIT FLOWS"), "{text}");
+        assert!(text.contains("tcp 1 udp 2 icmp 0"), "{text}");
+        let v: Value = serde_json::from_str(&render(&Resp::Peers(peers), true)).unwrap();
+        assert_eq!(v["peers"][0]["exit_flows"]["udp"], 2);
+        assert!(v["peers"][0]["exit_mode"].is_null());
     }
 }
