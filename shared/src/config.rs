@@ -417,6 +417,15 @@ impl Config {
             if n.peer_queue == 0 || n.peer_queue > 65536 {
                 return Err(err("netd.peer_queue".into(), "must be 1..=65536"));
             }
+            if n.announce_routes.len() > crate::handshake::MAX_ROUTES {
+                return Err(err(
+                    "netd.announce_routes".into(),
+                    &format!(
+                        "at most {} prefixes (peers refuse a Handshake with more)",
+                        crate::handshake::MAX_ROUTES
+                    ),
+                ));
+            }
             if n.cert_file.is_some() != n.key_file.is_some() {
                 return Err(err(
                     "netd.key_file".into(),
@@ -465,8 +474,18 @@ impl Config {
         }
         if let Some(p) = &self.privd {
             let t = &p.tun;
-            if t.name.is_empty() || t.name.len() > 15 || t.name.contains('/') {
-                return Err(err("privd.tun.name".into(), "1-15 characters, no '/'"));
+            // The kernel's own rules for interface names (dev_valid_name).
+            if t.name.is_empty()
+                || t.name.len() > 15
+                || t.name == "."
+                || t.name == ".."
+                || t.name
+                    .contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
+            {
+                return Err(err(
+                    "privd.tun.name".into(),
+                    "1-15 characters, not '.' or '..', no '/', ':' or whitespace",
+                ));
             }
             if !(576..=65535).contains(&t.mtu) {
                 return Err(err("privd.tun.mtu".into(), "must be 576..=65535"));
@@ -766,6 +785,26 @@ allowed_routes = ["10.0.0.0/8"]
         assert_eq!(e.key, "netd.exit.max_buffer_bytes");
         let e = with("bogus = 1").unwrap_err();
         assert!(e.message.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn interface_names_and_route_counts_checked_early() {
+        for bad in [".", "..", "a:b", "a b", "a/b", "sixteen-chars-xx"] {
+            let t = GOOD.replace("[privd.tun]", &format!("[privd.tun]\nname = {bad:?}"));
+            let e = Config::parse(&t, "t.toml").unwrap_err();
+            assert_eq!(e.key, "privd.tun.name", "{bad}");
+        }
+        let many: Vec<String> = (0..1025)
+            .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+            .collect();
+        let t = GOOD.replace(
+            "announce_routes = [\"10.200.0.0/24\"]",
+            &format!("announce_routes = [{}]", many.join(",")),
+        );
+        assert_eq!(
+            Config::parse(&t, "t.toml").unwrap_err().key,
+            "netd.announce_routes"
+        );
     }
 
     #[test]
