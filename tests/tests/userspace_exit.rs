@@ -1,0 +1,667 @@
+//! End-to-end tests of the userspace exit: the exit namespace runs
+//! `sapper-netd` alone — no privd, no TUN, started directly as `nobody`
+//! (never root, no capability) — and realises the entry's traffic with its
+//! own sockets. The entry is the usual privd + netd with a TUN. Needs root
+//! (namespaces) and `setpriv` (util-linux).
+//!
+//! ```text
+//!   E (entry, privd+netd)        X (exit: netd as nobody)     P (private)
+//!   sap0 10.99.0.1 fd99::1
+//!   routes 10.20.0.0/24, fd20::/64, 169.254.77.0/24 → sap0
+//!   ve-x 10.10.0.1 ───────────── vx-e 10.10.0.2
+//!                                vx-p 10.20.0.1 fd20::1 ───── vp-x 10.20.0.2 fd20::2
+//! ```
+
+use sapper_tests::bins::{bins, tool};
+use sapper_tests::cmd::{run_ok, run_timeout, wait_until, WAIT};
+use sapper_tests::topology::PRIVATE_HOST;
+use sapper_tests::{Node, Options, Topology, Transport};
+use serde_json::Value;
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const NOBODY: u32 = 65534;
+const PRIVATE_V6: &str = "fd20::2";
+/// Bytes of the checksummed TCP transfer.
+const TRANSFER_BYTES: u64 = 6 * 1024 * 1024 + 77;
+
+fn gid_of(group: &str) -> u32 {
+    fs::read_to_string("/etc/group")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut f = l.split(':');
+                (f.next() == Some(group))
+                    .then(|| f.nth(1).and_then(|g| g.parse().ok()))
+                    .flatten()
+            })
+        })
+        .unwrap_or(65534)
+}
+
+fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    let mut f = fs::File::open("/dev/urandom").expect("open /dev/urandom");
+    std::io::Read::read_exact(&mut f, &mut buf).expect("read /dev/urandom");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One ping from namespace `ns`, waiting at most a second.
+fn ping(ns: &str, target: &str) -> bool {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns", "exec", ns, "ping", "-n", "-c", "1", "-W", "1", target,
+    ]);
+    run_timeout(&mut cmd, Duration::from_secs(10)).is_ok_and(|o| o.status.success())
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+}
+
+fn write(path: &Path, text: &str, mode: u32) {
+    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// `setpriv` arguments that make the rest of the command run as nobody
+/// with no groups and no capabilities.
+fn as_nobody() -> Vec<String> {
+    let gid = gid_of("nogroup");
+    [
+        "--reuid",
+        &NOBODY.to_string(),
+        "--regid",
+        &gid.to_string(),
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A server started in the private namespace; killed on drop.
+struct Server {
+    child: Child,
+    what: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test network with the userspace exit.
+struct Ux {
+    topo: Topology,
+    servers: Vec<Server>,
+}
+
+impl Ux {
+    /// Builds the network, configures and starts the exit netd (as nobody,
+    /// with `exit_lines` added to its `[netd.exit]`) and the entry's privd
+    /// and netd, and waits until they list each other.
+    fn start(t: Transport, exit_lines: &[&str], ping_sockets: bool) -> Ux {
+        let opts = Options {
+            start_daemons: false,
+            ..Options::new(t)
+        };
+        let mut topo = Topology::start(opts);
+        topo.bins = Some(bins());
+        let (x, p) = (&topo.exit, &topo.private);
+        x.ip(&["addr", "add", "fd20::1/64", "dev", "vx-p", "nodad"]);
+        p.ip(&["addr", "add", "fd20::2/64", "dev", "vp-x", "nodad"]);
+        if ping_sockets {
+            let out = run_timeout(
+                x.cmd("sysctl")
+                    .args(["-w", "net.ipv4.ping_group_range=0 2147483647"]),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            assert!(out.status.success(), "sysctl: {}", show(&out));
+        }
+        let mut ux = Ux {
+            topo,
+            servers: Vec::new(),
+        };
+        ux.write_configs(t, exit_lines);
+        ux.start_daemons();
+        ux.topo.wait_for_peers();
+        ux
+    }
+
+    fn port(t: Transport) -> u16 {
+        match t {
+            Transport::Quic => 4433,
+            Transport::Ws => 8443,
+        }
+    }
+
+    fn write_configs(&mut self, t: Transport, exit_lines: &[&str]) {
+        let gid = gid_of("nogroup");
+        let psk = random_hex(24);
+        let port = Self::port(t);
+        let ws = if t == Transport::Ws {
+            "ws_path = \"/sapper\"\n"
+        } else {
+            ""
+        };
+
+        // The exit: netd only, everything owned by nobody.
+        let xd = self.topo.node_dir(Node::Exit);
+        fs::create_dir_all(xd.join("state")).expect("create exit dir");
+        fs::set_permissions(&xd, fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::set_permissions(xd.join("state"), fs::Permissions::from_mode(0o700)).expect("chmod");
+        chown(&xd, NOBODY, gid);
+        chown(&xd.join("state"), NOBODY, gid);
+        write(&xd.join("psk"), &format!("{psk}\n"), 0o600);
+        chown(&xd.join("psk"), NOBODY, gid);
+        let p = |d: &Path, n: &str| d.join(n).display().to_string();
+        let mut s = String::new();
+        let _ = writeln!(s, "[node]\nname = \"exit\"\nrole = \"exit\"");
+        let _ = writeln!(s, "psk_file = \"{}\"\n", p(&xd, "psk"));
+        let _ = writeln!(s, "[netd]");
+        let _ = writeln!(s, "state_dir = \"{}\"", p(&xd, "state"));
+        let _ = writeln!(s, "management_socket = \"{}\"", p(&xd, "netd.sock"));
+        let _ = writeln!(s, "ping_interval_ms = 200");
+        let _ = writeln!(s, "announce_routes = [\"10.20.0.0/24\", \"fd20::/64\"]\n");
+        let _ = writeln!(s, "[[netd.listen]]\ntransport = \"{}\"", t.as_str());
+        let _ = writeln!(s, "address = \"0.0.0.0:{port}\"\n{ws}");
+        let _ = writeln!(s, "[netd.exit]");
+        for l in exit_lines {
+            let _ = writeln!(s, "{l}");
+        }
+        write(&self.topo.config_path(Node::Exit), &s, 0o644);
+
+        let mut fp = Command::new("setpriv");
+        fp.args(as_nobody())
+            .arg(&bins().netd)
+            .arg("--config")
+            .arg(self.topo.config_path(Node::Exit))
+            .arg("--print-fingerprint");
+        let fp = run_ok(&mut fp, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+        let fp = fp
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .expect("a fingerprint")
+            .to_string();
+
+        // The entry: the usual privd + netd, routing the private networks
+        // and a link-local prefix into the TUN.
+        let ed = self.topo.node_dir(Node::Entry);
+        fs::create_dir_all(ed.join("state")).expect("create entry dir");
+        fs::set_permissions(&ed, fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::set_permissions(ed.join("state"), fs::Permissions::from_mode(0o700)).expect("chmod");
+        write(&ed.join("psk"), &format!("{psk}\n"), 0o600);
+        let mut s = String::new();
+        let _ = writeln!(s, "[node]\nname = \"entry\"\nrole = \"entry\"");
+        let _ = writeln!(s, "psk_file = \"{}\"\n", p(&ed, "psk"));
+        let _ = writeln!(s, "[netd]\nuser = \"nobody\"\ngroup = \"nogroup\"");
+        let _ = writeln!(s, "state_dir = \"{}\"", p(&ed, "state"));
+        let _ = writeln!(s, "management_socket = \"{}\"", p(&ed, "netd.sock"));
+        let _ = writeln!(s, "privd_socket = \"{}\"", p(&ed, "privd.sock"));
+        let _ = writeln!(s, "ping_interval_ms = 200");
+        let _ = writeln!(s, "reconnect_min_ms = 100\nreconnect_max_ms = 1000\n");
+        let _ = writeln!(s, "[[netd.connect]]\ntransport = \"{}\"", t.as_str());
+        let _ = writeln!(s, "address = \"10.10.0.2:{port}\"\nserver_name = \"exit\"");
+        let _ = writeln!(s, "fingerprint = \"{fp}\"\n{ws}");
+        let _ = writeln!(s, "[privd]\nsocket = \"{}\"", p(&ed, "privd.sock"));
+        let _ = writeln!(s, "socket_group = \"nogroup\"\nnetd_user = \"nobody\"\n");
+        let _ = writeln!(s, "[privd.tun]\nname = \"sap0\"");
+        let _ = writeln!(
+            s,
+            "addresses = [\"10.99.0.1/24\", \"fd99::1/64\"]\nmtu = 1280"
+        );
+        let _ = writeln!(
+            s,
+            "routes = [\"10.20.0.0/24\", \"fd20::/64\", \"169.254.77.0/24\"]"
+        );
+        let _ = writeln!(
+            s,
+            "allowed_routes = [\"10.0.0.0/8\", \"fd00::/8\", \"169.254.0.0/16\"]"
+        );
+        write(&self.topo.config_path(Node::Entry), &s, 0o644);
+    }
+
+    fn start_daemons(&mut self) {
+        let b = bins();
+        let xcfg = self.topo.config_path(Node::Exit);
+        let mut args: Vec<std::ffi::OsString> = as_nobody().into_iter().map(Into::into).collect();
+        args.push(b.netd.clone().into());
+        args.push("--config".into());
+        args.push(xcfg.into());
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        self.topo
+            .spawn("exit-netd", Node::Exit, Path::new("setpriv"), &refs);
+        let sock = self.topo.mgmt_socket(Node::Exit);
+        self.topo.wait_for("exit netd management socket", WAIT, || {
+            sock.exists().then_some(())
+        });
+
+        let ecfg = self.topo.config_path(Node::Entry);
+        let cfg_args = ["--config".as_ref(), ecfg.as_os_str()];
+        self.topo
+            .spawn("entry-privd", Node::Entry, &b.privd, &cfg_args);
+        let psock = self.topo.privd_socket(Node::Entry);
+        self.topo
+            .wait_for("entry privd socket", WAIT, || psock.exists().then_some(()));
+        self.topo
+            .spawn("entry-netd", Node::Entry, &b.netd, &cfg_args);
+        let sock = self.topo.mgmt_socket(Node::Entry);
+        self.topo
+            .wait_for("entry netd management socket", WAIT, || {
+                sock.exists().then_some(())
+            });
+    }
+
+    /// Starts `sapper-probe MODE ADDR` in P and waits until it listens.
+    fn serve(&mut self, mode: &str, addr: &str) {
+        let out = self
+            .topo
+            .dir
+            .join(format!("server-{}.out", self.servers.len()));
+        let file = fs::File::create(&out).expect("create server log");
+        let mut cmd = self.topo.private.cmd(tool("sapper-probe"));
+        cmd.args([mode, addr, "--timeout", "300"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {mode}: {e}"));
+        self.servers.push(Server {
+            child,
+            what: format!("{mode} {addr}"),
+        });
+        let what = format!("{mode} on {addr} to listen");
+        self.topo.wait_for(&what, WAIT, || {
+            fs::read_to_string(&out)
+                .ok()
+                .filter(|s| s.contains("listening"))
+                .map(|_| ())
+        });
+    }
+
+    /// Runs `sapper-probe ARGS` in the entry namespace.
+    fn probe(&self, args: &[&str], limit: Duration) -> Output {
+        let mut cmd = self.topo.entry.cmd(tool("sapper-probe"));
+        cmd.args(args);
+        run_timeout(&mut cmd, limit).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `sapper-probe tcp-connect ADDR`: (result, milliseconds).
+    fn connect(&self, addr: &str) -> (String, u64) {
+        let out = self.probe(
+            &["tcp-connect", addr, "--timeout", "15"],
+            Duration::from_secs(30),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let field = |k: &str| {
+            text.split_whitespace()
+                .find_map(|f| f.strip_prefix(k))
+                .map(str::to_string)
+                .unwrap_or_else(|| panic!("no {k} in tcp-connect output: {}", show(&out)))
+        };
+        (field("result="), field("ms=").parse().unwrap_or(u64::MAX))
+    }
+
+    /// The exit's `sapperctl status --json` `exit` object.
+    fn exit_stats(&self) -> Value {
+        let s = self
+            .topo
+            .ctl_json(Node::Exit, &["status"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s["exit_mode"], "userspace", "exit status: {s}");
+        s["exit"].clone()
+    }
+
+    fn stat(&self, key: &str) -> u64 {
+        let x = self.exit_stats();
+        x[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {key} in the exit's status: {x}"))
+    }
+
+    fn wait_for_ping(&mut self, target: &str) {
+        let ns = self.topo.entry.name().to_string();
+        let target = target.to_string();
+        self.topo
+            .wait_for(&format!("a ping from E to {target}"), WAIT, || {
+                ping(&ns, &target).then_some(())
+            });
+    }
+}
+
+impl Drop for Ux {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for s in &self.servers {
+                eprintln!("(server: {})", s.what);
+            }
+        }
+        // Servers first (Vec drop), then the topology (fields drop in order).
+        self.servers.clear();
+    }
+}
+
+/// The exit's netd runs as nobody with no capability, and nothing else
+/// runs in its namespace.
+fn assert_exit_unprivileged(ux: &Ux) {
+    let pid = ux.topo.netd(Node::Exit).pid();
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("exit netd {pid} is gone: {e}"));
+    let line = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let uid = line("Uid:");
+    assert!(
+        uid.split_whitespace()
+            .skip(1)
+            .all(|u| u == NOBODY.to_string()),
+        "exit netd uid: {uid}"
+    );
+    assert_eq!(line("CapEff:"), "CapEff:\t0000000000000000");
+    assert_eq!(line("CapPrm:"), "CapPrm:\t0000000000000000");
+    let pids = ux.topo.exit.pids();
+    assert_eq!(
+        pids,
+        vec![pid as i32],
+        "only netd runs in the exit namespace (no privd)"
+    );
+    assert!(
+        !ux.topo.privd_socket(Node::Exit).exists(),
+        "the exit has no privd socket"
+    );
+}
+
+/// Ping (v4, v6), a checksummed TCP transfer, TCP over IPv6, UDP both
+/// families, a closed port, denied destinations, and what sapperctl says.
+fn traffic(t: Transport) {
+    let mut ux = Ux::start(t, &["deny = [\"tcp 10.20.0.2 port 5999\"]"], true);
+    ux.wait_for_ping(PRIVATE_HOST);
+    assert_exit_unprivileged(&ux);
+
+    let out = ux.topo.ping(&ux.topo.entry, PRIVATE_HOST, 3, 2);
+    assert!(out.status.success(), "ping {PRIVATE_HOST}: {}", show(&out));
+    ux.wait_for_ping(PRIVATE_V6);
+    let out = ux.topo.ping(&ux.topo.entry, PRIVATE_V6, 3, 2);
+    assert!(out.status.success(), "ping {PRIVATE_V6}: {}", show(&out));
+
+    let (sent, received) = ux
+        .topo
+        .blast(Node::Entry, "private", PRIVATE_HOST, TRANSFER_BYTES);
+    assert_eq!(sent.bytes, TRANSFER_BYTES, "sender did not send everything");
+    assert_eq!(sent, received, "data through the userspace exit differs");
+
+    ux.serve("tcp-echo-serve", "[fd20::2]:7001");
+    ux.serve("udp-echo-serve", "10.20.0.2:7002");
+    ux.serve("udp-echo-serve", "[fd20::2]:7002");
+    ux.serve("tcp-echo-serve", "10.20.0.2:5999");
+
+    let out = ux.probe(
+        &[
+            "tcp-conns",
+            "[fd20::2]:7001",
+            "4",
+            "300000",
+            "--timeout",
+            "60",
+        ],
+        Duration::from_secs(90),
+    );
+    assert!(out.status.success(), "TCP over IPv6: {}", show(&out));
+    for addr in ["10.20.0.2:7002", "[fd20::2]:7002"] {
+        let out = ux.probe(
+            &["udp-ping", addr, "20", "--timeout", "60"],
+            Duration::from_secs(90),
+        );
+        assert!(out.status.success(), "UDP to {addr}: {}", show(&out));
+    }
+
+    // Nothing listens on 6000: refused at once, not after a timeout.
+    let (r, ms) = ux.connect("10.20.0.2:6000");
+    assert_eq!(r, "refused", "closed port");
+    assert!(ms < 3000, "refusal took {ms} ms");
+    // 5999 has a server, but a deny rule covers it; 169.254.77.1 is
+    // link-local, denied by default.
+    for addr in ["10.20.0.2:5999", "169.254.77.1:80"] {
+        let (r, ms) = ux.connect(addr);
+        assert_eq!(r, "refused", "denied destination {addr}");
+        assert!(ms < 3000, "denial of {addr} took {ms} ms");
+    }
+
+    let x = ux.exit_stats();
+    let n = |k: &str| x[k].as_u64().unwrap_or(0);
+    assert!(n("tcp_flows_total") >= 6, "{x}");
+    assert!(n("udp_flows_total") >= 2, "{x}");
+    assert!(n("icmp_flows_total") >= 2, "{x}");
+    assert!(n("connect_refused") >= 1, "{x}");
+    assert_eq!(n("denied_flows"), 2, "{x}");
+    assert_eq!(n("refused_limit"), 0, "{x}");
+    assert!(n("max_buffer_bytes") > 0, "{x}");
+    let log = ux.topo.netd(Node::Exit).stderr_text();
+    assert!(
+        log.contains("egress denied") && log.contains("169.254.77.1"),
+        "denials are logged: {log}"
+    );
+
+    // The entry sees a TUN-less userspace exit; the exit shows the entry's
+    // flows.
+    let peers = ux.topo.peers(Node::Entry).unwrap_or_else(|e| panic!("{e}"));
+    let exit = peers
+        .iter()
+        .find(|p| p["name"] == "exit")
+        .unwrap_or_else(|| panic!("no exit peer: {peers:?}"));
+    assert_eq!(exit["capabilities"]["tun_capable"], false, "{exit}");
+    assert_eq!(exit["role"], "exit", "{exit}");
+    assert_eq!(exit["exit_mode"], "userspace", "{exit}");
+    let peers = ux.topo.peers(Node::Exit).unwrap_or_else(|e| panic!("{e}"));
+    let entry = peers
+        .iter()
+        .find(|p| p["name"] == "entry")
+        .unwrap_or_else(|| panic!("no entry peer: {peers:?}"));
+    assert!(entry["exit_flows"].is_object(), "{entry}");
+    for (node, what, needle) in [
+        (Node::Exit, "status", "exit:        userspace"),
+        (Node::Exit, "peers", "EXIT FLOWS"),
+        (Node::Entry, "peers", "exit (userspace)"),
+    ] {
+        let out = ux.topo.ctl(node, &[what]);
+        assert!(out.status.success(), "sapperctl {what}: {}", show(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(needle),
+            "sapperctl {what} on {node:?}: {text}"
+        );
+    }
+    assert_exit_unprivileged(&ux);
+    ux.topo.assert_daemons_alive();
+}
+
+mod traffic {
+    #[test]
+    fn quic() {
+        super::traffic(sapper_tests::Transport::Quic);
+    }
+    #[test]
+    fn ws() {
+        super::traffic(sapper_tests::Transport::Ws);
+    }
+}
+
+/// 500 concurrent short TCP connections all complete, and every flow is
+/// gone from the exit afterwards.
+#[test]
+fn many_concurrent_connections() {
+    let mut ux = Ux::start(Transport::Quic, &[], true);
+    ux.serve("tcp-echo-serve", "10.20.0.2:7001");
+    ux.wait_for_ping(PRIVATE_HOST);
+    let start = Instant::now();
+    let out = ux.probe(
+        &[
+            "tcp-conns",
+            "10.20.0.2:7001",
+            "500",
+            "2000",
+            "--timeout",
+            "120",
+        ],
+        Duration::from_secs(150),
+    );
+    assert!(out.status.success(), "500 connections: {}", show(&out));
+    eprintln!("500 connections in {:?}", start.elapsed());
+    assert!(ux.stat("tcp_flows_total") >= 500);
+    assert_eq!(ux.stat("refused_limit"), 0);
+    let r = wait_until(
+        "the exit's TCP flows to close",
+        Duration::from_secs(30),
+        || (ux.stat("tcp_flows") == 0 && ux.stat("buffer_bytes") == 0).then_some(()),
+    );
+    r.unwrap_or_else(|e| panic!("{e}; exit: {}", ux.exit_stats()));
+    ux.topo.assert_daemons_alive();
+}
+
+/// With max_tcp_flows = 4, new connections past the limit are refused and
+/// counted while an earlier, slow flow carries on to the end intact.
+#[test]
+fn flow_limit_refuses_new_flows_only() {
+    let mut ux = Ux::start(Transport::Quic, &["max_tcp_flows = 4"], true);
+    ux.serve("tcp-echo-serve", "10.20.0.2:7001");
+    ux.wait_for_ping(PRIVATE_HOST);
+
+    // The earlier flow: 256 KiB over 8 s, echo compared at the end.
+    let out_path = ux.topo.dir.join("slow.out");
+    let file = fs::File::create(&out_path).expect("create slow.out");
+    let mut slow = ux.topo.entry.cmd(tool("sapper-probe"));
+    slow.args([
+        "tcp-slow",
+        "10.20.0.2:7001",
+        "262144",
+        "8",
+        "--timeout",
+        "60",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::from(file))
+    .stderr(Stdio::null());
+    let child = slow.spawn().expect("start tcp-slow");
+    ux.servers.push(Server {
+        child,
+        what: "tcp-slow (entry)".into(),
+    });
+    let slow_out = out_path.clone();
+    ux.topo.wait_for("the slow flow to connect", WAIT, || {
+        fs::read_to_string(&slow_out)
+            .ok()
+            .filter(|s| s.contains("connected"))
+            .map(|_| ())
+    });
+
+    let out = ux.probe(
+        &[
+            "tcp-conns",
+            "10.20.0.2:7001",
+            "12",
+            "1000",
+            "--timeout",
+            "30",
+        ],
+        Duration::from_secs(45),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !out.status.success(),
+        "12 connections past a limit of 4 all succeeded: {text}"
+    );
+    assert!(
+        text.contains("refused"),
+        "refusals are RSTs: {}",
+        show(&out)
+    );
+    let refused = ux.stat("refused_limit");
+    assert!(refused >= 1, "refusals counted: {}", ux.exit_stats());
+    let log = ux.topo.netd(Node::Exit).stderr_text();
+    assert!(
+        log.contains("max_tcp_flows reached"),
+        "refusal logged: {log}"
+    );
+
+    // The slow flow finishes with every byte echoed.
+    let slow_out = out_path.clone();
+    ux.topo
+        .wait_for("the slow flow to finish", Duration::from_secs(45), || {
+            fs::read_to_string(&slow_out)
+                .ok()
+                .filter(|s| s.contains("ok bytes=") || s.contains("error"))
+        });
+    let text = fs::read_to_string(&out_path).unwrap_or_default();
+    assert!(
+        text.contains("ok bytes=262144"),
+        "the earlier flow broke: {text}"
+    );
+    // Room again once flows are gone.
+    let r = wait_until(
+        "the exit's TCP flows to close",
+        Duration::from_secs(30),
+        || (ux.stat("tcp_flows") == 0).then_some(()),
+    );
+    r.unwrap_or_else(|e| panic!("{e}; exit: {}", ux.exit_stats()));
+    let (r, _) = ux.connect("10.20.0.2:7001");
+    assert_eq!(r, "connected");
+    ux.topo.assert_daemons_alive();
+}
+
+/// Without ping sockets (net.ipv4.ping_group_range left at its default,
+/// "1 0"), echo requests are refused at once with an ICMP error and
+/// counted; TCP is unaffected.
+#[test]
+fn ping_without_ping_sockets() {
+    let mut ux = Ux::start(Transport::Quic, &[], false);
+    ux.serve("tcp-echo-serve", "10.20.0.2:7001");
+    let mut last = String::new();
+    let r = wait_until("TCP through the exit", WAIT, || {
+        let (r, _) = ux.connect("10.20.0.2:7001");
+        last = r;
+        (last == "connected").then_some(())
+    });
+    r.unwrap_or_else(|e| panic!("{e}; last result {last}"));
+    let start = Instant::now();
+    let out = ux.topo.ping(&ux.topo.entry, PRIVATE_HOST, 2, 2);
+    assert!(!out.status.success(), "ping worked without ping sockets");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Prohibited") || text.contains("filtered"),
+        "the entry is told why: {text}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(8));
+    assert!(ux.stat("icmp_unavailable") >= 1, "{}", ux.exit_stats());
+    let log = ux.topo.netd(Node::Exit).stderr_text();
+    assert!(
+        log.contains("ping_group_range"),
+        "the exit names the sysctl: {log}"
+    );
+    ux.topo.assert_daemons_alive();
+}
