@@ -11,10 +11,12 @@
 //! * [`cmd`] runs commands with time limits and polls with deadlines.
 //! * [`netns`] is a guard for one network namespace.
 //! * [`topology`] is the guard for a whole E/X/P test network with daemons.
+//! * [`chain`] is the guard for a line of nodes (entry → relay → exit …).
 //! * [`blast`] is the data generator and checksum shared with `sapper-blast`.
 
 pub mod bins;
 pub mod blast;
+pub mod chain;
 pub mod cmd;
 pub mod netns;
 pub mod topology;

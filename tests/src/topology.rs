@@ -115,6 +115,9 @@ pub struct Options {
     pub exit_psk: String,
     /// Start privd and netd on both nodes (false: only the network).
     pub start_daemons: bool,
+    /// `netd.operator_group` on both nodes (members may change things over
+    /// the management socket).
+    pub operator_group: Option<String>,
 }
 
 impl Options {
@@ -127,6 +130,7 @@ impl Options {
             entry_psk: psk.clone(),
             exit_psk: psk,
             start_daemons: true,
+            operator_group: None,
         }
     }
 
@@ -144,6 +148,12 @@ impl Options {
         self
     }
 
+    /// Sets `netd.operator_group` on both nodes.
+    pub fn operator_group(mut self, group: &str) -> Options {
+        self.operator_group = Some(group.to_string());
+        self
+    }
+
     /// Gives the two sides different PSKs.
     pub fn mismatched_psk(mut self) -> Options {
         self.exit_psk = random_hex(24);
@@ -152,7 +162,8 @@ impl Options {
     }
 }
 
-fn random_hex(n: usize) -> String {
+/// `n` random bytes from /dev/urandom as lower-case hex (fresh PSKs).
+pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
     let mut f = fs::File::open("/dev/urandom").expect("open /dev/urandom");
     std::io::Read::read_exact(&mut f, &mut buf).expect("read /dev/urandom");
@@ -173,6 +184,48 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Spawns `cmd` (stdin closed, stdout and stderr into
+    /// `DIR/<label>.stdout` and `DIR/<label>.stderr`; a label used before in
+    /// the same directory, e.g. a restarted daemon, gets `<label>.<n>.*`).
+    pub fn start(label: &str, dir: &Path, mut cmd: Command) -> Daemon {
+        let mut stem = label.to_string();
+        let mut n = 1;
+        while dir.join(format!("{stem}.stderr")).exists() {
+            n += 1;
+            stem = format!("{label}.{n}");
+        }
+        let stdout = dir.join(format!("{stem}.stdout"));
+        let stderr = dir.join(format!("{stem}.stderr"));
+        let out = fs::File::create(&stdout).expect("create stdout log");
+        let err = fs::File::create(&stderr).expect("create stderr log");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .env("RUST_BACKTRACE", "1");
+        let desc = crate::cmd::describe(&cmd);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `{desc}`: {e}"));
+        Daemon {
+            label: label.to_string(),
+            stdout,
+            stderr,
+            child,
+            exited: None,
+        }
+    }
+
+    /// SIGKILL (no goodbye to peers) and reap.
+    pub fn kill(&mut self) {
+        if self.try_exit().is_some() {
+            return;
+        }
+        let _ = self.child.kill();
+        if let Ok(s) = self.child.wait() {
+            self.exited = Some(s);
+        }
+    }
+
     /// The process id (the binary's own: `ip netns exec` execs it).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -225,14 +278,16 @@ impl Daemon {
 
 /// Limits how many topologies run at once inside one test process
 /// (`SAPPER_E2E_PARALLEL`, default 2): each runs four daemons and the
-/// machines this runs on may have two cores.
-struct Slot;
+/// machines this runs on may have two cores. Shared with
+/// [`crate::chain::Chain`]; held until dropped.
+pub struct Slot(());
 
 static SLOTS: Mutex<usize> = Mutex::new(0);
 static SLOTS_FREED: Condvar = Condvar::new();
 
 impl Slot {
-    fn acquire() -> Slot {
+    /// Waits for a free slot.
+    pub fn acquire() -> Slot {
         let max: usize = std::env::var("SAPPER_E2E_PARALLEL")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -243,7 +298,7 @@ impl Slot {
             used = SLOTS_FREED.wait(used).unwrap_or_else(|e| e.into_inner());
         }
         *used += 1;
-        Slot
+        Slot(())
     }
 }
 
@@ -411,6 +466,9 @@ impl Topology {
         if node == Node::Exit {
             let _ = writeln!(s, "announce_routes = [\"{PRIVATE_NET}\"]");
         }
+        if let Some(g) = &self.opts.operator_group {
+            let _ = writeln!(s, "operator_group = \"{g}\"");
+        }
         let _ = writeln!(s);
         if node == self.opts.listener {
             let _ = writeln!(s, "[[netd.listen]]");
@@ -535,26 +593,7 @@ impl Topology {
     }
 
     fn spawn_in(&mut self, label: &str, ns_cmd: Command) -> usize {
-        let stdout = self.dir.join(format!("{label}.stdout"));
-        let stderr = self.dir.join(format!("{label}.stderr"));
-        let mut cmd = ns_cmd;
-        let out = fs::File::create(&stdout).expect("create stdout log");
-        let err = fs::File::create(&stderr).expect("create stderr log");
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .env("RUST_BACKTRACE", "1");
-        let desc = crate::cmd::describe(&cmd);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{desc}`: {e}"));
-        self.daemons.push(Daemon {
-            label: label.to_string(),
-            stdout,
-            stderr,
-            child,
-            exited: None,
-        });
+        self.daemons.push(Daemon::start(label, &self.dir, ns_cmd));
         self.daemons.len() - 1
     }
 
@@ -587,6 +626,19 @@ impl Topology {
     /// privd of `node`.
     pub fn privd(&self, node: Node) -> &Daemon {
         self.daemon(&format!("{}-privd", node.as_str()))
+    }
+
+    /// SIGKILLs the managed process labelled `label` (e.g. `exit-netd`), as
+    /// a crash would, and relabels it `<label> (killed)` so that the
+    /// "a daemon died" checks no longer count it; its logs stay in the dump.
+    pub fn kill(&mut self, label: &str) {
+        let d = self
+            .daemons
+            .iter_mut()
+            .find(|d| d.label == label)
+            .unwrap_or_else(|| panic!("no process labelled {label}"));
+        d.kill();
+        d.label = format!("{label} (killed)");
     }
 
     /// Panics (printing logs via Drop) if a privd or netd has exited.
@@ -833,7 +885,9 @@ impl Topology {
     }
 }
 
-fn ping_ns(ns: &str, target: &str, count: u32, wait_s: u32) -> Output {
+/// `ping -n -c COUNT -W WAIT TARGET` inside the namespace named `ns`, with a
+/// time limit.
+pub fn ping_ns(ns: &str, target: &str, count: u32, wait_s: u32) -> Output {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, "ping", "-n", "-c"])
         .arg(count.to_string())
