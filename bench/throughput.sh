@@ -7,9 +7,12 @@
 #   * iperf3, one TCP stream, E -> P through the tunnel (and the exit's NAT)
 #   * ping RTT (average of N pings) E -> P through the tunnel
 # and the same two figures straight over the E-X veth pair (no Sapper).
+# The exit is the kernel exit (privd: TUN + NAT) and/or the userspace exit
+# (netd alone as nobody, no TUN: smoltcp plus the exit's own sockets).
 #
 #   sudo bench/throughput.sh [--transport quic|ws|both] [--time SECS]
-#                            [--pings N] [--no-build]
+#                            [--pings N] [--exit kernel|userspace|both]
+#                            [--no-build]
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,6 +20,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$ROOT/scripts/lib/topology.sh"
 
 TRANSPORTS=(quic ws)
+EXITS=(kernel)
 SECS=10
 PINGS=20
 BUILD=1
@@ -29,10 +33,17 @@ while [ $# -gt 0 ]; do
                 *) die "--transport takes quic, ws or both" ;;
             esac
             shift 2 ;;
+        --exit)
+            case ${2:-} in
+                kernel | userspace) EXITS=("$2") ;;
+                both) EXITS=(kernel userspace) ;;
+                *) die "--exit takes kernel, userspace or both" ;;
+            esac
+            shift 2 ;;
         --time) SECS=${2:?}; shift 2 ;;
         --pings) PINGS=${2:?}; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (try --help)" ;;
     esac
 done
@@ -40,7 +51,7 @@ done
 [[ $PINGS =~ ^[0-9]+$ ]] && [ "$PINGS" -ge 1 ] && [ "$PINGS" -le 1000 ] || die "--pings must be 1..1000"
 
 need_root throughput.sh
-ensure_packages ip:iproute2 nft:nftables ping:iputils-ping iperf3:iperf3 ss:iproute2
+ensure_packages ip:iproute2 nft:nftables ping:iputils-ping iperf3:iperf3 ss:iproute2 setpriv:util-linux
 BIN="$ROOT/target/release"
 TOPO_TAG=bn
 
@@ -83,29 +94,37 @@ ping_avg() {
 }
 
 RESULTS=()
-add_result() { RESULTS+=("$(printf '%-34s %12s %14s' "$1" "$2" "$3")"); }
+add_result() { RESULTS+=("$(printf '%-40s %12s %14s' "$1" "$2" "$3")"); }
 
 underlay_done=0
-for transport in "${TRANSPORTS[@]}"; do
-    log "transport $transport: starting the topology"
-    topo_up "$transport"
-    topo_wait_tunnel 30
-    if [ $underlay_done -eq 0 ]; then
-        log "underlay E -> X over the veth: iperf3 ${SECS}s and $PINGS pings"
-        gbps=$(iperf3_gbps "$NS_X" "$NS_E" 10.10.0.2) || gbps=failed
-        rtt=$(ping_avg "$NS_E" 10.10.0.2) || rtt=failed
-        add_result "underlay veth E->X (no Sapper)" "${gbps:-n/a}" "${rtt:-n/a}"
-        underlay_done=1
-    fi
-    log "tunnel ($transport) E -> P: iperf3 ${SECS}s and $PINGS pings"
-    gbps=$(iperf3_gbps "$NS_P" "$NS_E" 10.20.0.2) || gbps=failed
-    rtt=$(ping_avg "$NS_E" 10.20.0.2) || rtt=failed
-    add_result "sapper $transport E->P (tunnel+NAT)" "${gbps:-n/a}" "${rtt:-n/a}"
-    topo_cleanup
+for exit_mode in "${EXITS[@]}"; do
+    TOPO_EXIT=$exit_mode
+    for transport in "${TRANSPORTS[@]}"; do
+        log "transport $transport, $exit_mode exit: starting the topology"
+        topo_up "$transport"
+        topo_wait_tunnel 30
+        if [ $underlay_done -eq 0 ]; then
+            log "underlay E -> X over the veth: iperf3 ${SECS}s and $PINGS pings"
+            gbps=$(iperf3_gbps "$NS_X" "$NS_E" 10.10.0.2) || gbps=failed
+            rtt=$(ping_avg "$NS_E" 10.10.0.2) || rtt=failed
+            add_result "underlay veth E->X (no Sapper)" "${gbps:-n/a}" "${rtt:-n/a}"
+            underlay_done=1
+        fi
+        log "tunnel ($transport, $exit_mode exit) E -> P: iperf3 ${SECS}s and $PINGS pings"
+        gbps=$(iperf3_gbps "$NS_P" "$NS_E" 10.20.0.2) || gbps=failed
+        rtt=$(ping_avg "$NS_E" 10.20.0.2) || rtt=failed
+        if [ "$exit_mode" = userspace ]; then
+            label="sapper $transport E->P (userspace exit)"
+        else
+            label="sapper $transport E->P (tunnel+NAT)"
+        fi
+        add_result "$label" "${gbps:-n/a}" "${rtt:-n/a}"
+        topo_cleanup
+    done
 done
 
 echo
-printf '%-34s %12s %14s\n' "path" "Gbit/s" "avg RTT (ms)"
+printf '%-40s %12s %14s\n' "path" "Gbit/s" "avg RTT (ms)"
 printf '%s\n' "${RESULTS[@]}"
 echo
 echo "single TCP stream (iperf3 -t $SECS), $PINGS pings at 0.2 s; $(nproc) CPUs; MTU of the TUN 1280"

@@ -9,13 +9,16 @@
 #
 # Needs: BIN (directory with sapper-privd, sapper-netd, sapperctl) and
 # TOPO_TAG (two lower-case letters naming the caller in namespace names).
-# Call topo_cleanup from an EXIT trap.
+# TOPO_EXIT=userspace (default kernel) runs the exit as netd alone, started
+# as nobody with no privd and no TUN (the userspace exit), with ping sockets
+# allowed in X. Call topo_cleanup from an EXIT trap.
 
 # shellcheck source=common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 TOPO_PIDS=()
 TOPO_DIR=""
+TOPO_EXIT=${TOPO_EXIT:-kernel}
 TOPO_NAMESPACES=()
 
 topo_names() {
@@ -69,16 +72,24 @@ topo_up() {
     chmod 0600 "$TOPO_DIR/entry/psk" "$TOPO_DIR/exit/psk"
 
     topo_config exit "$transport" "$port" "$ws_lines" "" >"$TOPO_DIR/exit/sapper.toml"
-    local fp
-    fp=$("$BIN/sapper-netd" --config "$TOPO_DIR/exit/sapper.toml" --print-fingerprint | tail -n1) ||
+    local fp as_exit=()
+    if [ "$TOPO_EXIT" = userspace ]; then
+        # netd alone, as nobody from the start: it owns its files.
+        as_exit=(setpriv --reuid nobody --regid nogroup --clear-groups --inh-caps=-all --bounding-set=-all --)
+        chown -R nobody:nogroup "$TOPO_DIR/exit"
+        ip netns exec "$NS_X" sysctl -q -w net.ipv4.ping_group_range="0 2147483647"
+    fi
+    fp=$("${as_exit[@]}" "$BIN/sapper-netd" --config "$TOPO_DIR/exit/sapper.toml" --print-fingerprint | tail -n1) ||
         die "sapper-netd --print-fingerprint failed"
     topo_config entry "$transport" "$port" "$ws_lines" "$fp" >"$TOPO_DIR/entry/sapper.toml"
 
-    topo_start exit-privd "$NS_X" "$BIN/sapper-privd" --config "$TOPO_DIR/exit/sapper.toml"
+    if [ "$TOPO_EXIT" != userspace ]; then
+        topo_start exit-privd "$NS_X" "$BIN/sapper-privd" --config "$TOPO_DIR/exit/sapper.toml"
+        topo_wait "exit privd socket" 20 test -S "$TOPO_DIR/exit/privd.sock"
+    fi
     topo_start entry-privd "$NS_E" "$BIN/sapper-privd" --config "$TOPO_DIR/entry/sapper.toml"
-    topo_wait "exit privd socket" 20 test -S "$TOPO_DIR/exit/privd.sock"
     topo_wait "entry privd socket" 20 test -S "$TOPO_DIR/entry/privd.sock"
-    topo_start exit-netd "$NS_X" "$BIN/sapper-netd" --config "$TOPO_DIR/exit/sapper.toml"
+    topo_start exit-netd "$NS_X" "${as_exit[@]}" "$BIN/sapper-netd" --config "$TOPO_DIR/exit/sapper.toml"
     topo_wait "exit netd socket" 20 test -S "$TOPO_DIR/exit/netd.sock"
     topo_start entry-netd "$NS_E" "$BIN/sapper-netd" --config "$TOPO_DIR/entry/sapper.toml"
     topo_wait "entry netd socket" 20 test -S "$TOPO_DIR/entry/netd.sock"
@@ -87,6 +98,29 @@ topo_up() {
 # topo_config NODE TRANSPORT PORT WS_LINES FINGERPRINT — prints a config.
 topo_config() {
     local node=$1 transport=$2 port=$3 ws_lines=$4 fp=$5 d="$TOPO_DIR/$1"
+    if [ "$node" = exit ] && [ "$TOPO_EXIT" = userspace ]; then
+        cat <<CFG
+[node]
+name = "exit"
+role = "exit"
+psk_file = "$d/psk"
+
+[netd]
+state_dir = "$d/state"
+management_socket = "$d/netd.sock"
+ping_interval_ms = 200
+announce_routes = ["10.20.0.0/24"]
+
+[[netd.listen]]
+transport = "$transport"
+address = "0.0.0.0:$port"
+$ws_lines
+
+[netd.exit]
+enable = true
+CFG
+        return
+    fi
     cat <<CFG
 [node]
 name = "$node"

@@ -547,8 +547,8 @@ fn default_true() -> bool {
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct ExitConfig {
-    /// Run the userspace exit. Default: on when `node.role = "exit"` and
-    /// there is no `netd.privd_socket`.
+    /// Run the userspace exit. Default: on whenever netd has no
+    /// `netd.privd_socket` (no TUN); ignored on a node with a TUN.
     pub enable: Option<bool>,
     /// Most TCP flows open at once; more are refused with a RST.
     #[serde(default = "default_max_tcp_flows")]
