@@ -144,29 +144,28 @@ impl Node {
         }
     }
 
-    /// Makes privd's routes on our TUN match what we learned, when this node
-    /// is the entry and automatic routes are on; removes them otherwise
-    /// (Indeterminate, disconnect, withdrawal).
+    /// Asks the route worker to make privd's routes match what we learned.
     pub fn sync_installed_routes(&self) {
-        let Some(path) = self.cfg.privd_socket.clone() else {
-            return;
-        };
-        let want: BTreeSet<IpNet> = if self.role() == NodeRole::RoleEntry
-            && self.posture.auto_routes
-            && self.posture.accept_routes
-            && self.tun.is_some()
+        self.route_sync.notify_one();
+    }
+
+    /// The prefixes that should be on our TUN: everything learned, when this
+    /// node is the entry and automatic routes are on; nothing otherwise
+    /// (Indeterminate, disconnect, withdrawal). Never a prefix covering a
+    /// peer's own address: the link to it would then run through itself.
+    fn wanted_routes(&self) -> BTreeSet<IpNet> {
+        if self.role() != NodeRole::RoleEntry
+            || !self.posture.auto_routes
+            || !self.posture.accept_routes
+            || self.tun.is_none()
         {
-            self.routes
-                .read()
-                .map(|t| t.iter().map(|(p, _)| *p).collect())
-                .unwrap_or_default()
-        } else {
-            BTreeSet::new()
-        };
-        // Never route a peer's own address into the tunnel: the link to it
-        // would then run through itself.
+            return BTreeSet::new();
+        }
         let underlay: Vec<std::net::IpAddr> = self.peers().iter().map(|p| p.address.ip()).collect();
-        let want: BTreeSet<IpNet> = want
+        self.routes
+            .read()
+            .map(|t| t.iter().map(|(p, _)| *p).collect::<Vec<_>>())
+            .unwrap_or_default()
             .into_iter()
             .filter(|p| {
                 let loops = underlay.iter().any(|a| p.contains(a));
@@ -175,42 +174,67 @@ impl Node {
                 }
                 !loops
             })
-            .collect();
-        let (add, del): (Vec<IpNet>, Vec<IpNet>) = {
-            let Ok(mut installed) = self.installed.lock() else {
-                return;
-            };
-            let add: Vec<_> = want.difference(&installed).copied().collect();
-            let del: Vec<_> = installed.difference(&want).copied().collect();
-            *installed = want;
-            (add, del)
-        };
-        if add.is_empty() && del.is_empty() {
-            return;
+            .collect()
+    }
+}
+
+/// Applies route changes through privd one at a time, in order, so a quick
+/// remove-then-add never reaches privd reversed. A route counts as ours only
+/// once privd granted it: routes privd refuses (outside its allow-list, or
+/// configured by the operator) are never removed on our behalf.
+pub async fn route_worker(node: std::sync::Arc<Node>) {
+    let Some(path) = node.cfg.privd_socket.clone() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = node.route_sync.notified() => {}
         }
-        // privd calls block; keep them off the async workers, in order.
-        tokio::task::spawn_blocking(move || {
+        let want = node.wanted_routes();
+        let have = node.installed.lock().map(|i| i.clone()).unwrap_or_default();
+        let del: Vec<IpNet> = have.difference(&want).copied().collect();
+        let add: Vec<IpNet> = want.difference(&have).copied().collect();
+        if add.is_empty() && del.is_empty() {
+            continue;
+        }
+        let path = path.clone();
+        let done = tokio::task::spawn_blocking(move || {
             let mut client = match sapper_privd_client::PrivdClient::connect(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot reach privd to update routes");
-                    return;
+                    return Vec::new();
                 }
             };
-            for (prefix, on) in del
-                .iter()
-                .map(|p| (p, false))
-                .chain(add.iter().map(|p| (p, true)))
-            {
+            let mut applied = Vec::new();
+            for (prefix, on) in del.iter().map(|p| (*p, false)).chain(add.iter().map(|p| (*p, true))) {
                 match client.route_change(&prefix.to_string(), on) {
                     Ok(()) => {
-                        tracing::info!(%prefix, add = on, "announced route applied through privd")
+                        tracing::info!(%prefix, add = on, "announced route applied through privd");
+                        applied.push((prefix, on));
                     }
                     Err(e) => {
-                        tracing::warn!(%prefix, add = on, error = %e, "privd refused an announced route")
+                        tracing::warn!(%prefix, add = on, error = %e, "privd refused an announced route");
+                        // A removal privd refuses leaves nothing of ours behind.
+                        if !on {
+                            applied.push((prefix, on));
+                        }
                     }
                 }
             }
-        });
+            applied
+        })
+        .await
+        .unwrap_or_default();
+        if let Ok(mut installed) = node.installed.lock() {
+            for (prefix, on) in done {
+                if on {
+                    installed.insert(prefix);
+                } else {
+                    installed.remove(&prefix);
+                }
+            }
+        }
     }
 }

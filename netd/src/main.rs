@@ -264,6 +264,7 @@ async fn serve(node: Arc<Node>, bound: Bound) -> Result<()> {
     let mgmt = tokio::net::UnixListener::from_std(bound.mgmt)?;
     tokio::spawn(mgmt::serve(node.clone(), mgmt));
     tokio::spawn(node::tun_reader(node.clone()));
+    tokio::spawn(announce::route_worker(node.clone()));
     tracing::info!(name = %node.name, posture = %node.posture_summary(), "netd ready");
     activation::ready(&node);
     node.renegotiate(false);

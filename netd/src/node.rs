@@ -247,8 +247,10 @@ pub struct Node {
     pub(crate) routes: RwLock<RouteTable<u64>>,
     /// The node each learned prefix comes from, for withdrawals.
     pub(crate) route_origin: Mutex<HashMap<IpNet, String>>,
-    /// Prefixes this node asked privd to install on its TUN.
+    /// Prefixes privd installed on our TUN at our request.
     pub(crate) installed: Mutex<BTreeSet<IpNet>>,
+    /// Wakes the route worker (announce::route_worker).
+    pub(crate) route_sync: tokio::sync::Notify,
     next_id: AtomicU64,
 }
 
@@ -288,6 +290,7 @@ impl Node {
             routes: RwLock::new(RouteTable::default()),
             route_origin: Mutex::new(HashMap::new()),
             installed: Mutex::new(BTreeSet::new()),
+            route_sync: tokio::sync::Notify::new(),
             next_id: AtomicU64::new(1),
         }
     }

@@ -141,15 +141,18 @@ async fn run(
         routes.insert(r);
     }
     // Into systemd's fd store (FileDescriptorStoreMax= in the unit), so the
-    // next privd takes the interface back instead of creating it anew.
-    // systemd ignores an fd it already holds.
-    match sd::notify("FDSTORE=1\nFDNAME=tun", Some(tun_fd.as_fd())) {
-        Ok(true) => audit::log(
-            "info",
-            &format!("TUN {tun_name} fd kept in systemd's fd store"),
-        ),
-        Ok(false) => {}
-        Err(e) => audit::log("warn", &format!("fd store: {e}")),
+    // next privd takes the interface back instead of creating it anew. A TUN
+    // that came from the store is still in it: storing it again would only
+    // overflow FileDescriptorStoreMax=1.
+    if !from_store {
+        match sd::notify("FDSTORE=1\nFDNAME=tun", Some(tun_fd.as_fd())) {
+            Ok(true) => audit::log(
+                "info",
+                &format!("TUN {tun_name} fd kept in systemd's fd store"),
+            ),
+            Ok(false) => {}
+            Err(e) => audit::log("warn", &format!("fd store: {e}")),
+        }
     }
 
     std_listener.set_nonblocking(true)?;
@@ -166,6 +169,7 @@ async fn run(
         allowed_routes: t.allowed_routes.clone(),
         policy: authz::AccessPolicy { netd_uid },
         net,
+        configured_routes: routes.clone(),
         routes: tokio::sync::Mutex::new(routes),
         nat_active,
         granted: AtomicU64::new(0),

@@ -54,6 +54,9 @@ pub struct Privd {
     /// Routes privd installed. The lock also serialises route changes so
     /// the set and the kernel agree.
     pub routes: Mutex<BTreeSet<IpNet>>,
+    /// Routes from privd.tun.routes: the operator's, never netd's to add or
+    /// remove, so a netd that leaves the entry role cannot take them away.
+    pub configured_routes: BTreeSet<IpNet>,
     /// True when the nft table was installed at start.
     pub nat_active: bool,
     /// Requests granted since start.
@@ -244,6 +247,12 @@ impl Privd {
             Ok(ok) => ok,
             Err(e) => return Reply::not_granted(Outcome::Refused, e.to_string()),
         };
+        if self.configured_routes.contains(&net) {
+            return Reply::not_granted(
+                Outcome::Refused,
+                format!("{net} is configured in privd.tun.routes; privd keeps it"),
+            );
+        }
         let mut routes = self.routes.lock().await;
         let result = if rc.add {
             match self.net.add_route(self.ifindex, net).await {
