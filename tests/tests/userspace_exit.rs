@@ -634,6 +634,68 @@ fn flow_limit_refuses_new_flows_only() {
     ux.topo.assert_daemons_alive();
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A destination that never reads: the entry's writes stall after a
+/// bounded amount (kernel buffers on both sides plus the exit's per-flow
+/// window), and the exit's memory does not grow with what the entry tries
+/// to send.
+#[test]
+fn slow_destination_is_backpressured() {
+    let mut ux = Ux::start(Transport::Quic, &[], true);
+    ux.serve("tcp-hold-serve", "10.20.0.2:7003");
+    ux.wait_for_ping(PRIVATE_HOST);
+    let pid = ux.topo.netd(Node::Exit).pid();
+    let before = rss_kib(pid);
+    let out = ux.probe(
+        &[
+            "tcp-push",
+            "10.20.0.2:7003",
+            "536870912",
+            "3",
+            "--timeout",
+            "90",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "tcp-push: {}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let written: u64 = text
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("written="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no written= in {text}"));
+    eprintln!("entry wrote {written} bytes before stalling");
+    assert!(
+        text.starts_with("stalled"),
+        "512 MiB went into a destination that never reads: {text}"
+    );
+    assert!(written < 64 << 20, "{written} bytes buffered on the way");
+    let x = ux.exit_stats();
+    assert_eq!(x["tcp_flows"], 1, "{x}");
+    assert!(
+        x["buffer_bytes"].as_u64() <= x["max_buffer_bytes"].as_u64(),
+        "{x}"
+    );
+    let after = rss_kib(pid);
+    eprintln!("exit netd RSS {before} KiB -> {after} KiB");
+    assert!(
+        after < before + 32 * 1024,
+        "exit netd grew from {before} KiB to {after} KiB"
+    );
+    ux.topo.assert_daemons_alive();
+}
+
 /// Without ping sockets (net.ipv4.ping_group_range left at its default,
 /// "1 0"), echo requests are refused at once with an ICMP error and
 /// counted; TCP is unaffected.

@@ -9,6 +9,10 @@
 //! sapper-probe tcp-slow ADDR BYTES SECS       one connection sending BYTES over
 //!                                             SECS seconds, echo compared
 //! sapper-probe udp-ping ADDR N                N request/response exchanges
+//! sapper-probe tcp-hold-serve ADDR            accept connections, never read them
+//! sapper-probe tcp-push ADDR BYTES STALL      write BYTES until a write makes no
+//!                                             progress for STALL seconds; prints
+//!                                             stalled|done written=N
 //! ```
 //!
 //! Every mode takes `--timeout SECS` (default 60) bounding the whole run.
@@ -53,6 +57,8 @@ fn run() -> Result<(), String> {
         ["tcp-connect", a] => tcp_connect(addr(a)?, deadline),
         ["tcp-slow", a, b, s] => tcp_slow(addr(a)?, num(b)? as usize, num(s)?, deadline),
         ["udp-ping", a, n] => udp_ping(addr(a)?, num(n)? as usize, deadline),
+        ["tcp-hold-serve", a] => tcp_hold_serve(addr(a)?, deadline),
+        ["tcp-push", a, b, s] => tcp_push(addr(a)?, num(b)?, num(s)?, deadline),
         _ => Err("usage: see the module docs of tests/src/bin/sapper-probe.rs".into()),
     }
 }
@@ -291,4 +297,46 @@ fn udp_ping(addr: SocketAddr, n: usize, deadline: Instant) -> Result<(), String>
     } else {
         Err(format!("{} of {n} requests unanswered", n - ok))
     }
+}
+
+fn tcp_hold_serve(addr: SocketAddr, deadline: Instant) -> Result<(), String> {
+    let l = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    l.set_nonblocking(true).map_err(|e| e.to_string())?;
+    println!("listening {addr}");
+    std::io::stdout().flush().ok();
+    let mut held = Vec::new();
+    while Instant::now() < deadline {
+        match l.accept() {
+            Ok((s, _)) => held.push(s),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn tcp_push(addr: SocketAddr, total: u64, stall: u64, deadline: Instant) -> Result<(), String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, left(deadline)?).map_err(|e| format!("connect: {e}"))?;
+    s.set_write_timeout(Some(Duration::from_secs(stall.max(1))))
+        .map_err(|e| e.to_string())?;
+    let buf = pattern(1, 64 * 1024);
+    let mut written = 0u64;
+    while written < total {
+        left(deadline)?;
+        let n = ((total - written) as usize).min(buf.len());
+        match s.write(&buf[..n]) {
+            Ok(m) => written += m as u64,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                println!("stalled written={written}");
+                return Ok(());
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("write after {written} bytes: {e}")),
+        }
+    }
+    println!("done written={written}");
+    Ok(())
 }
