@@ -453,8 +453,15 @@ fn traffic(t: Transport) {
         assert!(ms < 3000, "denial of {addr} took {ms} ms");
     }
 
+    // Nobody at 10.20.0.99: the exit's connect fails (no ARP answer) and the
+    // entry gets an ICMP host unreachable, not a silent timeout.
+    let (r, ms) = ux.connect("10.20.0.99:80");
+    assert_eq!(r, "unreachable", "host without a machine behind it");
+    assert!(ms < 12_000, "unreachable took {ms} ms");
+
     let x = ux.exit_stats();
     let n = |k: &str| x[k].as_u64().unwrap_or(0);
+    assert!(n("connect_failed") >= 1, "{x}");
     assert!(n("tcp_flows_total") >= 6, "{x}");
     assert!(n("udp_flows_total") >= 2, "{x}");
     assert!(n("icmp_flows_total") >= 2, "{x}");
