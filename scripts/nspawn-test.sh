@@ -1,0 +1,306 @@
+#!/usr/bin/env bash
+# Boots the packaged units for real. PID 1 here is not systemd, but systemd
+# boots inside systemd-nspawn: two containers from one Debian 12 minbase
+# rootfs (made once, kept in $SAPPER_NSPAWN_ROOTFS), each with its own
+# network namespace, joined by a veth. The .deb is installed in both, the
+# units are started through their sockets only, and the script proves:
+#
+#   - a tunnel (QUIC) passes ping and a TCP transfer (sapper-blast);
+#   - /proc/<pid>/status as systemd started them: netd non-root, CapEff 0,
+#     NoNewPrivs 1, Seccomp 2; privd CapEff exactly CAP_NET_ADMIN;
+#   - `systemctl restart sapper-privd` keeps traffic flowing (fd store);
+#   - `systemctl restart sapper-netd` brings traffic back within 5 s;
+#   - READY (active) and STATUS ("1 peer") in systemctl; privd's audit
+#     lines in journalctl.
+#
+#   sudo scripts/nspawn-test.sh          # ~2-3 min with the rootfs cached
+#
+# Environment: SAPPER_NSPAWN_ROOTFS (default /var/tmp/sapper-nspawn-rootfs),
+# SAPPER_NSPAWN_KEEP=1 (leave containers and the work dir on failure).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
+cd "$ROOT"
+need_root nspawn-test.sh
+
+START=$(date +%s)
+ensure_packages debootstrap:debootstrap systemd-nspawn:systemd-container \
+    nsenter:util-linux ip:iproute2 ping:iputils-ping dpkg-deb:dpkg
+find_cargo
+
+ROOTFS=${SAPPER_NSPAWN_ROOTFS:-/var/tmp/sapper-nspawn-rootfs}
+if [ ! -e "$ROOTFS/.sapper-rootfs-ok" ]; then
+    log "debootstrap bookworm minbase into $ROOTFS (once)"
+    rm -rf "$ROOTFS.tmp"
+    debootstrap --variant=minbase \
+        --include=systemd,systemd-sysv,dbus,iproute2,nftables \
+        bookworm "$ROOTFS.tmp" http://deb.debian.org/debian >"$ROOTFS.log" 2>&1 ||
+        { tail -20 "$ROOTFS.log" >&2; die "debootstrap failed (log: $ROOTFS.log)"; }
+    rm -rf "$ROOTFS"
+    mv "$ROOTFS.tmp" "$ROOTFS"
+    touch "$ROOTFS/.sapper-rootfs-ok"
+fi
+
+WORK=$(mktemp -d /tmp/sapper-nspawn.XXXXXX)
+chmod 0755 "$WORK"
+mkdir -p "$WORK/share"
+NS_A=sapns-exit-$$
+NS_B=sapns-entry-$$
+declare -A NSPAWN=() PID1=()
+
+cleanup() {
+    local rc=$?
+    if [ $rc -ne 0 ]; then
+        for c in exit entry; do
+            [ -n "${PID1[$c]:-}" ] || continue
+            echo "----- $c: journal of sapper units -----" >&2
+            nsenter -t "${PID1[$c]}" -a journalctl --no-pager -n 80 \
+                -u sapper-privd -u sapper-netd >&2 2>/dev/null || true
+        done
+        if [ -n "${SAPPER_NSPAWN_KEEP:-}" ]; then
+            log "SAPPER_NSPAWN_KEEP set: leaving $WORK, containers ${NSPAWN[*]}"
+            exit $rc
+        fi
+    fi
+    # SIGKILL to a container's PID 1 ends its whole pid namespace at once
+    # (the overlay is a tmpfs, nothing to shut down cleanly); nspawn then
+    # exits by itself. Killing nspawn first would orphan the container.
+    for c in "${!PID1[@]}"; do
+        [ -n "${PID1[$c]}" ] && kill -9 "${PID1[$c]}" 2>/dev/null || true
+    done
+    for c in "${!NSPAWN[@]}"; do
+        for _ in $(seq 50); do kill -0 "${NSPAWN[$c]}" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "${NSPAWN[$c]}" 2>/dev/null || true
+        wait "${NSPAWN[$c]}" 2>/dev/null || true
+    done
+    ip netns del "$NS_A" 2>/dev/null || true
+    ip netns del "$NS_B" 2>/dev/null || true
+    rm -rf "$WORK"
+    exit $rc
+}
+trap cleanup EXIT INT TERM
+
+fail() { die "nspawn test: $*"; }
+
+log "building the .deb (dev profile) and sapper-blast"
+"$ROOT/scripts/build-deb.sh" --debug --out "$WORK/share" >/dev/null
+cp "$WORK"/share/sapper_*.deb "$WORK/share/sapper.deb"
+"$CARGO" build -q -p sapper-tests --bin sapper-blast
+BLAST="$ROOT/target/debug/sapper-blast"
+
+log "network: $NS_A (exit, 10.77.0.1) <-veth-> $NS_B (entry, 10.77.0.2)"
+ip netns add "$NS_A"
+ip netns add "$NS_B"
+ip link add sapva-$$ type veth peer name sapvb-$$
+ip link set sapva-$$ netns "$NS_A"
+ip link set sapvb-$$ netns "$NS_B"
+ip -n "$NS_A" addr add 10.77.0.1/24 dev sapva-$$
+ip -n "$NS_B" addr add 10.77.0.2/24 dev sapvb-$$
+for ns in "$NS_A" "$NS_B"; do ip -n "$ns" link set lo up; done
+ip -n "$NS_A" link set sapva-$$ up
+ip -n "$NS_B" link set sapvb-$$ up
+
+boot() { # NAME NETNS
+    local name=$1 ns=$2
+    # --volatile=overlay: both containers share the read-only rootfs with a
+    # tmpfs on top, so the rootfs stays clean for the next run.
+    # --capability=CAP_NET_ADMIN: the container owns its network namespace
+    # (nspawn 252 does not grant it for --network-namespace-path by itself).
+    systemd-nspawn -D "$ROOTFS" --volatile=overlay -b --register=no --keep-unit \
+        --capability=CAP_NET_ADMIN --network-namespace-path="/run/netns/$ns" \
+        -M "sap-$name-$$" --bind-ro="$WORK/share:/mnt/sapper" \
+        </dev/null >"$WORK/$name.console" 2>&1 &
+    NSPAWN[$name]=$!
+}
+in_c() { # NAME CMD...
+    local c=$1
+    shift
+    nsenter -t "${PID1[$c]}" -a "$@"
+}
+
+boot exit "$NS_A"
+boot entry "$NS_B"
+for c in exit entry; do
+    for _ in $(seq 100); do
+        # The container's PID 1 is the child of nspawn that runs systemd
+        # (an intermediate child comes and goes first).
+        PID1[$c]=$(ps --ppid "${NSPAWN[$c]}" -o pid=,comm= 2>/dev/null |
+            awk '$2 == "systemd" { print $1; exit }' || true)
+        [ -n "${PID1[$c]}" ] && break
+        sleep 0.1
+    done
+    [ -n "${PID1[$c]}" ] || fail "container $c did not start: $(cat "$WORK/$c.console")"
+done
+for c in exit entry; do
+    # Until PID 1 has its private socket up, systemctl only fails; retry.
+    state=""
+    for _ in $(seq 90); do
+        state=$(timeout 60 nsenter -t "${PID1[$c]}" -a systemctl is-system-running --wait 2>/dev/null || true)
+        case $state in running | degraded) break ;; esac
+        sleep 1
+    done
+    case $state in
+        running | degraded) log "container $c booted ($state)" ;;
+        *) fail "container $c: system state '$state': $(tail -5 "$WORK/$c.console")" ;;
+    esac
+done
+
+log "installing the .deb in both containers"
+PSK=$(head -c 32 /dev/urandom | base64)
+for c in exit entry; do
+    in_c "$c" dpkg -i /mnt/sapper/sapper.deb >"$WORK/$c.dpkg" 2>&1 ||
+        fail "dpkg -i in $c: $(cat "$WORK/$c.dpkg")"
+    # nspawn copies the host's /dev/net/tun, 0600 where the host has no
+    # udev; a real host has 0666 from udev's 50-udev-default.rules, which
+    # privd (user sapper-privd, CAP_NET_ADMIN, no CAP_DAC_OVERRIDE) needs.
+    in_c "$c" chmod 0666 /dev/net/tun
+    in_c "$c" sh -c "umask 077; printf '%s\n' '$PSK' > /etc/sapper/psk"
+done
+
+config() { # ROLE TUNADDR EXTRA
+    cat <<EOF
+[node]
+name = "$1"
+role = "$1"
+psk_file = "%d/psk"
+
+[netd]
+user = "sapper-netd"
+state_dir = "/var/lib/sapper"
+management_socket = "/run/sapper/netd.sock"
+privd_socket = "/run/sapper/privd.sock"
+ping_interval_ms = 500
+reconnect_min_ms = 100
+reconnect_max_ms = 1000
+$3
+
+[privd]
+socket = "/run/sapper/privd.sock"
+netd_user = "sapper-netd"
+
+[privd.tun]
+name = "sap0"
+addresses = ["$2"]
+mtu = 1280
+allowed_routes = ["10.0.0.0/8"]
+EOF
+}
+
+config exit 10.99.0.1/24 '
+[[netd.listen]]
+transport = "quic"
+address = "0.0.0.0:4433"' >"$WORK/share/exit.toml"
+in_c exit install -m 0640 -g sapper-netd /mnt/sapper/exit.toml /etc/sapper/sapper.toml
+
+log "exit: enabling the sockets only; sapperctl status socket-activates netd, netd activates privd"
+in_c exit systemctl enable --now sapper-privd.socket sapper-netd.socket sapper-netd-quic.socket >/dev/null 2>&1
+in_c exit systemctl is-active -q sapper-netd.service && fail "netd started before its socket was used"
+FP=""
+for _ in $(seq 100); do
+    FP=$(in_c exit sapperctl --json status 2>/dev/null | sed -n 's/.*"cert_fingerprint": *"\([^"]*\)".*/\1/p' || true)
+    [ -n "$FP" ] && break
+    sleep 0.2
+done
+[ -n "$FP" ] || FP=$(in_c exit sapperctl status 2>&1 | sed -n 's/.*fingerprint: *//p' | head -1)
+[ -n "$FP" ] || fail "no fingerprint from sapperctl status on exit: $(in_c exit sapperctl status 2>&1)"
+in_c exit systemctl is-active -q sapper-privd.service || fail "privd was not socket-activated by netd"
+
+config entry 10.99.0.2/24 "
+[[netd.connect]]
+transport = \"quic\"
+address = \"10.77.0.1:4433\"
+server_name = \"exit\"
+fingerprint = \"$FP\"" >"$WORK/share/entry.toml"
+in_c entry install -m 0640 -g sapper-netd /mnt/sapper/entry.toml /etc/sapper/sapper.toml
+in_c entry systemctl enable --now sapper-privd.socket sapper-netd.socket >/dev/null 2>&1
+# The entry dials out, so something must start netd: its management socket.
+in_c entry sapperctl status >/dev/null 2>&1 || true
+
+# Sockets of units that were not enabled must not be there: the entry
+# dials out and listens on nothing.
+ip netns exec "$NS_A" ss -H -lun 'sport = :4433' | grep -q . || fail "exit has no UDP 4433 socket"
+if ip netns exec "$NS_B" ss -H -lntu | grep -q -e ':4433 ' -e ':8443 '; then
+    fail "entry listens on a Sapper port: $(ip netns exec "$NS_B" ss -H -lntu)"
+fi
+
+ping_ok() { ip netns exec "$NS_B" ping -n -q -c 1 -W 1 10.99.0.1 >/dev/null 2>&1; }
+for _ in $(seq 60); do ping_ok && break; sleep 0.5; done
+ping_ok || fail "no ping through the tunnel"
+ip netns exec "$NS_B" ping -n -c 3 -i 0.2 10.99.0.1 | tail -2
+log "ping through the tunnel: ok"
+
+ip netns exec "$NS_A" "$BLAST" serve 10.99.0.1:5001 --timeout 60 >"$WORK/blast.serve" 2>&1 &
+BLAST_PID=$!
+for _ in $(seq 50); do grep -q listening "$WORK/blast.serve" && break; sleep 0.1; done
+ip netns exec "$NS_B" "$BLAST" send 10.99.0.1:5001 8000000 --timeout 60 >"$WORK/blast.send" 2>&1 ||
+    fail "TCP transfer: $(cat "$WORK/blast.send")"
+wait "$BLAST_PID" || fail "blast serve: $(cat "$WORK/blast.serve")"
+log "TCP transfer through the tunnel: $(tail -1 "$WORK/blast.send")"
+
+field() { sed -n "s/^$1:[[:space:]]*//p"; }
+for c in exit entry; do
+    npid=$(in_c "$c" systemctl show -p MainPID --value sapper-netd)
+    ppid=$(in_c "$c" systemctl show -p MainPID --value sapper-privd)
+    nst=$(in_c "$c" cat "/proc/$npid/status")
+    pst=$(in_c "$c" cat "/proc/$ppid/status")
+    uid=$(field Uid <<<"$nst" | awk '{print $2}')
+    [ "$uid" != 0 ] || fail "$c netd runs as root"
+    [ "$(field CapEff <<<"$nst")" = 0000000000000000 ] || fail "$c netd CapEff $(field CapEff <<<"$nst")"
+    [ "$(field CapBnd <<<"$nst")" = 0000000000000000 ] || fail "$c netd CapBnd $(field CapBnd <<<"$nst")"
+    [ "$(field NoNewPrivs <<<"$nst")" = 1 ] || fail "$c netd NoNewPrivs"
+    [ "$(field Seccomp <<<"$nst")" = 2 ] || fail "$c netd Seccomp $(field Seccomp <<<"$nst")"
+    # CAP_NET_ADMIN is bit 12.
+    [ "$(field CapEff <<<"$pst")" = 0000000000001000 ] || fail "$c privd CapEff $(field CapEff <<<"$pst")"
+    [ "$(field CapBnd <<<"$pst")" = 0000000000001000 ] || fail "$c privd CapBnd $(field CapBnd <<<"$pst")"
+    [ "$(field Uid <<<"$pst" | awk '{print $2}')" != 0 ] || fail "$c privd runs as root"
+    log "$c: netd uid $uid CapEff 0 NoNewPrivs 1 Seccomp 2; privd CapEff=CapBnd=CAP_NET_ADMIN Seccomp $(field Seccomp <<<"$pst")"
+done
+
+# netd refreshes STATUS= every 2 s at most.
+for _ in $(seq 30); do
+    status=$(in_c exit systemctl show -p StatusText --value sapper-netd)
+    [ "$status" = "1 peer" ] && break
+    sleep 0.2
+done
+[ "$status" = "1 peer" ] || fail "exit netd StatusText '$status'"
+log "exit: systemctl shows sapper-netd active with Status: $status"
+in_c exit systemctl status --no-pager sapper-netd | sed -n '1,6p'
+in_c exit journalctl --no-pager -u sapper-privd -o cat | grep '"audit":true' | grep -q '"request":"open_tun"' ||
+    fail "no open_tun audit line in privd's journal"
+log "privd audit line: $(in_c exit journalctl --no-pager -u sapper-privd -o cat | grep '"audit":true' | tail -1)"
+
+log "restarting sapper-privd on both nodes under a ping stream"
+idx_before=$(ip -n "$NS_A" -o link show sap0 | cut -d: -f1)
+ip netns exec "$NS_B" ping -n -q -i 0.1 -c 50 -W 1 10.99.0.1 >"$WORK/ping.privd" 2>&1 &
+PING_PID=$!
+sleep 1
+in_c exit systemctl restart sapper-privd
+in_c entry systemctl restart sapper-privd
+wait "$PING_PID" || true
+loss=$(sed -n 's/.* \([0-9.]*\)% packet loss.*/\1/p' "$WORK/ping.privd")
+log "ping during privd restarts: $(grep 'packet loss' "$WORK/ping.privd")"
+[ "${loss%.*}" -le 4 ] || fail "traffic stopped while privd restarted (loss $loss%)"
+[ "$(ip -n "$NS_A" -o link show sap0 | cut -d: -f1)" = "$idx_before" ] || fail "the TUN was recreated"
+in_c exit journalctl --no-pager -u sapper-privd -o cat | grep -q 'from the fd store' ||
+    fail "restarted privd did not take the TUN from the fd store"
+in_c exit systemctl is-active -q sapper-privd || fail "privd not active after restart"
+
+log "restarting sapper-netd on the entry: traffic back within 5 s"
+old_pid=$(in_c entry systemctl show -p MainPID --value sapper-netd)
+in_c entry systemctl restart sapper-netd
+t0=$(date +%s%N)
+[ "$(in_c entry systemctl show -p MainPID --value sapper-netd)" != "$old_pid" ] ||
+    fail "sapper-netd was not restarted"
+back=""
+while [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 5000 ]; do
+    if ip netns exec "$NS_B" ping -n -q -c 1 -W 0.3 10.99.0.1 >/dev/null 2>&1; then
+        back=$(( ($(date +%s%N) - t0) / 1000000 ))
+        break
+    fi
+done
+[ -n "$back" ] || fail "no traffic within 5 s of restarting netd"
+log "traffic back $back ms after systemctl restart sapper-netd"
+
+log "nspawn boot test passed in $(( $(date +%s) - START )) s"
