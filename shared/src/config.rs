@@ -630,10 +630,12 @@ impl ExitConfig {
         if !(4096..=(64 << 20)).contains(&self.flow_buffer_bytes) {
             return bad("flow_buffer_bytes", "must be 4096..=67108864");
         }
-        if self.max_buffer_bytes < 4 * u64::from(self.flow_buffer_bytes) {
+        // A TCP flow reserves both directions' buffers plus 128 KiB of
+        // channels (netd's exit::limits).
+        if self.max_buffer_bytes < 2 * u64::from(self.flow_buffer_bytes) + 131_072 {
             return bad(
                 "max_buffer_bytes",
-                "must hold at least one flow (4 x flow_buffer_bytes)",
+                "must hold at least one TCP flow (2 x flow_buffer_bytes + 131072)",
             );
         }
         if !(100..=600_000).contains(&self.connect_timeout_ms) {

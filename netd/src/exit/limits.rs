@@ -178,6 +178,9 @@ mod tests {
         );
         assert_eq!(l.cost(Proto::Udp), 65536);
         assert_eq!(l.cost(Proto::Icmp), ICMP_FLOW_BYTES);
+        // The config check (netd.exit.max_buffer_bytes) assumes 128 KiB of
+        // channels per TCP flow.
+        assert_eq!(2 * CHANNEL_DEPTH * CHUNK, 131_072);
         // The defaults admit at least 500 TCP flows by memory.
         let d = Limits::from_config(&ExitConfig::default());
         assert!(d.max_bytes / d.cost(Proto::Tcp) >= 500);
