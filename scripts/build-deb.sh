@@ -93,7 +93,7 @@ if [ "$1" = configure ]; then
     chmod 0640 /etc/sapper/sapper.toml
     # Forwarding for a kernel exit (privd may not write /proc/sys itself).
     # An entry-only node can mask it: ln -s /dev/null /etc/sysctl.d/60-sapper.conf
-    /lib/systemd/systemd-sysctl 60-sapper.conf || true
+    /lib/systemd/systemd-sysctl /usr/lib/sysctl.d/60-sapper.conf || true
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload || true
     fi
