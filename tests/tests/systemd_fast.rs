@@ -113,6 +113,7 @@ fn spawn_activated(
     args: &[&str],
     fds: &[(RawFd, &str)],
     notify: &Path,
+    extra_env: &[(&str, &str)],
 ) -> Proc {
     let mut cmd = match ns {
         Some(ns) => ns.cmd("sh"),
@@ -123,7 +124,8 @@ fn spawn_activated(
     cmd.env("LISTEN_FDS", fds.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"))
         .env("NOTIFY_SOCKET", notify)
-        .env("SAPPER_LOG", "info");
+        .env("SAPPER_LOG", "info")
+        .envs(extra_env.iter().copied());
     let log = dir.join(format!("{label}.log"));
     let out = fs::File::create(&log).expect("create log");
     let err = out.try_clone().expect("dup log");
@@ -345,9 +347,12 @@ fn netd_serves_quic_and_ws_on_activated_fds_and_notifies() {
             (mgmt.as_raw_fd(), "mgmt"),
         ],
         &notify_path,
+        // As WatchdogSec=1s would: netd must pet it at least every 500 ms.
+        &[("WATCHDOG_USEC", "1000000")],
     );
     let (ready, _) = expect_notify(&notify, "READY=1", WAIT, &lsn);
     assert!(ready.contains("STATUS=0 peers"), "first status: {ready:?}");
+    expect_notify(&notify, "WATCHDOG=1", Duration::from_secs(2), &lsn);
     // Our copies are no longer needed; netd holds its own.
     drop((udp, tcp, mgmt));
 
@@ -432,6 +437,7 @@ fn netd_rejects_a_mislabelled_fd() {
         &["--config", &cfg_s],
         &[(udp.as_raw_fd(), "ws")],
         &notify_path,
+        &[],
     );
     let status = wait_until("netd to refuse a UDP fd named ws", WAIT, || {
         p.child.try_wait().ok().flatten()
@@ -480,6 +486,7 @@ fn privd_keeps_the_tun_in_the_fd_store_across_a_restart() {
         &["--config", &cfg_s],
         &[(listener.as_raw_fd(), "privd")],
         &notify_path,
+        &[],
     );
     let (store, mut fds) = expect_notify(&notify, "FDSTORE=1", WAIT, &first);
     assert!(store.contains("FDNAME=tun"), "{store:?}");
@@ -508,6 +515,7 @@ fn privd_keeps_the_tun_in_the_fd_store_across_a_restart() {
         &["--config", &cfg_s],
         &[(listener.as_raw_fd(), "privd"), (tun.as_raw_fd(), "tun")],
         &notify_path,
+        &[],
     );
     let (ready, _) = expect_notify(&notify, "READY=1", WAIT, &second);
     assert!(
