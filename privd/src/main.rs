@@ -108,7 +108,9 @@ async fn run(
     let adopted = match stored_tun.map(tun::adopt).transpose()? {
         Some((fd, name)) if name == t.name => Some((fd, name)),
         Some((_, name)) => {
-            // Dropping the old fd lets that interface go once netd lets go.
+            // Dropping our copy and systemd's lets that interface go once
+            // netd lets go, and makes room in the store for the new one.
+            let _ = sd::notify("FDSTOREREMOVE=1\nFDNAME=tun", None);
             audit::log(
                 "warn",
                 &format!(
