@@ -586,3 +586,35 @@ fn no_authentication_needs_insecure_open() {
         "an open netd must warn at start:\n{text}"
     );
 }
+
+/// Zero config between a TUN-capable node and a node with no privd at all:
+/// negotiation alone makes them entry and (userspace) exit, the exit's
+/// announced network lands on the entry's TUN, and traffic flows.
+#[test]
+fn zero_config_entry_and_userspace_exit() {
+    let psk = random_hex(24);
+    let spec = ChainSpec::first(NodeSpec::new("alpha", 'A').with_privd().psk(&psk))
+        .then(
+            Transport::Quic,
+            NodeSpec::new("beta", 'B').announce(PRIVATE_NET).psk(&psk),
+        )
+        .all_nodes("zero_config = true");
+    let mut chain = Chain::start(spec);
+    chain.wait_for_links();
+    chain.wait_for_roles(&[("alpha", "entry"), ("beta", "exit")], WAIT);
+    let s = status(&chain, "alpha");
+    assert!(
+        s["role_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("TUN-capable")),
+        "alpha should say why it is the entry: {s}"
+    );
+    chain.wait_for(
+        &format!("{PRIVATE_NET} on alpha's TUN by announcement"),
+        WAIT,
+        || chain.has_tun_route("alpha", PRIVATE_NET).then_some(()),
+    );
+    let (sent, got) = chain.blast_to_private("alpha", 2 * 1024 * 1024 + 7);
+    assert_eq!(sent, got, "the transfer through the userspace exit differs");
+    chain.assert_daemons_alive();
+}
