@@ -18,7 +18,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 ensure_packages systemd-analyze:systemd
 
-declare -A TARGET=([sapper-netd.service]=1.2 [sapper-privd.service]=1.5)
+# The template units are scored through an instance; they must also be
+# up to date with the plain units they are generated from.
+declare -A TARGET=([sapper-netd.service]=1.2 [sapper-privd.service]=1.5
+    [sapper-netd@example.service]=1.2 [sapper-privd@example.service]=1.5)
+"$ROOT/scripts/gen-template-units.sh" --check
 
 SCRATCH=$(mktemp -d)
 trap 'rm -rf "$SCRATCH"' EXIT
@@ -26,9 +30,10 @@ mkdir -p "$SCRATCH/etc/systemd/system"
 cp "$ROOT"/systemd/*.service "$ROOT"/systemd/*.socket "$SCRATCH/etc/systemd/system/"
 
 fail=0
-for unit in sapper-netd.service sapper-privd.service; do
+for unit in sapper-netd.service sapper-privd.service \
+    sapper-netd@example.service sapper-privd@example.service; do
     out=$(systemd-analyze security --offline=true --no-pager --root="$SCRATCH" \
-        "$SCRATCH/etc/systemd/system/$unit" 2>&1) || true
+        "$unit" 2>&1) || true
     score=$(printf '%s\n' "$out" | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p' | tail -1)
     if [ -z "$score" ]; then
         printf '%s\n' "$out" >&2
@@ -36,10 +41,10 @@ for unit in sapper-netd.service sapper-privd.service; do
     fi
     target=${TARGET[$unit]}
     if awk -v s="$score" -v t="$target" 'BEGIN { exit !(s > t) }'; then
-        printf 'FAIL %-22s exposure %s > target %s\n' "$unit" "$score" "$target"
+        printf 'FAIL %-28s exposure %s > target %s\n' "$unit" "$score" "$target"
         fail=1
     else
-        printf 'ok   %-22s exposure %s <= target %s\n' "$unit" "$score" "$target"
+        printf 'ok   %-28s exposure %s <= target %s\n' "$unit" "$score" "$target"
     fi
     # What still costs points, so a regression shows its cause in the log.
     printf '%s\n' "$out" | grep '✗' | sed 's/^/    /' || true
