@@ -57,7 +57,7 @@ cleanup() {
             [ -n "${PID1[$c]:-}" ] || continue
             echo "----- $c: journal of sapper units -----" >&2
             nsenter -t "${PID1[$c]}" -a journalctl --no-pager -n 80 \
-                -u sapper-privd -u sapper-netd >&2 2>/dev/null || true
+                -u 'sapper-*' >&2 2>/dev/null || true
         done
         if [ -n "${SAPPER_NSPAWN_KEEP:-}" ]; then
             log "SAPPER_NSPAWN_KEEP set: leaving $WORK, containers ${NSPAWN[*]}"
@@ -83,6 +83,14 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 fail() { die "nspawn test: $*"; }
+# `cmd | grep -q` would close the pipe early and, with pipefail, fail on the
+# writer's SIGPIPE/EPIPE; so output is captured first and searched after.
+has() { # PATTERN CMD...
+    local pat=$1 out
+    shift
+    out=$("$@" 2>&1) || true
+    grep -q -e "$pat" <<<"$out"
+}
 
 log "building the .deb (dev profile) and sapper-blast"
 "$ROOT/scripts/build-deb.sh" --debug --out "$WORK/share" >/dev/null
@@ -223,8 +231,8 @@ in_c entry sapperctl status >/dev/null 2>&1 || true
 
 # Sockets of units that were not enabled must not be there: the entry
 # dials out and listens on nothing.
-ip netns exec "$NS_A" ss -H -lun 'sport = :4433' | grep -q . || fail "exit has no UDP 4433 socket"
-if ip netns exec "$NS_B" ss -H -lntu | grep -q -e ':4433 ' -e ':8443 '; then
+has . ip netns exec "$NS_A" ss -H -lun 'sport = :4433' || fail "exit has no UDP 4433 socket"
+if has ':\(4433\|8443\) ' ip netns exec "$NS_B" ss -H -lntu; then
     fail "entry listens on a Sapper port: $(ip netns exec "$NS_B" ss -H -lntu)"
 fi
 
@@ -270,21 +278,22 @@ done
 [ "$status" = "1 peer" ] || fail "exit netd StatusText '$status'"
 log "exit: systemctl shows sapper-netd active with Status: $status"
 in_c exit systemctl status --no-pager sapper-netd | sed -n '1,6p'
-in_c exit journalctl --no-pager -u sapper-privd -o cat | grep '"audit":true' | grep -q '"request":"open_tun"' ||
+has '"audit":true.*"request":"open_tun"' in_c exit journalctl --no-pager -u sapper-privd -o cat ||
     fail "no open_tun audit line in privd's journal"
 # Forwarding comes from the package's sysctl.d file: privd may not write
 # /proc/sys (ProtectKernelTunables=), so it reports forwarding off instead.
 # Inside nspawn /proc/sys is read-only even for the postinst, so the test
 # applies 60-sapper.conf from outside, as systemd-sysctl does at boot.
-in_c exit journalctl --no-pager -u sapper-privd -o cat | grep -q '"level":"warn","msg":"forwarding off' ||
+has '"level":"warn","msg":"forwarding off' in_c exit journalctl --no-pager -u sapper-privd -o cat ||
     fail "exit privd did not report forwarding off"
-in_c exit sapperctl privd status | grep -q 'forwarding: off' ||
+has 'forwarding: *off' in_c exit sapperctl privd status ||
     fail "sapperctl privd status: $(in_c exit sapperctl privd status 2>&1)"
 ip netns exec "$NS_A" sysctl -q -p "$ROOT/systemd/sapper.sysctl"
-in_c exit sapperctl privd status | grep -q 'forwarding: on' ||
+has 'forwarding: *on' in_c exit sapperctl privd status ||
     fail "sapperctl privd status after sysctl: $(in_c exit sapperctl privd status 2>&1)"
 log "exit privd: forwarding off reported, on after 60-sapper.conf; nft table installed under the unit's sandbox"
-log "privd audit line: $(in_c exit journalctl --no-pager -u sapper-privd -o cat | grep '"audit":true' | tail -1)"
+audit=$(in_c exit journalctl --no-pager -u sapper-privd -o cat)
+log "privd audit line: $(grep '"audit":true' <<<"$audit" | tail -1)"
 
 log "restarting sapper-privd on both nodes under a ping stream"
 idx_before=$(ip -n "$NS_A" -o link show sap0 | cut -d: -f1)
@@ -298,7 +307,7 @@ loss=$(sed -n 's/.* \([0-9.]*\)% packet loss.*/\1/p' "$WORK/ping.privd")
 log "ping during privd restarts: $(grep 'packet loss' "$WORK/ping.privd")"
 [ "${loss%.*}" -le 4 ] || fail "traffic stopped while privd restarted (loss $loss%)"
 [ "$(ip -n "$NS_A" -o link show sap0 | cut -d: -f1)" = "$idx_before" ] || fail "the TUN was recreated"
-in_c exit journalctl --no-pager -u sapper-privd -o cat | grep -q 'from the fd store' ||
+has 'from the fd store' in_c exit journalctl --no-pager -u sapper-privd -o cat ||
     fail "restarted privd did not take the TUN from the fd store"
 in_c exit systemctl is-active -q sapper-privd || fail "privd not active after restart"
 
@@ -319,5 +328,29 @@ for c in entry exit; do
     [ -n "$back" ] || fail "no traffic within 5 s of restarting netd on $c"
     log "traffic back $back ms after systemctl restart sapper-netd on $c"
 done
+
+log "template units: a second tunnel instance on the entry (sapper-privd@second, sapper-netd@second)"
+{
+    config second 10.98.0.1/24 '
+[[netd.listen]]
+transport = "quic"
+address = "0.0.0.0:4434"'
+} | sed -e 's|/run/sapper/\([a-z]*\)\.sock|/run/sapper/second/\1.sock|' \
+    -e 's|^state_dir = .*|state_dir = "/var/lib/sapper/second"|' \
+    -e 's|^name = "sap0"|name = "sap1"|' -e 's|^role = .*|role = "exit"|' >"$WORK/share/second.toml"
+in_c entry install -m 0640 -g sapper-netd /mnt/sapper/second.toml /etc/sapper/second.toml
+in_c entry sh -c "umask 077; printf '%s\n' '$PSK' > /etc/sapper/second.psk"
+in_c entry systemctl enable --now sapper-privd@second.socket sapper-netd@second.socket >/dev/null 2>&1
+in_c entry sapperctl --socket /run/sapper/second/netd.sock status >/dev/null 2>&1 || true
+for _ in $(seq 50); do
+    in_c entry systemctl is-active -q sapper-netd@second.service && break
+    sleep 0.2
+done
+in_c entry systemctl is-active -q sapper-netd@second.service sapper-privd@second.service ||
+    fail "template instances not active: $(in_c entry systemctl status --no-pager 'sapper-*@second.service' 2>&1 | tail -20)"
+ip -n "$NS_B" -o link show sap1 >/dev/null || fail "instance second has no TUN sap1"
+has . ip netns exec "$NS_B" ss -H -lun 'sport = :4434' || fail "instance second does not listen on 4434"
+in_c entry systemctl is-active -q sapper-netd.service || fail "the first instance stopped"
+log "instance second: active (READY), TUN sap1, listening on UDP 4434 next to the first tunnel"
 
 log "nspawn boot test passed in $(( $(date +%s) - START )) s"
