@@ -267,6 +267,18 @@ for c in exit entry; do
     [ "$(field CapBnd <<<"$pst")" = 0000000000001000 ] || fail "$c privd CapBnd $(field CapBnd <<<"$pst")"
     [ "$(field Uid <<<"$pst" | awk '{print $2}')" != 0 ] || fail "$c privd runs as root"
     log "$c: netd uid $uid CapEff 0 NoNewPrivs 1 Seccomp 2; privd CapEff=CapBnd=CAP_NET_ADMIN Seccomp $(field Seccomp <<<"$pst")"
+    # In netd's own namespaces (its PrivateDevices= /dev, its mounts) and as
+    # its uid, which nsenter gives without any capability: no TUN, no route.
+    gid=$(field Gid <<<"$nst" | awk '{print $2}')
+    as_netd=(nsenter -t "${PID1[$c]}" -a nsenter -t "$npid" -m -n -S "$uid" -G "$gid")
+    out=$("${as_netd[@]}" ip tuntap add dev nope0 mode tun 2>&1) && fail "$c: netd's view created a TUN"
+    # PrivateDevices= leaves no /dev/net/tun to open at all.
+    grep -q -e '^open: No such file' -e 'Operation not permitted' -e 'Permission denied' <<<"$out" ||
+        fail "$c: unexpected TUN error: $out"
+    log "$c: as netd (its namespaces and uid, no caps): ip tuntap add -> $out"
+    out=$("${as_netd[@]}" ip route add 10.5.0.0/24 dev lo 2>&1) && fail "$c: netd's view added a route"
+    grep -q 'Operation not permitted' <<<"$out" || fail "$c: unexpected route error: $out"
+    log "$c: as netd (its namespaces and uid, no caps): ip route add -> $out"
 done
 
 # netd refreshes STATUS= every 2 s at most.
