@@ -43,6 +43,22 @@ pub fn transport_config(
     Arc::new(t)
 }
 
+/// Socket buffer size asked for on QUIC sockets. The kernel's default
+/// (~200 KiB) overflows in bursts at a few hundred Mbit/s and every overflow
+/// is a lost tunnel packet; the kernel caps the request at
+/// net.core.rmem_max / wmem_max (the package's sysctl.d file raises them).
+const UDP_BUFFER: usize = 4 << 20;
+
+fn size_buffers(socket: &std::net::UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if let Err(e) = setsockopt(socket, sockopt::RcvBuf, &UDP_BUFFER) {
+        tracing::debug!(error = %e, "SO_RCVBUF not raised");
+    }
+    if let Err(e) = setsockopt(socket, sockopt::SndBuf, &UDP_BUFFER) {
+        tracing::debug!(error = %e, "SO_SNDBUF not raised");
+    }
+}
+
 pub fn server_endpoint(
     socket: std::net::UdpSocket,
     node_cfg: &sapper_shared::config::NetdConfig,
@@ -52,6 +68,7 @@ pub fn server_endpoint(
         .context("building the QUIC server TLS config")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport_config(node_cfg));
+    size_buffers(&socket);
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
     quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -105,7 +122,12 @@ pub async fn dial(
     } else {
         "[::]:0".parse()?
     };
-    let mut endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
+    let socket = std::net::UdpSocket::bind(bind).context("binding a UDP socket")?;
+    size_buffers(&socket);
+    let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
+    let mut endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+            .context("creating the QUIC endpoint")?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| anyhow!("building the QUIC client TLS config: {e}"))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));

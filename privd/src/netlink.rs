@@ -5,10 +5,14 @@
 use ipnet::IpNet;
 use nix::libc::{EEXIST, ENOENT, ESRCH};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use std::net::IpAddr;
 use std::time::Duration;
+
+/// Transmit queue of the TUN (packets waiting for netd to read them).
+const TUN_TXQUEUELEN: u32 = 2000;
 
 /// Netlink failures.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +76,15 @@ impl Netlink {
     ) -> Result<(), NetlinkError> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .mtu(mtu)
+                    // netd drains the TUN in bursts; the default 500-packet
+                    // queue overflows (each overflow a lost packet) at a few
+                    // hundred Mbit/s.
+                    .append_extra_attribute(LinkAttribute::TxQueueLen(TUN_TXQUEUELEN))
+                    .build(),
+            )
             .execute()
             .await
             .map_err(kernel(format!("set MTU {mtu}")))?;
