@@ -105,6 +105,9 @@ impl Drop for Proc {
 /// Starts `program args` as systemd would with socket activation: `fds`
 /// become 3, 4, ... with LISTEN_FDS/LISTEN_FDNAMES/LISTEN_PID set, and
 /// NOTIFY_SOCKET points at `notify`. Inside `ns` when given.
+// A test helper mirroring what systemd passes; a struct would only move the
+// same eight values around.
+#[allow(clippy::too_many_arguments)]
 fn spawn_activated(
     label: &str,
     dir: &Path,
@@ -575,4 +578,48 @@ fn unit_security_scores_are_within_target() {
     for unit in ["sapper-netd.service", "sapper-privd.service"] {
         assert!(text.contains(unit), "no score for {unit}");
     }
+}
+
+#[test]
+fn packaged_example_config_is_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join("systemd/sapper.toml.example");
+    let text = fs::read_to_string(&path).expect("read the example config");
+    let mut cfg = sapper_shared::config::Config::parse(&text, "sapper.toml.example")
+        .unwrap_or_else(|e| panic!("{e}"));
+    // psk_file = "%d/psk" needs systemd's credentials directory...
+    assert!(cfg.expand_credentials("x", None).is_err());
+    // ...and resolves into it.
+    cfg.expand_credentials("x", Some(Path::new("/run/credentials/sapper-netd.service")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.node.psk_file.as_deref(),
+        Some(Path::new("/run/credentials/sapper-netd.service/psk"))
+    );
+    let netd = cfg.netd.expect("[netd] in the example");
+    assert_eq!(netd.listen.len(), 2, "quic and ws, as the socket units");
+    // netd pairs activated sockets with listeners by address: the example
+    // and the socket units must agree.
+    for (unit, key, transport) in [
+        ("sapper-netd-quic.socket", "ListenDatagram=", "quic"),
+        ("sapper-netd-ws.socket", "ListenStream=", "ws"),
+    ] {
+        let text = fs::read_to_string(root.join("systemd").join(unit)).expect("read unit");
+        let addr = text
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {unit}"));
+        let found = netd
+            .listen
+            .iter()
+            .any(|l| l.transport.as_str() == transport && l.address.to_string() == addr);
+        assert!(
+            found,
+            "{unit} listens on {addr}, the example has no {transport} listener there"
+        );
+    }
+    let privd = cfg.privd.expect("[privd] in the example");
+    let unit = fs::read_to_string(root.join("systemd/sapper-privd.socket")).expect("read unit");
+    assert!(unit.contains(&format!("ListenStream={}", privd.socket.display())));
+    assert_eq!(netd.privd_socket.as_ref(), Some(&privd.socket));
 }
