@@ -691,42 +691,11 @@ impl Chain {
     /// summary.
     pub fn blast_to_private(&mut self, from: &str, bytes: u64) -> (Summary, Summary) {
         let addr = format!("{PRIVATE_HOST}:5001");
-        let label = format!("blast-serve-{}", self.daemons.len());
-        let mut cmd = self.private.cmd(&self.blast_bin);
-        cmd.args(["serve", &addr, "--timeout", "90"]);
-        self.daemons.push(Daemon::start(&label, &self.dir, cmd));
-        let idx = self.daemons.len() - 1;
-        let stdout = self.daemons[idx].stdout.clone();
-        self.wait_for("sapper-blast to listen", WAIT, || {
-            fs::read_to_string(&stdout)
-                .ok()
-                .filter(|s| s.contains("listening"))
-                .map(|_| ())
-        });
+        let mut serve = self.private.cmd(&self.blast_bin);
+        serve.args(["serve", &addr, "--timeout", "90"]);
         let mut send = self.ns(from).cmd(&self.blast_bin);
         send.args(["send", &addr, &bytes.to_string(), "--timeout", "60"]);
-        let out = run_timeout(&mut send, Duration::from_secs(75)).unwrap_or_else(|e| panic!("{e}"));
-        let sent_text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "sapper-blast send from {from} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let sent = Summary::parse(&sent_text)
-            .unwrap_or_else(|| panic!("no summary from sapper-blast send: {sent_text}"));
-        let received = wait_until("sapper-blast serve to finish", WAIT, || {
-            let d = &mut self.daemons[idx];
-            d.try_exit().map(|_| Summary::parse(&d.stdout_text()))
-        })
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| {
-            panic!(
-                "sapper-blast serve printed no summary: {}",
-                self.daemons[idx].stderr_text()
-            )
-        });
-        (sent, received)
+        crate::topology::blast_transfer(&mut self.daemons, &self.dir, serve, send)
     }
 
     /// All logs and configs, for humans.

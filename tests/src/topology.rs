@@ -170,6 +170,51 @@ pub fn random_hex(n: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Runs one checksummed `sapper-blast` transfer: starts `serve` (already
+/// `sapper-blast serve ADDR …` inside the receiving namespace) as a managed
+/// process in `daemons`, waits until it listens, runs `send` to completion
+/// and returns (sender's summary, receiver's summary). Every wait is bounded.
+pub fn blast_transfer(
+    daemons: &mut Vec<Daemon>,
+    dir: &Path,
+    serve: Command,
+    mut send: Command,
+) -> (Summary, Summary) {
+    let label = format!("blast-serve-{}", daemons.len());
+    daemons.push(Daemon::start(&label, dir, serve));
+    let idx = daemons.len() - 1;
+    let stdout = daemons[idx].stdout.clone();
+    wait_until("sapper-blast to listen", WAIT, || {
+        fs::read_to_string(&stdout)
+            .ok()
+            .filter(|s| s.contains("listening"))
+            .map(|_| ())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = run_timeout(&mut send, Duration::from_secs(75)).unwrap_or_else(|e| panic!("{e}"));
+    let sent_text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sapper-blast send failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = Summary::parse(&sent_text)
+        .unwrap_or_else(|| panic!("no summary from sapper-blast send: {sent_text}"));
+    let received = wait_until("sapper-blast serve to finish", WAIT, || {
+        let d = &mut daemons[idx];
+        d.try_exit().map(|_| Summary::parse(&d.stdout_text()))
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap_or_else(|| {
+        panic!(
+            "sapper-blast serve printed no summary: {}",
+            daemons[idx].stderr_text()
+        )
+    });
+    (sent, received)
+}
+
 /// A process started by the harness, with its output going to files.
 #[derive(Debug)]
 pub struct Daemon {
@@ -802,44 +847,14 @@ impl Topology {
             other => panic!("unknown namespace {other}"),
         };
         let addr = format!("{to_addr}:5001");
-        let n = self.daemons.len();
-        let label = format!("blast-serve-{n}");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &to_ns])
+        let mut serve = Command::new("ip");
+        serve
+            .args(["netns", "exec", &to_ns])
             .arg(&self.blast_bin)
             .args(["serve", &addr, "--timeout", "90"]);
-        let idx = self.spawn_in(&label, cmd);
-        let stdout = self.daemons[idx].stdout.clone();
-        self.wait_for("sapper-blast to listen", WAIT, || {
-            fs::read_to_string(&stdout)
-                .ok()
-                .filter(|s| s.contains("listening"))
-                .map(|_| ())
-        });
         let mut send = self.ns(from).cmd(&self.blast_bin);
         send.args(["send", &addr, &bytes.to_string(), "--timeout", "60"]);
-        let out = run_timeout(&mut send, Duration::from_secs(75)).unwrap_or_else(|e| panic!("{e}"));
-        let sent_text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "sapper-blast send failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let sent = Summary::parse(&sent_text)
-            .unwrap_or_else(|| panic!("no summary from sapper-blast send: {sent_text}"));
-        let received = wait_until("sapper-blast serve to finish", WAIT, || {
-            let d = &mut self.daemons[idx];
-            d.try_exit().map(|_| Summary::parse(&d.stdout_text()))
-        })
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| {
-            panic!(
-                "sapper-blast serve printed no summary: {}",
-                self.daemons[idx].stderr_text()
-            )
-        });
-        (sent, received)
+        blast_transfer(&mut self.daemons, &self.dir, serve, send)
     }
 
     /// Waits until `label`'s stderr contains `needle`.
