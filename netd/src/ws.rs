@@ -79,11 +79,7 @@ async fn accept_one(
         .await
         .context("TLS handshake timed out")?
         .context("TLS handshake failed")?;
-    let binding = export(tls.get_ref().1.export_keying_material(
-        [0u8; BINDING_LEN],
-        EXPORTER_LABEL,
-        Some(b""),
-    ))?;
+    let binding = channel_binding(tls.get_ref().1)?;
     // The callback's signature is tungstenite's; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -105,11 +101,10 @@ async fn accept_one(
     run(node, ws, Side::Server, false, remote, binding).await
 }
 
-fn export<T>(r: Result<T, rustls::Error>) -> Result<ChannelBinding>
-where
-    T: Into<[u8; BINDING_LEN]>,
-{
-    r.map(|b| ChannelBinding(b.into()))
+/// The RFC 9266 tls-exporter value of a finished TLS 1.3 session.
+fn channel_binding<D>(conn: &rustls::ConnectionCommon<D>) -> Result<ChannelBinding> {
+    conn.export_keying_material([0u8; BINDING_LEN], EXPORTER_LABEL, Some(b""))
+        .map(ChannelBinding)
         .map_err(|e| anyhow!("TLS exporter unavailable: {e}"))
 }
 
@@ -131,11 +126,7 @@ pub async fn dial(
         .await
         .context("TLS handshake timed out")?
         .context("TLS handshake failed")?;
-    let binding = export(tls.get_ref().1.export_keying_material(
-        [0u8; BINDING_LEN],
-        EXPORTER_LABEL,
-        Some(b""),
-    ))?;
+    let binding = channel_binding(tls.get_ref().1)?;
     let url = format!("wss://{}{}", target.address, target.ws_path);
     let (ws, _) = tokio::time::timeout(
         timeout,
