@@ -142,6 +142,19 @@ async fn run(
         }
         routes.insert(r);
     }
+    let configured = routes.clone();
+    if from_store {
+        // Routes netd had the previous privd add are still on this TUN; they
+        // stay netd's to remove (only inside allowed_routes, as before).
+        match net.static_routes_via(ifindex).await {
+            Ok(found) => routes.extend(
+                found
+                    .into_iter()
+                    .filter(|r| sapper_shared::config::prefix_allowed(r, &t.allowed_routes)),
+            ),
+            Err(e) => audit::log("warn", &format!("listing the routes of {tun_name}: {e}")),
+        }
+    }
     // Into systemd's fd store (FileDescriptorStoreMax= in the unit), so the
     // next privd takes the interface back instead of creating it anew. A TUN
     // that came from the store is still in it: storing it again would only
@@ -171,7 +184,7 @@ async fn run(
         allowed_routes: t.allowed_routes.clone(),
         policy: authz::AccessPolicy { netd_uid },
         net,
-        configured_routes: routes.clone(),
+        configured_routes: configured,
         routes: tokio::sync::Mutex::new(routes),
         nat_active,
         granted: AtomicU64::new(0),

@@ -147,6 +147,51 @@ impl Netlink {
             })
     }
 
+    /// The prefixes of the static routes (privd's kind) in the main table
+    /// that leave through interface `index`: on a TUN taken back from the fd
+    /// store, what the previous privd installed. Kernel routes (the address
+    /// prefixes, link-local) are not included.
+    pub async fn static_routes_via(&self, index: u32) -> Result<Vec<IpNet>, NetlinkError> {
+        use futures_util::TryStreamExt;
+        use rtnetlink::packet_route::route::{
+            RouteAddress, RouteAttribute, RouteHeader, RouteProtocol,
+        };
+        let mut out = Vec::new();
+        for query in [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let list = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect::<Vec<_>>();
+            let msgs = tokio::time::timeout(NETLINK_TIMEOUT, list)
+                .await
+                .map_err(|_| NetlinkError::Timeout("list routes".into()))?
+                .map_err(kernel("list routes".into()))?;
+            for m in msgs {
+                let ours = m.header.protocol == RouteProtocol::Static
+                    && m.header.table == RouteHeader::RT_TABLE_MAIN
+                    && m.attributes
+                        .iter()
+                        .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+                let dst = m.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+                    _ => None,
+                });
+                if let (true, Some(addr)) = (ours, dst) {
+                    if let Ok(net) = IpNet::new(addr, m.header.destination_prefix_length) {
+                        out.push(net);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes the route to `net` through interface `index`.
     pub async fn del_route(&self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
         let req = self.handle.route().del(Self::route_message(index, &net));

@@ -14,13 +14,18 @@
 //!
 //! Root is needed (network namespaces, TUN, dropping to `nobody`).
 
+use sapper_shared::framing::{self, HEADER_LEN, MAX_CONTROL_FRAME};
+use sapper_shared::proto::privd::{
+    priv_request, priv_response, PrivRequest, PrivResponse, RouteChange, StatusQuery,
+};
 use sapper_tests::bins::bins;
 use sapper_tests::cmd::{run_timeout, wait_until, WAIT};
 use sapper_tests::netns::{self, Netns};
 use std::fs;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -454,6 +459,34 @@ fn netd_rejects_a_mislabelled_fd() {
     );
 }
 
+/// One request to privd, as netd would send it; the reply's body.
+fn privd_request(sock: &Path, body: priv_request::Body) -> priv_response::Body {
+    let mut s = UnixStream::connect(sock).expect("connect to privd");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    s.write_all(&framing::encode(&PrivRequest { body: Some(body) }))
+        .expect("send to privd");
+    let mut header = [0u8; HEADER_LEN];
+    s.read_exact(&mut header).expect("privd reply header");
+    let len = framing::body_len(header, MAX_CONTROL_FRAME).expect("privd frame");
+    let mut buf = vec![0u8; len];
+    s.read_exact(&mut buf).expect("privd reply body");
+    framing::decode::<PrivResponse>(&buf)
+        .expect("privd reply")
+        .body
+        .expect("privd reply body")
+}
+
+fn route_change(sock: &Path, prefix: &str, add: bool) -> priv_response::Body {
+    privd_request(
+        sock,
+        priv_request::Body::RouteChange(RouteChange {
+            prefix: prefix.into(),
+            add,
+        }),
+    )
+}
+
 fn ifindex(ns: &Netns, dev: &str) -> String {
     let out = ns.ip(&["-o", "link", "show", dev]);
     out.split(':').next().unwrap_or("").trim().to_string()
@@ -471,7 +504,8 @@ fn privd_keeps_the_tun_in_the_fd_store_across_a_restart() {
     write(
         &cfg,
         &format!(
-            "[privd]\nsocket = \"{}\"\nnetd_user = \"nobody\"\n\n[privd.tun]\nname = \"sapfs0\"\n\
+            // netd_user root: the test itself plays netd.
+            "[privd]\nsocket = \"{}\"\nnetd_user = \"root\"\n\n[privd.tun]\nname = \"sapfs0\"\n\
              addresses = [\"10.98.0.1/24\"]\nroutes = [\"10.97.0.0/24\"]\nallowed_routes = [\"10.0.0.0/8\"]\n",
             sock_path.display()
         ),
@@ -497,6 +531,12 @@ fn privd_keeps_the_tun_in_the_fd_store_across_a_restart() {
     let tun = fds.remove(0);
     expect_notify(&notify, "READY=1", WAIT, &first);
     let index = ifindex(&ns, "sapfs0");
+    // A route "netd" asked for, which the next privd must still own.
+    let added = route_change(&sock_path, "10.96.0.0/24", true);
+    assert!(
+        matches!(added, priv_response::Body::RouteChanged(_)),
+        "{added:?}"
+    );
 
     first.terminate();
     expect_notify(&notify, "STOPPING=1", Duration::from_secs(5), &first);
@@ -528,6 +568,27 @@ fn privd_keeps_the_tun_in_the_fd_store_across_a_restart() {
     );
     assert_eq!(ifindex(&ns, "sapfs0"), index, "the TUN was recreated");
     assert!(second.alive());
+    let status = privd_request(&sock_path, priv_request::Body::Status(StatusQuery {}));
+    let priv_response::Body::Status(st) = status else {
+        panic!("status: {status:?}");
+    };
+    for r in ["10.96.0.0/24", "10.97.0.0/24"] {
+        assert!(
+            st.routes.iter().any(|x| x == r),
+            "{r} not in {:?}",
+            st.routes
+        );
+    }
+    // Still netd's to remove after the restart.
+    let removed = route_change(&sock_path, "10.96.0.0/24", false);
+    assert!(
+        matches!(removed, priv_response::Body::RouteChanged(_)),
+        "{removed:?}\n{}",
+        second.log_text()
+    );
+    assert!(!ns
+        .ip(&["route", "show", "dev", "sapfs0"])
+        .contains("10.96.0.0/24"));
     second.terminate();
 }
 
