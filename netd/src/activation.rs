@@ -98,6 +98,16 @@ fn local_addr(fd: &OwnedFd) -> Option<SocketAddr> {
         .map(|a| SocketAddr::from((a.ip(), a.port())))
 }
 
+/// Whether an activated socket bound to `got` serves a listener configured
+/// as `want`: the same address, or both "any address" on the same port.
+/// The latter because `ListenDatagram=4433` binds `[::]:4433` (dual-stack)
+/// while a config says `0.0.0.0:4433`; netd binding that itself next to
+/// systemd's socket would only fail with EADDRINUSE.
+fn same_listener(got: SocketAddr, want: SocketAddr) -> bool {
+    got == want
+        || (got.port() == want.port() && got.ip().is_unspecified() && want.ip().is_unspecified())
+}
+
 /// Which kind the name promises, if it is one of ours. `quic-2` counts as
 /// `quic`, so several listeners of one transport can be told apart in logs.
 fn kind_named(name: &str) -> Option<Kind> {
@@ -151,17 +161,19 @@ impl Activated {
         Ok(out)
     }
 
-    /// The activated UDP socket for a QUIC listener on `want`, if any.
-    /// 0.0.0.0 and [::] match as themselves only: the unit and the config
-    /// must agree on the address.
+    /// The activated UDP socket for a QUIC listener on `want`, if any (see
+    /// [`same_listener`]).
     pub fn take_quic(&mut self, want: SocketAddr) -> Option<std::net::UdpSocket> {
-        let i = self.quic.iter().position(|(_, a)| *a == want)?;
+        let i = self
+            .quic
+            .iter()
+            .position(|(_, a)| same_listener(*a, want))?;
         Some(self.quic.swap_remove(i).0)
     }
 
     /// The activated TCP listener for a WS listener on `want`, if any.
     pub fn take_ws(&mut self, want: SocketAddr) -> Option<std::net::TcpListener> {
-        let i = self.ws.iter().position(|(_, a)| *a == want)?;
+        let i = self.ws.iter().position(|(_, a)| same_listener(*a, want))?;
         Some(self.ws.swap_remove(i).0)
     }
 
@@ -230,4 +242,31 @@ pub fn ready(node: &Arc<Node>) {
 /// STOPPING=1: shutdown has begun.
 pub fn stopping() {
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_matching() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(same_listener(a("0.0.0.0:4433"), a("0.0.0.0:4433")));
+        assert!(same_listener(a("[::]:4433"), a("0.0.0.0:4433")));
+        assert!(same_listener(a("0.0.0.0:4433"), a("[::]:4433")));
+        assert!(!same_listener(a("[::]:4434"), a("0.0.0.0:4433")));
+        assert!(!same_listener(a("10.0.0.1:4433"), a("0.0.0.0:4433")));
+        assert!(!same_listener(a("0.0.0.0:4433"), a("10.0.0.1:4433")));
+        assert!(same_listener(a("10.0.0.1:4433"), a("10.0.0.1:4433")));
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(kind_named("quic"), Some(Kind::Quic));
+        assert_eq!(kind_named("quic-2"), Some(Kind::Quic));
+        assert_eq!(kind_named("ws"), Some(Kind::Ws));
+        assert_eq!(kind_named("mgmt"), Some(Kind::Mgmt));
+        assert_eq!(kind_named("sapper-netd.socket"), None);
+        assert_eq!(kind_named("unknown"), None);
+    }
 }
