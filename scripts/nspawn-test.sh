@@ -34,9 +34,15 @@ ROOTFS=${SAPPER_NSPAWN_ROOTFS:-/var/tmp/sapper-nspawn-rootfs}
 if [ ! -e "$ROOTFS/.sapper-rootfs-ok" ]; then
     log "debootstrap bookworm minbase into $ROOTFS (once)"
     rm -rf "$ROOTFS.tmp"
+    # The mirror this machine's apt already uses (deb822 or one-line sources).
+    MIRROR=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\/debian\)[[:space:]]*$/\1/p' \
+        /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)
+    [ -n "$MIRROR" ] || MIRROR=$(awk '$1 == "deb" && $2 ~ /\/debian\/?$/ { print $2; exit }' \
+        /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null)
+    [ -n "$MIRROR" ] || die "no Debian mirror found in /etc/apt/sources.list*; set one up for apt first"
     debootstrap --variant=minbase \
         --include=systemd,systemd-sysv,dbus,iproute2,nftables \
-        bookworm "$ROOTFS.tmp" http://deb.debian.org/debian >"$ROOTFS.log" 2>&1 ||
+        bookworm "$ROOTFS.tmp" "$MIRROR" >"$ROOTFS.log" 2>&1 ||
         { tail -20 "$ROOTFS.log" >&2; die "debootstrap failed (log: $ROOTFS.log)"; }
     rm -rf "$ROOTFS"
     mv "$ROOTFS.tmp" "$ROOTFS"

@@ -167,6 +167,22 @@ enum PrivdAction {
     Status,
 }
 
+/// Prints a line to stdout. A reader that went away (`sapperctl … | head`)
+/// ends sapperctl quietly instead of with a panic, as SIGPIPE would for a C
+/// tool.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("sapperctl: writing output: {e}");
+            std::process::exit(EXIT_FAILED.into());
+        }
+    }};
+}
+
 /// Exit codes: scripts tell "the request failed" from "nobody answered".
 const EXIT_FAILED: u8 = 1;
 const EXIT_UNREACHABLE: u8 = 3;
@@ -183,21 +199,20 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let req = match args.command {
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Args::command(),
-                "sapperctl",
-                &mut std::io::stdout(),
-            );
+            // Rendered into memory first: the generator panics on a closed pipe.
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Args::command(), "sapperctl", &mut buf);
+            out!("{}", String::from_utf8_lossy(&buf).trim_end());
             return ExitCode::SUCCESS;
         }
         Command::Man => {
-            let r = clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout());
-            return if r.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_FAILED)
-            };
+            let mut buf = Vec::new();
+            if let Err(e) = clap_mangen::Man::new(Args::command()).render(&mut buf) {
+                eprintln!("sapperctl: rendering the man page: {e}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+            out!("{}", String::from_utf8_lossy(&buf).trim_end());
+            return ExitCode::SUCCESS;
         }
         Command::Privd {
             action: PrivdAction::Status,
@@ -250,7 +265,7 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILED)
         }
         Ok(body) => {
-            println!("{}", render::render(&body, args.json));
+            out!("{}", render::render(&body, args.json));
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
@@ -270,12 +285,12 @@ fn ping(socket: &std::path::Path, peer: String, count: u32, json: bool) -> ExitC
         match client.call(Req::Ping(PingRequest { peer: peer.clone() })) {
             Ok(Resp::Ping(p)) => {
                 if json {
-                    println!(
+                    out!(
                         "{}",
                         serde_json::json!({"peer": p.peer, "rtt_ms": p.rtt_ms})
                     );
                 } else {
-                    println!("pong from {}: time={:.2} ms", p.peer, p.rtt_ms);
+                    out!("pong from {}: time={:.2} ms", p.peer, p.rtt_ms);
                 }
             }
             Ok(Resp::Error(e)) => {
@@ -314,7 +329,7 @@ fn events(socket: &std::path::Path, json: bool) -> ExitCode {
         Err(e) => return fail(&e),
     }
     if let Err(e) = client.stream_events(|ev| {
-        println!("{}", render::event_line(&ev, json));
+        out!("{}", render::event_line(&ev, json));
     }) {
         return fail(&e);
     }
@@ -325,7 +340,7 @@ fn privd_status(path: &std::path::Path, json: bool) -> ExitCode {
     let status = sapper_privd_client::PrivdClient::connect(path).and_then(|mut c| c.status());
     match status {
         Ok(s) => {
-            println!("{}", render::privd_status(&s, json));
+            out!("{}", render::privd_status(&s, json));
             ExitCode::SUCCESS
         }
         Err(e) => {
