@@ -7,6 +7,7 @@ mod announce;
 mod dial;
 mod exit;
 mod listen;
+mod logging;
 mod mgmt;
 mod negotiation;
 mod node;
@@ -40,18 +41,18 @@ struct Args {
     /// if needed) and exit.
     #[arg(long)]
     print_fingerprint: bool,
+    /// Format of log lines on stderr. Without it, netd logs to journald when
+    /// its stderr is the journal (JOURNAL_STREAM), plain text otherwise.
+    #[arg(long, value_enum, env = "SAPPER_LOG_FORMAT")]
+    log_format: Option<logging::LogFormat>,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SAPPER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match run(Args::parse()) {
+    let args = Args::parse();
+    if let Some(note) = logging::init(args.log_format) {
+        tracing::warn!("{note}");
+    }
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -68,8 +69,18 @@ struct Bound {
 }
 
 fn run(args: Args) -> Result<()> {
-    let mut cfg = Config::load(&args.config)?;
     let file = args.config.display().to_string();
+    // Read once, hash and parse the same bytes: the logged hash is exactly
+    // the configuration this run uses.
+    let text =
+        std::fs::read_to_string(&args.config).with_context(|| format!("{file}: cannot read"))?;
+    let mut cfg = Config::parse(&text, &file)?;
+    tracing::info!(
+        sapper_event = "config_loaded",
+        config = %file,
+        config_sha256 = %logging::config_hash(text.as_bytes()),
+        "config loaded"
+    );
     // "%d/name" paths: files systemd's LoadCredential= put in place.
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     cfg.expand_credentials(&file, creds.as_deref())?;

@@ -92,7 +92,7 @@ async fn client(node: Arc<Node>, mut stream: UnixStream) -> Result<()> {
                 | Req::Hint(_)
         );
         if is_write && !may_write {
-            tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), request = request_kind(&body), "refused a management change from a non-operator");
+            tracing::warn!(sapper_event = "management_refused", outcome = "refused", uid = cred.uid(), peer_uid = cred.uid(), pid = ?cred.pid(), request = request_kind(&body), "refused a management change from a non-operator");
             let r = error(id, ErrorCode::PermissionDenied, denied_message(&node));
             stream.write_all(&framing::encode(&r)).await?;
             continue;

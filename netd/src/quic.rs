@@ -218,7 +218,7 @@ async fn run(
         },
     ));
     node.register(peer.clone());
-    tracing::info!(peer = %peer.handshake.name, %remote, transport = "quic", "peer connected");
+    tracing::info!(sapper_event = "peer_connected", peer = %peer.handshake.name, %remote, transport = "quic", "peer connected");
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control_writer(io.send, control_rx, peer.close.clone()));
@@ -242,7 +242,7 @@ async fn run(
     conn.close(0u32.into(), b"bye");
     tasks.abort_all();
     node.unregister(&peer, &reason);
-    tracing::info!(peer = %peer.handshake.name, %reason, "peer disconnected");
+    tracing::info!(sapper_event = "peer_disconnected", peer = %peer.handshake.name, %reason, "peer disconnected");
     Ok(())
 }
 

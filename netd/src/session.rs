@@ -54,14 +54,14 @@ pub async fn handshake<C: ControlIo>(
     };
     match &verdict {
         Ok(a) => {
-            tracing::info!(peer = %a.peer.name, %remote, "handshake accepted");
+            tracing::info!(sapper_event = "handshake_accepted", peer = %a.peer.name, %remote, "handshake accepted");
             if node.psk.is_none() {
                 tracing::warn!(peer = %a.peer.name, %remote, "INSECURE: link without a PSK (node.insecure_open)");
             }
         }
         Err(e) => {
             node.stats.handshake_failures.fetch_add(1, Relaxed);
-            tracing::warn!(%remote, reason = %format!("{e:#}"), "handshake rejected");
+            tracing::warn!(sapper_event = "handshake_refused", %remote, reason = %format!("{e:#}"), "handshake rejected");
         }
     }
     verdict
@@ -99,7 +99,7 @@ pub fn handle_control(node: &Node, peer: &Peer, body: &[u8]) {
             }
         }
         Some(Body::Disconnect(d)) => {
-            tracing::info!(peer = %peer.handshake.name, reason = %d.reason, "peer disconnected");
+            tracing::info!(sapper_event = "peer_disconnected", peer = %peer.handshake.name, reason = %d.reason, "peer disconnected");
             peer.close.cancel();
         }
         Some(Body::Error(e)) => {
@@ -139,7 +139,7 @@ pub async fn keepalive(node: Arc<Node>, peer: Arc<Peer>) {
         let ping = match peer.latency.lock() {
             Ok(mut l) => {
                 if l.is_dead() {
-                    tracing::warn!(peer = %peer.handshake.name, missed = l.missed(), "peer stopped answering pings; dropping it");
+                    tracing::warn!(sapper_event = "peer_disconnected", peer = %peer.handshake.name, missed = l.missed(), "peer stopped answering pings; dropping it");
                     peer.close.cancel();
                     return;
                 }

@@ -206,7 +206,7 @@ where
         PacketPath::Ws { tx: data_tx },
     ));
     node.register(peer.clone());
-    tracing::info!(peer = %peer.handshake.name, %remote, transport = "ws", "peer connected");
+    tracing::info!(sapper_event = "peer_connected", peer = %peer.handshake.name, %remote, transport = "ws", "peer connected");
 
     let (sink, stream) = ws.split();
     let mut tasks = tokio::task::JoinSet::new();
@@ -227,7 +227,7 @@ where
     let _ = tokio::time::timeout(Duration::from_millis(500), tasks.join_next()).await;
     tasks.abort_all();
     node.unregister(&peer, reason);
-    tracing::info!(peer = %peer.handshake.name, %reason, "peer disconnected");
+    tracing::info!(sapper_event = "peer_disconnected", peer = %peer.handshake.name, %reason, "peer disconnected");
     Ok(())
 }
 
