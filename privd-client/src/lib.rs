@@ -7,11 +7,10 @@
 //! [`PrivdError::Io`] or [`PrivdError::Protocol`] the connection is in an
 //! unknown state: drop it and [`PrivdClient::connect`] again.
 
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use sapper_shared::framing::{self, HEADER_LEN};
 use sapper_shared::proto::privd::{priv_request, priv_response, PrivRequest, PrivResponse};
-use std::io::{self, IoSliceMut, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -106,7 +105,7 @@ impl PrivdClient {
     /// one open file description and one packet queue, so O_NONBLOCK set on
     /// one is seen by all, and two readers would split the packets.
     pub fn open_tun(&mut self) -> Result<(OwnedFd, TunOpened), PrivdError> {
-        let (body, fds) = self.call(priv_request::Body::OpenTun(Default::default()))?;
+        let (body, fds) = self.call(priv_request::Body::OpenTun(Default::default()), 1)?;
         match body {
             priv_response::Body::TunOpened(t) => {
                 let fd = fds.into_iter().next().ok_or_else(|| {
@@ -124,7 +123,7 @@ impl PrivdClient {
             prefix: prefix.to_string(),
             add,
         });
-        match self.call(req)?.0 {
+        match self.call(req, 0)?.0 {
             priv_response::Body::RouteChanged(_) => Ok(()),
             other => Err(unexpected("RouteChanged", &other)),
         }
@@ -132,21 +131,35 @@ impl PrivdClient {
 
     /// Asks what privd holds.
     pub fn status(&mut self) -> Result<PrivStatus, PrivdError> {
-        match self.call(priv_request::Body::Status(Default::default()))?.0 {
+        match self
+            .call(priv_request::Body::Status(Default::default()), 0)?
+            .0
+        {
             priv_response::Body::Status(s) => Ok(s),
             other => Err(unexpected("PrivStatus", &other)),
         }
     }
 
     /// Sends one request and reads its reply with any fds that came along.
+    /// More than `max_fds` fds is a protocol error: the extras are closed
+    /// (dropped) rather than left in this process's fd table, where a
+    /// misbehaving peer could otherwise exhaust it or plant fds.
     fn call(
         &mut self,
         body: priv_request::Body,
+        max_fds: usize,
     ) -> Result<(priv_response::Body, Vec<OwnedFd>), PrivdError> {
         let frame = framing::encode(&PrivRequest { body: Some(body) });
         self.stream.write_all(&frame).map_err(|e| self.io(e))?;
         let mut header = [0u8; HEADER_LEN];
         let fds = self.recv_with_fds(&mut header)?;
+        if fds.len() > max_fds {
+            let n = fds.len();
+            drop(fds);
+            return Err(PrivdError::Protocol(format!(
+                "reply carried {n} file descriptors, expected at most {max_fds}; closed them"
+            )));
+        }
         let len = framing::body_len(header, MAX_REPLY)
             .map_err(|e| PrivdError::Protocol(e.to_string()))?;
         let mut buf = vec![0u8; len];
@@ -168,34 +181,26 @@ impl PrivdClient {
 
     /// Fills `buf` completely, collecting SCM_RIGHTS fds. privd attaches an
     /// fd to the first bytes of a reply, so it arrives with the header.
+    /// MSG_CMSG_CLOEXEC makes every received fd close-on-exec atomically (no
+    /// window in which a concurrent fork+exec could inherit it). Ancillary
+    /// data the kernel had to truncate (MSG_CTRUNC) means fds were lost or
+    /// the reply is not what privd sends: the whole reply is refused and the
+    /// fds that did arrive are closed.
     fn recv_with_fds(&mut self, buf: &mut [u8]) -> Result<Vec<OwnedFd>, PrivdError> {
         let mut fds = Vec::new();
         let mut filled = 0;
         while filled < buf.len() {
-            let mut cmsg_space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-            let mut iov = [IoSliceMut::new(&mut buf[filled..])];
-            let msg = match recvmsg::<()>(
-                self.stream.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg_space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(m) => m,
-                Err(nix::Error::EINTR) => continue,
-                Err(e) => return Err(self.io(io::Error::from(e))),
-            };
-            let n = msg.bytes;
-            let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-            for c in msg.cmsgs().map_err(|e| self.io(io::Error::from(e)))? {
-                if let ControlMessageOwned::ScmRights(raw) = c {
-                    // SAFETY: the kernel just installed these fds in our
-                    // table for us; nothing else owns them.
-                    fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
-                }
-            }
+            let (n, truncated) =
+                match recv_once(self.stream.as_raw_fd(), &mut buf[filled..], &mut fds) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(self.io(e)),
+                };
             if truncated {
+                // `fds` drops here: what did arrive is closed.
                 return Err(PrivdError::Protocol(
-                    "too many file descriptors in reply".into(),
+                    "ancillary data truncated (MSG_CTRUNC): too many file descriptors in reply"
+                        .into(),
                 ));
             }
             if n == 0 {
@@ -215,6 +220,62 @@ impl PrivdClient {
             source,
         }
     }
+}
+
+/// Room for this many fds in one reply's control data; privd sends one.
+const CMSG_FDS: usize = 4;
+
+/// One recvmsg(2) into `buf`, appending every SCM_RIGHTS fd to `fds`.
+/// Returns the byte count and whether the kernel truncated the ancillary
+/// data (MSG_CTRUNC). Written against libc rather than nix because nix
+/// refuses to walk the control messages of a truncated reply, and the fds
+/// that did arrive must still be taken (and so closed) rather than leaked.
+fn recv_once(sock: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<(usize, bool)> {
+    // u64 keeps the buffer aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((CMSG_FDS * std::mem::size_of::<libc::c_int>()) as u32) };
+    let space = (space as usize).min(std::mem::size_of_val(&control));
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut mhdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    mhdr.msg_iov = &mut iov;
+    mhdr.msg_iovlen = 1;
+    mhdr.msg_control = control.as_mut_ptr().cast();
+    mhdr.msg_controllen = space as _;
+    // MSG_CMSG_CLOEXEC: every fd arrives close-on-exec, atomically.
+    // SAFETY: iov and control point at live buffers of the stated lengths
+    // for the duration of the call.
+    let n = unsafe { libc::recvmsg(sock, &mut mhdr, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: walking the control buffer the kernel just filled, with the
+    // length it reported in mhdr.msg_controllen, using the libc macros.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&mhdr);
+        while !c.is_null() {
+            let hdr = std::ptr::read_unaligned(c);
+            if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c);
+                let header_len = data as usize - c as usize;
+                let count = (hdr.cmsg_len as usize).saturating_sub(header_len)
+                    / std::mem::size_of::<libc::c_int>();
+                for i in 0..count {
+                    let fd: libc::c_int =
+                        std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
+                    // The kernel installed this fd in our table for us;
+                    // nothing else owns it.
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&mhdr, c);
+        }
+    }
+    Ok((n as usize, mhdr.msg_flags & libc::MSG_CTRUNC != 0))
 }
 
 fn unexpected(wanted: &str, got: &priv_response::Body) -> PrivdError {
@@ -326,6 +387,132 @@ mod tests {
             matches!(e, PrivdError::Protocol(ref m) if m.contains("RouteChanged")),
             "{e:?}"
         );
+    }
+
+    /// A fake privd answering one request with `reply`, the given fds
+    /// riding on the reply's first bytes as privd sends them. It drops its
+    /// copies of the fds once sent and keeps the connection open until the
+    /// client closes it.
+    fn fake_privd_with_fds(
+        tag: &str,
+        reply: PrivResponse,
+        fds: Vec<OwnedFd>,
+    ) -> (PathBuf, std::thread::JoinHandle<()>) {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::io::IoSlice;
+        let path = temp_socket(tag);
+        let listener = UnixListener::bind(&path).unwrap();
+        let handle = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut header = [0u8; 4];
+            s.read_exact(&mut header).unwrap();
+            let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+            s.read_exact(&mut body).unwrap();
+            let frame = framing::encode(&reply);
+            let raw: Vec<std::os::fd::RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            let iov = [IoSlice::new(&frame)];
+            let cmsg = [ControlMessage::ScmRights(&raw)];
+            let n = sendmsg::<()>(s.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None).unwrap();
+            s.write_all(&frame[n..]).unwrap();
+            drop(fds);
+            let _ = s.read(&mut [0u8; 1]);
+        });
+        (path, handle)
+    }
+
+    fn tun_reply() -> PrivResponse {
+        PrivResponse {
+            body: Some(priv_response::Body::TunOpened(TunOpened {
+                name: "sapper0".into(),
+                mtu: 1400,
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// A pipe whose write end is what gets passed: once every copy of the
+    /// write end is closed, the (non-blocking) read end reads EOF.
+    fn pipe() -> (std::fs::File, OwnedFd) {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let r = std::fs::File::from(r);
+        nix::fcntl::fcntl(
+            r.as_raw_fd(),
+            nix::fcntl::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        (r, w)
+    }
+
+    fn all_writers_closed(mut r: &std::fs::File) -> bool {
+        matches!(r.read(&mut [0u8; 1]), Ok(0))
+    }
+
+    #[test]
+    fn received_tun_fd_is_close_on_exec() {
+        let (r, w) = pipe();
+        let (path, h) = fake_privd_with_fds("cloexec", tun_reply(), vec![w]);
+        let mut c = PrivdClient::connect(&path).unwrap();
+        let (fd, info) = c.open_tun().unwrap();
+        assert_eq!(info.name, "sapper0");
+        let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::F_GETFD).unwrap();
+        assert!(
+            nix::fcntl::FdFlag::from_bits_truncate(flags).contains(nix::fcntl::FdFlag::FD_CLOEXEC)
+        );
+        drop(c);
+        h.join().unwrap();
+        assert!(!all_writers_closed(&r), "the one expected fd is kept");
+        drop(fd);
+        assert!(all_writers_closed(&r));
+    }
+
+    #[test]
+    fn extra_fds_are_refused_and_closed() {
+        let (r, w) = pipe();
+        let fds = vec![w.try_clone().unwrap(), w];
+        let (path, h) = fake_privd_with_fds("extra", tun_reply(), fds);
+        let mut c = PrivdClient::connect(&path).unwrap();
+        let e = c.open_tun().unwrap_err();
+        assert!(
+            matches!(e, PrivdError::Protocol(ref m) if m.contains("2 file descriptors")),
+            "{e:?}"
+        );
+        drop(c);
+        h.join().unwrap();
+        assert!(all_writers_closed(&r), "the extra fds were left open");
+    }
+
+    #[test]
+    fn fd_on_a_reply_that_takes_none_is_refused_and_closed() {
+        let (r, w) = pipe();
+        let reply = PrivResponse {
+            body: Some(priv_response::Body::Status(PrivStatus::default())),
+        };
+        let (path, h) = fake_privd_with_fds("statusfd", reply, vec![w]);
+        let mut c = PrivdClient::connect(&path).unwrap();
+        let e = c.status().unwrap_err();
+        assert!(matches!(e, PrivdError::Protocol(_)), "{e:?}");
+        drop(c);
+        h.join().unwrap();
+        assert!(all_writers_closed(&r));
+    }
+
+    #[test]
+    fn truncated_ancillary_data_is_refused_and_closed() {
+        let (r, w) = pipe();
+        // More than the client's control buffer holds: the kernel sets
+        // MSG_CTRUNC and closes what did not fit.
+        let fds: Vec<OwnedFd> = (0..16).map(|_| w.try_clone().unwrap()).collect();
+        drop(w);
+        let (path, h) = fake_privd_with_fds("ctrunc", tun_reply(), fds);
+        let mut c = PrivdClient::connect(&path).unwrap();
+        let e = c.open_tun().unwrap_err();
+        assert!(
+            matches!(e, PrivdError::Protocol(ref m) if m.contains("MSG_CTRUNC")),
+            "{e:?}"
+        );
+        drop(c);
+        h.join().unwrap();
+        assert!(all_writers_closed(&r));
     }
 
     #[test]
