@@ -300,6 +300,11 @@ impl Node {
         self.started.elapsed().as_millis() as u64
     }
 
+    /// Microseconds on the same clock; keepalive RTTs keep sub-ms precision.
+    pub fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
     pub fn capabilities(&self) -> Capabilities {
         Capabilities {
             tun_capable: self.tun.is_some(),

@@ -95,7 +95,7 @@ pub fn handle_control(node: &Node, peer: &Peer, body: &[u8]) {
                 let _ = waiter.send(());
             }
             if let Ok(mut l) = peer.latency.lock() {
-                l.pong(&p, node.now_ms());
+                l.pong_us(&p, node.now_us());
             }
         }
         Some(Body::Disconnect(d)) => {
@@ -143,7 +143,7 @@ pub async fn keepalive(node: Arc<Node>, peer: Arc<Peer>) {
                     peer.close.cancel();
                     return;
                 }
-                l.ping(node.now_ms())
+                l.ping_us(node.now_us())
             }
             Err(_) => return,
         };

@@ -1,6 +1,8 @@
 //! Ping/pong bookkeeping: RTT from echoed timestamps and liveness from the
-//! number of pings still unanswered. Times are milliseconds on the caller's
-//! monotonic clock; the peer's clock is never trusted.
+//! number of pings still unanswered. Times are on the caller's monotonic
+//! clock; the peer's clock is never trusted. The wire carries milliseconds,
+//! but the `_us` calls keep the sub-millisecond part locally, so a LAN link
+//! does not read as 0 ms.
 
 use crate::proto::data::{Ping, Pong};
 use std::collections::VecDeque;
@@ -15,7 +17,8 @@ pub fn pong_for(ping: &Ping) -> Pong {
 /// Tracks outstanding pings and the measured RTT for one peer.
 #[derive(Debug, Clone)]
 pub struct Latency {
-    outstanding: VecDeque<u64>,
+    /// (wire timestamp in ms, sub-millisecond part in µs) per ping.
+    outstanding: VecDeque<(u64, u16)>,
     miss_limit: usize,
     last_rtt_ms: Option<f64>,
     smoothed_rtt_ms: Option<f64>,
@@ -36,25 +39,44 @@ impl Latency {
 
     /// Records a ping sent at `now_ms` and returns it.
     pub fn ping(&mut self, now_ms: u64) -> Ping {
+        self.ping_at(now_ms, 0)
+    }
+
+    /// Records a ping sent at `now_us` (microseconds) and returns it.
+    pub fn ping_us(&mut self, now_us: u64) -> Ping {
+        self.ping_at(now_us / 1000, (now_us % 1000) as u16)
+    }
+
+    fn ping_at(&mut self, ms: u64, frac_us: u16) -> Ping {
         if self.outstanding.len() >= self.miss_limit {
             self.outstanding.pop_front();
         }
-        self.outstanding.push_back(now_ms);
-        Ping {
-            timestamp_ms: now_ms,
-        }
+        self.outstanding.push_back((ms, frac_us));
+        Ping { timestamp_ms: ms }
     }
 
     /// Handles a Pong received at `now_ms`. Returns the RTT if the pong
     /// answers a ping we sent; pongs for unknown timestamps are ignored.
     /// Answering one ping also clears every older one: the peer is alive.
     pub fn pong(&mut self, pong: &Pong, now_ms: u64) -> Option<f64> {
+        self.pong_at(pong, now_ms, 0)
+    }
+
+    /// [`Latency::pong`] with the receive time in microseconds.
+    pub fn pong_us(&mut self, pong: &Pong, now_us: u64) -> Option<f64> {
+        self.pong_at(pong, now_us / 1000, (now_us % 1000) as u16)
+    }
+
+    fn pong_at(&mut self, pong: &Pong, now_ms: u64, now_frac_us: u16) -> Option<f64> {
         let idx = self
             .outstanding
             .iter()
-            .position(|&t| t == pong.timestamp_ms)?;
+            .position(|&(t, _)| t == pong.timestamp_ms)?;
+        let sent_frac_us = self.outstanding[idx].1;
         self.outstanding.drain(..=idx);
-        let rtt = now_ms.saturating_sub(pong.timestamp_ms) as f64;
+        let whole = now_ms.saturating_sub(pong.timestamp_ms) as f64;
+        let frac = (f64::from(now_frac_us) - f64::from(sent_frac_us)) / 1000.0;
+        let rtt = (whole + frac).max(0.0);
         self.last_rtt_ms = Some(rtt);
         // RFC 6298-style smoothing (alpha = 1/8) so one slow pong does not
         // swing the figure operators see.
@@ -102,6 +124,19 @@ mod tests {
         assert_eq!(l.pong(&pong_for(&p2), 2020), Some(20.0));
         assert_eq!(l.smoothed_rtt_ms(), Some(13.0));
         assert_eq!(l.missed(), 0);
+    }
+
+    #[test]
+    fn sub_millisecond_rtt_is_kept() {
+        let mut l = Latency::new(3);
+        let p = l.ping_us(5_000_250);
+        assert_eq!(p.timestamp_ms, 5_000);
+        let rtt = l.pong_us(&pong_for(&p), 5_000_650).unwrap();
+        assert!((rtt - 0.4).abs() < 1e-9, "{rtt}");
+        // Across a millisecond boundary.
+        let p = l.ping_us(7_000_900);
+        let rtt = l.pong_us(&pong_for(&p), 7_001_200).unwrap();
+        assert!((rtt - 0.3).abs() < 1e-9, "{rtt}");
     }
 
     #[test]
