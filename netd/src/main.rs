@@ -6,6 +6,7 @@ mod activation;
 mod announce;
 mod dial;
 mod exit;
+mod fs_sandbox;
 mod listen;
 mod logging;
 mod mgmt;
@@ -13,6 +14,7 @@ mod negotiation;
 mod node;
 mod privs;
 mod quic;
+mod seccomp;
 mod session;
 mod tls;
 mod tun;
@@ -45,6 +47,19 @@ struct Args {
     /// its stderr is the journal (JOURNAL_STREAM), plain text otherwise.
     #[arg(long, value_enum, env = "SAPPER_LOG_FORMAT")]
     log_format: Option<logging::LogFormat>,
+    /// Debugging escape hatch: do not install netd's seccomp filter (see
+    /// README). The systemd unit's SystemCallFilter= still applies.
+    #[arg(long, env = "SAPPER_NO_SECCOMP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    no_seccomp: bool,
+    /// Debugging escape hatch: do not restrict filesystem access with
+    /// Landlock (see README).
+    #[arg(long, env = "SAPPER_NO_LANDLOCK", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    no_landlock: bool,
+    /// Apply Landlock (reading only --config) and the seccomp filter, try
+    /// what they forbid, print the errno of each attempt, and exit (used by
+    /// the tests).
+    #[arg(long, hide = true)]
+    sandbox_selftest: bool,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +84,9 @@ struct Bound {
 }
 
 fn run(args: Args) -> Result<()> {
+    if args.sandbox_selftest {
+        return sandbox_selftest(&args.config);
+    }
     let file = args.config.display().to_string();
     // Read once, hash and parse the same bytes: the logged hash is exactly
     // the configuration this run uses.
@@ -110,6 +128,7 @@ fn run(args: Args) -> Result<()> {
     }
     tracing::info!(%fingerprint, "certificate fingerprint (pin this on connecting peers)");
 
+    let psk_file = cfg.node.psk_file.clone();
     let psk = match (&cfg.node.psk_file, &cfg.node.psk_env) {
         (Some(f), _) => Some(Psk::from_file(f).with_context(|| format!("{file}: node.psk_file"))?),
         (None, Some(v)) => Some(Psk::from_env(v).with_context(|| format!("{file}: node.psk_env"))?),
@@ -143,6 +162,55 @@ fn run(args: Args) -> Result<()> {
         None => None,
     };
 
+    // Setup is done: sockets bound, secrets read, privileges dropped, the
+    // TUN in hand. Both are applied before the runtime starts so that every
+    // thread it creates inherits them (Landlock applies to the calling
+    // thread only; seccomp's TSYNC would also cover earlier threads).
+    // Landlock first: its own syscalls are not on the seccomp allow-list.
+    if args.no_landlock {
+        tracing::warn!(
+            sapper_event = "landlock_disabled",
+            "Landlock NOT applied (--no-landlock / SAPPER_NO_LANDLOCK)"
+        );
+    } else {
+        let mut readable = vec![args.config.clone(), netd.state_dir.clone()];
+        readable.extend(netd.cert_file.iter().cloned());
+        readable.extend(netd.key_file.iter().cloned());
+        readable.extend(psk_file.iter().cloned());
+        // The management socket is removed at shutdown unless systemd owns it.
+        let remove_in = (!activation::mgmt_activated())
+            .then(|| netd.management_socket.parent())
+            .flatten();
+        let status = fs_sandbox::restrict(&readable, remove_in)?;
+        if status == landlock::RulesetStatus::FullyEnforced {
+            tracing::info!(
+                sapper_event = "landlock_applied",
+                status = fs_sandbox::describe(status),
+                "Landlock applied: only the config, certificate, key and PSK files are readable"
+            );
+        } else {
+            tracing::warn!(
+                sapper_event = "landlock_applied",
+                status = fs_sandbox::describe(status),
+                "Landlock not fully enforced by this kernel"
+            );
+        }
+    }
+    if args.no_seccomp {
+        tracing::warn!(
+            sapper_event = "seccomp_disabled",
+            "seccomp filter NOT installed (--no-seccomp / SAPPER_NO_SECCOMP)"
+        );
+    } else {
+        let log_only = std::env::var_os("SAPPER_SECCOMP_LOG").is_some_and(|v| v == "1");
+        seccomp::install(log_only)?;
+        tracing::info!(
+            sapper_event = "seccomp_installed",
+            log_only,
+            "seccomp allow-list installed"
+        );
+    }
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -166,6 +234,38 @@ fn run(args: Args) -> Result<()> {
         exit::install(&node)?;
         serve(node, bound).await
     })
+}
+
+/// Hidden `--sandbox-selftest`: applies Landlock allowing only `config` to
+/// be read and the seccomp filter to this idle process, then tries what they
+/// forbid and prints one `what: result` line each.
+fn sandbox_selftest(config: &Path) -> Result<()> {
+    nix::sys::prctl::set_no_new_privs().context("setting no_new_privs")?;
+    let status = fs_sandbox::restrict(&[config.to_path_buf()], None)?;
+    println!("landlock: {}", fs_sandbox::describe(status));
+    seccomp::install(false)?;
+    seccomp::probe();
+    for (name, path) in [
+        ("read_config", config),
+        ("read_shadow", Path::new("/etc/shadow")),
+    ] {
+        match std::fs::read(path) {
+            Ok(_) => println!("{name}: ok"),
+            Err(e) => {
+                let errno = nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0));
+                println!("{name}: {errno}");
+            }
+        }
+    }
+    let created = std::fs::File::create(std::env::temp_dir().join("sapper-sandbox-selftest"));
+    match created {
+        Ok(_) => println!("create_file: ok"),
+        Err(e) => {
+            let errno = nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0));
+            println!("create_file: {errno}");
+        }
+    }
+    Ok(())
 }
 
 /// Takes the sockets systemd passed (see activation.rs) and binds the rest.
