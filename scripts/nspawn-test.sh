@@ -312,6 +312,19 @@ has 'forwarding: *on' in_c exit sapperctl privd status ||
 log "exit privd: forwarding off reported, on after 60-sapper.conf; nft table installed under the unit's sandbox"
 audit=$(in_c exit journalctl --no-pager -u sapper-privd -o cat)
 log "privd audit line: $(grep '"audit":true' <<<"$audit" | tail -1)"
+# netd logs to journald itself, with structured fields (README, "Logs an
+# auditor can use"), and installed its own seccomp filter and Landlock
+# ruleset under the unit's sandbox.
+for ev in config_loaded handshake_accepted peer_connected seccomp_installed landlock_applied; do
+    has . in_c exit journalctl --no-pager -u sapper-netd -o cat SAPPER_EVENT=$ev ||
+        fail "no SAPPER_EVENT=$ev in netd's journal"
+done
+has '^ *CONFIG_SHA256=[0-9a-f]\{64\}$' in_c exit journalctl --no-pager -u sapper-netd -o verbose SAPPER_EVENT=config_loaded ||
+    fail "netd's config_loaded event has no CONFIG_SHA256 field"
+has '^ *PEER=' in_c exit journalctl --no-pager -u sapper-netd -o verbose SAPPER_EVENT=peer_connected ||
+    fail "netd's peer_connected event has no PEER field"
+# Landlock's status depends on the kernel and on nspawn's own filter.
+log "netd journal: $(in_c exit journalctl --no-pager -u sapper-netd -o verbose SAPPER_EVENT=landlock_applied | grep -E '^ *(MESSAGE|STATUS)=' | tr -s ' ' | tr '\n' ' ')"
 
 log "restarting sapper-privd on both nodes under a ping stream"
 idx_before=$(ip -n "$NS_A" -o link show sap0 | cut -d: -f1)

@@ -192,7 +192,7 @@ fn run(args: Args) -> Result<()> {
             tracing::warn!(
                 sapper_event = "landlock_applied",
                 status = fs_sandbox::describe(status),
-                "Landlock not fully enforced by this kernel"
+                "Landlock not fully enforced here (the kernel, or a container's own syscall filter, lacks it)"
             );
         }
     }

@@ -70,11 +70,8 @@ const PLAIN: &[libc::c_long] = &[
     libc::SYS_sendmmsg,
     libc::SYS_sendfile,
     // Sockets: peers, the userspace exit's flows (ping/UDP/TCP), DNS
-    // (getaddrinfo), privd and the management socket. Address families are
-    // limited by the unit's RestrictAddressFamilies=; here socket(2) stays
-    // open because the exit creates sockets for arbitrary traffic.
-    libc::SYS_socket,
-    libc::SYS_socketpair,
+    // (getaddrinfo), privd and the management socket. socket(2) and
+    // socketpair(2) are in rules() (address family).
     libc::SYS_connect,
     libc::SYS_bind,
     libc::SYS_listen,
@@ -228,6 +225,16 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
             libc::CLONE_THREAD as u64,
         )?])?],
     );
+    // Address families, as the unit's RestrictAddressFamilies=: no netlink
+    // (routes are privd's business), no packet sockets.
+    let families = [
+        libc::AF_UNIX as u64,
+        libc::AF_INET as u64,
+        libc::AF_INET6 as u64,
+    ];
+    m.insert(libc::SYS_socket, one_of(0, &families)?);
+    // tokio's signal handling pairs Unix sockets.
+    m.insert(libc::SYS_socketpair, one_of(0, &[libc::AF_UNIX as u64])?);
     // Naming threads; nothing else prctl can do is needed after setup.
     m.insert(
         libc::SYS_prctl,
@@ -251,7 +258,7 @@ type Probe = (&'static str, fn() -> libc::c_long);
 /// tries syscalls netd must not be able to make, printing one line per
 /// syscall with the errno. The tests read these lines.
 pub fn probe() {
-    let probes: [Probe; 5] = [
+    let probes: [Probe; 6] = [
         // SAFETY (all probes): invalid or query-only arguments; the calls
         // are expected to fail before doing anything.
         ("mount", || unsafe {
@@ -268,6 +275,14 @@ pub fn probe() {
             // clone without CLONE_THREAD: a new process.
             || unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) },
         ),
+        ("netlink_socket", || unsafe {
+            libc::syscall(
+                libc::SYS_socket,
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        }),
         ("mprotect_exec", || unsafe {
             libc::syscall(
                 libc::SYS_mprotect,

@@ -102,7 +102,14 @@ fn syscalls_and_files_outside_the_sandbox_fail() {
         String::from_utf8_lossy(&out.stderr)
     );
     let has = |line: &str| text.lines().any(|l| l.starts_with(line));
-    for probe in ["mount", "ptrace", "personality", "fork", "mprotect_exec"] {
+    for probe in [
+        "mount",
+        "ptrace",
+        "personality",
+        "fork",
+        "netlink_socket",
+        "mprotect_exec",
+    ] {
         assert!(
             has(&format!("{probe}: EPERM")),
             "{probe} was not refused with EPERM:\n{text}"
