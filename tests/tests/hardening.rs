@@ -123,3 +123,124 @@ fn syscalls_and_files_outside_the_sandbox_fail() {
         eprintln!("this kernel does not enforce Landlock fully; file checks skipped:\n{text}");
     }
 }
+
+/// A netd started by hand (no privd, no listener) as root dropping to
+/// nobody, logging JSON lines; killed on drop.
+struct HandNetd {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl HandNetd {
+    fn start(tag: &str, env: &[(&str, &str)]) -> HandNetd {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("sapper-hand-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let psk = dir.join("psk");
+        std::fs::write(&psk, "hardening-test-psk-0123456789abcdef\n").expect("psk");
+        let config = dir.join("netd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\nname = \"hand\"\npsk_file = \"{}\"\n\n[netd]\nuser = \"nobody\"\n\
+                 group = \"nogroup\"\nstate_dir = \"{}\"\nmanagement_socket = \"{}\"\n",
+                psk.display(),
+                dir.join("state").display(),
+                dir.join("netd.sock").display()
+            ),
+        )
+        .expect("config");
+        let log = std::fs::File::create(dir.join("stderr")).expect("log");
+        let child = Command::new(&bins().netd)
+            .arg("--config")
+            .arg(&config)
+            .args(["--log-format", "json"])
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start netd");
+        HandNetd { child, dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    /// Its JSON log lines, once it is ready.
+    fn ready_lines(&mut self) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let lines: Vec<serde_json::Value> = self
+                .log()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+                .collect();
+            if lines.iter().any(|v| v["message"] == "netd ready") {
+                return lines;
+            }
+            if let Ok(Some(s)) = self.child.try_wait() {
+                panic!("netd exited ({s}):\n{}", self.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "netd not ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for HandNetd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn event<'a>(lines: &'a [serde_json::Value], name: &str) -> Option<&'a serde_json::Value> {
+    lines.iter().find(|v| v["sapper_event"] == name)
+}
+
+/// Started by hand, netd logs JSON lines with the audit fields, filters
+/// itself by default, and SAPPER_NO_SECCOMP=1 / SAPPER_NO_LANDLOCK=1 turn
+/// the filters off (with a warning), for debugging.
+#[test]
+fn hand_started_netd_filters_itself_unless_told_not_to() {
+    let mut on = HandNetd::start("on", &[]);
+    let lines = on.ready_lines();
+    assert_eq!(status_field(on.child.id(), "Seccomp"), "2");
+    let loaded = event(&lines, "config_loaded").expect("config_loaded event");
+    let config = std::fs::read(on.dir.join("netd.toml")).expect("read config");
+    assert_eq!(loaded["config_sha256"], sha256_hex(&config));
+    assert!(event(&lines, "seccomp_installed").is_some(), "{}", on.log());
+    assert!(event(&lines, "landlock_applied").is_some(), "{}", on.log());
+    assert!(
+        !on.log().contains("hardening-test-psk"),
+        "the PSK was logged"
+    );
+
+    let mut off = HandNetd::start(
+        "off",
+        &[("SAPPER_NO_SECCOMP", "1"), ("SAPPER_NO_LANDLOCK", "1")],
+    );
+    let lines = off.ready_lines();
+    assert_eq!(status_field(off.child.id(), "Seccomp"), "0");
+    let disabled = event(&lines, "seccomp_disabled").expect("seccomp_disabled event");
+    assert_eq!(disabled["level"], "WARN");
+    assert!(
+        event(&lines, "landlock_disabled").is_some(),
+        "{}",
+        off.log()
+    );
+    assert!(
+        event(&lines, "seccomp_installed").is_none(),
+        "{}",
+        off.log()
+    );
+}
