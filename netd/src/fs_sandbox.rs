@@ -43,7 +43,9 @@ pub fn describe(status: RulesetStatus) -> &'static str {
     match status {
         RulesetStatus::FullyEnforced => "fully enforced",
         RulesetStatus::PartiallyEnforced => "partially enforced (older Landlock ABI)",
-        RulesetStatus::NotEnforced => "not enforced (kernel without Landlock)",
+        RulesetStatus::NotEnforced => {
+            "not enforced (no Landlock: the kernel, or a syscall filter above netd such as systemd-nspawn's)"
+        }
     }
 }
 
