@@ -29,12 +29,13 @@ use crate::bins::{bins, tool, Bins};
 use crate::blast::Summary;
 use crate::cmd::{run_ok, run_timeout, wait_until, WAIT};
 use crate::netns::{self, Netns};
-use crate::topology::{ping_ns, random_hex, Daemon, Slot, Transport, TUN_NAME};
+use crate::topology::{
+    ping_ns, random_hex, set_mode, write_file, Daemon, Slot, Transport, TUN_NAME,
+};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -732,29 +733,11 @@ impl Chain {
 
 impl Drop for Chain {
     fn drop(&mut self) {
-        // netds (started last) before privds.
-        for d in self.daemons.iter_mut().rev() {
-            d.stop();
-        }
-        let failed = std::thread::panicking();
-        if failed {
-            eprintln!("{}", self.dump_logs());
-        }
-        if failed && std::env::var_os("SAPPER_E2E_KEEP").is_some() {
-            eprintln!("SAPPER_E2E_KEEP is set: leaving {}", self.dir.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
+        crate::topology::stop_all(&mut self.daemons);
+        crate::topology::finish(
+            &self.dir,
+            std::thread::panicking().then(|| self.dump_logs()),
+        );
         // The Netns fields drop next and delete the namespaces.
     }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
-}
-
-fn write_file(path: &Path, text: &str, mode: u32) {
-    fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-    set_mode(path, mode);
 }

@@ -915,29 +915,42 @@ pub fn ping_ns(ns: &str, target: &str, count: u32, wait_s: u32) -> Output {
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        // Stop netd before privd: the reverse of the start order.
-        for d in self.daemons.iter_mut().rev() {
-            d.stop();
-        }
-        let failed = std::thread::panicking();
-        if failed {
-            eprintln!("{}", self.dump_logs());
-        }
-        if failed && std::env::var_os("SAPPER_E2E_KEEP").is_some() {
-            eprintln!("SAPPER_E2E_KEEP is set: leaving {}", self.dir.display());
-        } else {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
+        stop_all(&mut self.daemons);
+        finish(
+            &self.dir,
+            std::thread::panicking().then(|| self.dump_logs()),
+        );
         // The Netns fields drop next and delete the namespaces.
     }
 }
 
-fn set_mode(path: &Path, mode: u32) {
+/// Stops `daemons` in reverse start order (netd before privd).
+pub fn stop_all(daemons: &mut [Daemon]) {
+    for d in daemons.iter_mut().rev() {
+        d.stop();
+    }
+}
+
+/// Prints `logs` (present when the test failed) and removes `dir`, unless
+/// SAPPER_E2E_KEEP asks to keep a failed test's files.
+pub fn finish(dir: &Path, logs: Option<String>) {
+    let failed = logs.is_some();
+    if let Some(logs) = logs {
+        eprintln!("{logs}");
+    }
+    if failed && std::env::var_os("SAPPER_E2E_KEEP").is_some() {
+        eprintln!("SAPPER_E2E_KEEP is set: leaving {}", dir.display());
+    } else {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+pub(crate) fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
-fn write_file(path: &Path, text: &str, mode: u32) {
+pub(crate) fn write_file(path: &Path, text: &str, mode: u32) {
     fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     set_mode(path, mode);
 }

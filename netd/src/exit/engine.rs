@@ -521,6 +521,40 @@ impl Engine {
     }
 
     /// Gives back a flow's share (exactly once per admitted flow).
+    /// Hands a datagram to the existing UDP or ICMP flow for `key`. Returns
+    /// true when that settled it (queued, or dropped because the flow's queue
+    /// is full); false when there is no live flow and the caller opens one.
+    /// A flow whose task already ended (idle) is retired here.
+    pub(super) fn offer_to_flow(
+        &mut self,
+        proto: Proto,
+        key: &FlowKey,
+        msg: Bytes,
+        cap: usize,
+    ) -> bool {
+        let table = match proto {
+            Proto::Udp => &mut self.udp,
+            Proto::Icmp => &mut self.icmp,
+            Proto::Tcp => return false,
+        };
+        let Some(f) = table.get(key) else {
+            return false;
+        };
+        match f.offer(msg, cap) {
+            Offer::Queued => true,
+            Offer::Full => {
+                self.ctx.stats.dropped.fetch_add(1, Relaxed);
+                true
+            }
+            Offer::Closed => {
+                if let Some(f) = table.remove(key) {
+                    self.flow_closed(f.peer, proto, f.cost);
+                }
+                false
+            }
+        }
+    }
+
     pub(super) fn flow_closed(&mut self, peer: u64, proto: Proto, cost: u64) {
         self.usage.release(proto, cost);
         if let Some(c) = self.per_peer.get_mut(&peer) {

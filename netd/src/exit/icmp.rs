@@ -12,7 +12,7 @@
 //! it in `icmp_unavailable` and logs a warning once. Fix with e.g.
 //! `sysctl -w net.ipv4.ping_group_range="0 2147483647"`.
 
-use super::engine::{Ctx, DgramFlow, Engine, Event, Offer};
+use super::engine::{Ctx, DgramFlow, Engine, Event};
 use super::limits::ICMP_FLOW_BYTES;
 use super::packet::{self, FlowKey, Kind, Parsed, Unreachable};
 use bytes::Bytes;
@@ -36,19 +36,8 @@ pub fn packet(e: &mut Engine, peer: u64, key: FlowKey, parsed: &Parsed<'_>, pkt:
         return;
     };
     let msg = Bytes::from(request(key.dst.ip(), seq, data));
-    if let Some(f) = e.icmp.get(&key) {
-        match f.offer(msg.clone(), ICMP_FLOW_BYTES as usize) {
-            Offer::Queued => return,
-            Offer::Full => {
-                e.ctx.stats.dropped.fetch_add(1, Relaxed);
-                return;
-            }
-            Offer::Closed => {
-                if let Some(f) = e.icmp.remove(&key) {
-                    e.flow_closed(f.peer, Proto::Icmp, f.cost);
-                }
-            }
-        }
+    if e.offer_to_flow(Proto::Icmp, &key, msg.clone(), ICMP_FLOW_BYTES as usize) {
+        return;
     }
     if !e.admit(peer, key, pkt) {
         return;

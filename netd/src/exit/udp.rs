@@ -4,7 +4,7 @@
 //! bounded in bytes (`flow_buffer_bytes`); datagrams past it are dropped, as
 //! a congested router would.
 
-use super::engine::{Ctx, DgramFlow, Engine, Event, Offer};
+use super::engine::{Ctx, DgramFlow, Engine, Event};
 use super::packet::{self, FlowKey, Unreachable};
 use bytes::Bytes;
 use sapper_shared::egress::Proto;
@@ -30,21 +30,10 @@ thread_local! {
 /// A UDP datagram from the entry.
 pub fn packet(e: &mut Engine, peer: u64, key: FlowKey, payload: Bytes, pkt: &[u8]) {
     let cap = e.limits.flow_buffer as usize;
-    if let Some(f) = e.udp.get(&key) {
-        match f.offer(payload.clone(), cap) {
-            Offer::Queued => return,
-            Offer::Full => {
-                e.ctx.stats.dropped.fetch_add(1, Relaxed);
-                return;
-            }
-            // The task ended (idle) and its close event is still on the
-            // way: replace the flow.
-            Offer::Closed => {
-                if let Some(f) = e.udp.remove(&key) {
-                    e.flow_closed(f.peer, Proto::Udp, f.cost);
-                }
-            }
-        }
+    // A flow whose task ended (idle) but whose close event is still on the
+    // way is replaced.
+    if e.offer_to_flow(Proto::Udp, &key, payload.clone(), cap) {
+        return;
     }
     if !e.admit(peer, key, pkt) {
         return;
