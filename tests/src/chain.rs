@@ -703,23 +703,7 @@ impl Chain {
     pub fn dump_logs(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "===== sapper chain logs ({}) =====", self.dir.display());
-        for d in &self.daemons {
-            for (kind, text) in [("stderr", d.stderr_text()), ("stdout", d.stdout_text())] {
-                let lines: Vec<&str> = text.lines().collect();
-                let skip = lines.len().saturating_sub(300);
-                let _ = writeln!(
-                    s,
-                    "----- {} {kind} (pid {}, {} lines{}) -----",
-                    d.label,
-                    d.pid(),
-                    lines.len(),
-                    if skip > 0 { ", last 300 shown" } else { "" }
-                );
-                for l in &lines[skip..] {
-                    let _ = writeln!(s, "{l}");
-                }
-            }
-        }
+        crate::topology::write_daemon_logs(&mut s, &self.daemons);
         for n in &self.spec.nodes {
             let cfg = self.config_path(&n.name);
             if let Ok(text) = fs::read_to_string(&cfg) {

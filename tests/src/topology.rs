@@ -872,23 +872,7 @@ impl Topology {
     pub fn dump_logs(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "===== sapper e2e logs ({}) =====", self.dir.display());
-        for d in &self.daemons {
-            for (kind, text) in [("stderr", d.stderr_text()), ("stdout", d.stdout_text())] {
-                let lines: Vec<&str> = text.lines().collect();
-                let skip = lines.len().saturating_sub(300);
-                let _ = writeln!(
-                    s,
-                    "----- {} {kind} (pid {}, {} lines{}) -----",
-                    d.label,
-                    d.pid(),
-                    lines.len(),
-                    if skip > 0 { ", last 300 shown" } else { "" }
-                );
-                for l in &lines[skip..] {
-                    let _ = writeln!(s, "{l}");
-                }
-            }
-        }
+        write_daemon_logs(&mut s, &self.daemons);
         for node in [Node::Entry, Node::Exit] {
             let cfg = self.config_path(node);
             if let Ok(text) = fs::read_to_string(&cfg) {
@@ -921,6 +905,27 @@ impl Drop for Topology {
             std::thread::panicking().then(|| self.dump_logs()),
         );
         // The Netns fields drop next and delete the namespaces.
+    }
+}
+
+/// Appends the last 300 lines of every daemon's stderr and stdout to `s`.
+pub fn write_daemon_logs(s: &mut String, daemons: &[Daemon]) {
+    for d in daemons {
+        for (kind, text) in [("stderr", d.stderr_text()), ("stdout", d.stdout_text())] {
+            let lines: Vec<&str> = text.lines().collect();
+            let skip = lines.len().saturating_sub(300);
+            let _ = writeln!(
+                s,
+                "----- {} {kind} (pid {}, {} lines{}) -----",
+                d.label,
+                d.pid(),
+                lines.len(),
+                if skip > 0 { ", last 300 shown" } else { "" }
+            );
+            for l in &lines[skip..] {
+                let _ = writeln!(s, "{l}");
+            }
+        }
     }
 }
 

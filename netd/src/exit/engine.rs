@@ -148,6 +148,20 @@ pub enum Offer {
 }
 
 impl DgramFlow {
+    /// A new flow record and the receiving end of its bounded queue
+    /// (`depth` datagrams) for the flow's socket task.
+    pub fn new(gen: u64, peer: u64, cost: u64, depth: usize) -> (Self, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(depth);
+        let flow = DgramFlow {
+            gen,
+            peer,
+            cost,
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+        };
+        (flow, rx)
+    }
+
     /// Queues `d` toward the flow's socket if its bounds allow.
     pub fn offer(&self, d: Bytes, max_bytes: usize) -> Offer {
         let len = d.len();

@@ -71,14 +71,7 @@ pub fn packet(e: &mut Engine, peer: u64, key: FlowKey, parsed: &Parsed<'_>, pkt:
         }
     };
     let gen = e.gen();
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let flow = DgramFlow {
-        gen,
-        peer,
-        cost,
-        tx,
-        queued: Arc::new(AtomicUsize::new(0)),
-    };
+    let (flow, rx) = DgramFlow::new(gen, peer, cost, QUEUE);
     let _ = flow.offer(msg, ICMP_FLOW_BYTES as usize);
     let idle = Duration::from_millis(e.cfg.icmp_idle_timeout_ms);
     tokio::spawn(run(

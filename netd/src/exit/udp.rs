@@ -54,14 +54,7 @@ pub fn packet(e: &mut Engine, peer: u64, key: FlowKey, payload: Bytes, pkt: &[u8
         }
     };
     let gen = e.gen();
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let flow = DgramFlow {
-        gen,
-        peer,
-        cost,
-        tx,
-        queued: Arc::new(AtomicUsize::new(0)),
-    };
+    let (flow, rx) = DgramFlow::new(gen, peer, cost, QUEUE);
     let _ = flow.offer(payload, cap);
     let idle = Duration::from_millis(e.cfg.udp_idle_timeout_ms);
     tokio::spawn(run(
