@@ -277,23 +277,51 @@ pub fn udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> 
 
 /// An echo reply `src -> dst` (ICMP or ICMPv6 by family).
 pub fn echo_reply(src: IpAddr, dst: IpAddr, ident: u16, seq: u16, data: &[u8]) -> Option<Vec<u8>> {
+    echo(src, dst, ident, seq, data, true)
+}
+
+/// An echo request or reply `src -> dst` (ICMP or ICMPv6 by family).
+fn echo(
+    src: IpAddr,
+    dst: IpAddr,
+    ident: u16,
+    seq_no: u16,
+    data: &[u8],
+    reply: bool,
+) -> Option<Vec<u8>> {
     let caps = ChecksumCapabilities::default();
     match (src, dst) {
         (IpAddr::V4(_), IpAddr::V4(_)) => {
-            let repr = Icmpv4Repr::EchoReply {
-                ident,
-                seq_no: seq,
-                data,
+            let repr = if reply {
+                Icmpv4Repr::EchoReply {
+                    ident,
+                    seq_no,
+                    data,
+                }
+            } else {
+                Icmpv4Repr::EchoRequest {
+                    ident,
+                    seq_no,
+                    data,
+                }
             };
             ip_packet(src, dst, IpProtocol::Icmp, repr.buffer_len(), |buf| {
                 repr.emit(&mut Icmpv4Packet::new_unchecked(buf), &caps)
             })
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let repr = Icmpv6Repr::EchoReply {
-                ident,
-                seq_no: seq,
-                data,
+            let repr = if reply {
+                Icmpv6Repr::EchoReply {
+                    ident,
+                    seq_no,
+                    data,
+                }
+            } else {
+                Icmpv6Repr::EchoRequest {
+                    ident,
+                    seq_no,
+                    data,
+                }
             };
             ip_packet(src, dst, IpProtocol::Icmpv6, repr.buffer_len(), |buf| {
                 repr.emit(&s, &d, &mut Icmpv6Packet::new_unchecked(buf), &caps)
@@ -472,31 +500,7 @@ mod tests {
     }
 
     fn echo_request(src: IpAddr, dst: IpAddr, ident: u16, seq: u16, data: &[u8]) -> Vec<u8> {
-        let caps = ChecksumCapabilities::default();
-        match (src, dst) {
-            (IpAddr::V4(_), IpAddr::V4(_)) => {
-                let r = Icmpv4Repr::EchoRequest {
-                    ident,
-                    seq_no: seq,
-                    data,
-                };
-                ip_packet(src, dst, IpProtocol::Icmp, r.buffer_len(), |b| {
-                    r.emit(&mut Icmpv4Packet::new_unchecked(b), &caps)
-                })
-            }
-            (IpAddr::V6(s), IpAddr::V6(d)) => {
-                let r = Icmpv6Repr::EchoRequest {
-                    ident,
-                    seq_no: seq,
-                    data,
-                };
-                ip_packet(src, dst, IpProtocol::Icmpv6, r.buffer_len(), |b| {
-                    r.emit(&s, &d, &mut Icmpv6Packet::new_unchecked(b), &caps)
-                })
-            }
-            _ => None,
-        }
-        .unwrap()
+        echo(src, dst, ident, seq, data, false).unwrap()
     }
 
     #[test]
