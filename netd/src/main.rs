@@ -211,8 +211,9 @@ fn run(args: Args) -> Result<()> {
         );
     }
 
+    let netd_workers = netd.worker_threads;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(netd_workers)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
