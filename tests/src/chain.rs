@@ -30,7 +30,7 @@ use crate::blast::Summary;
 use crate::cmd::{run_ok, run_timeout, wait_until, WAIT};
 use crate::netns::{self, Netns};
 use crate::topology::{
-    ping_ns, random_hex, set_mode, write_file, Daemon, Slot, Transport, TUN_NAME,
+    ping_ns, random_hex, scratch_dir, set_mode, write_file, Daemon, Slot, Transport, TUN_NAME,
 };
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -220,11 +220,7 @@ impl Chain {
         let blast_bin = tool("sapper-blast");
         let slot = Slot::acquire();
         let id = netns::next_id();
-        let dir = std::env::temp_dir().join(format!("sapper-chain-{}-{id}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        // netd runs as nobody and must reach its sockets in here.
-        set_mode(&dir, 0o755);
+        let dir = scratch_dir("chain", id);
         let private = Netns::create(netns::name_for('P', id));
         let mut chain = Chain {
             dir,

@@ -25,6 +25,22 @@ use std::sync::OnceLock;
 
 pub use topology::{Node, Options, Topology, Transport};
 
+/// The gid of `group` from /etc/group; panics naming the group if it is
+/// missing, so a test never runs as an unintended group.
+pub fn gid_of(group: &str) -> u32 {
+    std::fs::read_to_string("/etc/group")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut f = l.split(':');
+                (f.next() == Some(group))
+                    .then(|| f.nth(1).and_then(|g| g.parse().ok()))
+                    .flatten()
+            })
+        })
+        .unwrap_or_else(|| panic!("group {group} missing from /etc/group"))
+}
+
 /// Fails the calling test with a clear message unless it runs as root.
 ///
 /// The end-to-end tests create network namespaces, TUN devices and nftables

@@ -385,11 +385,7 @@ impl Topology {
         let blast_bin = tool("sapper-blast");
         let slot = Slot::acquire();
         let id = netns::next_id();
-        let dir = std::env::temp_dir().join(format!("sapper-e2e-{}-{id}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        // netd runs as nobody and must reach its sockets in here.
-        set_mode(&dir, 0o755);
+        let dir = scratch_dir("e2e", id);
         // Each namespace becomes owned by the topology the moment it exists,
         // so a failure half-way still cleans up what was made.
         let entry = Netns::create(netns::name_for('E', id));
@@ -906,6 +902,17 @@ impl Drop for Topology {
         );
         // The Netns fields drop next and delete the namespaces.
     }
+}
+
+/// A fresh, empty temporary directory for one test network, named by
+/// `kind`, this process and `id`; netd runs as nobody and must reach its
+/// sockets in here, so it is 0755.
+pub fn scratch_dir(kind: &str, id: usize) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sapper-{kind}-{}-{id}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    set_mode(&dir, 0o755);
+    dir
 }
 
 /// Appends the last 300 lines of every daemon's stderr and stdout to `s`.

@@ -46,19 +46,7 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn gid_of(group: &str) -> u32 {
-    fs::read_to_string("/etc/group")
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                let mut f = l.split(':');
-                (f.next() == Some(group))
-                    .then(|| f.nth(1).and_then(|g| g.parse().ok()))
-                    .flatten()
-            })
-        })
-        .unwrap_or_else(|| panic!("group {group} missing from /etc/group"))
-}
+use sapper_tests::gid_of;
 
 /// `sapperctl ARGS` as `uid` with primary group `gid` and supplementary
 /// groups `groups` (set in the child before exec, in the order

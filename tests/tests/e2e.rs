@@ -188,19 +188,7 @@ fn psk_mismatch(t: Transport) {
 }
 per_transport!(psk_mismatch);
 
-fn gid_of(group: &str) -> u32 {
-    std::fs::read_to_string("/etc/group")
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                let mut f = l.split(':');
-                (f.next() == Some(group))
-                    .then(|| f.nth(1).and_then(|g| g.parse().ok()))
-                    .flatten()
-            })
-        })
-        .unwrap_or(65534)
-}
+use sapper_tests::gid_of;
 
 /// (d) privd serves netd's uid only: a process of another uid that can
 /// reach the socket (it is in the socket's group) is refused and audited.

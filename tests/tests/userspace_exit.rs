@@ -29,19 +29,7 @@ const PRIVATE_V6: &str = "fd20::2";
 /// Bytes of the checksummed TCP transfer.
 const TRANSFER_BYTES: u64 = 6 * 1024 * 1024 + 77;
 
-fn gid_of(group: &str) -> u32 {
-    fs::read_to_string("/etc/group")
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                let mut f = l.split(':');
-                (f.next() == Some(group))
-                    .then(|| f.nth(1).and_then(|g| g.parse().ok()))
-                    .flatten()
-            })
-        })
-        .unwrap_or(65534)
-}
+use sapper_tests::gid_of;
 
 fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
