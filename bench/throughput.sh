@@ -55,22 +55,9 @@ ensure_packages ip:iproute2 nft:nftables ping:iputils-ping iperf3:iperf3 ss:ipro
 BIN="$ROOT/target/release"
 TOPO_TAG=bn
 
-on_exit() {
-    local rc=$?
-    topo_cleanup
-    restore_target_owner "$ROOT"
-    [ $rc -eq 0 ] || printf 'benchmark failed (exit %d)\n' "$rc" >&2
-    exit $rc
-}
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+topo_guard benchmark
 
-if [ $BUILD -eq 1 ]; then
-    find_cargo
-    log "building release binaries"
-    (cd "$ROOT" && "$CARGO" build --release --workspace --bins)
-fi
+if [ "$BUILD" -eq 1 ]; then build_release; fi
 
 # iperf3_gbps SERVER_NS CLIENT_NS ADDR — one TCP stream for $SECS seconds;
 # prints the receiver's Gbit/s.

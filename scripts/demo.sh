@@ -28,22 +28,9 @@ ensure_packages ip:iproute2 nft:nftables ping:iputils-ping
 BIN="$ROOT/target/release"
 TOPO_TAG=dm
 
-on_exit() {
-    local rc=$?
-    topo_cleanup
-    restore_target_owner "$ROOT"
-    [ $rc -eq 0 ] || printf 'demo failed (exit %d)\n' "$rc" >&2
-    exit $rc
-}
-trap on_exit EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+topo_guard demo
 
-if [ $BUILD -eq 1 ]; then
-    find_cargo
-    log "building release binaries (cargo build --release --workspace --bins)"
-    (cd "$ROOT" && "$CARGO" build --release --workspace --bins)
-fi
+if [ "$BUILD" -eq 1 ]; then build_release; fi
 for b in sapper-privd sapper-netd sapperctl; do
     [ -x "$BIN/$b" ] || die "$BIN/$b is missing (run without --no-build)"
 done

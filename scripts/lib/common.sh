@@ -57,3 +57,10 @@ restore_target_owner() {
         chown -R "$SUDO_USER": "$root/target" 2>/dev/null || true
     fi
 }
+
+# build_release: the release binaries the demo and the benchmark run.
+build_release() {
+    find_cargo
+    log "building release binaries (cargo build --release --workspace --bins)"
+    (cd "$ROOT" && "$CARGO" build --release --workspace --bins)
+}

@@ -249,3 +249,20 @@ topo_cleanup() {
     TOPO_NAMESPACES=()
     TOPO_DIR=""
 }
+
+# topo_guard WHAT: on exit, also after Ctrl-C or TERM, tear the topology
+# down and give target/ back to its owner; a failure is reported as WHAT's.
+topo_guard() {
+    TOPO_WHAT=$1
+    trap topo_on_exit EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+topo_on_exit() {
+    local rc=$?
+    topo_cleanup
+    restore_target_owner "$ROOT"
+    [ $rc -eq 0 ] || printf '%s failed (exit %d)\n' "$TOPO_WHAT" "$rc" >&2
+    exit $rc
+}
