@@ -315,7 +315,7 @@ log "privd audit line: $(grep '"audit":true' <<<"$audit" | tail -1)"
 # netd logs to journald itself, with structured fields (README, "Logs an
 # auditor can use"), and installed its own seccomp filter and Landlock
 # ruleset under the unit's sandbox.
-for ev in config_loaded handshake_accepted peer_connected seccomp_installed landlock_applied; do
+for ev in config_loaded handshake_accepted peer_connected seccomp_installed; do
     has . in_c exit journalctl --no-pager -u sapper-netd -o cat SAPPER_EVENT=$ev ||
         fail "no SAPPER_EVENT=$ev in netd's journal"
 done
@@ -323,8 +323,13 @@ has '^ *CONFIG_SHA256=[0-9a-f]\{64\}$' in_c exit journalctl --no-pager -u sapper
     fail "netd's config_loaded event has no CONFIG_SHA256 field"
 has '^ *PEER=' in_c exit journalctl --no-pager -u sapper-netd -o verbose SAPPER_EVENT=peer_connected ||
     fail "netd's peer_connected event has no PEER field"
-# Landlock's status depends on the kernel and on nspawn's own filter.
-log "netd journal: $(in_c exit journalctl --no-pager -u sapper-netd -o verbose SAPPER_EVENT=landlock_applied | grep -E '^ *(MESSAGE|STATUS)=' | tr -s ' ' | tr '\n' ' ')"
+# Landlock's status depends on the kernel and on nspawn's own filter
+# (systemd 252's nspawn withholds the Landlock syscalls, so "none" is
+# expected here); netd must say which one it is, under its own event name.
+ll=$(in_c exit journalctl --no-pager -u sapper-netd -o verbose SAPPER_EVENT=landlock_applied SAPPER_EVENT=landlock_partial SAPPER_EVENT=landlock_not_enforced |
+    grep -E '^ *(SAPPER_EVENT|ENFORCEMENT|STATUS)=' | tr -s ' ' | tr '\n' ' ')
+[ -n "$ll" ] || fail "netd logged no Landlock outcome (landlock_applied/_partial/_not_enforced)"
+log "netd journal, Landlock: $ll"
 
 log "restarting sapper-privd on both nodes under a ping stream"
 idx_before=$(ip -n "$NS_A" -o link show sap0 | cut -d: -f1)

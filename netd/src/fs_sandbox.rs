@@ -39,13 +39,22 @@ const SYSTEM_READ: &[&str] = &[
 ];
 
 /// How much of the ruleset the kernel enforces.
-pub fn describe(status: RulesetStatus) -> &'static str {
+pub fn describe(status: &RulesetStatus) -> &'static str {
     match status {
         RulesetStatus::FullyEnforced => "fully enforced",
         RulesetStatus::PartiallyEnforced => "partially enforced (older Landlock ABI)",
         RulesetStatus::NotEnforced => {
             "not enforced (no Landlock: the kernel, or a syscall filter above netd such as systemd-nspawn's)"
         }
+    }
+}
+
+/// The same in one word, for the log's `enforcement` field.
+pub fn enforcement(status: &RulesetStatus) -> &'static str {
+    match status {
+        RulesetStatus::FullyEnforced => "full",
+        RulesetStatus::PartiallyEnforced => "partial",
+        RulesetStatus::NotEnforced => "none",
     }
 }
 

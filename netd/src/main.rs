@@ -182,18 +182,29 @@ fn run(args: Args) -> Result<()> {
             .then(|| netd.management_socket.parent())
             .flatten();
         let status = fs_sandbox::restrict(&readable, remove_in)?;
-        if status == landlock::RulesetStatus::FullyEnforced {
-            tracing::info!(
+        // One event name per outcome, so that `journalctl
+        // SAPPER_EVENT=landlock_applied` never matches a sandbox that is not
+        // in force; `enforcement` says the same in one word.
+        let enforcement = fs_sandbox::enforcement(&status);
+        match status {
+            landlock::RulesetStatus::FullyEnforced => tracing::info!(
                 sapper_event = "landlock_applied",
-                status = fs_sandbox::describe(status),
+                enforcement,
+                status = fs_sandbox::describe(&status),
                 "Landlock applied: only the config, certificate, key and PSK files are readable"
-            );
-        } else {
-            tracing::warn!(
-                sapper_event = "landlock_applied",
-                status = fs_sandbox::describe(status),
-                "Landlock not fully enforced here (the kernel, or a container's own syscall filter, lacks it)"
-            );
+            ),
+            landlock::RulesetStatus::PartiallyEnforced => tracing::warn!(
+                sapper_event = "landlock_partial",
+                enforcement,
+                status = fs_sandbox::describe(&status),
+                "Landlock only partly enforced here (the kernel's Landlock ABI is older than the one netd asks for)"
+            ),
+            landlock::RulesetStatus::NotEnforced => tracing::warn!(
+                sapper_event = "landlock_not_enforced",
+                enforcement,
+                status = fs_sandbox::describe(&status),
+                "Landlock NOT enforced here (the kernel, or a container's own syscall filter, lacks it)"
+            ),
         }
     }
     if args.no_seccomp {
@@ -243,7 +254,7 @@ fn run(args: Args) -> Result<()> {
 fn sandbox_selftest(config: &Path) -> Result<()> {
     nix::sys::prctl::set_no_new_privs().context("setting no_new_privs")?;
     let status = fs_sandbox::restrict(&[config.to_path_buf()], None)?;
-    println!("landlock: {}", fs_sandbox::describe(status));
+    println!("landlock: {}", fs_sandbox::describe(&status));
     seccomp::install(false)?;
     seccomp::probe();
     for (name, path) in [

@@ -12,6 +12,7 @@
 //! * [`netns`] is a guard for one network namespace.
 //! * [`topology`] is the guard for a whole E/X/P test network with daemons.
 //! * [`chain`] is the guard for a line of nodes (entry → relay → exit …).
+//! * [`privs`] reads and checks every thread's credentials and capabilities.
 //! * [`blast`] is the data generator and checksum shared with `sapper-blast`.
 
 pub mod bins;
@@ -19,6 +20,7 @@ pub mod blast;
 pub mod chain;
 pub mod cmd;
 pub mod netns;
+pub mod privs;
 pub mod topology;
 
 use std::sync::OnceLock;

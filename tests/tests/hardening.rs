@@ -9,16 +9,6 @@ use sapper_tests::topology::PRIVATE_HOST;
 use sapper_tests::{Node, Options, Topology, Transport};
 use std::process::Command;
 
-/// `Field:\tvalue` from /proc/<pid>/status.
-fn status_field(pid: u32, field: &str) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes)
         .as_ref()
@@ -43,12 +33,12 @@ fn netd_runs_filtered_and_logs_audit_events() {
         let pid = topo.netd(node).pid();
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         assert_eq!(comm.trim(), "sapper-netd", "pid {pid} is not netd itself");
-        assert_eq!(status_field(pid, "Seccomp"), "2", "{} netd", node.as_str());
-        assert_eq!(
-            status_field(pid, "NoNewPrivs"),
-            "1",
-            "{} netd",
-            node.as_str()
+        // Every thread: the filter (TSYNC), no_new_privs, and the rest of
+        // what the privilege drop leaves.
+        sapper_tests::privs::assert_privileges(
+            pid,
+            &sapper_tests::privs::Expected::netd(65534, sapper_tests::gid_of("nogroup")),
+            &format!("{} netd", node.as_str()),
         );
 
         let log = topo.netd(node).stderr_text();
@@ -64,7 +54,6 @@ fn netd_runs_filtered_and_logs_audit_events() {
             "handshake_accepted",
             "peer_connected",
             "seccomp_installed",
-            "landlock_applied",
         ] {
             assert!(
                 log.contains(&format!("sapper_event=\"{event}\"")),
@@ -72,6 +61,16 @@ fn netd_runs_filtered_and_logs_audit_events() {
                 node.as_str()
             );
         }
+        // Landlock as this kernel offers it: fully enforced wherever the
+        // kernel has netd's ABI, and said so under its own event name.
+        let (ll_event, ll_enforcement) = sapper_tests::privs::expected_landlock();
+        assert!(
+            log.lines().any(|l| l.contains(&format!("sapper_event=\"{ll_event}\""))
+                && l.contains(&format!("enforcement=\"{ll_enforcement}\""))),
+            "{} netd did not log {ll_event} with enforcement={ll_enforcement} (kernel Landlock ABI {}):\n{log}",
+            node.as_str(),
+            sapper_tests::privs::landlock_abi()
+        );
         assert!(
             !log.contains(&topo.opts.entry_psk),
             "{} netd logged the PSK",
@@ -116,11 +115,20 @@ fn syscalls_and_files_outside_the_sandbox_fail() {
         );
     }
     assert!(has("read_config: ok"), "{text}");
-    if has("landlock: fully enforced") {
+    // No skipping: the kernel says which Landlock it has, and the file
+    // checks must then hold (reading and creating files are restricted from
+    // ABI 1 on).
+    let abi = sapper_tests::privs::landlock_abi();
+    let (_, enforcement) = sapper_tests::privs::expected_landlock();
+    let want = match enforcement {
+        "full" => "landlock: fully enforced",
+        "partial" => "landlock: partially enforced",
+        _ => "landlock: not enforced",
+    };
+    assert!(has(want), "kernel Landlock ABI {abi}: want {want:?}:\n{text}");
+    if abi > 0 {
         assert!(has("read_shadow: EACCES"), "{text}");
         assert!(has("create_file: EACCES"), "{text}");
-    } else {
-        eprintln!("this kernel does not enforce Landlock fully; file checks skipped:\n{text}");
     }
 }
 
@@ -214,12 +222,15 @@ fn event<'a>(lines: &'a [serde_json::Value], name: &str) -> Option<&'a serde_jso
 fn hand_started_netd_filters_itself_unless_told_not_to() {
     let mut on = HandNetd::start("on", &[]);
     let lines = on.ready_lines();
-    assert_eq!(status_field(on.child.id(), "Seccomp"), "2");
+    let dropped = sapper_tests::privs::Expected::netd(65534, sapper_tests::gid_of("nogroup"));
+    sapper_tests::privs::assert_privileges(on.child.id(), &dropped, "hand-started netd");
     let loaded = event(&lines, "config_loaded").expect("config_loaded event");
     let config = std::fs::read(on.dir.join("netd.toml")).expect("read config");
     assert_eq!(loaded["config_sha256"], sha256_hex(&config));
     assert!(event(&lines, "seccomp_installed").is_some(), "{}", on.log());
-    assert!(event(&lines, "landlock_applied").is_some(), "{}", on.log());
+    let (ll_event, ll_enforcement) = sapper_tests::privs::expected_landlock();
+    let ll = event(&lines, ll_event).unwrap_or_else(|| panic!("no {ll_event}: {}", on.log()));
+    assert_eq!(ll["enforcement"], ll_enforcement, "{}", on.log());
     assert!(
         !on.log().contains("hardening-test-psk"),
         "the PSK was logged"
@@ -230,7 +241,12 @@ fn hand_started_netd_filters_itself_unless_told_not_to() {
         &[("SAPPER_NO_SECCOMP", "1"), ("SAPPER_NO_LANDLOCK", "1")],
     );
     let lines = off.ready_lines();
-    assert_eq!(status_field(off.child.id(), "Seccomp"), "0");
+    // Only the filter is off: the privilege drop is not an escape hatch.
+    let unfiltered = sapper_tests::privs::Expected {
+        seccomp: 0,
+        ..dropped
+    };
+    sapper_tests::privs::assert_privileges(off.child.id(), &unfiltered, "netd without seccomp");
     let disabled = event(&lines, "seccomp_disabled").expect("seccomp_disabled event");
     assert_eq!(disabled["level"], "WARN");
     assert!(

@@ -292,18 +292,6 @@ fn peer_names(mgmt: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn proc_status(pid: u32) -> String {
-    fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
-}
-
-fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .map(str::trim)
-        .unwrap_or("")
-}
-
 #[test]
 fn netd_serves_quic_and_ws_on_activated_fds_and_notifies() {
     sapper_tests::require_root();
@@ -409,17 +397,14 @@ fn netd_serves_quic_and_ws_on_activated_fds_and_notifies() {
     }
     expect_notify(&notify, "STATUS=2 peers", WAIT, &lsn);
 
-    // As the unit would run it: not root, nothing in any capability set.
-    let pid = lsn.child.id();
-    let st = proc_status(pid);
-    assert_ne!(
-        status_field(&st, "Uid:").split_whitespace().next(),
-        Some("0")
+    // As the unit would run it: nobody:nogroup and no other group, nothing
+    // in any capability set, no_new_privs and the seccomp filter, in every
+    // thread.
+    sapper_tests::privs::assert_privileges(
+        lsn.child.id(),
+        &sapper_tests::privs::Expected::netd(65534, sapper_tests::gid_of("nogroup")),
+        "activated netd",
     );
-    for key in ["CapEff:", "CapPrm:", "CapBnd:", "CapAmb:"] {
-        assert_eq!(status_field(&st, key), "0000000000000000", "{key} of netd");
-    }
-    assert_eq!(status_field(&st, "NoNewPrivs:"), "1");
 
     lsn.terminate();
     expect_notify(&notify, "STOPPING=1", Duration::from_secs(5), &lsn);

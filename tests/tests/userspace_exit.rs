@@ -355,24 +355,13 @@ impl Drop for Ux {
 /// runs in its namespace.
 fn assert_exit_unprivileged(ux: &Ux) {
     let pid = ux.topo.netd(Node::Exit).pid();
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("exit netd {pid} is gone: {e}"));
-    let line = |k: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(k))
-            .unwrap_or_default()
-            .to_string()
+    // Started by setpriv as nobody with no groups and an empty bounding set;
+    // netd itself adds no_new_privs and its seccomp filter.
+    let want = sapper_tests::privs::Expected {
+        groups: Vec::new(),
+        ..sapper_tests::privs::Expected::netd(NOBODY, gid_of("nogroup"))
     };
-    let uid = line("Uid:");
-    assert!(
-        uid.split_whitespace()
-            .skip(1)
-            .all(|u| u == NOBODY.to_string()),
-        "exit netd uid: {uid}"
-    );
-    assert_eq!(line("CapEff:"), "CapEff:\t0000000000000000");
-    assert_eq!(line("CapPrm:"), "CapPrm:\t0000000000000000");
+    sapper_tests::privs::assert_privileges(pid, &want, "userspace-exit netd");
     let pids = ux.topo.exit.pids();
     assert_eq!(
         pids,
