@@ -284,6 +284,19 @@ pub struct TunConfig {
     /// Prefixes inside which netd may add or remove routes later.
     #[serde(default)]
     pub allowed_routes: Vec<IpNet>,
+    /// How many routes netd may hold through privd at once.
+    #[serde(default = "default_max_routes")]
+    pub max_routes: usize,
+}
+
+/// Default `privd.tun.max_routes`.
+pub const DEFAULT_MAX_ROUTES: usize = 256;
+/// Most routes on the TUN (`tun.routes` plus `tun.max_routes`): privd's
+/// status reply lists them all within one 64 KiB frame.
+pub const MAX_TUN_ROUTES: usize = 1024;
+
+fn default_max_routes() -> usize {
+    DEFAULT_MAX_ROUTES
 }
 
 /// `[privd.nat]`: kernel exit.
@@ -506,6 +519,12 @@ impl Config {
                 return Err(err(
                     "privd.tun.mtu".into(),
                     "IPv6 addresses need an MTU of at least 1280",
+                ));
+            }
+            if t.max_routes + t.routes.len() > MAX_TUN_ROUTES {
+                return Err(err(
+                    "privd.tun.max_routes".into(),
+                    &format!("tun.routes plus max_routes must be at most {MAX_TUN_ROUTES}"),
                 ));
             }
             if p.netd_user.is_some() && p.netd_uid.is_some() {

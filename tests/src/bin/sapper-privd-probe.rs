@@ -78,8 +78,12 @@ fn probe(socket: &str, timeout: Duration) -> String {
     }
     match decode::<PrivResponse>(&body) {
         Ok(PrivResponse {
-            body: Some(priv_response::Body::Error(msg)),
-        }) => format!("outcome=refused message={}", one_line(&msg)),
+            body: Some(priv_response::Body::Refused(r)),
+        }) => format!(
+            "outcome=refused code={:?} message={}",
+            r.code(),
+            one_line(&r.detail)
+        ),
         Ok(PrivResponse {
             body: Some(priv_response::Body::TunOpened(t)),
         }) => format!("outcome=granted name={}", t.name),
