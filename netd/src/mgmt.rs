@@ -22,14 +22,38 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
+/// Management connections open at once; more wait in the listen backlog.
+const MAX_CLIENTS: usize = 32;
+/// How long a client may sit between requests, and take over one request.
+const READ_DEADLINE: Duration = Duration::from_secs(60);
+/// First and longest pause after a failed accept (EMFILE and the like).
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
 pub async fn serve(node: Arc<Node>, listener: UnixListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let mut backoff = ACCEPT_BACKOFF.0;
     loop {
+        // A slot first: at the cap, new clients wait in the backlog.
+        let permit = tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         let stream = tokio::select! {
             _ = node.shutdown.cancelled() => return,
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok((s, _)) => {
+                    backoff = ACCEPT_BACKOFF.0;
+                    s
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "management accept failed");
+                    // Never straight back into accept: on EMFILE it would
+                    // fail again at once and spin.
+                    tracing::warn!(error = %e, pause_ms = backoff.as_millis() as u64, "management accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
                     continue;
                 }
             },
@@ -39,21 +63,46 @@ pub async fn serve(node: Arc<Node>, listener: UnixListener) {
             if let Err(e) = client(node, stream).await {
                 tracing::debug!(error = %format!("{e:#}"), "management client ended");
             }
+            drop(permit);
         });
     }
 }
 
 async fn read_request(stream: &mut UnixStream) -> Result<Option<Request>> {
-    let mut header = [0u8; HEADER_LEN];
-    match stream.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let read = async {
+        let mut header = [0u8; HEADER_LEN];
+        match stream.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let len = framing::body_len(header, MAX_CONTROL_FRAME)?;
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).await?;
+        Ok(Some(framing::decode(&body)?))
+    };
+    tokio::time::timeout(READ_DEADLINE, read)
+        .await
+        .context("no complete request within the read deadline")?
+}
+
+/// Whether a request changes anything. One exhaustive match: a new request
+/// kind does not compile until someone decides which it is.
+fn is_write(body: &Req) -> bool {
+    match body {
+        Req::Status(_)
+        | Req::Peers(_)
+        | Req::Stats(_)
+        | Req::Routes(_)
+        | Req::Ping(_)
+        | Req::Subscribe(_) => false,
+        Req::Connect(_)
+        | Req::Listen(_)
+        | Req::Disconnect(_)
+        | Req::Shutdown(_)
+        | Req::RouteChange(_)
+        | Req::Hint(_) => true,
     }
-    let len = framing::body_len(header, MAX_CONTROL_FRAME)?;
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await?;
-    Ok(Some(framing::decode(&body)?))
 }
 
 fn error(id: u64, code: ErrorCode, message: impl Into<String>) -> Response {
@@ -68,12 +117,13 @@ fn error(id: u64, code: ErrorCode, message: impl Into<String>) -> Response {
 
 async fn client(node: Arc<Node>, mut stream: UnixStream) -> Result<()> {
     let cred = stream.peer_cred().context("SO_PEERCRED")?;
+    let groups = peer_groups(&stream);
     let may_write = may_change(
         cred.uid(),
         cred.gid(),
         nix::unistd::getuid().as_raw(),
         node.operator_gid,
-        supplementary_groups,
+        &groups,
     );
     while let Some(req) = read_request(&mut stream).await? {
         let id = req.id;
@@ -82,16 +132,7 @@ async fn client(node: Arc<Node>, mut stream: UnixStream) -> Result<()> {
             stream.write_all(&framing::encode(&r)).await?;
             continue;
         };
-        let is_write = matches!(
-            body,
-            Req::Connect(_)
-                | Req::Listen(_)
-                | Req::Disconnect(_)
-                | Req::Shutdown(_)
-                | Req::RouteChange(_)
-                | Req::Hint(_)
-        );
-        if is_write && !may_write {
+        if is_write(&body) && !may_write {
             tracing::warn!(sapper_event = "management_refused", outcome = "refused", uid = cred.uid(), peer_uid = cred.uid(), pid = ?cred.pid(), request = request_kind(&body), "refused a management change from a non-operator");
             let r = error(id, ErrorCode::PermissionDenied, denied_message(&node));
             stream.write_all(&framing::encode(&r)).await?;
@@ -274,36 +315,51 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Response {
 type Failure = (ErrorCode, String);
 
 /// Who may change things: root, netd's own uid, and members of the operator
-/// group (primary or supplementary). Everyone else who can reach the socket
-/// may only read.
+/// group (primary or supplementary, as the caller's process holds them).
+/// Everyone else who can reach the socket may only read.
 pub fn may_change(
     uid: u32,
     gid: u32,
     netd_uid: u32,
     operator_gid: Option<u32>,
-    groups_of: impl Fn(u32, u32) -> Vec<u32>,
+    groups: &[u32],
 ) -> bool {
     if uid == 0 || uid == netd_uid {
         return true;
     }
     match operator_gid {
-        Some(op) => gid == op || groups_of(uid, gid).contains(&op),
+        Some(op) => gid == op || groups.contains(&op),
         None => false,
     }
 }
 
-/// The account's groups from the group database. Reading it needs no
-/// privilege, and it reflects what a login for that uid would get.
-fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
-    let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
-        return vec![];
+/// The peer's supplementary groups as the kernel recorded them at connect
+/// time (SO_PEERGROUPS), not what the group database says now: a process
+/// that dropped the operator group has not got it. Empty on failure, which
+/// only ever takes write access away.
+fn peer_groups(stream: &UnixStream) -> Vec<u32> {
+    use std::os::fd::AsRawFd;
+    // Bounded: NGROUPS_MAX is 65536; ask for up to 1024 (a bigger list is
+    // refused by the kernel with ERANGE and then counts as none).
+    let mut buf = vec![0 as libc::gid_t; 1024];
+    let mut len = (buf.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+    // SAFETY: buf is live and len says its size in bytes; the kernel writes
+    // at most len bytes and stores the length it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERGROUPS,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
     };
-    let Ok(name) = std::ffi::CString::new(user.name) else {
-        return vec![];
-    };
-    nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid))
-        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
-        .unwrap_or_default()
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "SO_PEERGROUPS failed; treating the caller as in no group");
+        return Vec::new();
+    }
+    buf.truncate(len as usize / std::mem::size_of::<libc::gid_t>());
+    buf
 }
 
 fn denied_message(node: &Node) -> String {
@@ -522,9 +578,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_and_writes() {
+        use sapper_shared::proto::management as m;
+        assert!(!is_write(&Req::Status(Default::default())));
+        assert!(!is_write(&Req::Subscribe(Default::default())));
+        assert!(!is_write(&Req::Ping(m::PingRequest::default())));
+        assert!(is_write(&Req::Shutdown(Default::default())));
+        assert!(is_write(&Req::RouteChange(RouteChangeRequest::default())));
+        assert!(is_write(&Req::Connect(ConnectRequest::default())));
+    }
+
+    #[test]
+    fn peer_groups_are_the_callers_own() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let a = UnixStream::from_std(a).unwrap();
+        let mut want: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        let mut got = peer_groups(&a);
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn who_may_change() {
-        let none = |_: u32, _: u32| vec![];
-        let member = |_: u32, _: u32| vec![100, 4242];
+        let none: &[u32] = &[];
+        let member: &[u32] = &[100, 4242];
         // root and netd itself always
         assert!(may_change(0, 0, 999, None, none));
         assert!(may_change(999, 999, 999, None, none));
