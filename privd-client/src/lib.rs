@@ -104,6 +104,16 @@ impl PrivdClient {
         Ok(Self { stream, path })
     }
 
+    /// The uid of the process that set up the listening end (SO_PEERCRED):
+    /// root or privd's own user for a real privd. Check it before trusting
+    /// an fd from this connection.
+    pub fn peer_uid(&self) -> Result<u32, PrivdError> {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        getsockopt(&self.stream, PeerCredentials)
+            .map(|c| c.uid())
+            .map_err(|e| self.io(io::Error::from(e)))
+    }
+
     /// Asks for the TUN. Returns a close-on-exec duplicate of privd's TUN fd
     /// and the interface facts from privd's config. Every duplicate shares
     /// one open file description and one packet queue, so O_NONBLOCK set on
@@ -378,6 +388,13 @@ mod tests {
             }
         );
         assert!(failed, "{e:?}");
+    }
+
+    #[test]
+    fn peer_uid_is_the_listeners() {
+        let (path, _h) = fake_privd("peer", refusal(ErrorCode::Failed, "x"));
+        let c = PrivdClient::connect(&path).unwrap();
+        assert_eq!(c.peer_uid().unwrap(), nix::unistd::getuid().as_raw());
     }
 
     #[test]

@@ -207,6 +207,9 @@ pub struct NetdConfig {
     pub cert_file: Option<PathBuf>,
     /// Private key (PEM) for `cert_file`.
     pub key_file: Option<PathBuf>,
+    /// The user privd runs as, besides root: netd takes the TUN only from a
+    /// privd socket whose listener is root or this user (SO_PEERCRED).
+    pub privd_user: Option<String>,
     /// Management socket path.
     #[serde(default = "default_mgmt")]
     pub management_socket: PathBuf,
@@ -492,6 +495,14 @@ impl Config {
                         "expected host:port",
                     ));
                 }
+            }
+        }
+        if let Some(n) = &self.netd {
+            if !(100..=60_000).contains(&n.handshake_timeout_ms) {
+                return Err(err(
+                    "netd.handshake_timeout_ms".into(),
+                    "must be 100..=60000 (milliseconds)",
+                ));
             }
         }
         if let Some((key, message)) = self.netd.as_ref().and_then(|n| n.exit.check().err()) {

@@ -19,6 +19,14 @@ pub enum PskError {
         /// Underlying error.
         source: std::io::Error,
     },
+    /// Group or others may read the file.
+    #[error("PSK file {path} is readable by group or others (mode {mode:04o}); fix it with: chmod 600 {path}")]
+    Exposed {
+        /// File path.
+        path: String,
+        /// Its mode bits.
+        mode: u32,
+    },
     /// The environment variable is unset.
     #[error("environment variable {0} is not set")]
     EnvMissing(String),
@@ -56,12 +64,38 @@ impl Psk {
         Ok(Self(Zeroizing::new(trimmed.to_vec())))
     }
 
-    /// Reads the PSK from a file.
+    /// Reads the PSK from a file that only its owner may read (mode 0600
+    /// or 0400); anything more open is refused with how to fix it.
     pub fn from_file(path: &Path) -> Result<Self, PskError> {
-        let raw = Zeroizing::new(std::fs::read(path).map_err(|source| PskError::Read {
-            path: path.display().to_string(),
+        Self::read(path, true)
+    }
+
+    /// Reads the PSK from systemd's credentials directory, which is private
+    /// to the service (its mode bits may show an ACL mask instead).
+    pub fn from_credential(path: &Path) -> Result<Self, PskError> {
+        Self::read(path, false)
+    }
+
+    fn read(path: &Path, private: bool) -> Result<Self, PskError> {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
+        let shown = path.display().to_string();
+        let io = |source| PskError::Read {
+            path: shown.clone(),
             source,
-        })?);
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // The mode of the file opened (fstat), not of whatever is at the path.
+        let mode = file.metadata().map_err(io)?.mode();
+        if private && mode & 0o077 != 0 {
+            return Err(PskError::Exposed {
+                path: shown,
+                mode: mode & 0o7777,
+            });
+        }
+        // Bounded: a PSK is a line of text.
+        let mut raw = Zeroizing::new(Vec::new());
+        file.take(64 * 1024).read_to_end(&mut raw).map_err(io)?;
         Self::new(raw)
     }
 
@@ -81,6 +115,29 @@ impl Psk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_readable_file_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("psk-mode-{}", std::process::id()));
+        std::fs::write(&path, "correct horse battery staple\n").unwrap();
+        for mode in [0o640, 0o604, 0o644] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = Psk::from_file(&path).unwrap_err();
+            assert!(matches!(e, PskError::Exposed { .. }), "{mode:o}: {e}");
+            assert!(
+                e.to_string()
+                    .contains(&format!("chmod 600 {}", path.display())),
+                "{e}"
+            );
+            assert!(Psk::from_credential(&path).is_ok());
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(Psk::from_file(&path).is_ok(), "{mode:o}");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn debug_redacts() {
