@@ -16,12 +16,7 @@ pub fn error_code(code: i32) -> &'static str {
 }
 
 fn role(r: i32) -> &'static str {
-    match NodeRole::try_from(r) {
-        Ok(NodeRole::RoleEntry) => "entry",
-        Ok(NodeRole::RoleRelay) => "relay",
-        Ok(NodeRole::RoleExit) => "exit",
-        _ => "indeterminate",
-    }
+    sapper_shared::roles::role_name(sapper_shared::roles::role_from_wire(r))
 }
 
 fn caps_json(c: &Option<Capabilities>) -> Value {

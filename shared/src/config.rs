@@ -392,12 +392,7 @@ impl Config {
             message: message.into(),
         };
         if let Some(name) = &self.node.name {
-            let ok = !name.is_empty()
-                && name.len() <= crate::handshake::MAX_NAME_LEN
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-            if !ok {
+            if !crate::handshake::valid_name(name) {
                 return Err(err(
                     "node.name".into(),
                     "1-64 ASCII letters, digits, '-', '_' or '.'",

@@ -232,14 +232,42 @@ mod tests {
         let p = TaskPrivs::parse(STATUS).unwrap();
         assert!(p.differences(&Expected::netd(65534, 65534)).is_empty());
         for (from, to, field) in [
-            ("Uid:\t65534\t65534\t65534\t65534", "Uid:\t65534\t0\t65534\t65534", "Uid"),
-            ("Gid:\t65534\t65534\t65534\t65534", "Gid:\t0\t65534\t65534\t65534", "Gid"),
+            (
+                "Uid:\t65534\t65534\t65534\t65534",
+                "Uid:\t65534\t0\t65534\t65534",
+                "Uid",
+            ),
+            (
+                "Gid:\t65534\t65534\t65534\t65534",
+                "Gid:\t0\t65534\t65534\t65534",
+                "Gid",
+            ),
             ("Groups:\t65534 ", "Groups:\t0 65534", "Groups"),
-            ("CapInh:\t0000000000000000", "CapInh:\t0000000000001000", "CapInh"),
-            ("CapPrm:\t0000000000000000", "CapPrm:\t0000000000001000", "CapPrm"),
-            ("CapEff:\t0000000000000000", "CapEff:\t0000000000001000", "CapEff"),
-            ("CapBnd:\t0000000000000000", "CapBnd:\t000001ffffffffff", "CapBnd"),
-            ("CapAmb:\t0000000000000000", "CapAmb:\t0000000000001000", "CapAmb"),
+            (
+                "CapInh:\t0000000000000000",
+                "CapInh:\t0000000000001000",
+                "CapInh",
+            ),
+            (
+                "CapPrm:\t0000000000000000",
+                "CapPrm:\t0000000000001000",
+                "CapPrm",
+            ),
+            (
+                "CapEff:\t0000000000000000",
+                "CapEff:\t0000000000001000",
+                "CapEff",
+            ),
+            (
+                "CapBnd:\t0000000000000000",
+                "CapBnd:\t000001ffffffffff",
+                "CapBnd",
+            ),
+            (
+                "CapAmb:\t0000000000000000",
+                "CapAmb:\t0000000000001000",
+                "CapAmb",
+            ),
             ("NoNewPrivs:\t1", "NoNewPrivs:\t0", "NoNewPrivs"),
             ("Seccomp:\t2", "Seccomp:\t0", "Seccomp"),
         ] {

@@ -8,8 +8,8 @@
 
 use sapper_tests::bins::tool;
 use sapper_tests::cmd::{run_timeout, WAIT};
-use sapper_tests::topology::{PRIVATE_HOST, TUN_NAME};
 use sapper_tests::privs;
+use sapper_tests::topology::{PRIVATE_HOST, TUN_NAME};
 use sapper_tests::{Node, Options, Topology, Transport};
 use serde_json::Value;
 use std::os::unix::process::CommandExt;

@@ -50,11 +50,7 @@ fn netd_runs_filtered_and_logs_audit_events() {
             "{} netd did not log config loaded with the file's SHA-256 {hash}:\n{log}",
             node.as_str()
         );
-        for event in [
-            "handshake_accepted",
-            "peer_connected",
-            "seccomp_installed",
-        ] {
+        for event in ["handshake_accepted", "peer_connected", "seccomp_installed"] {
             assert!(
                 log.contains(&format!("sapper_event=\"{event}\"")),
                 "{} netd did not log {event}:\n{log}",
@@ -125,7 +121,10 @@ fn syscalls_and_files_outside_the_sandbox_fail() {
         "partial" => "landlock: partially enforced",
         _ => "landlock: not enforced",
     };
-    assert!(has(want), "kernel Landlock ABI {abi}: want {want:?}:\n{text}");
+    assert!(
+        has(want),
+        "kernel Landlock ABI {abi}: want {want:?}:\n{text}"
+    );
     if abi > 0 {
         assert!(has("read_shadow: EACCES"), "{text}");
         assert!(has("create_file: EACCES"), "{text}");
