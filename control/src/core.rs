@@ -88,6 +88,18 @@ pub struct Close {
     pub graceful: bool,
 }
 
+/// What privd made of a [`RouteRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOutcome {
+    /// Carried out.
+    Granted,
+    /// Refused (outside privd's allow-list, or not netd's route).
+    Refused,
+    /// privd could not be asked: nothing changed, tried again on the next
+    /// change.
+    Failed,
+}
+
 /// A route change for privd to carry out. Requests of one batch are
 /// applied in order; the driver reports each with
 /// [`Core::handle_route_result`].
@@ -684,16 +696,19 @@ impl Core {
         }
     }
 
-    /// privd carried out (`granted`) or refused a [`RouteRequest`].
-    pub fn handle_route_result(&mut self, req: RouteRequest, granted: bool) {
+    /// What privd made of a [`RouteRequest`].
+    pub fn handle_route_result(&mut self, req: RouteRequest, outcome: RouteOutcome) {
         // A route counts as ours only once privd granted it; a removal privd
         // refuses leaves nothing of ours behind either.
-        if req.add {
-            if granted {
+        match (req.add, outcome) {
+            (_, RouteOutcome::Failed) => {}
+            (true, RouteOutcome::Granted) => {
                 self.installed.insert(req.prefix);
             }
-        } else {
-            self.installed.remove(&req.prefix);
+            (true, RouteOutcome::Refused) => {}
+            (false, _) => {
+                self.installed.remove(&req.prefix);
+            }
         }
         self.privd_outstanding = self.privd_outstanding.saturating_sub(1);
         if self.privd_outstanding == 0 && self.privd_dirty {
@@ -922,11 +937,20 @@ impl Core {
         let name = self.link_name(id);
         let mut learned = Vec::with_capacity(prefixes.len());
         for p in prefixes {
-            let known = self.routes.iter().any(|(q, _)| *q == p.trunc());
-            // The same prefix from the same origin is already known (over
-            // this link or another): nothing changes and nothing is passed
-            // on, so announcements cannot circle a loop of relays forever.
-            if known && self.origins.get(&p.trunc()).map(String::as_str) == Some(origin) {
+            let owner = self
+                .routes
+                .iter()
+                .find(|(q, _)| *q == p.trunc())
+                .map(|(_, l)| *l);
+            let known = owner.is_some();
+            // The first announcement of a prefix wins: another link's
+            // announcement of a known prefix, or the owner repeating
+            // itself, changes nothing and is not passed on. Routes thus
+            // form a tree rooted at their origin, and announcements cannot
+            // circle a loop of relays forever.
+            if owner.is_some_and(|o| {
+                o != id || self.origins.get(&p.trunc()).map(String::as_str) == Some(origin)
+            }) {
                 continue;
             }
             if !known && self.origins.len() >= MAX_LEARNED_ROUTES {

@@ -18,7 +18,7 @@ mod forwarding;
 
 pub use crate::core::{
     Close, Core, CoreConfig, Direction, Event, LinkUp, LinkView, OperatorError, PingOutcome,
-    PingReply, RouteRequest, StatusView,
+    PingReply, RouteOutcome, RouteRequest, StatusView,
 };
 pub use crate::forwarding::{Forwarding, ForwardingTable};
 

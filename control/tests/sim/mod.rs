@@ -329,7 +329,14 @@ impl Sim {
                 }
             }
             n.privd_log.push((req.prefix, req.add, granted));
-            n.core.handle_route_result(req, granted);
+            n.core.handle_route_result(
+                req,
+                if granted {
+                    sapper_control::RouteOutcome::Granted
+                } else {
+                    sapper_control::RouteOutcome::Refused
+                },
+            );
         }
         while let Some(e) = self.nodes[i].core.poll_event() {
             self.nodes[i].events.push(e);

@@ -1,0 +1,211 @@
+//! The data path: IP packets between the TUN (or the userspace exit) and
+//! the links. Every packet reads the forwarding table the driver last
+//! published (an immutable [`Table`] behind an `ArcSwap`): no lock, and in
+//! the steady state no allocation — packets from links are forwarded as the
+//! `Bytes` they arrived in, and TUN reads fill one reusable buffer.
+
+use crate::tun::Tun;
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use sapper_control::{ForwardingTable, LinkId};
+use sapper_shared::routing;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use tokio_util::sync::CancellationToken;
+
+/// How one transport takes a packet: never waits; a full queue drops the
+/// packet as a congested router would (`false`).
+pub trait PacketTx: Send + Sync {
+    /// Queues one packet.
+    fn try_send(&self, pkt: Bytes) -> bool;
+}
+
+/// Per-link counters.
+#[derive(Default)]
+pub struct Counters {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub packets_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    pub drops: AtomicU64,
+}
+
+/// What the data path holds for one link.
+pub struct LinkData {
+    pub id: LinkId,
+    pub counters: Counters,
+    tx: Box<dyn PacketTx>,
+}
+
+impl LinkData {
+    pub fn new(id: LinkId, tx: Box<dyn PacketTx>) -> Self {
+        Self {
+            id,
+            counters: Counters::default(),
+            tx,
+        }
+    }
+
+    /// Queues one packet to the peer; never waits.
+    pub fn send(&self, pkt: Bytes) {
+        let len = pkt.len() as u64;
+        if self.tx.try_send(pkt) {
+            self.counters.packets_out.fetch_add(1, Relaxed);
+            self.counters.bytes_out.fetch_add(len, Relaxed);
+        } else {
+            self.counters.drops.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// The forwarding table packet tasks read.
+pub type Table = ForwardingTable<Arc<LinkData>>;
+
+/// Where packets that leave the tunnel here go when there is no TUN.
+pub trait Terminus: Send + Sync {
+    /// One packet from link `from`; never waits.
+    fn handle(&self, from: LinkId, pkt: Bytes);
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub tun_in: AtomicU64,
+    pub tun_out: AtomicU64,
+    pub drops: AtomicU64,
+    pub handshake_failures: AtomicU64,
+}
+
+pub struct DataPath {
+    table: ArcSwap<Table>,
+    pub tun: Option<Arc<Tun>>,
+    /// The userspace exit, on a node without a TUN (set once at start).
+    terminus: OnceLock<Arc<dyn Terminus>>,
+    pub stats: Stats,
+}
+
+impl DataPath {
+    pub fn new(tun: Option<Arc<Tun>>) -> Self {
+        Self {
+            table: ArcSwap::from_pointee(Table::default()),
+            tun,
+            terminus: OnceLock::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Sets where packets terminate on a TUN-less node; once.
+    pub fn set_terminus(&self, t: Arc<dyn Terminus>) -> bool {
+        self.terminus.set(t).is_ok()
+    }
+
+    /// Publishes a new table (driver only).
+    pub fn publish(&self, t: Table) {
+        self.table.store(Arc::new(t));
+    }
+
+    /// The current table, for reading.
+    pub fn table(&self) -> arc_swap::Guard<Arc<Table>> {
+        self.table.load()
+    }
+
+    /// A packet arrived from link `from`: to the TUN, the userspace exit,
+    /// or (on a relay) on to the next link.
+    pub fn deliver(&self, from: &LinkData, pkt: Bytes) {
+        let c = &from.counters;
+        c.packets_in.fetch_add(1, Relaxed);
+        c.bytes_in.fetch_add(pkt.len() as u64, Relaxed);
+        let table = self.table.load();
+        let dst = routing::destination(&pkt);
+        if !table.forwarding || table.link(from.id).is_none() || dst.is_none() {
+            c.drops.fetch_add(1, Relaxed);
+            return;
+        }
+        if table.relay {
+            // A relay has no TUN in the path: packets go on to the
+            // neighbour on the other side, as they came.
+            match table.next_hop(dst, Some(from.id)) {
+                Some((_, next)) => next.send(pkt),
+                None => {
+                    self.stats.drops.fetch_add(1, Relaxed);
+                }
+            }
+            return;
+        }
+        match (&self.tun, self.terminus.get()) {
+            (Some(tun), _) => match tun.try_write(&pkt) {
+                Ok(()) => {
+                    self.stats.tun_out.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    self.stats.drops.fetch_add(1, Relaxed);
+                    tracing::debug!(error = %e, "TUN write failed");
+                }
+            },
+            (None, Some(exit)) => exit.handle(from.id, pkt),
+            (None, None) => {
+                self.stats.drops.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Sends a packet this node originated (the userspace exit's answers)
+    /// to link `to`, or wherever the table says if that link is gone.
+    /// `false` when it could go nowhere.
+    pub fn send_to(&self, to: Option<LinkId>, pkt: Bytes) -> bool {
+        let table = self.table.load();
+        let link = match to.and_then(|id| table.link(id)) {
+            Some(l) => Some(l),
+            None => table
+                .next_hop(routing::destination(&pkt), None)
+                .map(|(_, l)| l),
+        };
+        match link {
+            Some(l) => {
+                l.send(pkt);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Largest packet read from the TUN.
+const MAX_TUN_PACKET: usize = 65535;
+/// One allocation holds many packets; it is reclaimed in place once the
+/// packets cut from it have been sent (BytesMut::reserve).
+const TUN_BUFFER: usize = 256 * 1024;
+
+/// Reads the TUN and sends each packet to its link until shutdown.
+pub async fn tun_reader(data: Arc<DataPath>, shutdown: CancellationToken) {
+    let Some(tun) = data.tun.clone() else { return };
+    let read_size = (tun.mtu as usize).clamp(576, MAX_TUN_PACKET);
+    let mut buf = BytesMut::with_capacity(TUN_BUFFER);
+    loop {
+        buf.reserve(read_size);
+        buf.resize(read_size, 0);
+        let n = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tun.read(&mut buf[..]) => match r {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the TUN failed; stopping the data path");
+                    return;
+                }
+            },
+        };
+        buf.truncate(n);
+        let pkt = buf.split().freeze();
+        data.stats.tun_in.fetch_add(1, Relaxed);
+        let table = data.table.load();
+        if !table.forwarding {
+            data.stats.drops.fetch_add(1, Relaxed);
+            continue;
+        }
+        match table.next_hop(routing::destination(&pkt), None) {
+            Some((_, link)) => link.send(pkt),
+            None => {
+                data.stats.drops.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
