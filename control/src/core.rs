@@ -937,23 +937,16 @@ impl Core {
         let name = self.link_name(id);
         let mut learned = Vec::with_capacity(prefixes.len());
         for p in prefixes {
-            let owner = self
-                .routes
-                .iter()
-                .find(|(q, _)| *q == p.trunc())
-                .map(|(_, l)| *l);
-            let known = owner.is_some();
-            // The first announcement of a prefix wins: another link's
-            // announcement of a known prefix, or the owner repeating
-            // itself, changes nothing and is not passed on. Routes thus
-            // form a tree rooted at their origin, and announcements cannot
-            // circle a loop of relays forever.
-            if owner.is_some_and(|o| {
-                o != id || self.origins.get(&p.trunc()).map(String::as_str) == Some(origin)
-            }) {
+            let known = self.routes.iter().any(|(q, _)| *q == p.trunc());
+            // The first announcement of a prefix wins until it is withdrawn
+            // (or its link goes down): a later announcement of a known
+            // prefix, over any link and from any origin, changes nothing
+            // and is not passed on. Updates are thus only sent on learning,
+            // and cannot circle a loop of relays forever.
+            if known {
                 continue;
             }
-            if !known && self.origins.len() >= MAX_LEARNED_ROUTES {
+            if self.origins.len() >= MAX_LEARNED_ROUTES {
                 self.warn(
                     Some(id),
                     format!("ignored route {p} from {name}: already {MAX_LEARNED_ROUTES} routes"),

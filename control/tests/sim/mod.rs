@@ -124,6 +124,7 @@ pub struct Sim {
     /// Messages in flight: (to node, on link, message).
     inflight: VecDeque<(usize, LinkId, ControlMessage)>,
     next_link: u64,
+    pub trace: bool,
 }
 
 fn core_for(spec: &Spec, now: Instant) -> Core {
@@ -166,6 +167,7 @@ impl Sim {
             wires: Vec::new(),
             inflight: VecDeque::new(),
             next_link: 1,
+            trace: false,
         };
         sim.run();
         sim
@@ -295,6 +297,9 @@ impl Sim {
             }
             while let Some((to, link, m)) = self.inflight.pop_front() {
                 moved = true;
+                if self.trace {
+                    eprintln!("-> {} {:?}: {:?}", self.nodes[to].spec.name, link, m.body);
+                }
                 if self.nodes[to].alive {
                     let now = self.now;
                     self.nodes[to].core.handle_control(now, link, m);
