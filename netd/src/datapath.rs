@@ -103,11 +103,6 @@ impl DataPath {
         self.table.store(Arc::new(t));
     }
 
-    /// The current table, for reading.
-    pub fn table(&self) -> arc_swap::Guard<Arc<Table>> {
-        self.table.load()
-    }
-
     /// A packet arrived from link `from`: to the TUN, the userspace exit,
     /// or (on a relay) on to the next link.
     pub fn deliver(&self, from: &LinkData, pkt: Bytes) {

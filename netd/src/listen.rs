@@ -1,6 +1,7 @@
 //! Starting listeners, at start-up (sockets bound before the privilege drop)
 //! and later on an operator's request.
 
+use crate::inputs::Input;
 use crate::node::Node;
 use crate::{quic, tls, ws};
 use anyhow::{Context, Result};
@@ -8,11 +9,13 @@ use sapper_shared::proto::management::ListenerInfo;
 use std::sync::Arc;
 
 fn record(node: &Node, address: String, transport: &str) {
-    if let Ok(mut l) = node.listeners.lock() {
-        l.push(ListenerInfo {
-            address,
-            transport: transport.into(),
-        });
+    let info = ListenerInfo {
+        address,
+        transport: transport.into(),
+    };
+    let add = Input::Inspect(Box::new(move |core, _| core.add_listener(info)));
+    if node.driver.try_send(add).is_err() {
+        tracing::warn!("listener not recorded for status: the control driver is busy");
     }
 }
 

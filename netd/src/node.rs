@@ -4,7 +4,7 @@
 //! behind a lock.
 
 use crate::datapath::DataPath;
-use crate::driver::Input;
+use crate::inputs::{Input, Links};
 use anyhow::{anyhow, Context, Result};
 use sapper_control::{Core, LinkId};
 use sapper_shared::config::NetdConfig;
@@ -92,12 +92,14 @@ impl Node {
     /// Reads something from the control core.
     pub async fn inspect<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Core) -> T + Send + 'static,
+        f: impl FnOnce(&mut Core, &Links) -> T + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.tell(Input::Inspect(Box::new(move |core: &mut Core| {
-            let _ = tx.send(f(core));
-        })))
+        self.tell(Input::Inspect(Box::new(
+            move |core: &mut Core, links: &Links| {
+                let _ = tx.send(f(core, links));
+            },
+        )))
         .await?;
         tokio::time::timeout(DRIVER_WAIT, rx)
             .await

@@ -80,6 +80,11 @@ impl FrameDecoder {
         self.buf.extend_from_slice(data);
     }
 
+    /// True when no bytes are buffered (a stream may end here cleanly).
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// Returns the next complete frame body, `None` if more bytes are needed.
     /// After an error the stream is unusable: framing is lost.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {

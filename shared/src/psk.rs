@@ -1,8 +1,8 @@
 //! The pre-shared key: held in zeroizing memory from the moment it is read to
-//! the moment it is dropped, never printed.
+//! the moment it is dropped, never printed. Reading it (file or
+//! environment) is the daemon's business; this only checks and holds it.
 
 use std::fmt;
-use std::path::Path;
 use zeroize::Zeroizing;
 
 /// Shortest PSK accepted. HMAC-SHA256 keys shorter than this are guessable.
@@ -11,17 +11,6 @@ pub const MIN_PSK_LEN: usize = 16;
 /// Errors loading a PSK.
 #[derive(Debug, thiserror::Error)]
 pub enum PskError {
-    /// The PSK file could not be read.
-    #[error("cannot read PSK file {path}: {source}")]
-    Read {
-        /// File path.
-        path: String,
-        /// Underlying error.
-        source: std::io::Error,
-    },
-    /// The environment variable is unset.
-    #[error("environment variable {0} is not set")]
-    EnvMissing(String),
     /// The PSK is too short.
     #[error("PSK is {len} bytes after trimming; at least {min} are required")]
     TooShort {
@@ -56,22 +45,6 @@ impl Psk {
         Ok(Self(Zeroizing::new(trimmed.to_vec())))
     }
 
-    /// Reads the PSK from a file.
-    pub fn from_file(path: &Path) -> Result<Self, PskError> {
-        let raw = Zeroizing::new(std::fs::read(path).map_err(|source| PskError::Read {
-            path: path.display().to_string(),
-            source,
-        })?);
-        Self::new(raw)
-    }
-
-    /// Reads the PSK from an environment variable.
-    pub fn from_env(var: &str) -> Result<Self, PskError> {
-        let value = std::env::var_os(var).ok_or_else(|| PskError::EnvMissing(var.to_string()))?;
-        let raw = Zeroizing::new(value.into_encoded_bytes());
-        Self::new(raw)
-    }
-
     /// The key bytes, for HMAC only.
     pub(crate) fn expose(&self) -> &[u8] {
         &self.0
@@ -97,14 +70,6 @@ mod tests {
         assert!(matches!(
             Psk::new(Zeroizing::new(b"short\n".to_vec())),
             Err(PskError::TooShort { len: 5, .. })
-        ));
-    }
-
-    #[test]
-    fn missing_env_is_an_error() {
-        assert!(matches!(
-            Psk::from_env("SAPPER_TEST_SURELY_UNSET_VAR"),
-            Err(PskError::EnvMissing(_))
         ));
     }
 }
