@@ -866,15 +866,24 @@ impl Topology {
 
     /// Waits until one line of `label`'s stderr contains every one of
     /// `needles`; returns that line.
-    pub fn wait_for_log_line(&mut self, label: &str, needles: &[&str], timeout: Duration) -> String {
+    pub fn wait_for_log_line(
+        &mut self,
+        label: &str,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> String {
         let path = self.daemon(label).stderr.clone();
-        self.wait_for(&format!("a line with {needles:?} in {label}'s log"), timeout, || {
-            let text = fs::read(&path).ok()?;
-            String::from_utf8_lossy(&text)
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-                .map(str::to_string)
-        })
+        self.wait_for(
+            &format!("a line with {needles:?} in {label}'s log"),
+            timeout,
+            || {
+                let text = fs::read(&path).ok()?;
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .find(|l| needles.iter().all(|n| l.contains(n)))
+                    .map(str::to_string)
+            },
+        )
     }
 
     /// All logs, for humans.

@@ -8,6 +8,7 @@ use sapper_tests::cmd::{run_timeout, WAIT};
 use sapper_tests::topology::PRIVATE_HOST;
 use sapper_tests::{Node, Options, Topology, Transport};
 use std::process::Command;
+use std::time::Duration;
 
 fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes)
@@ -50,11 +51,7 @@ fn netd_runs_filtered_and_logs_audit_events() {
             "{} netd did not log config loaded with the file's SHA-256 {hash}:\n{log}",
             node.as_str()
         );
-        for event in [
-            "handshake_accepted",
-            "peer_connected",
-            "seccomp_installed",
-        ] {
+        for event in ["handshake_accepted", "peer_connected", "seccomp_installed"] {
             assert!(
                 log.contains(&format!("sapper_event=\"{event}\"")),
                 "{} netd did not log {event}:\n{log}",
@@ -125,7 +122,10 @@ fn syscalls_and_files_outside_the_sandbox_fail() {
         "partial" => "landlock: partially enforced",
         _ => "landlock: not enforced",
     };
-    assert!(has(want), "kernel Landlock ABI {abi}: want {want:?}:\n{text}");
+    assert!(
+        has(want),
+        "kernel Landlock ABI {abi}: want {want:?}:\n{text}"
+    );
     if abi > 0 {
         assert!(has("read_shadow: EACCES"), "{text}");
         assert!(has("create_file: EACCES"), "{text}");
@@ -259,4 +259,69 @@ fn hand_started_netd_filters_itself_unless_told_not_to() {
         "{}",
         off.log()
     );
+}
+
+/// netd's own credentials, taken from the live process (its uid, gid,
+/// groups, capability sets and no_new_privs, in its network namespace),
+/// cannot create a TUN or change a route: that is privd's job. Were netd
+/// to keep root or a capability, the same commands would succeed here.
+#[test]
+fn netd_credentials_cannot_create_a_tun_or_change_a_route() {
+    let mut topo = Topology::start(Options::new(Transport::Quic));
+    topo.wait_for_peers();
+    let pid = topo.netd(Node::Entry).pid();
+    let wrap = sapper_tests::privs::as_process(pid);
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(&wrap[0]);
+        cmd.args(&wrap[1..]).args(args);
+        run_timeout(&mut cmd, Duration::from_secs(10)).expect("run as netd")
+    };
+    // The wrapper really reproduces netd's credentials.
+    let own = run(&["cat", "/proc/self/status"]);
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    let child = sapper_tests::privs::TaskPrivs::parse(&String::from_utf8_lossy(&own.stdout))
+        .expect("parse the wrapped command's status");
+    let netd = sapper_tests::privs::tasks(pid).swap_remove(0).1;
+    assert_eq!(
+        (
+            child.uids,
+            child.gids,
+            &child.groups,
+            child.cap_amb,
+            child.cap_bnd
+        ),
+        (
+            netd.uids,
+            netd.gids,
+            &netd.groups,
+            netd.cap_eff,
+            netd.cap_bnd
+        ),
+        "the command does not run with netd's credentials"
+    );
+
+    let tun = run(&["ip", "tuntap", "add", "dev", "nope0", "mode", "tun"]);
+    let err = String::from_utf8_lossy(&tun.stderr);
+    assert!(
+        !tun.status.success(),
+        "netd's credentials created a TUN: {err}"
+    );
+    // EACCES where /dev/net/tun is not world-writable, else EPERM from
+    // TUNSETIFF without CAP_NET_ADMIN.
+    assert!(
+        err.contains("Operation not permitted") || err.contains("Permission denied"),
+        "{err}"
+    );
+    let route = run(&["ip", "route", "add", "10.1.2.0/24", "dev", "lo"]);
+    let err = String::from_utf8_lossy(&route.stderr);
+    assert!(
+        !route.status.success(),
+        "netd's credentials added a route: {err}"
+    );
+    assert!(err.contains("Operation not permitted"), "{err}");
+    topo.assert_daemons_alive();
 }
