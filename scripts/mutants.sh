@@ -15,7 +15,8 @@
 #
 # Each mutant is one line: NAME|FILE|PERL|TEST ARGS, where PERL is a
 # substitution applied with `perl -0pi -e` (it must change the file, or the
-# mutant is reported as stale) and TEST ARGS go to `cargo test`.
+# mutant is reported as stale) and TEST ARGS go to `cargo test`. A `|`
+# inside PERL is written `\x7c`, since `|` separates the fields.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,7 +37,7 @@ MUTANTS=(
     # privd answers a uid that is not netd's with a refusal, not a hang-up.
     'privd-hangs-up-on-refusals|privd/src/server.rs|s/(let reply = self\.answer\(peer, &body\)\.await;)/$1\n            if matches!(reply.outcome, Outcome::Refused) { return; }/|-p sapper-tests --test e2e privd_refuses_other_uid'
     # Routes.
-    'route-covering-a-peer-installed|netd/src/announce.rs|s/let loops = underlay\.iter\(\)\.any\(\|a\| p\.contains\(a\)\);/let loops = underlay.is_empty() \&\& underlay.iter().any(|a| p.contains(a));/|-p sapper-tests --test roles announced_route_covering_a_peer_is_not_installed'
+    'route-covering-a-peer-installed|netd/src/announce.rs|s/let loops = underlay\.iter\(\)\.any\(\x7ca\x7c p\.contains\(a\)\);/let loops = underlay.is_empty() \&\& underlay.iter().any(\x7ca\x7c p.contains(a));/|-p sapper-tests --test roles announced_route_covering_a_peer_is_not_installed'
     # The userspace exit's limits.
     'udp-flow-limit-ignored|netd/src/exit/limits.rs|s/if self\.flows\[i\] >= limits\.max_flows\[i\] \{/if proto != Proto::Udp \&\& self.flows[i] >= limits.max_flows[i] {/|-p sapper-tests --test userspace_exit udp_and_icmp_flow_limits_refuse_new_flows'
     'icmp-flow-limit-ignored|netd/src/exit/limits.rs|s/if self\.flows\[i\] >= limits\.max_flows\[i\] \{/if proto != Proto::Icmp \&\& self.flows[i] >= limits.max_flows[i] {/|-p sapper-tests --test userspace_exit udp_and_icmp_flow_limits_refuse_new_flows'
@@ -95,13 +96,16 @@ for m in "${MUTANTS[@]}"; do
         report+=("BASELINE-FAILS  $name  (see $WORK/$name.baseline.log)")
         cp "$WORK/last.log" "$WORK/$name.baseline.log"
         broken=$((broken + 1))
+        log "${report[-1]}"
         continue
     fi
     cp "$TREE/$file" "$WORK/pristine"
-    perl -0pi -e "$expr" "$TREE/$file"
-    if cmp -s "$TREE/$file" "$WORK/pristine"; then
+    if ! perl -0pi -e "$expr" "$TREE/$file" 2>"$WORK/$name.perl.log" ||
+        cmp -s "$TREE/$file" "$WORK/pristine"; then
+        cp "$WORK/pristine" "$TREE/$file"
         report+=("STALE           $name  (the substitution no longer matches $file)")
         broken=$((broken + 1))
+        log "${report[-1]}"
         continue
     fi
     log "$name: mutated $file; building"
@@ -119,6 +123,7 @@ for m in "${MUTANTS[@]}"; do
         caught=$((caught + 1))
     fi
     cp "$WORK/pristine" "$TREE/$file"
+    log "${report[-1]}"
 done
 
 printf '\n'
