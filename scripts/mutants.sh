@@ -30,7 +30,9 @@ MUTANTS=(
     # The privilege drop.
     'netd-keeps-supplementary-groups|netd/src/privs.rs|s/nix::unistd::setgroups\(&\[t\.gid\]\)\.context\("setgroups"\)\?;//|-p sapper-tests --test e2e netd_unprivileged'
     'netd-keeps-root-and-capabilities|netd/src/privs.rs|s/(pub fn drop_all\(target: Option<Target>\) -> Result<\(\)> \{)/$1\n    if target.is_some() { return Ok(()); }/|-p sapper-tests --test hardening netd_credentials_cannot_create_a_tun_or_change_a_route'
-    'netd-without-no-new-privs|netd/src/privs.rs|s/nix::sys::prctl::set_no_new_privs\(\)\.context\("setting no_new_privs"\)\?;//|-p sapper-tests --test systemd_fast netd_serves_quic_and_ws_on_activated_fds_and_notifies'
+    # (installing the seccomp filter sets no_new_privs as well: the test is
+    # the one whose netd runs without the filter.)
+    'netd-without-no-new-privs|netd/src/privs.rs|s/nix::sys::prctl::set_no_new_privs\(\)\.context\("setting no_new_privs"\)\?;//|-p sapper-tests --test hardening hand_started_netd_filters_itself_unless_told_not_to'
     # Landlock.
     'landlock-never-applied|netd/src/main.rs|s/let status = fs_sandbox::restrict\(&readable, remove_in\)\?;/let _ = (\&readable, remove_in); let status = landlock::RulesetStatus::NotEnforced;/|-p sapper-tests --test hardening netd_runs_filtered_and_logs_audit_events'
     'selftest-without-landlock|netd/src/main.rs|s/let status = fs_sandbox::restrict\(&\[config\.to_path_buf\(\)\], None\)\?;/let status = landlock::RulesetStatus::NotEnforced;/|-p sapper-tests --test hardening syscalls_and_files_outside_the_sandbox_fail'
