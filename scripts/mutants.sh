@@ -39,7 +39,7 @@ MUTANTS=(
     # privd answers a uid that is not netd's with a refusal, not a hang-up.
     'privd-hangs-up-on-refusals|privd/src/server.rs|s/(let reply = self\.answer\(peer, &body\)\.await;)/$1\n            if matches!(reply.outcome, Outcome::Refused) { return; }/|-p sapper-tests --test e2e privd_refuses_other_uid'
     # Routes.
-    'route-covering-a-peer-installed|netd/src/announce.rs|s/let loops = underlay\.iter\(\)\.any\(\x7ca\x7c p\.contains\(a\)\);/let loops = underlay.is_empty() \&\& underlay.iter().any(\x7ca\x7c p.contains(a));/|-p sapper-tests --test roles announced_route_covering_a_peer_is_not_installed'
+    'route-covering-a-peer-installed|control/src/core.rs|s/if underlay\.iter\(\)\.any\(\x7ca\x7c prefix\.contains\(a\)\) \{/if underlay.is_empty() \&\& underlay.iter().any(\x7ca\x7c prefix.contains(a)) {/|-p sapper-tests --test roles announced_route_covering_a_peer_is_not_installed'
     # The userspace exit's limits.
     'udp-flow-limit-ignored|netd/src/exit/limits.rs|s/if self\.flows\[i\] >= limits\.max_flows\[i\] \{/if proto != Proto::Udp \&\& self.flows[i] >= limits.max_flows[i] {/|-p sapper-tests --test userspace_exit udp_and_icmp_flow_limits_refuse_new_flows'
     'icmp-flow-limit-ignored|netd/src/exit/limits.rs|s/if self\.flows\[i\] >= limits\.max_flows\[i\] \{/if proto != Proto::Icmp \&\& self.flows[i] >= limits.max_flows[i] {/|-p sapper-tests --test userspace_exit udp_and_icmp_flow_limits_refuse_new_flows'
