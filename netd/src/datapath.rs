@@ -8,16 +8,72 @@ use crate::tun::Tun;
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use sapper_control::{ForwardingTable, LinkId};
+use sapper_shared::framing::WS_TAG_PACKET;
 use sapper_shared::routing;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use tokio_util::sync::CancellationToken;
 
+/// One IP packet on the data path. It may keep one byte of headroom in
+/// front (WebSocket's packet tag, already written), so that a packet read
+/// from the TUN or received over WebSocket leaves over WebSocket without a
+/// copy, and over QUIC as a slice of the same buffer.
+#[derive(Clone)]
+pub struct Packet {
+    buf: Bytes,
+    tagged: bool,
+}
+
+impl Packet {
+    /// A bare packet.
+    pub fn plain(buf: Bytes) -> Self {
+        Self { buf, tagged: false }
+    }
+
+    /// `buf` is [`WS_TAG_PACKET`] followed by the packet.
+    pub fn tagged(buf: Bytes) -> Self {
+        debug_assert_eq!(buf.first(), Some(&WS_TAG_PACKET));
+        Self { buf, tagged: true }
+    }
+
+    /// The packet alone (no allocation: a slice of the same buffer).
+    pub fn into_bytes(self) -> Bytes {
+        if self.tagged {
+            self.buf.slice(1..)
+        } else {
+            self.buf
+        }
+    }
+
+    /// The packet behind a WebSocket packet tag; copies only a packet that
+    /// came without headroom (from QUIC or the userspace exit).
+    pub fn into_tagged(self) -> Bytes {
+        if self.tagged {
+            return self.buf;
+        }
+        let mut b = BytesMut::with_capacity(1 + self.buf.len());
+        b.extend_from_slice(&[WS_TAG_PACKET]);
+        b.extend_from_slice(&self.buf);
+        b.freeze()
+    }
+}
+
+impl std::ops::Deref for Packet {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        if self.tagged {
+            &self.buf[1..]
+        } else {
+            &self.buf
+        }
+    }
+}
+
 /// How one transport takes a packet: never waits; a full queue drops the
 /// packet as a congested router would (`false`).
 pub trait PacketTx: Send + Sync {
     /// Queues one packet.
-    fn try_send(&self, pkt: Bytes) -> bool;
+    fn try_send(&self, pkt: Packet) -> bool;
 }
 
 /// Per-link counters.
@@ -47,7 +103,7 @@ impl LinkData {
     }
 
     /// Queues one packet to the peer; never waits.
-    pub fn send(&self, pkt: Bytes) {
+    pub fn send(&self, pkt: Packet) {
         let len = pkt.len() as u64;
         if self.tx.try_send(pkt) {
             self.counters.packets_out.fetch_add(1, Relaxed);
@@ -105,7 +161,7 @@ impl DataPath {
 
     /// A packet arrived from link `from`: to the TUN, the userspace exit,
     /// or (on a relay) on to the next link.
-    pub fn deliver(&self, from: &LinkData, pkt: Bytes) {
+    pub fn deliver(&self, from: &LinkData, pkt: Packet) {
         let c = &from.counters;
         c.packets_in.fetch_add(1, Relaxed);
         c.bytes_in.fetch_add(pkt.len() as u64, Relaxed);
@@ -136,7 +192,7 @@ impl DataPath {
                     tracing::debug!(error = %e, "TUN write failed");
                 }
             },
-            (None, Some(exit)) => exit.handle(from.id, pkt),
+            (None, Some(exit)) => exit.handle(from.id, pkt.into_bytes()),
             (None, None) => {
                 self.stats.drops.fetch_add(1, Relaxed);
             }
@@ -147,6 +203,7 @@ impl DataPath {
     /// to link `to`, or wherever the table says if that link is gone.
     /// `false` when it could go nowhere.
     pub fn send_to(&self, to: Option<LinkId>, pkt: Bytes) -> bool {
+        let pkt = Packet::plain(pkt);
         let table = self.table.load();
         let link = match to.and_then(|id| table.link(id)) {
             Some(l) => Some(l),
@@ -176,11 +233,13 @@ pub async fn tun_reader(data: Arc<DataPath>, shutdown: CancellationToken) {
     let read_size = (tun.mtu as usize).clamp(576, MAX_TUN_PACKET);
     let mut buf = BytesMut::with_capacity(TUN_BUFFER);
     loop {
-        buf.reserve(read_size);
-        buf.resize(read_size, 0);
+        // One byte of headroom for the WebSocket packet tag.
+        buf.reserve(1 + read_size);
+        buf.resize(1 + read_size, 0);
+        buf[0] = WS_TAG_PACKET;
         let n = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = tun.read(&mut buf[..]) => match r {
+            r = tun.read(&mut buf[1..]) => match r {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the TUN failed; stopping the data path");
@@ -188,8 +247,8 @@ pub async fn tun_reader(data: Arc<DataPath>, shutdown: CancellationToken) {
                 }
             },
         };
-        buf.truncate(n);
-        let pkt = buf.split().freeze();
+        buf.truncate(1 + n);
+        let pkt = Packet::tagged(buf.split().freeze());
         data.stats.tun_in.fetch_add(1, Relaxed);
         let table = data.table.load();
         if !table.forwarding {

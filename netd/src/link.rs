@@ -3,11 +3,10 @@
 //! link ends. Transports are adapters behind [`Link`]; the decisions are the
 //! control core's.
 
-use crate::datapath::{DataPath, LinkData, PacketTx};
+use crate::datapath::{DataPath, LinkData, Packet, PacketTx};
 use crate::inputs::{Input, LinkHandle, LINK_CONTROL_QUEUE};
 use crate::node::Node;
 use anyhow::{anyhow, Result};
-use bytes::Bytes;
 use sapper_control::{Direction, LinkId, LinkUp};
 use sapper_shared::config::Transport;
 use sapper_shared::handshake::{Accepted, Handshaker};
@@ -31,7 +30,7 @@ pub struct Inbound {
 
 impl Inbound {
     /// One packet from the peer; never waits.
-    pub fn packet(&self, pkt: Bytes) {
+    pub fn packet(&self, pkt: Packet) {
         self.data.deliver(&self.link, pkt);
     }
 }

@@ -4,7 +4,7 @@
 //! unidirectional stream instead of being dropped, so a TUN MTU above the
 //! QUIC datagram size costs latency for those packets, never the link.
 
-use crate::datapath::PacketTx;
+use crate::datapath::{Packet, PacketTx};
 use crate::link::{run_link, Inbound, Link};
 use crate::node::Node;
 use crate::target::Target;
@@ -208,7 +208,8 @@ struct QuicTx {
 }
 
 impl PacketTx for QuicTx {
-    fn try_send(&self, pkt: Bytes) -> bool {
+    fn try_send(&self, pkt: Packet) -> bool {
+        let pkt = pkt.into_bytes();
         match self.conn.max_datagram_size() {
             Some(max) if pkt.len() <= max => self.conn.send_datagram(pkt).is_ok(),
             _ => self.big.try_send(pkt).is_ok(),
@@ -255,7 +256,7 @@ impl Link for QuicLink {
         let datagrams = inbound.clone();
         self.tasks.spawn(async move {
             while let Ok(d) = conn.read_datagram().await {
-                datagrams.packet(d);
+                datagrams.packet(Packet::plain(d));
             }
         });
         self.tasks.spawn(big_reader(self.conn.clone(), inbound));
@@ -298,7 +299,7 @@ async fn big_reader(conn: quinn::Connection, inbound: Inbound) {
         readers.spawn(async move {
             let mut decoder = FrameDecoder::new(MAX_PACKET);
             while let Ok(pkt) = next_frame(&mut recv, &mut decoder).await {
-                inbound.packet(Bytes::from(pkt));
+                inbound.packet(Packet::plain(Bytes::from(pkt)));
             }
         });
     }

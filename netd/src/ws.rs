@@ -5,7 +5,7 @@
 //! WebSocket pings keep middleboxes from timing the link out; Sapper's own
 //! pings measure latency and detect a dead peer.
 
-use crate::datapath::PacketTx;
+use crate::datapath::{Packet, PacketTx};
 use crate::link::{run_link, Inbound, Link};
 use crate::node::Node;
 use crate::target::Target;
@@ -30,8 +30,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-pub const TAG_CONTROL: u8 = 0;
-pub const TAG_PACKET: u8 = 1;
+pub use sapper_shared::framing::{WS_TAG_CONTROL as TAG_CONTROL, WS_TAG_PACKET as TAG_PACKET};
 
 /// One IP packet plus its tag, or one control message, fits; nothing larger
 /// is buffered for a peer.
@@ -198,8 +197,9 @@ where
 struct WsTx(mpsc::Sender<Bytes>);
 
 impl PacketTx for WsTx {
-    fn try_send(&self, pkt: Bytes) -> bool {
-        self.0.try_send(pkt).is_ok()
+    fn try_send(&self, pkt: Packet) -> bool {
+        // Tagged already (from the TUN or another WebSocket): no copy.
+        self.0.try_send(pkt.into_tagged()).is_ok()
     }
 }
 
@@ -267,7 +267,7 @@ where
                 Some(Ok(Message::Binary(b))) => match b.first() {
                     Some(&TAG_CONTROL) => return Ok(b[1..].to_vec()),
                     Some(&TAG_PACKET) => match &self.inbound {
-                        Some(inbound) => inbound.packet(b.slice(1..)),
+                        Some(inbound) => inbound.packet(Packet::tagged(b)),
                         None => bail!("expected a control message"),
                     },
                     _ => bail!("unknown WebSocket message tag"),
@@ -302,7 +302,8 @@ async fn writer<S>(
                 return;
             }
             Some(c) = control.recv() => tagged(TAG_CONTROL, &c.encode_to_vec()),
-            Some(p) = data.recv() => tagged(TAG_PACKET, &p),
+            // Queued with its tag in front (Packet::into_tagged).
+            Some(p) = data.recv() => Message::Binary(p),
             _ = ping.tick() => Message::Ping(Bytes::new()),
         };
         // Batch: queue without flushing while more packets are waiting.
