@@ -379,3 +379,77 @@ mod tests {
         );
     }
 }
+
+/// Real QUIC handshakes on loopback: the probe must report what rustls
+/// negotiated (the in-memory TLS matrix in tls::tests is the reference).
+#[cfg(test)]
+mod quic_tests {
+    use super::*;
+    use crate::tls::{self, tests::MATRIX, PeerTrust, ServerTls};
+
+    async fn quic(
+        client_kx: sapper_shared::config::KeyExchange,
+        server_kx: sapper_shared::config::KeyExchange,
+    ) -> (Result<Negotiated, String>, Result<Negotiated, String>) {
+        let id = tls::tests::identity();
+        let server_tls = ServerTls::new(&id, &[tls::ALPN_QUIC], server_kx).unwrap();
+        let (cfg, _offered) = server_tls.for_connection();
+        let probe_s = Arc::new(Probe::default());
+        let server_cfg = quinn::ServerConfig::with_crypto(Arc::new(ProbedServer {
+            inner: Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(cfg).unwrap()),
+            probe: probe_s.clone(),
+        }));
+        let server =
+            quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let client_tls = tls::client_config(
+            &PeerTrust::Pinned(id.fingerprint),
+            &[tls::ALPN_QUIC],
+            client_kx,
+        )
+        .unwrap();
+        let probe_c = Arc::new(Probe::default());
+        let client_cfg = quinn::ClientConfig::new(Arc::new(ProbedClient {
+            inner: Arc::new(
+                quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(client_tls)).unwrap(),
+            ),
+            probe: probe_c.clone(),
+        }));
+        let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let accept = async {
+            let inc = server.accept().await.unwrap();
+            inc.await.map_err(|e| e.to_string())
+        };
+        let connect = async {
+            client
+                .connect_with(client_cfg, addr, "node")
+                .unwrap()
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let (s, c) = tokio::join!(accept, connect);
+        let c = c.and_then(|_| probe_c.negotiated().map_err(|e| e.to_string()));
+        let s = s.and_then(|_| probe_s.negotiated().map_err(|e| e.to_string()));
+        (c, s)
+    }
+
+    #[tokio::test]
+    async fn probe_reports_what_quic_negotiated() {
+        for (client_kx, server_kx, want) in MATRIX {
+            let what = format!("client {client_kx:?}, server {server_kx:?}");
+            let (c, s) = quic(client_kx, server_kx).await;
+            match want {
+                Some(group) => {
+                    let c = c.unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert_eq!(Ok(c.clone()), s, "{what}");
+                    assert_eq!(c.kx_group, group, "{what}");
+                    assert_eq!(c.version, "TLSv1.3", "{what}");
+                    assert_eq!(c.cipher_suite, "TLS13_AES_256_GCM_SHA384", "{what}");
+                }
+                None => {
+                    assert!(c.is_err() && s.is_err(), "{what}: {c:?} {s:?}");
+                }
+            }
+        }
+    }
+}

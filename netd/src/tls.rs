@@ -421,3 +421,188 @@ impl ServerCertVerifier for PinnedVerifier {
         self.algs.supported_schemes()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use KeyExchange::{ClassicAllowed, ClassicOnly, Hybrid};
+
+    /// A throwaway self-signed identity.
+    pub(crate) fn identity() -> Identity {
+        let ck = rcgen::generate_simple_self_signed(vec!["node".to_string()]).unwrap();
+        let cert = CertificateDer::from(ck.cert.der().to_vec());
+        let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let fingerprint = fingerprint(&cert);
+        Identity {
+            chain: vec![cert],
+            key,
+            fingerprint,
+        }
+    }
+
+    fn names(p: &CryptoProvider) -> (Vec<String>, Vec<String>) {
+        (
+            p.kx_groups.iter().map(|g| group_name(g.name())).collect(),
+            p.cipher_suites
+                .iter()
+                .map(|s| suite_name(s.suite()))
+                .collect(),
+        )
+    }
+
+    const SUITES: [&str; 3] = [
+        "TLS13_AES_256_GCM_SHA384",
+        "TLS13_AES_128_GCM_SHA256",
+        "TLS13_CHACHA20_POLY1305_SHA256",
+    ];
+
+    #[test]
+    fn offered_groups_and_suites_are_pinned() {
+        let id = identity();
+        for (kx, groups) in [
+            (Hybrid, &["X25519MLKEM768"][..]),
+            (ClassicAllowed, &["X25519MLKEM768", "X25519"][..]),
+            (ClassicOnly, &["X25519"][..]),
+        ] {
+            let server = ServerTls::new(&id, &[b"x"], kx).unwrap();
+            let (per_conn, _) = server.for_connection();
+            let client = client_config(&PeerTrust::Pinned(id.fingerprint), &[b"x"], kx).unwrap();
+            for (side, p) in [
+                ("server", per_conn.crypto_provider()),
+                ("server default", server.shared().crypto_provider()),
+                ("client", client.crypto_provider()),
+            ] {
+                let (g, s) = names(p);
+                assert_eq!(g, groups, "{side} groups for {kx:?}");
+                assert_eq!(s, SUITES, "{side} suites for {kx:?}");
+                assert!(
+                    p.cipher_suites
+                        .iter()
+                        .all(|s| s.version() == &rustls::version::TLS13),
+                    "{side}: TLS 1.3 suites only"
+                );
+            }
+        }
+    }
+
+    /// Runs a TLS handshake in memory; the negotiated values of both ends,
+    /// or the server's error.
+    fn handshake(
+        client: rustls::ClientConfig,
+        server: Arc<rustls::ServerConfig>,
+    ) -> Result<(Negotiated, Negotiated), (rustls::Error, Option<rustls::Error>)> {
+        let name = ServerName::try_from("node").unwrap();
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut s = rustls::ServerConnection::new(server).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).unwrap();
+            }
+            if let Err(e) = s.process_new_packets() {
+                // Deliver the alert to the client.
+                let mut alert = Vec::new();
+                while s.wants_write() {
+                    s.write_tls(&mut alert).unwrap();
+                }
+                let mut rd = &alert[..];
+                let _ = c.read_tls(&mut rd);
+                return Err((e, c.process_new_packets().err()));
+            }
+            let mut buf = Vec::new();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+            }
+            c.process_new_packets().unwrap();
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok((
+                    Negotiated::from_rustls(&c).unwrap(),
+                    Negotiated::from_rustls(&s).unwrap(),
+                ));
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    /// Who talks to whom, and what the link ends up with.
+    pub(crate) const MATRIX: [(KeyExchange, KeyExchange, Option<&str>); 9] = [
+        (Hybrid, Hybrid, Some("X25519MLKEM768")),
+        (Hybrid, ClassicAllowed, Some("X25519MLKEM768")),
+        (ClassicAllowed, Hybrid, Some("X25519MLKEM768")),
+        (ClassicAllowed, ClassicAllowed, Some("X25519MLKEM768")),
+        (ClassicAllowed, ClassicOnly, Some("X25519")),
+        (ClassicOnly, ClassicAllowed, Some("X25519")),
+        (ClassicOnly, ClassicOnly, Some("X25519")),
+        (Hybrid, ClassicOnly, None),
+        (ClassicOnly, Hybrid, None),
+    ];
+
+    #[test]
+    fn what_each_pair_of_settings_negotiates() {
+        let id = identity();
+        for (client_kx, server_kx, want) in MATRIX {
+            let server = ServerTls::new(&id, &[b"x"], server_kx).unwrap();
+            let (cfg, offered) = server.for_connection();
+            let client =
+                client_config(&PeerTrust::Pinned(id.fingerprint), &[b"x"], client_kx).unwrap();
+            let what = format!("client {client_kx:?}, server {server_kx:?}");
+            match (handshake(client, cfg), want) {
+                (Ok((c, s)), Some(group)) => {
+                    assert_eq!(c, s, "{what}");
+                    assert_eq!(c.kx_group, group, "{what}");
+                    assert_eq!(c.version, "TLSv1.3", "{what}");
+                    assert_eq!(c.cipher_suite, SUITES[0], "{what}");
+                    assert_eq!(offered.kx_refusal(server_kx), None, "{what}");
+                }
+                (Err((server_err, client_err)), None) => {
+                    assert_eq!(
+                        server_err,
+                        rustls::Error::PeerIncompatible(
+                            rustls::PeerIncompatible::NoKxGroupsInCommon
+                        ),
+                        "{what}"
+                    );
+                    assert_eq!(
+                        client_err,
+                        Some(rustls::Error::AlertReceived(
+                            rustls::AlertDescription::HandshakeFailure
+                        )),
+                        "{what}"
+                    );
+                    let why = offered.kx_refusal(server_kx).expect("a refusal");
+                    let (offer, accept) = if client_kx == Hybrid {
+                        ("[X25519MLKEM768]", "[X25519]")
+                    } else {
+                        ("[X25519]", "[X25519MLKEM768]")
+                    };
+                    assert!(
+                        why.contains(&format!(
+                            "peer offered key-exchange groups {offer} and this node accepts only {accept}"
+                        )),
+                        "{what}: {why}"
+                    );
+                    assert!(why.contains(server_kx.as_str()), "{why}");
+                }
+                (got, _) => panic!("{what}: expected {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn client_refusal_names_what_we_offered() {
+        let m = client_refusal(ClassicAllowed);
+        assert!(
+            m.contains("offered key-exchange groups [X25519MLKEM768, X25519]"),
+            "{m}"
+        );
+        assert!(m.contains("\"classic-allowed\""), "{m}");
+    }
+}
