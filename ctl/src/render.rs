@@ -454,7 +454,10 @@ mod tests {
         );
         let v: Value = serde_json::from_str(&render(&Resp::Peers(peers), true)).unwrap();
         assert_eq!(v["peers"][0]["tls"]["version"], "TLSv1.3");
-        assert_eq!(v["peers"][0]["tls"]["cipher_suite"], "TLS13_AES_256_GCM_SHA384");
+        assert_eq!(
+            v["peers"][0]["tls"]["cipher_suite"],
+            "TLS13_AES_256_GCM_SHA384"
+        );
         assert_eq!(v["peers"][0]["tls"]["kx_group"], "X25519MLKEM768");
         // A netd without the field: null in JSON, "-" in the table.
         let old = PeersResponse {

@@ -72,7 +72,11 @@ pub struct QuicServer {
 impl QuicServer {
     fn for_connection(
         &self,
-    ) -> Result<(Arc<quinn::ServerConfig>, Arc<crate::tls::Offered>, Arc<Probe>)> {
+    ) -> Result<(
+        Arc<quinn::ServerConfig>,
+        Arc<crate::tls::Offered>,
+        Arc<Probe>,
+    )> {
         let (tls, offered) = self.tls.for_connection();
         let inner = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .context("building the QUIC server TLS config")?;
@@ -129,18 +133,19 @@ async fn accept_one(node: Arc<Node>, incoming: quinn::Incoming, server: &QuicSer
     let remote = incoming.remote_address();
     let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
     let (cfg, offered, probe) = server.for_connection()?;
-    let connecting = incoming
-        .accept_with(cfg)
-        .context("accepting the QUIC connection")?;
+    let failed = |e: quinn::ConnectionError| {
+        if let Some(why) = offered.kx_refusal(server.tls.key_exchange) {
+            session::tls_refused(&node, remote, "quic", &why);
+            return anyhow!("TLS handshake failed: {why}: {e}");
+        }
+        anyhow!(e).context("TLS handshake failed")
+    };
+    // A ClientHello that fits one packet is processed, and may be refused,
+    // right here; a longer one (ML-KEM key shares) while connecting.
+    let connecting = incoming.accept_with(cfg).map_err(failed)?;
     let conn = match tokio::time::timeout(timeout, connecting).await {
         Err(_) => bail!("TLS handshake timed out"),
-        Ok(Err(e)) => {
-            if let Some(why) = offered.kx_refusal(server.tls.key_exchange) {
-                session::tls_refused(&node, remote, "quic", &why);
-                bail!("TLS handshake failed: {why}: {e}");
-            }
-            return Err(anyhow!(e).context("TLS handshake failed"));
-        }
+        Ok(Err(e)) => return Err(failed(e)),
         Ok(Ok(c)) => c,
     };
     let tls = probe.negotiated()?;
@@ -188,20 +193,18 @@ pub async fn dial(
     client.transport_config(transport_config(&node.cfg));
     let server_name = crate::dial::server_name(target);
     let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
-    let conn = match tokio::time::timeout(
-        timeout,
-        endpoint.connect_with(client, addr, &server_name)?,
-    )
-    .await
-    {
-        Err(_) => bail!("QUIC connect timed out"),
-        Ok(Err(e)) if closed_by_handshake_failure(&e) => {
-            let why = crate::tls::client_refusal(node.cfg.tls.key_exchange());
-            bail!("QUIC connect to {addr}: {why}: {e}");
-        }
-        Ok(Err(e)) => return Err(anyhow!(e).context(format!("QUIC connect to {addr}"))),
-        Ok(Ok(c)) => c,
-    };
+    let conn =
+        match tokio::time::timeout(timeout, endpoint.connect_with(client, addr, &server_name)?)
+            .await
+        {
+            Err(_) => bail!("QUIC connect timed out"),
+            Ok(Err(e)) if closed_by_handshake_failure(&e) => {
+                let why = crate::tls::client_refusal(node.cfg.tls.key_exchange());
+                bail!("QUIC connect to {addr}: {why}: {e}");
+            }
+            Ok(Err(e)) => return Err(anyhow!(e).context(format!("QUIC connect to {addr}"))),
+            Ok(Ok(c)) => c,
+        };
     let tls = probe.negotiated()?;
     let (send, recv) = conn.open_bi().await.context("opening the control stream")?;
     let r = run(node, conn, send, recv, Side::Client, true, tls).await;
@@ -258,18 +261,17 @@ async fn run(
 ) -> Result<()> {
     let remote = conn.remote_address();
     let mut io = QuicControl { send, recv };
-    let accepted = match session::handshake(&node, &mut io, side, binding(&conn)?, remote, &tls)
-        .await
-    {
-        Ok(a) => a,
-        Err(e) => {
-            // Give the error frame a moment to leave before closing.
-            let _ = io.send.finish();
-            let _ = tokio::time::timeout(Duration::from_millis(500), io.send.stopped()).await;
-            conn.close(1u32.into(), b"handshake rejected");
-            return Err(e);
-        }
-    };
+    let accepted =
+        match session::handshake(&node, &mut io, side, binding(&conn)?, remote, &tls).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Give the error frame a moment to leave before closing.
+                let _ = io.send.finish();
+                let _ = tokio::time::timeout(Duration::from_millis(500), io.send.stopped()).await;
+                conn.close(1u32.into(), b"handshake rejected");
+                return Err(e);
+            }
+        };
     let (control_tx, control_rx) = mpsc::channel(64);
     let (big_tx, big_rx) = mpsc::channel(node.cfg.peer_queue.min(256));
     let peer = Arc::new(Peer::new(

@@ -173,7 +173,9 @@ impl Probe {
             .map_err(|_| anyhow::anyhow!("TLS probe poisoned"))?;
         match &s.result {
             Some(Ok(n)) => Ok(n.clone()),
-            Some(Err(e)) => Err(anyhow::anyhow!("reading the negotiated TLS parameters: {e}")),
+            Some(Err(e)) => Err(anyhow::anyhow!(
+                "reading the negotiated TLS parameters: {e}"
+            )),
             None => Err(anyhow::anyhow!("the TLS handshake carried no ServerHello")),
         }
     }
@@ -256,7 +258,10 @@ impl crypto::ClientConfig for ProbedClient {
         server_name: &str,
         params: &TransportParameters,
     ) -> Result<Box<dyn crypto::Session>, ConnectError> {
-        let inner = self.inner.clone().start_session(version, server_name, params)?;
+        let inner = self
+            .inner
+            .clone()
+            .start_session(version, server_name, params)?;
         Ok(Box::new(ProbedSession {
             inner,
             probe: self.probe.clone(),
@@ -331,12 +336,18 @@ mod tests {
         let hrr = hello(
             HRR_RANDOM,
             0x1302,
-            &[(EXT_SUPPORTED_VERSIONS, vec![3, 4]), (EXT_KEY_SHARE, vec![0x11, 0xec])],
+            &[
+                (EXT_SUPPORTED_VERSIONS, vec![3, 4]),
+                (EXT_KEY_SHARE, vec![0x11, 0xec]),
+            ],
         );
         let sh = hello(
             [1; 32],
             0x1302,
-            &[(EXT_KEY_SHARE, share(0x11ec, 1120)), (EXT_SUPPORTED_VERSIONS, vec![3, 4])],
+            &[
+                (EXT_KEY_SHARE, share(0x11ec, 1120)),
+                (EXT_SUPPORTED_VERSIONS, vec![3, 4]),
+            ],
         );
         let stream = [hrr, sh, vec![8, 0, 0, 2, 0, 0]].concat();
         let want = Negotiated {
@@ -360,7 +371,10 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_server_hello() {
-        assert!(matches!(scan_server_hello(&[1, 0, 0, 0]), Scan::Malformed(_)));
+        assert!(matches!(
+            scan_server_hello(&[1, 0, 0, 0]),
+            Scan::Malformed(_)
+        ));
         let no_share = hello([1; 32], 0x1301, &[(EXT_SUPPORTED_VERSIONS, vec![3, 4])]);
         assert!(matches!(scan_server_hello(&no_share), Scan::Malformed(_)));
         // An extension longer than the block that holds it.
@@ -373,7 +387,11 @@ mod tests {
             panic!("not found")
         };
         assert_eq!(
-            (n.version.as_str(), n.cipher_suite.as_str(), n.kx_group.as_str()),
+            (
+                n.version.as_str(),
+                n.cipher_suite.as_str(),
+                n.kx_group.as_str()
+            ),
             ("TLSv1.2", "TLS13_CHACHA20_POLY1305_SHA256", "X25519"),
             "no supported_versions: the legacy version is what it says"
         );
@@ -390,17 +408,20 @@ mod quic_tests {
     async fn quic(
         client_kx: sapper_shared::config::KeyExchange,
         server_kx: sapper_shared::config::KeyExchange,
-    ) -> (Result<Negotiated, String>, Result<Negotiated, String>) {
+    ) -> (
+        Result<Negotiated, String>,
+        Result<Negotiated, String>,
+        Option<String>,
+    ) {
         let id = tls::tests::identity();
         let server_tls = ServerTls::new(&id, &[tls::ALPN_QUIC], server_kx).unwrap();
-        let (cfg, _offered) = server_tls.for_connection();
+        let (cfg, offered) = server_tls.for_connection();
         let probe_s = Arc::new(Probe::default());
         let server_cfg = quinn::ServerConfig::with_crypto(Arc::new(ProbedServer {
             inner: Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(cfg).unwrap()),
             probe: probe_s.clone(),
         }));
-        let server =
-            quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let server = quinn::Endpoint::server(server_cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = server.local_addr().unwrap();
         let client_tls = tls::client_config(
             &PeerTrust::Pinned(id.fingerprint),
@@ -430,14 +451,14 @@ mod quic_tests {
         let (s, c) = tokio::join!(accept, connect);
         let c = c.and_then(|_| probe_c.negotiated().map_err(|e| e.to_string()));
         let s = s.and_then(|_| probe_s.negotiated().map_err(|e| e.to_string()));
-        (c, s)
+        (c, s, offered.kx_refusal(server_kx))
     }
 
     #[tokio::test]
     async fn probe_reports_what_quic_negotiated() {
         for (client_kx, server_kx, want) in MATRIX {
             let what = format!("client {client_kx:?}, server {server_kx:?}");
-            let (c, s) = quic(client_kx, server_kx).await;
+            let (c, s, refusal) = quic(client_kx, server_kx).await;
             match want {
                 Some(group) => {
                     let c = c.unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -445,9 +466,15 @@ mod quic_tests {
                     assert_eq!(c.kx_group, group, "{what}");
                     assert_eq!(c.version, "TLSv1.3", "{what}");
                     assert_eq!(c.cipher_suite, "TLS13_AES_256_GCM_SHA384", "{what}");
+                    assert_eq!(refusal, None, "{what}");
                 }
                 None => {
                     assert!(c.is_err() && s.is_err(), "{what}: {c:?} {s:?}");
+                    let why = refusal.unwrap_or_else(|| panic!("{what}: no refusal: {s:?}"));
+                    assert!(
+                        why.contains("the peer offered key-exchange groups"),
+                        "{why}"
+                    );
                 }
             }
         }

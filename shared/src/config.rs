@@ -901,13 +901,19 @@ allowed_routes = ["10.0.0.0/8"]
             assert_eq!(kx.as_str(), name);
         }
         assert_eq!(
-            with("classic-allowed").unwrap().netd.unwrap().tls.key_exchange(),
+            with("classic-allowed")
+                .unwrap()
+                .netd
+                .unwrap()
+                .tls
+                .key_exchange(),
             KeyExchange::ClassicAllowed
         );
         let e = with("classic").unwrap_err();
         assert_eq!(e.key, "netd.tls.key_exchange");
         assert!(
-            e.to_string().starts_with("t.toml: netd.tls.key_exchange: unknown value \"classic\""),
+            e.to_string()
+                .starts_with("t.toml: netd.tls.key_exchange: unknown value \"classic\""),
             "{e}"
         );
     }
