@@ -487,6 +487,7 @@ pub(crate) mod tests {
 
     /// Runs a TLS handshake in memory; the negotiated values of both ends,
     /// or the server's error.
+    #[allow(clippy::result_large_err)]
     fn handshake(
         client: rustls::ClientConfig,
         server: Arc<rustls::ServerConfig>,

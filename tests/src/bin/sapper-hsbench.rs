@@ -146,9 +146,8 @@ async fn quic(
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| format!("QUIC client config: {e}"))?;
     let client = quinn::ClientConfig::new(Arc::new(crypto));
-    let endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
-            .map_err(|e| format!("QUIC endpoint: {e}"))?;
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
+        .map_err(|e| format!("QUIC endpoint: {e}"))?;
     let connect = move |endpoint: quinn::Endpoint, client: quinn::ClientConfig| async move {
         endpoint
             .connect_with(client, addr, "sapper")
@@ -250,10 +249,7 @@ impl AsyncWrite for Counted {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
