@@ -108,8 +108,8 @@ CFG
 chown -R nobody:nogroup "$DIR"
 chmod 0755 "$DIR"
 AS_NOBODY=(setpriv --reuid nobody --regid nogroup --clear-groups --inh-caps=-all --bounding-set=-all --)
-FP=$("${AS_NOBODY[@]}" "$NETD" --config "$DIR/sapper.toml" --print-fingerprint | tail -n1) ||
-    die "sapper-netd --print-fingerprint failed"
+FP=$("${AS_NOBODY[@]}" "$NETD" --config "$DIR/sapper.toml" --print-fingerprint 2>"$DIR/fp.log" | tail -n1) ||
+    { cat "$DIR/fp.log" >&2; die "sapper-netd --print-fingerprint failed"; }
 ip netns exec "$NS" "${AS_NOBODY[@]}" "$NETD" --config "$DIR/sapper.toml" >"$DIR/netd.log" 2>&1 </dev/null &
 PID=$!
 for _ in $(seq 50); do

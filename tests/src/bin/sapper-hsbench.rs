@@ -15,7 +15,8 @@
 //! `transport=.. kx=.. handshakes=N seconds=S per_second=R bytes_out=B bytes_in=B`
 //! where bytes_* are one extra handshake's bytes measured by the client:
 //! UDP payload for QUIC (100 ms after it completed, so the server's
-//! HANDSHAKE_DONE and ACKs are in), TLS bytes over TCP for WS (when
+//! HANDSHAKE_DONE and ACKs are in; the client sends no path-MTU probes, the
+//! listener's first probe may fall in that window), TLS bytes over TCP for WS (when
 //! the client's handshake completed; TCP/IP headers not counted).
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -145,7 +146,11 @@ async fn quic(
     tls.alpn_protocols = vec![b"sapper/1".to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| format!("QUIC client config: {e}"))?;
-    let client = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    // No path-MTU probes from the client: they are not part of a handshake.
+    let mut transport = quinn::TransportConfig::default();
+    transport.mtu_discovery_config(None);
+    client.transport_config(Arc::new(transport));
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
         .map_err(|e| format!("QUIC endpoint: {e}"))?;
     let connect = move |endpoint: quinn::Endpoint, client: quinn::ClientConfig| async move {
