@@ -32,7 +32,10 @@ pub fn server_name(target: &ConnectConfig) -> String {
         .to_string()
 }
 
-pub fn client_tls(target: &ConnectConfig) -> Result<Arc<rustls::ClientConfig>> {
+pub fn client_tls(
+    target: &ConnectConfig,
+    kx: sapper_shared::config::KeyExchange,
+) -> Result<Arc<rustls::ClientConfig>> {
     let trust = match (&target.fingerprint, &target.ca_file) {
         (Some(fp), _) => PeerTrust::Pinned(
             parse_fingerprint(fp).context("fingerprint was validated at load time")?,
@@ -44,7 +47,7 @@ pub fn client_tls(target: &ConnectConfig) -> Result<Arc<rustls::ClientConfig>> {
         Transport::Quic => &[tls::ALPN_QUIC],
         Transport::Ws => &[b"http/1.1"],
     };
-    Ok(Arc::new(tls::client_config(&trust, alpn)?))
+    Ok(Arc::new(tls::client_config(&trust, alpn, kx)?))
 }
 
 fn random_u32() -> u32 {

@@ -14,6 +14,7 @@ mod negotiation;
 mod node;
 mod privs;
 mod quic;
+mod quic_tls;
 mod seccomp;
 mod session;
 mod tls;
@@ -381,7 +382,7 @@ async fn serve(node: Arc<Node>, bound: Bound) -> Result<()> {
         listen::ws(&node, sock, addr, path)?;
     }
     for target in node.cfg.connect.clone() {
-        let tls = dial::client_tls(&target)?;
+        let tls = dial::client_tls(&target, node.cfg.tls.key_exchange())?;
         tokio::spawn(dial::connector(node.clone(), target, tls));
     }
     let mgmt = tokio::net::UnixListener::from_std(bound.mgmt)?;

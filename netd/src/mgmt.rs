@@ -422,7 +422,8 @@ async fn connect(node: &Arc<Node>, c: ConnectRequest) -> Result<(), Failure> {
     let addr = crate::dial::resolve(&target.address)
         .await
         .map_err(|e| bad(format!("{e:#}")))?;
-    let tls = crate::dial::client_tls(&target).map_err(|e| bad(format!("{e:#}")))?;
+    let tls = crate::dial::client_tls(&target, node.cfg.tls.key_exchange())
+        .map_err(|e| bad(format!("{e:#}")))?;
     let mut events = node.events.subscribe();
     tokio::spawn(crate::dial::connector(node.clone(), target, tls));
     let wait = Duration::from_millis(node.cfg.handshake_timeout_ms);

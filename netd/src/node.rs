@@ -75,6 +75,8 @@ pub struct Peer {
     pub ping_waiters: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// What negotiation decided for this link.
     pub link: Mutex<LinkState>,
+    /// What the link's TLS handshake negotiated.
+    pub tls: crate::tls::Negotiated,
 }
 
 /// The negotiated state of one link.
@@ -103,9 +105,11 @@ pub const MAX_PING_WAITERS: usize = 16;
 
 impl Peer {
     /// A peer that passed the handshake on a new link.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node: &Node,
         accepted: sapper_shared::handshake::Accepted,
+        tls: crate::tls::Negotiated,
         address: SocketAddr,
         transport: Transport,
         outbound: bool,
@@ -133,6 +137,7 @@ impl Peer {
                 peer_hint,
             }),
             ping_waiters: Mutex::new(HashMap::new()),
+            tls,
         }
     }
 
@@ -213,6 +218,11 @@ impl Peer {
                 .map(|l| l.reason.clone())
                 .unwrap_or_default(),
             exit_flows: None,
+            tls: Some(mgmt::LinkTls {
+                version: self.tls.version.clone(),
+                cipher_suite: self.tls.cipher_suite.clone(),
+                kx_group: self.tls.kx_group.clone(),
+            }),
         }
     }
 }

@@ -5,8 +5,10 @@
 //! QUIC datagram size costs latency for those packets, never the link.
 
 use crate::node::{Node, PacketPath, Peer};
+use crate::quic_tls::{Probe, ProbedClient, ProbedServer};
 use crate::session::{self, ControlIo};
-use anyhow::{anyhow, Context, Result};
+use crate::tls::{Negotiated, ServerTls};
+use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use sapper_shared::config::{ConnectConfig, Transport};
 use sapper_shared::framing::{self, HEADER_LEN, MAX_CONTROL_FRAME};
@@ -59,36 +61,67 @@ fn size_buffers(socket: &std::net::UdpSocket) {
     }
 }
 
+/// A QUIC listener's configs: each accepted connection gets its own TLS
+/// config (to record its ClientHello) and crypto wrapper (to record what
+/// the handshake negotiated).
+pub struct QuicServer {
+    tls: ServerTls,
+    base: quinn::ServerConfig,
+}
+
+impl QuicServer {
+    fn for_connection(
+        &self,
+    ) -> Result<(
+        Arc<quinn::ServerConfig>,
+        Arc<crate::tls::Offered>,
+        Arc<Probe>,
+    )> {
+        let (tls, offered) = self.tls.for_connection();
+        let inner = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .context("building the QUIC server TLS config")?;
+        let probe = Arc::new(Probe::default());
+        let mut cfg = self.base.clone();
+        cfg.crypto = Arc::new(ProbedServer {
+            inner: Arc::new(inner),
+            probe: probe.clone(),
+        });
+        Ok((Arc::new(cfg), offered, probe))
+    }
+}
+
 pub fn server_endpoint(
     socket: std::net::UdpSocket,
     node_cfg: &sapper_shared::config::NetdConfig,
-    tls: rustls::ServerConfig,
-) -> Result<quinn::Endpoint> {
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+    tls: ServerTls,
+) -> Result<(quinn::Endpoint, Arc<QuicServer>)> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.shared())
         .context("building the QUIC server TLS config")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport_config(node_cfg));
     size_buffers(&socket);
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
-    quinn::Endpoint::new(
+    let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(server),
+        Some(server.clone()),
         socket,
         runtime,
     )
-    .context("creating the QUIC endpoint")
+    .context("creating the QUIC endpoint")?;
+    Ok((endpoint, Arc::new(QuicServer { tls, base: server })))
 }
 
-pub async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint) {
+pub async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, server: Arc<QuicServer>) {
     loop {
         let incoming = tokio::select! {
             _ = node.shutdown.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
         let node = node.clone();
+        let server = server.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            if let Err(e) = accept_one(node, incoming).await {
+            if let Err(e) = accept_one(node, incoming, &server).await {
                 tracing::debug!(%remote, error = %format!("{e:#}"), "QUIC link ended");
             }
         });
@@ -96,17 +129,40 @@ pub async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint) {
     endpoint.close(0u32.into(), b"shutdown");
 }
 
-async fn accept_one(node: Arc<Node>, incoming: quinn::Incoming) -> Result<()> {
+async fn accept_one(node: Arc<Node>, incoming: quinn::Incoming, server: &QuicServer) -> Result<()> {
+    let remote = incoming.remote_address();
     let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
-    let conn = tokio::time::timeout(timeout, incoming)
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake failed")?;
+    let (cfg, offered, probe) = server.for_connection()?;
+    let failed = |e: quinn::ConnectionError| {
+        if let Some(why) = offered.kx_refusal(server.tls.key_exchange) {
+            session::tls_refused(&node, remote, "quic", &why);
+            return anyhow!("TLS handshake failed: {why}: {e}");
+        }
+        anyhow!(e).context("TLS handshake failed")
+    };
+    // A ClientHello that fits one packet is processed, and may be refused,
+    // right here; a longer one (ML-KEM key shares) while connecting.
+    let connecting = incoming.accept_with(cfg).map_err(failed)?;
+    let conn = match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => bail!("TLS handshake timed out"),
+        Ok(Err(e)) => return Err(failed(e)),
+        Ok(Ok(c)) => c,
+    };
+    let tls = probe.negotiated()?;
     let (send, recv) = tokio::time::timeout(timeout, conn.accept_bi())
         .await
         .context("peer opened no control stream")?
         .context("accepting the control stream")?;
-    run(node, conn, send, recv, Side::Server, false).await
+    run(node, conn, send, recv, Side::Server, false, tls).await
+}
+
+/// True when the peer closed the connection with TLS alert
+/// handshake_failure (40), which is how a listener says it shares no
+/// key-exchange group (or cipher suite) with us.
+fn closed_by_handshake_failure(e: &quinn::ConnectionError) -> bool {
+    const HANDSHAKE_FAILURE: u8 = 40;
+    matches!(e, quinn::ConnectionError::ConnectionClosed(c)
+        if c.error_code == quinn::TransportErrorCode::crypto(HANDSHAKE_FAILURE))
 }
 
 /// Dials `target`; returns when an established link ends (Ok) or when
@@ -125,22 +181,33 @@ pub async fn dial(
     let socket = std::net::UdpSocket::bind(bind).context("binding a UDP socket")?;
     size_buffers(&socket);
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
-    let mut endpoint =
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-            .context("creating the QUIC endpoint")?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+        .context("creating the QUIC endpoint")?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| anyhow!("building the QUIC client TLS config: {e}"))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let probe = Arc::new(Probe::default());
+    let mut client = quinn::ClientConfig::new(Arc::new(ProbedClient {
+        inner: Arc::new(crypto),
+        probe: probe.clone(),
+    }));
     client.transport_config(transport_config(&node.cfg));
-    endpoint.set_default_client_config(client);
     let server_name = crate::dial::server_name(target);
     let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
-    let conn = tokio::time::timeout(timeout, endpoint.connect(addr, &server_name)?)
-        .await
-        .context("QUIC connect timed out")?
-        .with_context(|| format!("QUIC connect to {addr}"))?;
+    let conn =
+        match tokio::time::timeout(timeout, endpoint.connect_with(client, addr, &server_name)?)
+            .await
+        {
+            Err(_) => bail!("QUIC connect timed out"),
+            Ok(Err(e)) if closed_by_handshake_failure(&e) => {
+                let why = crate::tls::client_refusal(node.cfg.tls.key_exchange());
+                bail!("QUIC connect to {addr}: {why}: {e}");
+            }
+            Ok(Err(e)) => return Err(anyhow!(e).context(format!("QUIC connect to {addr}"))),
+            Ok(Ok(c)) => c,
+        };
+    let tls = probe.negotiated()?;
     let (send, recv) = conn.open_bi().await.context("opening the control stream")?;
-    let r = run(node, conn, send, recv, Side::Client, true).await;
+    let r = run(node, conn, send, recv, Side::Client, true, tls).await;
     endpoint.wait_idle().await;
     r
 }
@@ -190,24 +257,27 @@ async fn run(
     recv: quinn::RecvStream,
     side: Side,
     outbound: bool,
+    tls: Negotiated,
 ) -> Result<()> {
     let remote = conn.remote_address();
     let mut io = QuicControl { send, recv };
-    let accepted = match session::handshake(&node, &mut io, side, binding(&conn)?, remote).await {
-        Ok(a) => a,
-        Err(e) => {
-            // Give the error frame a moment to leave before closing.
-            let _ = io.send.finish();
-            let _ = tokio::time::timeout(Duration::from_millis(500), io.send.stopped()).await;
-            conn.close(1u32.into(), b"handshake rejected");
-            return Err(e);
-        }
-    };
+    let accepted =
+        match session::handshake(&node, &mut io, side, binding(&conn)?, remote, &tls).await {
+            Ok(a) => a,
+            Err(e) => {
+                // Give the error frame a moment to leave before closing.
+                let _ = io.send.finish();
+                let _ = tokio::time::timeout(Duration::from_millis(500), io.send.stopped()).await;
+                conn.close(1u32.into(), b"handshake rejected");
+                return Err(e);
+            }
+        };
     let (control_tx, control_rx) = mpsc::channel(64);
     let (big_tx, big_rx) = mpsc::channel(node.cfg.peer_queue.min(256));
     let peer = Arc::new(Peer::new(
         &node,
         accepted,
+        tls,
         remote,
         Transport::Quic,
         outbound,

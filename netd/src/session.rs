@@ -28,6 +28,7 @@ pub async fn handshake<C: ControlIo>(
     side: Side,
     binding: ChannelBinding,
     remote: std::net::SocketAddr,
+    tls: &crate::tls::Negotiated,
 ) -> Result<Accepted> {
     let mut hs = Handshaker::new(node.local_handshake(), side, binding, node.psk.clone());
     let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
@@ -54,7 +55,15 @@ pub async fn handshake<C: ControlIo>(
     };
     match &verdict {
         Ok(a) => {
-            tracing::info!(sapper_event = "handshake_accepted", peer = %a.peer.name, %remote, "handshake accepted");
+            tracing::info!(
+                sapper_event = "handshake_accepted",
+                peer = %a.peer.name,
+                %remote,
+                tls_version = %tls.version,
+                tls_cipher_suite = %tls.cipher_suite,
+                tls_kx_group = %tls.kx_group,
+                "handshake accepted"
+            );
             if node.psk.is_none() {
                 tracing::warn!(peer = %a.peer.name, %remote, "INSECURE: link without a PSK (node.insecure_open)");
             }
@@ -65,6 +74,14 @@ pub async fn handshake<C: ControlIo>(
         }
     }
     verdict
+}
+
+/// A TLS handshake a listener refused because the dialler offered no
+/// key-exchange group it accepts: logged and counted like a refused Sapper
+/// handshake (`reason` names the groups offered and accepted).
+pub fn tls_refused(node: &Node, remote: std::net::SocketAddr, transport: &str, reason: &str) {
+    node.stats.handshake_failures.fetch_add(1, Relaxed);
+    tracing::warn!(sapper_event = "handshake_refused", %remote, transport, reason, "TLS handshake refused");
 }
 
 /// Acts on one control message from an established peer.

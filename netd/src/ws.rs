@@ -7,6 +7,7 @@
 
 use crate::node::{Node, PacketPath, Peer};
 use crate::session::{self, ControlIo};
+use crate::tls::{Negotiated, ServerTls};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -43,7 +44,12 @@ fn ws_config() -> WebSocketConfig {
         .max_write_buffer_size(4 << 20)
 }
 
-pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: TlsAcceptor, path: String) {
+pub async fn accept_loop(
+    node: Arc<Node>,
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    path: String,
+) {
     let path = Arc::new(path);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -70,16 +76,25 @@ async fn accept_one(
     node: Arc<Node>,
     tcp: TcpStream,
     remote: SocketAddr,
-    tls: TlsAcceptor,
+    server: Arc<ServerTls>,
     path: &str,
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
     let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
-    let tls = tokio::time::timeout(timeout, tls.accept(tcp))
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake failed")?;
+    let (cfg, offered) = server.for_connection();
+    let tls = match tokio::time::timeout(timeout, TlsAcceptor::from(cfg).accept(tcp)).await {
+        Err(_) => bail!("TLS handshake timed out"),
+        Ok(Err(e)) => {
+            if let Some(why) = offered.kx_refusal(server.key_exchange) {
+                session::tls_refused(&node, remote, "ws", &why);
+                bail!("TLS handshake failed: {why}: {e}");
+            }
+            return Err(anyhow!(e).context("TLS handshake failed"));
+        }
+        Ok(Ok(t)) => t,
+    };
     let binding = channel_binding(tls.get_ref().1)?;
+    let negotiated = Negotiated::from_rustls(tls.get_ref().1)?;
     // The callback's signature is tungstenite's; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -98,7 +113,7 @@ async fn accept_one(
     .await
     .context("WebSocket upgrade timed out")?
     .context("WebSocket upgrade failed")?;
-    run(node, ws, Side::Server, false, remote, binding).await
+    run(node, ws, Side::Server, false, remote, binding, negotiated).await
 }
 
 /// The RFC 9266 tls-exporter value of a finished TLS 1.3 session.
@@ -122,11 +137,18 @@ pub async fn dial(
     let _ = tcp.set_nodelay(true);
     let name = rustls_pki_types::ServerName::try_from(crate::dial::server_name(target))
         .context("invalid TLS server name")?;
-    let tls = tokio::time::timeout(timeout, TlsConnector::from(tls).connect(name, tcp))
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake failed")?;
+    let tls = match tokio::time::timeout(timeout, TlsConnector::from(tls).connect(name, tcp)).await
+    {
+        Err(_) => bail!("TLS handshake timed out"),
+        Ok(Err(e)) if refused_by_handshake_failure(&e) => {
+            let why = crate::tls::client_refusal(node.cfg.tls.key_exchange());
+            bail!("TLS handshake failed: {why}: {e}");
+        }
+        Ok(Err(e)) => return Err(anyhow!(e).context("TLS handshake failed")),
+        Ok(Ok(t)) => t,
+    };
     let binding = channel_binding(tls.get_ref().1)?;
+    let negotiated = Negotiated::from_rustls(tls.get_ref().1)?;
     let url = format!("wss://{}{}", target.address, target.ws_path);
     let (ws, _) = tokio::time::timeout(
         timeout,
@@ -135,7 +157,18 @@ pub async fn dial(
     .await
     .context("WebSocket upgrade timed out")?
     .context("WebSocket upgrade failed")?;
-    run(node, ws, Side::Client, true, addr, binding).await
+    run(node, ws, Side::Client, true, addr, binding, negotiated).await
+}
+
+/// True when the listener ended the TLS handshake with alert
+/// handshake_failure: it shares no key-exchange group (or suite) with us.
+fn refused_by_handshake_failure(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::HandshakeFailure
+        ))
+    )
 }
 
 fn tagged(tag: u8, body: &[u8]) -> Message {
@@ -180,13 +213,14 @@ async fn run<S>(
     outbound: bool,
     remote: SocketAddr,
     binding: ChannelBinding,
+    tls: Negotiated,
 ) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let accepted = {
         let mut io = WsControl { ws: &mut ws };
-        match session::handshake(&node, &mut io, side, binding, remote).await {
+        match session::handshake(&node, &mut io, side, binding, remote, &tls).await {
             Ok(a) => a,
             Err(e) => {
                 let _ = tokio::time::timeout(Duration::from_millis(500), ws.close(None)).await;
@@ -199,6 +233,7 @@ where
     let peer = Arc::new(Peer::new(
         &node,
         accepted,
+        tls,
         remote,
         Transport::Ws,
         outbound,
