@@ -115,8 +115,8 @@ pub struct RouteRequest {
 /// the others are for the daemon's log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// For management subscribers.
-    Management(event::Body),
+    /// For management subscribers (boxed: a peer's entry is large).
+    Management(Box<event::Body>),
     /// This node's role changed.
     RoleChanged {
         /// The new role.
@@ -160,6 +160,12 @@ pub enum Event {
         /// What happened.
         message: String,
     },
+}
+
+impl Event {
+    fn management(body: event::Body) -> Event {
+        Event::Management(Box::new(body))
+    }
 }
 
 /// Why an operator request failed.
@@ -562,7 +568,7 @@ impl Core {
         if let Some(l) = self.links.get(&id) {
             let info = self.view(id, l).info;
             self.events
-                .push_back(Event::Management(event::Body::PeerConnected(info)));
+                .push_back(Event::management(event::Body::PeerConnected(info)));
         }
         // The first keepalive goes out at once.
         self.keepalive(now);
@@ -587,7 +593,7 @@ impl Core {
         self.closes.retain(|c| c.link != id);
         self.renegotiate(false);
         self.events
-            .push_back(Event::Management(event::Body::PeerDisconnected(
+            .push_back(Event::management(event::Body::PeerDisconnected(
                 PeerDisconnected {
                     name: link.up.accepted.peer.name,
                     reason: reason.into(),
@@ -776,7 +782,7 @@ impl Core {
             prefix: prefix.to_string(),
             peer: String::new(),
         };
-        self.events.push_back(Event::Management(if add {
+        self.events.push_back(Event::management(if add {
             event::Body::RouteAdded(info)
         } else {
             event::Body::RouteRemoved(info)
@@ -959,7 +965,7 @@ impl Core {
         }
         for p in &learned {
             self.events
-                .push_back(Event::Management(event::Body::RouteAdded(RouteInfo {
+                .push_back(Event::management(event::Body::RouteAdded(RouteInfo {
                     prefix: p.to_string(),
                     peer: name.clone(),
                 })));
@@ -1013,7 +1019,7 @@ impl Core {
         let name = self.link_name(id);
         for p in &gone {
             self.events
-                .push_back(Event::Management(event::Body::RouteRemoved(RouteInfo {
+                .push_back(Event::management(event::Body::RouteRemoved(RouteInfo {
                     prefix: p.to_string(),
                     peer: name.clone(),
                 })));
