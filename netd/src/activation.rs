@@ -210,7 +210,8 @@ pub fn ready(node: &Arc<Node>) {
         return;
     }
     let status = |n: usize| format!("{n} peer{}", if n == 1 { "" } else { "s" });
-    let mut last = node.peers().len();
+    // Nothing is connected before the listeners and connectors start.
+    let mut last = 0;
     notify(&[NotifyState::Ready, NotifyState::Status(&status(last))]);
     tracing::info!("told systemd READY=1");
     let watchdog = sd_notify::watchdog_enabled();
@@ -227,7 +228,15 @@ pub fn ready(node: &Arc<Node>) {
                 _ = node.shutdown.cancelled() => return,
                 _ = every.tick() => {}
             }
-            let n = node.peers().len();
+            // Asked of the control driver: a driver that stopped answering
+            // is not petted, so the watchdog sees it.
+            let Ok(n) = node
+                .inspect(|core, _| core.status().peer_count as usize)
+                .await
+            else {
+                tracing::warn!("the control driver did not answer; not petting the watchdog");
+                continue;
+            };
             if n != last {
                 last = n;
                 notify(&[NotifyState::Status(&status(n))]);

@@ -3,19 +3,22 @@
 //! asks privd for the TUN and starts talking to the network.
 
 mod activation;
-mod announce;
+mod datapath;
 mod dial;
+mod driver;
 mod exit;
 mod fs_sandbox;
+mod inputs;
+mod link;
 mod listen;
 mod logging;
 mod mgmt;
-mod negotiation;
 mod node;
 mod privs;
 mod quic;
+mod quic_tls;
 mod seccomp;
-mod session;
+mod target;
 mod tls;
 mod tun;
 mod ws;
@@ -136,11 +139,13 @@ fn run(args: Args) -> Result<()> {
     let psk = match (&cfg.node.psk_file, &cfg.node.psk_env) {
         // systemd's credentials directory is private to the service.
         (Some(f), _) if creds.as_deref().is_some_and(|c| f.starts_with(c)) => {
-            Some(Psk::from_credential(f).with_context(|| format!("{file}: node.psk_file"))?)
+            Some(psk_from_file(f, false).with_context(|| format!("{file}: node.psk_file"))?)
         }
-        (Some(f), _) => Some(Psk::from_file(f).with_context(|| format!("{file}: node.psk_file"))?),
+        (Some(f), _) => {
+            Some(psk_from_file(f, true).with_context(|| format!("{file}: node.psk_file"))?)
+        }
         (None, Some(v)) => {
-            let psk = Psk::from_env(v).with_context(|| format!("{file}: node.psk_env"))?;
+            let psk = psk_from_env(v).with_context(|| format!("{file}: node.psk_env"))?;
             // Out of /proc/PID/environ for the rest of the process's life.
             privs::scrub_env(v);
             Some(psk)
@@ -252,24 +257,95 @@ fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Connect targets parsed before anything starts: a bad one is an error
+    // now, naming the file, not a retry loop later.
+    let targets = netd
+        .connect
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            target::Target::try_from(c).with_context(|| format!("{file}: netd.connect[{i}]"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     runtime.block_on(async move {
         let tun = match tun {
             Some(t) => Some(Arc::new(t()?)),
             None => None,
         };
+        let core_cfg = sapper_control::CoreConfig {
+            name: name.clone(),
+            posture,
+            capabilities: sapper_shared::proto::data::Capabilities {
+                tun_capable: tun.is_some(),
+                listening: !netd.listen.is_empty(),
+                connecting: !netd.connect.is_empty(),
+            },
+            announce_routes: netd.announce_routes.clone(),
+            installs_routes: tun.is_some() && netd.privd_socket.is_some(),
+            ping_interval: Duration::from_millis(netd.ping_interval_ms),
+            ping_miss_limit: netd.ping_miss_limit,
+        };
+        let core = sapper_control::Core::new(core_cfg, Instant::now());
+        let summary = core.posture_summary();
+        let data = Arc::new(datapath::DataPath::new(tun));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let exit = exit::install(&netd, &data, shutdown.clone())?;
+        let (driver_tx, driver_rx) = tokio::sync::mpsc::channel(driver::INPUT_QUEUE);
         let node = Arc::new(Node::new(
             netd,
             Arc::new(identity),
             operator_gid,
             name,
-            posture,
             psk,
             fingerprint,
-            tun,
+            data,
+            exit,
+            shutdown,
+            driver_tx,
         ));
-        exit::install(&node)?;
-        serve(node, bound).await
+        tokio::spawn(driver::Driver::new(core, node.clone()).run(driver_rx));
+        serve(node, bound, targets, summary).await
     })
+}
+
+/// Reads the PSK from a file, straight into zeroizing memory.
+///
+/// With `private`, a file group or others may read is refused with how to
+/// fix it; files in systemd's credentials directory are not checked (the
+/// directory is private to the service and the mode bits may show an ACL
+/// mask).
+fn psk_from_file(path: &Path, private: bool) -> Result<Psk> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read PSK file {shown}"))?;
+    // The mode of the file opened (fstat), not of whatever is at the path now.
+    let mode = file
+        .metadata()
+        .with_context(|| format!("fstat {shown}"))?
+        .mode();
+    if private && mode & 0o077 != 0 {
+        anyhow::bail!(
+            "PSK file {shown} is readable by group or others (mode {:04o}); fix it with: chmod 600 {shown}",
+            mode & 0o7777
+        );
+    }
+    // Bounded: a PSK is a line of text.
+    let mut raw = zeroize::Zeroizing::new(Vec::new());
+    file.take(64 * 1024)
+        .read_to_end(&mut raw)
+        .with_context(|| format!("cannot read PSK file {shown}"))?;
+    Ok(Psk::new(raw)?)
+}
+
+/// Reads the PSK from an environment variable.
+fn psk_from_env(var: &str) -> Result<Psk> {
+    let value =
+        std::env::var_os(var).with_context(|| format!("environment variable {var} is not set"))?;
+    Ok(Psk::new(zeroize::Zeroizing::new(
+        value.into_encoded_bytes(),
+    ))?)
 }
 
 /// Hidden `--sandbox-selftest`: applies Landlock allowing only `config` to
@@ -442,24 +518,30 @@ fn open_tun(path: &Path, privd_uid: Option<u32>) -> Result<impl FnOnce() -> Resu
     })
 }
 
-async fn serve(node: Arc<Node>, bound: Bound) -> Result<()> {
+async fn serve(
+    node: Arc<Node>,
+    bound: Bound,
+    targets: Vec<target::Target>,
+    posture: String,
+) -> Result<()> {
     for (sock, addr) in bound.quic {
         listen::quic(&node, sock, addr)?;
     }
     for (sock, addr, path) in bound.ws {
         listen::ws(&node, sock, addr, path)?;
     }
-    for target in node.cfg.connect.clone() {
-        let tls = dial::client_tls(&target)?;
+    for target in targets {
+        let tls = target.client_tls(node.cfg.tls.key_exchange())?;
         tokio::spawn(dial::connector(node.clone(), target, tls));
     }
     let mgmt = tokio::net::UnixListener::from_std(bound.mgmt)?;
     tokio::spawn(mgmt::serve(node.clone(), mgmt));
-    tokio::spawn(node::tun_reader(node.clone()));
-    tokio::spawn(announce::route_worker(node.clone()));
-    tracing::info!(name = %node.name, posture = %node.posture_summary(), "netd ready");
+    tokio::spawn(datapath::tun_reader(
+        node.data.clone(),
+        node.shutdown.clone(),
+    ));
+    tracing::info!(name = %node.name, %posture, "netd ready");
     activation::ready(&node);
-    node.renegotiate(false);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

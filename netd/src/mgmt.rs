@@ -1,16 +1,19 @@
 //! The management socket: length-delimited management.proto requests from
 //! sapperctl. Reads are open to anyone who can reach the socket (its mode and
 //! group decide who can); changes need root, netd's own uid, or membership in
-//! the operator group, judged from SO_PEERCRED.
+//! the operator group, judged from SO_PEERCRED. Answers come from the
+//! control core (through the driver) and the data path's counters.
 
-use crate::node::{role_str, Node};
+use crate::inputs::{Input, Links, PingFailure};
+use crate::node::Node;
+use crate::target::Target;
 use anyhow::{Context, Result};
+use sapper_control::{LinkView, OperatorError};
 use sapper_shared::config::{parse_fingerprint, ConnectConfig, Transport};
-use sapper_shared::framing::{self, HEADER_LEN, MAX_CONTROL_FRAME};
-use sapper_shared::proto::control::{control_message::Body as Ctl, ControlMessage};
-use sapper_shared::proto::data::Ping;
+use sapper_shared::framing::{self, FrameDecoder, MAX_CONTROL_FRAME};
+use sapper_shared::proto::data::NodeRole;
 use sapper_shared::proto::management::{
-    event, ConnectRequest, ListenRequest, PingResponse, RouteChangeRequest,
+    event, ConnectRequest, ListenRequest, PeerInfo, PingResponse, RouteChangeRequest,
 };
 use sapper_shared::proto::management::{
     request::Body as Req, response::Body as Resp, Error, ErrorCode, Ok as MOk, PeersResponse,
@@ -68,40 +71,35 @@ pub async fn serve(node: Arc<Node>, listener: UnixListener) {
     }
 }
 
-async fn read_request(stream: &mut UnixStream) -> Result<Option<Request>> {
-    let read = async {
-        let mut header = [0u8; HEADER_LEN];
-        match stream.read_exact(&mut header).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
-        let len = framing::body_len(header, MAX_CONTROL_FRAME)?;
-        let mut body = vec![0u8; len];
-        stream.read_exact(&mut body).await?;
-        Ok(Some(framing::decode(&body)?))
-    };
-    tokio::time::timeout(READ_DEADLINE, read)
+/// Reads one request within [`READ_DEADLINE`]; `None` at a clean end of
+/// stream between requests.
+async fn read_request(
+    stream: &mut UnixStream,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<Request>> {
+    tokio::time::timeout(READ_DEADLINE, read_frame(stream, decoder))
         .await
         .context("no complete request within the read deadline")?
 }
 
-/// Whether a request changes anything. One exhaustive match: a new request
-/// kind does not compile until someone decides which it is.
-fn is_write(body: &Req) -> bool {
-    match body {
-        Req::Status(_)
-        | Req::Peers(_)
-        | Req::Stats(_)
-        | Req::Routes(_)
-        | Req::Ping(_)
-        | Req::Subscribe(_) => false,
-        Req::Connect(_)
-        | Req::Listen(_)
-        | Req::Disconnect(_)
-        | Req::Shutdown(_)
-        | Req::RouteChange(_)
-        | Req::Hint(_) => true,
+/// Reads one request through the shared frame decoder.
+async fn read_frame(
+    stream: &mut UnixStream,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<Request>> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(body) = decoder.next_frame()? {
+            return Ok(Some(framing::decode(&body)?));
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            if decoder.is_empty() {
+                return Ok(None);
+            }
+            anyhow::bail!("connection closed inside a request");
+        }
+        decoder.push(&buf[..n]);
     }
 }
 
@@ -115,6 +113,32 @@ fn error(id: u64, code: ErrorCode, message: impl Into<String>) -> Response {
     }
 }
 
+/// Whether a request only reads or changes something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Change,
+}
+
+/// The one decision of who may send what: every request kind is listed, so
+/// a new kind cannot be open to everyone by default.
+fn access(body: &Req) -> Access {
+    match body {
+        Req::Status(_)
+        | Req::Peers(_)
+        | Req::Stats(_)
+        | Req::Routes(_)
+        | Req::Ping(_)
+        | Req::Subscribe(_) => Access::Read,
+        Req::Connect(_)
+        | Req::Listen(_)
+        | Req::Disconnect(_)
+        | Req::Shutdown(_)
+        | Req::RouteChange(_)
+        | Req::Hint(_) => Access::Change,
+    }
+}
+
 async fn client(node: Arc<Node>, mut stream: UnixStream) -> Result<()> {
     let cred = stream.peer_cred().context("SO_PEERCRED")?;
     let groups = peer_groups(&stream);
@@ -125,14 +149,15 @@ async fn client(node: Arc<Node>, mut stream: UnixStream) -> Result<()> {
         node.operator_gid,
         &groups,
     );
-    while let Some(req) = read_request(&mut stream).await? {
+    let mut decoder = FrameDecoder::new(MAX_CONTROL_FRAME);
+    while let Some(req) = read_request(&mut stream, &mut decoder).await? {
         let id = req.id;
         let Some(body) = req.body else {
             let r = error(id, ErrorCode::InvalidArgument, "empty request");
             stream.write_all(&framing::encode(&r)).await?;
             continue;
         };
-        if is_write(&body) && !may_write {
+        if access(&body) == Access::Change && !may_write {
             tracing::warn!(sapper_event = "management_refused", outcome = "refused", uid = cred.uid(), peer_uid = cred.uid(), pid = ?cred.pid(), request = request_kind(&body), "refused a management change from a non-operator");
             let r = error(id, ErrorCode::PermissionDenied, denied_message(&node));
             stream.write_all(&framing::encode(&r)).await?;
@@ -141,7 +166,10 @@ async fn client(node: Arc<Node>, mut stream: UnixStream) -> Result<()> {
         if let Req::Subscribe(_) = body {
             return subscribe(node, stream, id).await;
         }
-        let resp = handle(&node, id, body).await;
+        let resp = match handle(&node, id, body).await {
+            Ok(r) => r,
+            Err((code, msg)) => error(id, code, msg),
+        };
         stream.write_all(&framing::encode(&resp)).await?;
     }
     Ok(())
@@ -163,7 +191,7 @@ async fn subscribe(node: Arc<Node>, mut stream: UnixStream, id: u64) -> Result<(
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     let ev = sapper_shared::proto::management::Event {
                         timestamp_ms: crate::node::unix_ms(),
-                        body: Some(sapper_shared::proto::management::event::Body::Error(format!("{n} events dropped: subscriber too slow"))),
+                        body: Some(event::Body::Error(format!("{n} events dropped: subscriber too slow"))),
                     };
                     stream.write_all(&framing::encode(&Response { id, body: Some(Resp::Event(ev)) })).await?;
                 }
@@ -176,143 +204,179 @@ async fn subscribe(node: Arc<Node>, mut stream: UnixStream, id: u64) -> Result<(
     }
 }
 
-/// Matches a peer by unique name prefix.
-fn find_peer(node: &Node, prefix: &str) -> Result<Arc<crate::node::Peer>, (ErrorCode, String)> {
-    let peers: Vec<_> = node
-        .peers()
-        .into_iter()
-        .filter(|p| p.handshake.name.starts_with(prefix))
-        .collect();
-    if let Some(exact) = peers.iter().find(|p| p.handshake.name == prefix) {
-        return Ok(exact.clone());
-    }
-    match peers.len() {
-        0 => Err((ErrorCode::PeerNotFound, format!("no peer named {prefix:?}"))),
-        1 => Ok(peers[0].clone()),
-        n => Err((
-            ErrorCode::PeerAmbiguous,
-            format!("{n} peers match {prefix:?}"),
-        )),
-    }
+type Failure = (ErrorCode, String);
+
+fn internal(e: anyhow::Error) -> Failure {
+    (ErrorCode::Internal, format!("{e:#}"))
 }
 
-async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Response {
-    let ok = |b| Response { id, body: Some(b) };
+fn operator(e: OperatorError) -> Failure {
+    let code = match e {
+        OperatorError::NotFound(_) => ErrorCode::PeerNotFound,
+        OperatorError::Ambiguous { .. } => ErrorCode::PeerAmbiguous,
+        OperatorError::TooManyPings => ErrorCode::Internal,
+    };
+    (code, e.to_string())
+}
+
+/// A link's `peers` entry: the core's view plus the data path's counters.
+fn peer_info(node: &Node, v: LinkView, links: &Links) -> PeerInfo {
+    let mut info = v.info;
+    if let Some(l) = links.get(&v.id) {
+        let c = &l.data.counters;
+        info.bytes_in = c.bytes_in.load(Relaxed);
+        info.bytes_out = c.bytes_out.load(Relaxed);
+        info.packets_in = c.packets_in.load(Relaxed);
+        info.packets_out = c.packets_out.load(Relaxed);
+        info.drops = c.drops.load(Relaxed);
+        info.tls = Some(sapper_shared::proto::management::LinkTls {
+            version: l.data.tls.version.clone(),
+            cipher_suite: l.data.tls.cipher_suite.clone(),
+            kx_group: l.data.tls.kx_group.clone(),
+        });
+    }
+    info.exit_flows = node.exit.as_ref().map(|x| x.peer_flows(v.id.0));
+    info
+}
+
+async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failure> {
+    let ok = |b| Ok(Response { id, body: Some(b) });
     match body {
-        Req::Status(_) => ok(Resp::Status(StatusResponse {
-            name: node.name.clone(),
-            version: sapper_shared::SOFTWARE_VERSION.into(),
-            role: node.role() as i32,
-            uptime_s: node.started.elapsed().as_secs(),
-            listeners: node.listeners.lock().map(|l| l.clone()).unwrap_or_default(),
-            cert_fingerprint: node.fingerprint.clone(),
-            tun: node.tun.as_ref().map(|t| TunInfo {
-                name: t.name.clone(),
-                addresses: t.addresses.clone(),
-                mtu: t.mtu,
-            }),
-            peer_count: node.peers().len() as u32,
-            role_reason: node
-                .role_state
-                .lock()
-                .map(|st| {
-                    format!(
-                        "{}: {} [{}]",
-                        role_str(st.role),
-                        st.reason,
-                        node.posture_summary()
-                    )
+        Req::Status(_) => {
+            let st = node
+                .inspect(|core, _| core.status())
+                .await
+                .map_err(internal)?;
+            ok(Resp::Status(StatusResponse {
+                name: node.name.clone(),
+                version: sapper_shared::SOFTWARE_VERSION.into(),
+                role: st.role as i32,
+                uptime_s: node.started.elapsed().as_secs(),
+                listeners: st.listeners,
+                cert_fingerprint: node.fingerprint.clone(),
+                tun: node.data.tun.as_ref().map(|t| TunInfo {
+                    name: t.name.clone(),
+                    addresses: t.addresses.clone(),
+                    mtu: t.mtu,
+                }),
+                peer_count: st.peer_count,
+                role_reason: st.role_reason,
+                exit_mode: exit_mode(node, st.role).into(),
+                exit: node.exit.as_ref().map(|x| x.stats_proto()),
+            }))
+        }
+        Req::Peers(_) => {
+            let n = node.clone();
+            let peers = node
+                .inspect(move |core, links| {
+                    core.links()
+                        .into_iter()
+                        .map(|v| peer_info(&n, v, links))
+                        .collect::<Vec<_>>()
                 })
-                .unwrap_or_default(),
-            exit_mode: exit_mode(node).into(),
-            exit: node.exit.get().map(|x| x.stats_proto()),
-        })),
-        Req::Peers(_) => ok(Resp::Peers(PeersResponse {
-            peers: node
-                .peers()
-                .iter()
-                .map(|p| {
-                    let mut info = p.info();
-                    info.exit_flows = node.exit.get().map(|x| x.peer_flows(p.id));
-                    info
-                })
-                .collect(),
-        })),
+                .await
+                .map_err(internal)?;
+            ok(Resp::Peers(PeersResponse { peers }))
+        }
         Req::Stats(_) => {
-            let peers = node.peers();
-            let s = &node.stats;
+            let (bytes_in, bytes_out, drops) = node
+                .inspect(|_, links| {
+                    links.values().fold((0, 0, 0), |(i, o, d), l| {
+                        let c = &l.data.counters;
+                        (
+                            i + c.bytes_in.load(Relaxed),
+                            o + c.bytes_out.load(Relaxed),
+                            d + c.drops.load(Relaxed),
+                        )
+                    })
+                })
+                .await
+                .map_err(internal)?;
+            let s = &node.data.stats;
             ok(Resp::Stats(StatsResponse {
                 tun_packets_in: s.tun_in.load(Relaxed),
                 tun_packets_out: s.tun_out.load(Relaxed),
-                drops: s.drops.load(Relaxed)
-                    + peers
-                        .iter()
-                        .map(|p| p.counters.drops.load(Relaxed))
-                        .sum::<u64>(),
+                drops: s.drops.load(Relaxed) + drops,
                 handshake_failures: s.handshake_failures.load(Relaxed),
-                bytes_in: peers
-                    .iter()
-                    .map(|p| p.counters.bytes_in.load(Relaxed))
-                    .sum(),
-                bytes_out: peers
-                    .iter()
-                    .map(|p| p.counters.bytes_out.load(Relaxed))
-                    .sum(),
+                bytes_in,
+                bytes_out,
             }))
         }
-        Req::Routes(_) => ok(Resp::Routes(RoutesResponse {
-            routes: node
-                .routes()
-                .into_iter()
-                .map(|(prefix, peer)| RouteInfo {
-                    prefix: prefix.to_string(),
-                    peer,
-                })
-                .collect(),
-        })),
-        Req::Disconnect(d) => match find_peer(node, &d.peer) {
-            Ok(p) => {
-                p.disconnect("disconnected by the operator");
-                ok(Resp::Ok(MOk {}))
-            }
-            Err((code, msg)) => error(id, code, msg),
-        },
+        Req::Routes(_) => {
+            let routes = node
+                .inspect(|core, _| core.routes())
+                .await
+                .map_err(internal)?;
+            ok(Resp::Routes(RoutesResponse {
+                routes: routes
+                    .into_iter()
+                    .map(|(prefix, peer)| RouteInfo {
+                        prefix: prefix.to_string(),
+                        peer,
+                    })
+                    .collect(),
+            }))
+        }
+        Req::Disconnect(d) => {
+            node.inspect(move |core, _| {
+                let link = core.find_link(&d.peer)?;
+                core.disconnect(link, "disconnected by the operator");
+                Ok(())
+            })
+            .await
+            .map_err(internal)?
+            .map_err(operator)?;
+            ok(Resp::Ok(MOk {}))
+        }
         Req::Shutdown(_) => {
             tracing::info!("shutdown requested over the management socket");
             node.shutdown.cancel();
             ok(Resp::Ok(MOk {}))
         }
-        Req::Ping(p) => match find_peer(node, &p.peer) {
-            Ok(peer) => match ping(node, &peer).await {
-                Ok(rtt_ms) => ok(Resp::Ping(PingResponse {
-                    rtt_ms,
-                    peer: peer.handshake.name.clone(),
-                })),
-                Err((code, msg)) => error(id, code, msg),
-            },
-            Err((code, msg)) => error(id, code, msg),
-        },
-        Req::Connect(c) => match connect(node, c).await {
-            Ok(()) => ok(Resp::Ok(MOk {})),
-            Err((code, msg)) => error(id, code, msg),
-        },
-        Req::Listen(l) => match listen(node, l) {
-            Ok(()) => ok(Resp::Ok(MOk {})),
-            Err((code, msg)) => error(id, code, msg),
-        },
-        Req::RouteChange(r) => match route_change(node, r).await {
-            Ok(()) => ok(Resp::Ok(MOk {})),
-            Err((code, msg)) => error(id, code, msg),
-        },
-        Req::Hint(h) => {
-            node.set_hint(h.hint);
+        Req::Ping(p) => {
+            let link = node
+                .inspect(move |core, _| core.find_link(&p.peer))
+                .await
+                .map_err(internal)?
+                .map_err(operator)?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            node.tell(Input::Ping { link, reply: tx })
+                .await
+                .map_err(internal)?;
+            let answer = tokio::time::timeout(Duration::from_secs(6), rx).await;
+            match answer {
+                Ok(Ok(Ok((peer, rtt_ms)))) => ok(Resp::Ping(PingResponse { rtt_ms, peer })),
+                Ok(Ok(Err(PingFailure::TooMany))) => {
+                    Err((ErrorCode::Internal, "too many pings in flight".into()))
+                }
+                Ok(Ok(Err(PingFailure::NoPong(peer)))) => Err((
+                    ErrorCode::Timeout,
+                    format!("no pong from {peer} within 5 s"),
+                )),
+                Ok(Err(_)) | Err(_) => Err((ErrorCode::Timeout, "no pong within 5 s".into())),
+            }
+        }
+        Req::Connect(c) => {
+            connect(node, c).await?;
             ok(Resp::Ok(MOk {}))
         }
-        Req::Subscribe(_) => error(id, ErrorCode::Internal, "subscribe handled elsewhere"),
+        Req::Listen(l) => {
+            listen(node, l)?;
+            ok(Resp::Ok(MOk {}))
+        }
+        Req::RouteChange(r) => {
+            route_change(node, r).await?;
+            ok(Resp::Ok(MOk {}))
+        }
+        Req::Hint(h) => {
+            node.inspect(move |core, _| core.set_hint(h.hint))
+                .await
+                .map_err(internal)?;
+            ok(Resp::Ok(MOk {}))
+        }
+        Req::Subscribe(_) => Err((ErrorCode::Internal, "subscribe handled elsewhere".into())),
     }
 }
-
-type Failure = (ErrorCode, String);
 
 /// Who may change things: root, netd's own uid, and members of the operator
 /// group (primary or supplementary, as the caller's process holds them).
@@ -390,55 +454,13 @@ fn request_kind(body: &Req) -> &'static str {
 }
 
 /// How traffic leaving the tunnel is realised here (StatusResponse.exit_mode).
-fn exit_mode(node: &Node) -> &'static str {
-    if node.exit.get().is_some() {
+fn exit_mode(node: &Node, role: NodeRole) -> &'static str {
+    if node.exit.is_some() {
         "userspace"
-    } else if node.tun.is_some() && node.role() == sapper_shared::proto::data::NodeRole::RoleExit {
+    } else if node.data.tun.is_some() && role == NodeRole::RoleExit {
         "kernel"
     } else {
         "none"
-    }
-}
-
-/// A control-channel ping answered by the peer's control loop, so the RTT
-/// includes the peer's daemon, not just its kernel.
-async fn ping(node: &Node, peer: &crate::node::Peer) -> Result<f64, Failure> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let mut ts = node.now_ms();
-    {
-        let mut w = peer
-            .ping_waiters
-            .lock()
-            .map_err(|_| (ErrorCode::Internal, "lock poisoned".to_string()))?;
-        if w.len() >= crate::node::MAX_PING_WAITERS {
-            return Err((ErrorCode::Internal, "too many pings in flight".into()));
-        }
-        // Timestamps double as ids; keep them unique among waiters.
-        while w.contains_key(&ts) {
-            ts += 1;
-        }
-        w.insert(ts, tx);
-    }
-    let started = std::time::Instant::now();
-    let msg = ControlMessage {
-        body: Some(Ctl::Ping(Ping { timestamp_ms: ts })),
-    };
-    let sent = peer.control.try_send(msg).is_ok();
-    let answered = sent
-        && matches!(
-            tokio::time::timeout(Duration::from_secs(5), rx).await,
-            Ok(Ok(()))
-        );
-    if let Ok(mut w) = peer.ping_waiters.lock() {
-        w.remove(&ts);
-    }
-    if answered {
-        Ok(started.elapsed().as_secs_f64() * 1000.0)
-    } else {
-        Err((
-            ErrorCode::Timeout,
-            format!("no pong from {} within 5 s", peer.handshake.name),
-        ))
     }
 }
 
@@ -463,22 +485,23 @@ async fn connect(node: &Arc<Node>, c: ConnectRequest) -> Result<(), Failure> {
             "a certificate fingerprint (64 hex digits) is required to connect".into(),
         ));
     }
-    let target = ConnectConfig {
+    let cfg = ConnectConfig {
         transport,
         address: c.address.clone(),
         server_name: (!c.server_name.is_empty()).then_some(c.server_name),
         fingerprint: Some(c.fingerprint),
         ca_file: None,
         ws_path: if c.ws_path.is_empty() {
-            "/sapper".into()
+            sapper_shared::config::default_ws_path()
         } else {
             c.ws_path
         },
     };
-    let addr = crate::dial::resolve(&target.address)
-        .await
+    let target = Target::try_from(&cfg).map_err(|e| bad(e.to_string()))?;
+    let addr = target.resolve().await.map_err(|e| bad(format!("{e:#}")))?;
+    let tls = target
+        .client_tls(node.cfg.tls.key_exchange())
         .map_err(|e| bad(format!("{e:#}")))?;
-    let tls = crate::dial::client_tls(&target).map_err(|e| bad(format!("{e:#}")))?;
     let mut events = node.events.subscribe();
     tokio::spawn(crate::dial::connector(node.clone(), target, tls));
     let wait = Duration::from_millis(node.cfg.handshake_timeout_ms);
@@ -529,7 +552,7 @@ fn listen(node: &Arc<Node>, l: ListenRequest) -> Result<(), Failure> {
             let s = std::net::TcpListener::bind(addr).map_err(bind_err)?;
             s.set_nonblocking(true).map_err(bind_err)?;
             let path = if l.ws_path.is_empty() {
-                "/sapper".into()
+                sapper_shared::config::default_ws_path()
             } else {
                 l.ws_path
             };
@@ -560,15 +583,9 @@ async fn route_change(node: &Node, r: RouteChangeRequest) -> Result<(), Failure>
     .await
     .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
     res.map_err(|e| (ErrorCode::PrivdRefused, e.to_string()))?;
-    let info = RouteInfo {
-        prefix: prefix.to_string(),
-        peer: String::new(),
-    };
-    node.emit(if add {
-        event::Body::RouteAdded(info)
-    } else {
-        event::Body::RouteRemoved(info)
-    });
+    node.inspect(move |core, _| core.operator_route_changed(prefix, add))
+        .await
+        .map_err(internal)?;
     tracing::info!(%prefix, add, "route changed through privd");
     Ok(())
 }
@@ -580,12 +597,18 @@ mod tests {
     #[test]
     fn reads_and_writes() {
         use sapper_shared::proto::management as m;
-        assert!(!is_write(&Req::Status(Default::default())));
-        assert!(!is_write(&Req::Subscribe(Default::default())));
-        assert!(!is_write(&Req::Ping(m::PingRequest::default())));
-        assert!(is_write(&Req::Shutdown(Default::default())));
-        assert!(is_write(&Req::RouteChange(RouteChangeRequest::default())));
-        assert!(is_write(&Req::Connect(ConnectRequest::default())));
+        assert_eq!(access(&Req::Status(Default::default())), Access::Read);
+        assert_eq!(access(&Req::Subscribe(Default::default())), Access::Read);
+        assert_eq!(access(&Req::Ping(m::PingRequest::default())), Access::Read);
+        assert_eq!(access(&Req::Shutdown(Default::default())), Access::Change);
+        assert_eq!(
+            access(&Req::RouteChange(RouteChangeRequest::default())),
+            Access::Change
+        );
+        assert_eq!(
+            access(&Req::Connect(ConnectRequest::default())),
+            Access::Change
+        );
     }
 
     #[test]

@@ -4,26 +4,26 @@
 //! unidirectional stream instead of being dropped, so a TUN MTU above the
 //! QUIC datagram size costs latency for those packets, never the link.
 
-use crate::node::{Node, PacketPath, Peer};
-use crate::session::{self, ControlIo};
-use anyhow::{anyhow, Context, Result};
+use crate::datapath::{Packet, PacketTx};
+use crate::link::{run_link, Inbound, Link};
+use crate::node::Node;
+use crate::quic_tls::{Probe, ProbedClient, ProbedServer};
+use crate::target::Target;
+use crate::tls::{Negotiated, ServerTls};
+use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
-use sapper_shared::config::{ConnectConfig, Transport};
-use sapper_shared::framing::{self, HEADER_LEN, MAX_CONTROL_FRAME};
-use sapper_shared::proof::{ChannelBinding, Side, BINDING_LEN, EXPORTER_LABEL};
+use sapper_control::Direction;
+use sapper_shared::config::{NetdConfig, Transport};
+use sapper_shared::framing::{self, FrameDecoder, HEADER_LEN, MAX_CONTROL_FRAME};
+use sapper_shared::proof::{ChannelBinding, BINDING_LEN, EXPORTER_LABEL};
 use sapper_shared::proto::control::ControlMessage;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::task::JoinSet;
 
-/// Largest IP packet accepted on the big-packet stream.
-const MAX_PACKET: usize = 65535;
-
-pub fn transport_config(
-    node_cfg: &sapper_shared::config::NetdConfig,
-) -> Arc<quinn::TransportConfig> {
+pub fn transport_config(node_cfg: &NetdConfig) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // Our own pings detect dead peers; QUIC's idle timeout is a backstop a
     // little beyond the point where keepalive would have given up.
@@ -59,36 +59,67 @@ fn size_buffers(socket: &std::net::UdpSocket) {
     }
 }
 
+/// A QUIC listener's configs: each accepted connection gets its own TLS
+/// config (to record its ClientHello) and crypto wrapper (to record what
+/// the handshake negotiated).
+pub struct QuicServer {
+    tls: ServerTls,
+    base: quinn::ServerConfig,
+}
+
+impl QuicServer {
+    fn for_connection(
+        &self,
+    ) -> Result<(
+        Arc<quinn::ServerConfig>,
+        Arc<crate::tls::Offered>,
+        Arc<Probe>,
+    )> {
+        let (tls, offered) = self.tls.for_connection();
+        let inner = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .context("building the QUIC server TLS config")?;
+        let probe = Arc::new(Probe::default());
+        let mut cfg = self.base.clone();
+        cfg.crypto = Arc::new(ProbedServer {
+            inner: Arc::new(inner),
+            probe: probe.clone(),
+        });
+        Ok((Arc::new(cfg), offered, probe))
+    }
+}
+
 pub fn server_endpoint(
     socket: std::net::UdpSocket,
-    node_cfg: &sapper_shared::config::NetdConfig,
-    tls: rustls::ServerConfig,
-) -> Result<quinn::Endpoint> {
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+    node_cfg: &NetdConfig,
+    tls: ServerTls,
+) -> Result<(quinn::Endpoint, Arc<QuicServer>)> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.shared())
         .context("building the QUIC server TLS config")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport_config(node_cfg));
     size_buffers(&socket);
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
-    quinn::Endpoint::new(
+    let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(server),
+        Some(server.clone()),
         socket,
         runtime,
     )
-    .context("creating the QUIC endpoint")
+    .context("creating the QUIC endpoint")?;
+    Ok((endpoint, Arc::new(QuicServer { tls, base: server })))
 }
 
-pub async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint) {
+pub async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, server: Arc<QuicServer>) {
     loop {
         let incoming = tokio::select! {
             _ = node.shutdown.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
         let node = node.clone();
+        let server = server.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            if let Err(e) = accept_one(node, incoming).await {
+            if let Err(e) = accept_one(node, incoming, &server).await {
                 tracing::debug!(%remote, error = %format!("{e:#}"), "QUIC link ended");
             }
         });
@@ -96,27 +127,50 @@ pub async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint) {
     endpoint.close(0u32.into(), b"shutdown");
 }
 
-async fn accept_one(node: Arc<Node>, incoming: quinn::Incoming) -> Result<()> {
+async fn accept_one(node: Arc<Node>, incoming: quinn::Incoming, server: &QuicServer) -> Result<()> {
+    let remote = incoming.remote_address();
     let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
-    let conn = tokio::time::timeout(timeout, incoming)
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake failed")?;
+    let (cfg, offered, probe) = server.for_connection()?;
+    let failed = |e: quinn::ConnectionError| {
+        if let Some(why) = offered.kx_refusal(server.tls.key_exchange) {
+            crate::link::tls_refused(&node, remote, "quic", &why);
+            return anyhow!("TLS handshake failed: {why}: {e}");
+        }
+        anyhow!(e).context("TLS handshake failed")
+    };
+    // A ClientHello that fits one packet is processed, and may be refused,
+    // right here; a longer one (ML-KEM key shares) while connecting.
+    let connecting = incoming.accept_with(cfg).map_err(failed)?;
+    let conn = match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => bail!("TLS handshake timed out"),
+        Ok(Err(e)) => return Err(failed(e)),
+        Ok(Ok(c)) => c,
+    };
+    let tls = probe.negotiated()?;
     let (send, recv) = tokio::time::timeout(timeout, conn.accept_bi())
         .await
         .context("peer opened no control stream")?
         .context("accepting the control stream")?;
-    run(node, conn, send, recv, Side::Server, false).await
+    let link = QuicLink::new(conn, send, recv, None, node.cfg.peer_queue, tls)?;
+    run_link(node, link, Direction::Inbound).await
 }
 
-/// Dials `target`; returns when an established link ends (Ok) or when
-/// connecting or the handshake fails (Err).
-pub async fn dial(
-    node: Arc<Node>,
-    target: &ConnectConfig,
+/// True when the peer closed the connection with TLS alert
+/// handshake_failure (40), which is how a listener says it shares no
+/// key-exchange group (or cipher suite) with us.
+fn closed_by_handshake_failure(e: &quinn::ConnectionError) -> bool {
+    const HANDSHAKE_FAILURE: u8 = 40;
+    matches!(e, quinn::ConnectionError::ConnectionClosed(c)
+        if c.error_code == quinn::TransportErrorCode::crypto(HANDSHAKE_FAILURE))
+}
+
+/// Dials `target` and opens the control stream.
+pub async fn connect(
+    cfg: &NetdConfig,
+    target: &Target,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<()> {
-    let addr = crate::dial::resolve(&target.address).await?;
+) -> Result<QuicLink> {
+    let addr = target.resolve().await?;
     let bind: SocketAddr = if addr.is_ipv4() {
         "0.0.0.0:0".parse()?
     } else {
@@ -125,167 +179,204 @@ pub async fn dial(
     let socket = std::net::UdpSocket::bind(bind).context("binding a UDP socket")?;
     size_buffers(&socket);
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
-    let mut endpoint =
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-            .context("creating the QUIC endpoint")?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+        .context("creating the QUIC endpoint")?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| anyhow!("building the QUIC client TLS config: {e}"))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(transport_config(&node.cfg));
-    endpoint.set_default_client_config(client);
-    let server_name = crate::dial::server_name(target);
-    let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
-    let conn = tokio::time::timeout(timeout, endpoint.connect(addr, &server_name)?)
+    let probe = Arc::new(Probe::default());
+    let mut client = quinn::ClientConfig::new(Arc::new(ProbedClient {
+        inner: Arc::new(crypto),
+        probe: probe.clone(),
+    }));
+    client.transport_config(transport_config(cfg));
+    let timeout = Duration::from_millis(cfg.handshake_timeout_ms);
+    let conn = match tokio::time::timeout(
+        timeout,
+        endpoint.connect_with(client, addr, &target.server_name)?,
+    )
+    .await
+    {
+        Err(_) => bail!("QUIC connect timed out"),
+        Ok(Err(e)) if closed_by_handshake_failure(&e) => {
+            let why = crate::tls::client_refusal(cfg.tls.key_exchange());
+            bail!("QUIC connect to {addr}: {why}: {e}");
+        }
+        Ok(Err(e)) => return Err(anyhow!(e).context(format!("QUIC connect to {addr}"))),
+        Ok(Ok(c)) => c,
+    };
+    let tls = probe.negotiated()?;
+    let (send, recv) = tokio::time::timeout(timeout, conn.open_bi())
         .await
-        .context("QUIC connect timed out")?
-        .with_context(|| format!("QUIC connect to {addr}"))?;
-    let (send, recv) = conn.open_bi().await.context("opening the control stream")?;
-    let r = run(node, conn, send, recv, Side::Client, true).await;
-    endpoint.wait_idle().await;
-    r
+        .context("opening the control stream timed out")?
+        .context("opening the control stream")?;
+    QuicLink::new(conn, send, recv, Some(endpoint), cfg.peer_queue, tls)
 }
 
-struct QuicControl {
+/// A QUIC link: control frames on the bidirectional stream, packets in
+/// datagrams (or on a unidirectional stream when too big for one).
+pub struct QuicLink {
+    conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    binding: ChannelBinding,
+    /// The dialler's own endpoint, drained when the link closes.
+    endpoint: Option<quinn::Endpoint>,
+    big_tx: mpsc::Sender<Bytes>,
+    big_rx: Option<mpsc::Receiver<Bytes>>,
+    tasks: JoinSet<()>,
+    /// What the TLS handshake negotiated.
+    tls: Negotiated,
 }
 
-impl ControlIo for QuicControl {
-    async fn send(&mut self, msg: &ControlMessage) -> Result<()> {
+impl QuicLink {
+    fn new(
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        endpoint: Option<quinn::Endpoint>,
+        peer_queue: usize,
+        tls: Negotiated,
+    ) -> Result<Self> {
+        let mut b = [0u8; BINDING_LEN];
+        conn.export_keying_material(&mut b, EXPORTER_LABEL, b"")
+            .map_err(|_| anyhow!("TLS exporter unavailable"))?;
+        let (big_tx, big_rx) = mpsc::channel(peer_queue.clamp(1, 256));
+        Ok(Self {
+            conn,
+            send,
+            recv,
+            decoder: FrameDecoder::new(MAX_CONTROL_FRAME),
+            binding: ChannelBinding(b),
+            endpoint,
+            big_tx,
+            big_rx: Some(big_rx),
+            tasks: JoinSet::new(),
+            tls,
+        })
+    }
+}
+
+/// Bytes read from a stream per call; a decoder never holds more than one
+/// frame plus one read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Reads one frame from `recv` through `decoder`; cancel-safe (a
+/// cancelled read leaves what it got in the decoder).
+async fn next_frame(recv: &mut quinn::RecvStream, decoder: &mut FrameDecoder) -> Result<Vec<u8>> {
+    loop {
+        if let Some(f) = decoder.next_frame()? {
+            return Ok(f);
+        }
+        match recv.read_chunk(READ_CHUNK, true).await? {
+            Some(chunk) => decoder.push(&chunk.bytes),
+            None => bail!("stream closed"),
+        }
+    }
+}
+
+struct QuicTx {
+    conn: quinn::Connection,
+    big: mpsc::Sender<Bytes>,
+}
+
+impl PacketTx for QuicTx {
+    fn try_send(&self, pkt: Packet) -> bool {
+        let pkt = pkt.into_bytes();
+        match self.conn.max_datagram_size() {
+            Some(max) if pkt.len() <= max => self.conn.send_datagram(pkt).is_ok(),
+            _ => self.big.try_send(pkt).is_ok(),
+        }
+    }
+}
+
+impl Link for QuicLink {
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding(self.binding.0)
+    }
+
+    fn remote(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    fn transport(&self) -> Transport {
+        Transport::Quic
+    }
+
+    fn tls(&self) -> &Negotiated {
+        &self.tls
+    }
+
+    async fn send_control(&mut self, msg: &ControlMessage) -> Result<()> {
         self.send
             .write_all(&framing::encode(msg))
             .await
             .context("writing the control stream")
     }
 
-    async fn recv(&mut self) -> Result<Vec<u8>> {
-        read_frame(&mut self.recv, MAX_CONTROL_FRAME).await
-    }
-}
-
-async fn read_frame(recv: &mut quinn::RecvStream, max: usize) -> Result<Vec<u8>> {
-    let mut header = [0u8; HEADER_LEN];
-    recv.read_exact(&mut header)
-        .await
-        .context("reading a frame header")?;
-    let len = framing::body_len(header, max)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .context("reading a frame body")?;
-    Ok(body)
-}
-
-fn binding(conn: &quinn::Connection) -> Result<ChannelBinding> {
-    let mut b = [0u8; BINDING_LEN];
-    conn.export_keying_material(&mut b, EXPORTER_LABEL, b"")
-        .map_err(|_| anyhow!("TLS exporter unavailable"))?;
-    Ok(ChannelBinding(b))
-}
-
-async fn run(
-    node: Arc<Node>,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    side: Side,
-    outbound: bool,
-) -> Result<()> {
-    let remote = conn.remote_address();
-    let mut io = QuicControl { send, recv };
-    let accepted = match session::handshake(&node, &mut io, side, binding(&conn)?, remote).await {
-        Ok(a) => a,
-        Err(e) => {
-            // Give the error frame a moment to leave before closing.
-            let _ = io.send.finish();
-            let _ = tokio::time::timeout(Duration::from_millis(500), io.send.stopped()).await;
-            conn.close(1u32.into(), b"handshake rejected");
-            return Err(e);
-        }
-    };
-    let (control_tx, control_rx) = mpsc::channel(64);
-    let (big_tx, big_rx) = mpsc::channel(node.cfg.peer_queue.min(256));
-    let peer = Arc::new(Peer::new(
-        &node,
-        accepted,
-        remote,
-        Transport::Quic,
-        outbound,
-        control_tx,
-        PacketPath::Quic {
-            conn: conn.clone(),
-            big: big_tx,
-        },
-    ));
-    node.register(peer.clone());
-    tracing::info!(sapper_event = "peer_connected", peer = %peer.handshake.name, %remote, transport = "quic", "peer connected");
-
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(control_writer(io.send, control_rx, peer.close.clone()));
-    tasks.spawn(control_reader(node.clone(), peer.clone(), io.recv));
-    tasks.spawn(datagram_reader(node.clone(), peer.clone(), conn.clone()));
-    tasks.spawn(big_reader(node.clone(), peer.clone(), conn.clone()));
-    tasks.spawn(big_writer(conn.clone(), big_rx));
-    tasks.spawn(session::keepalive(node.clone(), peer.clone()));
-
-    let reason = tokio::select! {
-        _ = peer.close.cancelled() => "closed".to_string(),
-        _ = node.shutdown.cancelled() => {
-            peer.disconnect("shutting down");
-            peer.close.cancelled().await;
-            "shutdown".to_string()
-        }
-        e = conn.closed() => e.to_string(),
-        _ = tasks.join_next() => "link task ended".to_string(),
-    };
-    peer.close.cancel();
-    conn.close(0u32.into(), b"bye");
-    tasks.abort_all();
-    node.unregister(&peer, &reason);
-    tracing::info!(sapper_event = "peer_disconnected", peer = %peer.handshake.name, %reason, "peer disconnected");
-    Ok(())
-}
-
-async fn control_writer(
-    mut send: quinn::SendStream,
-    mut rx: mpsc::Receiver<ControlMessage>,
-    close: CancellationToken,
-) {
-    while let Some(msg) = rx.recv().await {
-        if send.write_all(&framing::encode(&msg)).await.is_err() {
-            break;
+    async fn recv_control(&mut self) -> Result<Vec<u8>> {
+        tokio::select! {
+            f = next_frame(&mut self.recv, &mut self.decoder) => f,
+            e = self.conn.closed() => Err(anyhow!(e)),
         }
     }
-    close.cancel();
-}
 
-async fn control_reader(node: Arc<Node>, peer: Arc<Peer>, mut recv: quinn::RecvStream) {
-    loop {
-        match read_frame(&mut recv, MAX_CONTROL_FRAME).await {
-            Ok(body) => session::handle_control(&node, &peer, &body),
-            Err(e) => {
-                tracing::debug!(peer = %peer.handshake.name, error = %format!("{e:#}"), "control stream ended");
-                break;
+    fn packet_tx(&mut self) -> Box<dyn PacketTx> {
+        Box::new(QuicTx {
+            conn: self.conn.clone(),
+            big: self.big_tx.clone(),
+        })
+    }
+
+    fn start(&mut self, inbound: Inbound) {
+        let conn = self.conn.clone();
+        let datagrams = inbound.clone();
+        self.tasks.spawn(async move {
+            while let Ok(d) = conn.read_datagram().await {
+                datagrams.packet(Packet::plain(d));
             }
+        });
+        self.tasks.spawn(big_reader(self.conn.clone(), inbound));
+        if let Some(rx) = self.big_rx.take() {
+            self.tasks.spawn(big_writer(self.conn.clone(), rx));
         }
     }
-    peer.close.cancel();
-}
 
-async fn datagram_reader(node: Arc<Node>, peer: Arc<Peer>, conn: quinn::Connection) {
-    while let Ok(d) = conn.read_datagram().await {
-        node.deliver(&peer, &d).await;
+    async fn close(mut self, reason: &str) {
+        if reason == "handshake rejected" {
+            // Give the error frame a moment to leave before closing.
+            let _ = self.send.finish();
+            let _ = tokio::time::timeout(Duration::from_millis(500), self.send.stopped()).await;
+            self.conn.close(1u32.into(), b"handshake rejected");
+        } else {
+            self.conn.close(0u32.into(), b"bye");
+        }
+        self.tasks.abort_all();
+        if let Some(ep) = self.endpoint.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), ep.wait_idle()).await;
+        }
     }
 }
+
+/// Largest IP packet accepted on the big-packet stream.
+const MAX_PACKET: usize = 65535;
+/// Big-packet streams read at once per link.
+const MAX_BIG_STREAMS: usize = 16;
 
 /// Accepts the peer's big-packet streams.
-async fn big_reader(node: Arc<Node>, peer: Arc<Peer>, conn: quinn::Connection) {
+async fn big_reader(conn: quinn::Connection, inbound: Inbound) {
+    let mut readers = JoinSet::new();
     while let Ok(mut recv) = conn.accept_uni().await {
-        let node = node.clone();
-        let peer = peer.clone();
-        tokio::spawn(async move {
-            while let Ok(pkt) = read_frame(&mut recv, MAX_PACKET).await {
-                node.deliver(&peer, &pkt).await;
+        while readers.try_join_next().is_some() {}
+        if readers.len() >= MAX_BIG_STREAMS {
+            let _ = recv.stop(0u32.into());
+            continue;
+        }
+        let inbound = inbound.clone();
+        readers.spawn(async move {
+            let mut decoder = FrameDecoder::new(MAX_PACKET);
+            while let Ok(pkt) = next_frame(&mut recv, &mut decoder).await {
+                inbound.packet(Packet::plain(Bytes::from(pkt)));
             }
         });
     }

@@ -42,14 +42,12 @@ impl Tun {
         }
     }
 
-    /// Writes one packet.
-    pub async fn write(&self, packet: &[u8]) -> io::Result<()> {
-        loop {
-            let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| Ok(nix::unistd::write(fd, packet)?)) {
-                Ok(r) => return r.map(|_| ()),
-                Err(_would_block) => continue,
-            }
-        }
+    /// Writes one packet without waiting: a TUN write only queues the
+    /// packet to the kernel's stack, so it does not block; should it ever
+    /// report EAGAIN the packet is dropped like any congested hop's.
+    pub fn try_write(&self, packet: &[u8]) -> io::Result<()> {
+        nix::unistd::write(self.fd.get_ref(), packet)
+            .map(|_| ())
+            .map_err(io::Error::from)
     }
 }

@@ -5,14 +5,18 @@
 //! WebSocket pings keep middleboxes from timing the link out; Sapper's own
 //! pings measure latency and detect a dead peer.
 
-use crate::node::{Node, PacketPath, Peer};
-use crate::session::{self, ControlIo};
+use crate::datapath::{Packet, PacketTx};
+use crate::link::{run_link, Inbound, Link};
+use crate::node::Node;
+use crate::target::Target;
+use crate::tls::{Negotiated, ServerTls};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
-use sapper_shared::config::{ConnectConfig, Transport};
-use sapper_shared::proof::{ChannelBinding, Side, BINDING_LEN, EXPORTER_LABEL};
+use sapper_control::Direction;
+use sapper_shared::config::{NetdConfig, Transport};
+use sapper_shared::proof::{ChannelBinding, BINDING_LEN, EXPORTER_LABEL};
 use sapper_shared::proto::control::ControlMessage;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,8 +31,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-pub const TAG_CONTROL: u8 = 0;
-pub const TAG_PACKET: u8 = 1;
+pub use sapper_shared::framing::{WS_TAG_CONTROL as TAG_CONTROL, WS_TAG_PACKET as TAG_PACKET};
 
 /// One IP packet plus its tag, or one control message, fits; nothing larger
 /// is buffered for a peer.
@@ -43,7 +46,12 @@ fn ws_config() -> WebSocketConfig {
         .max_write_buffer_size(4 << 20)
 }
 
-pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: TlsAcceptor, path: String) {
+pub async fn accept_loop(
+    node: Arc<Node>,
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    path: String,
+) {
     let path = Arc::new(path);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -70,16 +78,25 @@ async fn accept_one(
     node: Arc<Node>,
     tcp: TcpStream,
     remote: SocketAddr,
-    tls: TlsAcceptor,
+    server: Arc<ServerTls>,
     path: &str,
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
     let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
-    let tls = tokio::time::timeout(timeout, tls.accept(tcp))
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake failed")?;
+    let (cfg, offered) = server.for_connection();
+    let tls = match tokio::time::timeout(timeout, TlsAcceptor::from(cfg).accept(tcp)).await {
+        Err(_) => bail!("TLS handshake timed out"),
+        Ok(Err(e)) => {
+            if let Some(why) = offered.kx_refusal(server.key_exchange) {
+                crate::link::tls_refused(&node, remote, "ws", &why);
+                bail!("TLS handshake failed: {why}: {e}");
+            }
+            return Err(anyhow!(e).context("TLS handshake failed"));
+        }
+        Ok(Ok(t)) => t,
+    };
     let binding = channel_binding(tls.get_ref().1)?;
+    let negotiated = Negotiated::from_rustls(tls.get_ref().1)?;
     // The callback's signature is tungstenite's; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -98,7 +115,8 @@ async fn accept_one(
     .await
     .context("WebSocket upgrade timed out")?
     .context("WebSocket upgrade failed")?;
-    run(node, ws, Side::Server, false, remote, binding).await
+    let link = WsLink::new(ws, remote, binding, node.cfg.peer_queue, negotiated);
+    run_link(node, link, Direction::Inbound).await
 }
 
 /// The RFC 9266 tls-exporter value of a finished TLS 1.3 session.
@@ -108,25 +126,33 @@ fn channel_binding<D>(conn: &rustls::ConnectionCommon<D>) -> Result<ChannelBindi
         .map_err(|e| anyhow!("TLS exporter unavailable: {e}"))
 }
 
-pub async fn dial(
-    node: Arc<Node>,
-    target: &ConnectConfig,
+/// Dials `target`: TCP, TLS, then the WebSocket upgrade.
+pub async fn connect(
+    cfg: &NetdConfig,
+    target: &Target,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<()> {
-    let addr = crate::dial::resolve(&target.address).await?;
-    let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
+) -> Result<WsLink<tokio_rustls::client::TlsStream<TcpStream>>> {
+    let addr = target.resolve().await?;
+    let timeout = Duration::from_millis(cfg.handshake_timeout_ms);
     let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .context("TCP connect timed out")?
         .with_context(|| format!("TCP connect to {addr}"))?;
     let _ = tcp.set_nodelay(true);
-    let name = rustls_pki_types::ServerName::try_from(crate::dial::server_name(target))
+    let name = rustls_pki_types::ServerName::try_from(target.server_name.clone())
         .context("invalid TLS server name")?;
-    let tls = tokio::time::timeout(timeout, TlsConnector::from(tls).connect(name, tcp))
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake failed")?;
+    let tls = match tokio::time::timeout(timeout, TlsConnector::from(tls).connect(name, tcp)).await
+    {
+        Err(_) => bail!("TLS handshake timed out"),
+        Ok(Err(e)) if refused_by_handshake_failure(&e) => {
+            let why = crate::tls::client_refusal(cfg.tls.key_exchange());
+            bail!("TLS handshake failed: {why}: {e}");
+        }
+        Ok(Err(e)) => return Err(anyhow!(e).context("TLS handshake failed")),
+        Ok(Ok(t)) => t,
+    };
     let binding = channel_binding(tls.get_ref().1)?;
+    let negotiated = Negotiated::from_rustls(tls.get_ref().1)?;
     let url = format!("wss://{}{}", target.address, target.ws_path);
     let (ws, _) = tokio::time::timeout(
         timeout,
@@ -135,7 +161,18 @@ pub async fn dial(
     .await
     .context("WebSocket upgrade timed out")?
     .context("WebSocket upgrade failed")?;
-    run(node, ws, Side::Client, true, addr, binding).await
+    Ok(WsLink::new(ws, addr, binding, cfg.peer_queue, negotiated))
+}
+
+/// True when the listener ended the TLS handshake with alert
+/// handshake_failure: it shares no key-exchange group (or suite) with us.
+fn refused_by_handshake_failure(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::HandshakeFailure
+        ))
+    )
 }
 
 fn tagged(tag: u8, body: &[u8]) -> Message {
@@ -145,90 +182,143 @@ fn tagged(tag: u8, body: &[u8]) -> Message {
     Message::Binary(b.freeze())
 }
 
-struct WsControl<'a, S> {
-    ws: &'a mut WebSocketStream<S>,
+/// Control messages waiting for the writer, at most.
+const CONTROL_QUEUE: usize = 64;
+
+/// A WebSocket link: one writer task owns the sink (control first, then
+/// packets, batched); the supervisor reads the stream, handing packets to
+/// the data path and returning control messages.
+pub struct WsLink<S> {
+    stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    control: mpsc::Sender<ControlMessage>,
+    data: mpsc::Sender<Bytes>,
+    close: CancellationToken,
+    writer: tokio::task::JoinHandle<()>,
+    remote: SocketAddr,
+    binding: ChannelBinding,
+    inbound: Option<Inbound>,
+    /// What the TLS handshake negotiated.
+    tls: Negotiated,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> ControlIo for WsControl<'_, S> {
-    async fn send(&mut self, msg: &ControlMessage) -> Result<()> {
-        self.ws
-            .send(tagged(TAG_CONTROL, &msg.encode_to_vec()))
-            .await
-            .context("sending a control message")
+impl<S> WsLink<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn new(
+        ws: WebSocketStream<S>,
+        remote: SocketAddr,
+        binding: ChannelBinding,
+        queue: usize,
+        tls: Negotiated,
+    ) -> Self {
+        let (sink, stream) = ws.split();
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (data, data_rx) = mpsc::channel(queue.max(1));
+        let close = CancellationToken::new();
+        let writer = tokio::spawn(writer(sink, control_rx, data_rx, close.clone()));
+        Self {
+            stream,
+            control,
+            data,
+            close,
+            writer,
+            remote,
+            binding,
+            inbound: None,
+            tls,
+        }
+    }
+}
+
+struct WsTx(mpsc::Sender<Bytes>);
+
+impl PacketTx for WsTx {
+    fn try_send(&self, pkt: Packet) -> bool {
+        // Tagged already (from the TUN or another WebSocket): no copy.
+        self.0.try_send(pkt.into_tagged()).is_ok()
+    }
+}
+
+impl<S> Link for WsLink<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding(self.binding.0)
     }
 
-    async fn recv(&mut self) -> Result<Vec<u8>> {
+    fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+
+    fn transport(&self) -> Transport {
+        Transport::Ws
+    }
+
+    fn tls(&self) -> &Negotiated {
+        &self.tls
+    }
+
+    async fn send_control(&mut self, msg: &ControlMessage) -> Result<()> {
+        self.control
+            .send(msg.clone())
+            .await
+            .map_err(|_| anyhow!("the WebSocket writer has stopped"))
+    }
+
+    async fn recv_control(&mut self) -> Result<Vec<u8>> {
+        let writer_gone = self.close.clone();
+        tokio::select! {
+            r = self.read_control() => r,
+            _ = writer_gone.cancelled() => bail!("the WebSocket writer has stopped"),
+        }
+    }
+
+    fn packet_tx(&mut self) -> Box<dyn PacketTx> {
+        Box::new(WsTx(self.data.clone()))
+    }
+
+    fn start(&mut self, inbound: Inbound) {
+        self.inbound = Some(inbound);
+    }
+
+    async fn close(mut self, _reason: &str) {
+        // The writer sends a Close frame when it sees the cancellation.
+        self.close.cancel();
+        if tokio::time::timeout(Duration::from_millis(500), &mut self.writer)
+            .await
+            .is_err()
+        {
+            self.writer.abort();
+        }
+    }
+}
+
+impl<S> WsLink<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Reads until a control message, handing packets on; cancel-safe.
+    async fn read_control(&mut self) -> Result<Vec<u8>> {
         loop {
-            match self.ws.next().await {
+            match self.stream.next().await {
                 None => bail!("connection closed"),
                 Some(Err(e)) => return Err(anyhow!(e).context("reading the WebSocket")),
-                Some(Ok(Message::Binary(b))) => match b.split_first() {
-                    Some((&TAG_CONTROL, body)) => return Ok(body.to_vec()),
-                    _ => bail!("expected a control message"),
+                Some(Ok(Message::Binary(b))) => match b.first() {
+                    Some(&TAG_CONTROL) => return Ok(b[1..].to_vec()),
+                    Some(&TAG_PACKET) => match &self.inbound {
+                        Some(inbound) => inbound.packet(Packet::tagged(b)),
+                        None => bail!("expected a control message"),
+                    },
+                    _ => bail!("unknown WebSocket message tag"),
                 },
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(_))) => bail!("connection closed"),
                 Some(Ok(other)) => bail!("unexpected WebSocket message {other:?}"),
             }
         }
     }
-}
-
-async fn run<S>(
-    node: Arc<Node>,
-    mut ws: WebSocketStream<S>,
-    side: Side,
-    outbound: bool,
-    remote: SocketAddr,
-    binding: ChannelBinding,
-) -> Result<()>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let accepted = {
-        let mut io = WsControl { ws: &mut ws };
-        match session::handshake(&node, &mut io, side, binding, remote).await {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = tokio::time::timeout(Duration::from_millis(500), ws.close(None)).await;
-                return Err(e);
-            }
-        }
-    };
-    let (control_tx, control_rx) = mpsc::channel(64);
-    let (data_tx, data_rx) = mpsc::channel(node.cfg.peer_queue);
-    let peer = Arc::new(Peer::new(
-        &node,
-        accepted,
-        remote,
-        Transport::Ws,
-        outbound,
-        control_tx,
-        PacketPath::Ws { tx: data_tx },
-    ));
-    node.register(peer.clone());
-    tracing::info!(sapper_event = "peer_connected", peer = %peer.handshake.name, %remote, transport = "ws", "peer connected");
-
-    let (sink, stream) = ws.split();
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(writer(sink, control_rx, data_rx, peer.close.clone()));
-    tasks.spawn(reader(node.clone(), peer.clone(), stream));
-    tasks.spawn(session::keepalive(node.clone(), peer.clone()));
-    let reason = tokio::select! {
-        _ = peer.close.cancelled() => "closed",
-        _ = node.shutdown.cancelled() => {
-            peer.disconnect("shutting down");
-            peer.close.cancelled().await;
-            "shutdown"
-        }
-        _ = tasks.join_next() => "link task ended",
-    };
-    peer.close.cancel();
-    // The writer sends a Close frame when it sees the cancellation.
-    let _ = tokio::time::timeout(Duration::from_millis(500), tasks.join_next()).await;
-    tasks.abort_all();
-    node.unregister(&peer, reason);
-    tracing::info!(sapper_event = "peer_disconnected", peer = %peer.handshake.name, %reason, "peer disconnected");
-    Ok(())
 }
 
 async fn writer<S>(
@@ -245,11 +335,16 @@ async fn writer<S>(
         let msg = tokio::select! {
             biased;
             _ = close.cancelled() => {
+                // Whatever control is still queued (a Disconnect) goes first.
+                while let Ok(c) = control.try_recv() {
+                    let _ = sink.feed(tagged(TAG_CONTROL, &c.encode_to_vec())).await;
+                }
                 let _ = sink.send(Message::Close(None)).await;
                 return;
             }
             Some(c) = control.recv() => tagged(TAG_CONTROL, &c.encode_to_vec()),
-            Some(p) = data.recv() => tagged(TAG_PACKET, &p),
+            // Queued with its tag in front (Packet::into_tagged).
+            Some(p) = data.recv() => Message::Binary(p),
             _ = ping.tick() => Message::Ping(Bytes::new()),
         };
         // Batch: queue without flushing while more packets are waiting.
@@ -263,32 +358,4 @@ async fn writer<S>(
         }
     }
     close.cancel();
-}
-
-async fn reader<S>(
-    node: Arc<Node>,
-    peer: Arc<Peer>,
-    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    while let Some(m) = stream.next().await {
-        match m {
-            Ok(Message::Binary(b)) => match b.split_first() {
-                Some((&TAG_PACKET, pkt)) => node.deliver(&peer, pkt).await,
-                Some((&TAG_CONTROL, body)) => session::handle_control(&node, &peer, body),
-                _ => {
-                    tracing::warn!(peer = %peer.handshake.name, "unknown WebSocket message tag; closing");
-                    break;
-                }
-            },
-            Ok(Message::Close(_)) => break,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(peer = %peer.handshake.name, error = %e, "WebSocket read failed");
-                break;
-            }
-        }
-    }
-    peer.close.cancel();
 }

@@ -24,12 +24,14 @@ const HOLD_ENV: &str = "SAPPER_PRIVD_PROBE_HOLD";
 const PROBE_UID: u32 = 4242;
 const NOGROUP: u32 = 65534;
 
-/// Only does something when re-executed by `probe_as`.
+/// Not a test of its own: the client half of the "other uid" checks, run
+/// only by `probe_as` (`--ignored --exact probe_child` in a copy of this
+/// binary as another uid). Ignored, so that it never reports a pass.
 #[test]
+#[ignore = "helper, run by probe_as as another uid"]
 fn probe_child() {
-    let Ok(path) = std::env::var(PROBE_ENV) else {
-        return;
-    };
+    let path = std::env::var(PROBE_ENV)
+        .unwrap_or_else(|_| panic!("probe_child runs only under probe_as ({PROBE_ENV} unset)"));
     if std::env::var_os(HOLD_ENV).is_some() {
         // The lock-out attempt: 64 idle connections, held until stdin closes.
         let held: Vec<UnixStream> = (0..64)
@@ -68,13 +70,18 @@ struct World {
 }
 
 impl World {
-    fn new(config_tail: &str) -> Option<Self> {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("SKIPPED: privd integration tests need root");
-            return None;
-        }
+    fn new(config_tail: &str) -> Self {
+        // A skip would report a pass for a test that did not run.
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "the privd integration tests need root (network namespaces, TUN devices): \
+             run `sudo scripts/test.sh`"
+        );
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let ns = format!("sapt-{}-{n}", std::process::id());
+        // `sap<UPPER><pid>_<n>`, the harness's naming scheme, so that the
+        // stale-namespace cleanup (sapper_tests::netns::cleanup_stale and
+        // scripts/test.sh) removes what a killed run left behind.
+        let ns = format!("sapV{}_{n}", std::process::id());
         let dir = std::env::temp_dir().join(&ns);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -95,7 +102,7 @@ impl World {
         let cfg_path = world.dir.join("sapper.toml");
         std::fs::write(&cfg_path, config).unwrap();
         world.start(&cfg_path);
-        Some(world)
+        world
     }
 
     fn start(&mut self, cfg: &Path) {
@@ -285,7 +292,13 @@ fn probe_as(world: &World, uid: u32, gid: u32) -> String {
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let mut child = Command::new(&exe)
-        .args(["--exact", "probe_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "probe_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(PROBE_ENV, &world.socket)
         .uid(uid)
         .gid(gid)
@@ -319,9 +332,7 @@ enable = true
 
 #[test]
 fn privd_end_to_end() {
-    let Some(mut w) = World::new(MAIN_CONFIG) else {
-        return;
-    };
+    let mut w = World::new(MAIN_CONFIG);
 
     // The socket: 0660, group nogroup.
     let meta = std::fs::metadata(&w.socket).unwrap();
@@ -513,11 +524,9 @@ fn privd_end_to_end() {
 
 #[test]
 fn root_is_refused_when_netd_is_someone_else() {
-    let Some(mut w) = World::new(&format!(
+    let mut w = World::new(&format!(
         "netd_uid = {PROBE_UID}\n[privd.tun]\nname = \"sapt1\"\naddresses = [\"10.66.0.1/24\"]\n"
-    )) else {
-        return;
-    };
+    ));
     let mut c = w.client();
     assert!(matches!(
         c.open_tun(),
@@ -551,14 +560,18 @@ fn root_is_refused_when_netd_is_someone_else() {
 /// connections it turned away.
 #[test]
 fn an_operator_uid_cannot_lock_netd_out() {
-    let Some(mut w) = World::new("netd_uid = 0\n[privd.tun]\nname = \"sapt2\"\n") else {
-        return;
-    };
+    let mut w = World::new("netd_uid = 0\n[privd.tun]\nname = \"sapt2\"\n");
     let exe = w.dir.join("probe");
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut hog = Command::new(&exe)
-        .args(["--exact", "probe_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "probe_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(PROBE_ENV, &w.socket)
         .env(HOLD_ENV, "1")
         .uid(PROBE_UID)

@@ -64,3 +64,20 @@ build_release() {
     log "building release binaries (cargo build --release --workspace --bins)"
     (cd "$ROOT" && "$CARGO" build --release --workspace --bins)
 }
+
+# Deletes the network namespaces a killed test run left behind: every
+# /run/netns/sap<UPPER><pid>_<n> (the harness's and privd's test names)
+# whose creating process is gone; what still runs inside is killed first.
+cleanup_stale_netns() {
+    local f name pid
+    for f in /run/netns/sap[A-Z]*_*; do
+        [ -e "$f" ] || continue
+        name=${f##*/}
+        pid=${name#sap?}
+        pid=${pid%%_*}
+        case "$pid" in '' | *[!0-9]*) continue ;; esac
+        [ -d "/proc/$pid" ] && continue
+        ip netns pids "$name" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+        ip netns del "$name" 2>/dev/null && log "removed stale namespace $name"
+    done
+}

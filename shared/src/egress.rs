@@ -150,18 +150,34 @@ fn parse_ports(s: &str) -> Result<(u16, u16), String> {
 
 /// Destinations a userspace exit refuses unless `deny_local = false`: the
 /// exit host's own loopback, link-local, "this host" and multicast /
-/// broadcast ranges.
-pub const LOCAL_DENY: &[&str] = &[
-    "0.0.0.0/8",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "224.0.0.0/4",
-    "255.255.255.255/32",
-    "::/128",
-    "::1/128",
-    "fe80::/10",
-    "ff00::/8",
+/// broadcast ranges. Typed constants, so that a mistyped entry cannot be
+/// dropped at run time: it does not compile (`new_assert` rejects a bad
+/// prefix length during constant evaluation).
+pub const LOCAL_DENY: &[IpNet] = &[
+    v4(0, 0, 0, 0, 8),
+    v4(127, 0, 0, 0, 8),
+    v4(169, 254, 0, 0, 16),
+    v4(224, 0, 0, 0, 4),
+    v4(255, 255, 255, 255, 32),
+    v6(0, 128),
+    v6(1, 128),
+    v6(0xfe80 << 112, 10),
+    v6(0xff00 << 112, 8),
 ];
+
+const fn v4(a: u8, b: u8, c: u8, d: u8, len: u8) -> IpNet {
+    IpNet::V4(ipnet::Ipv4Net::new_assert(
+        std::net::Ipv4Addr::new(a, b, c, d),
+        len,
+    ))
+}
+
+const fn v6(addr: u128, len: u8) -> IpNet {
+    IpNet::V6(ipnet::Ipv6Net::new_assert(
+        std::net::Ipv6Addr::from_bits(addr),
+        len,
+    ))
+}
 
 /// Why a flow was refused or let through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,10 +211,7 @@ impl Policy {
     /// Builds a policy from parsed rules.
     pub fn new(allow: Vec<Rule>, deny: Vec<Rule>, deny_local: bool) -> Policy {
         let local = if deny_local {
-            LOCAL_DENY
-                .iter()
-                .filter_map(|p| p.parse::<IpNet>().ok())
-                .collect()
+            LOCAL_DENY.to_vec()
         } else {
             Vec::new()
         };
@@ -336,6 +349,55 @@ mod tests {
         // With deny_local off, loopback is reachable.
         let open = Policy::new(vec![], vec![], false);
         assert!(open.check(Proto::Tcp, ip("127.0.0.1"), 80).allowed());
+    }
+
+    /// Each built-in range probed at both of its edges and just outside
+    /// them, from a list written independently of LOCAL_DENY: dropping an
+    /// entry or narrowing one (224.0.0.0/4 to /8, say) fails here.
+    #[test]
+    fn every_local_deny_range_is_denied_to_its_edges() {
+        let p = Policy::new(vec![], vec![], true);
+        let denied = [
+            "0.0.0.0",
+            "0.255.255.255",
+            "127.0.0.0",
+            "127.255.255.255",
+            "169.254.0.0",
+            "169.254.255.255",
+            "224.0.0.0",
+            "239.255.255.255",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "fe80::",
+            "febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "ff00::",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:169.254.169.254",
+        ];
+        for a in denied {
+            for proto in [Proto::Tcp, Proto::Udp, Proto::Icmp] {
+                assert_eq!(p.check(proto, ip(a), 80), Verdict::DenyLocal, "{a}");
+            }
+        }
+        let allowed = [
+            "1.0.0.0",
+            "126.255.255.255",
+            "128.0.0.0",
+            "169.253.255.255",
+            "169.255.0.0",
+            "223.255.255.255",
+            "240.0.0.0",
+            "255.255.255.254",
+            "::2",
+            "fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "fec0::",
+            "feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ];
+        for a in allowed {
+            assert!(p.check(Proto::Tcp, ip(a), 80).allowed(), "{a}");
+        }
+        assert_eq!(LOCAL_DENY.len(), 9, "a range was added: probe it above");
     }
 
     #[test]

@@ -15,6 +15,12 @@ pub const HEADER_LEN: usize = 4;
 /// small; 64 KiB leaves room for long route lists.
 pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
 
+/// WebSocket links: each binary message starts with one of these tags.
+/// A control message follows [`WS_TAG_CONTROL`].
+pub const WS_TAG_CONTROL: u8 = 0;
+/// One IP packet follows [`WS_TAG_PACKET`].
+pub const WS_TAG_PACKET: u8 = 1;
+
 /// Errors from decoding frames.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
@@ -78,6 +84,11 @@ impl FrameDecoder {
     /// maximal frame plus one push.
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
+    }
+
+    /// True when no bytes are buffered (a stream may end here cleanly).
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
     }
 
     /// Returns the next complete frame body, `None` if more bytes are needed.

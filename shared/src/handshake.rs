@@ -14,7 +14,7 @@ use ipnet::IpNet;
 /// Longest node name accepted.
 pub const MAX_NAME_LEN: usize = 64;
 /// Most routes one Handshake may carry.
-pub const MAX_ROUTES: usize = 1024;
+pub use crate::routing::MAX_ROUTES;
 
 /// Why a peer's handshake was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -169,28 +169,29 @@ fn validate(h: &Handshake) -> Result<Vec<IpNet>, Reject> {
             "name must be 1..={MAX_NAME_LEN} bytes"
         )));
     }
-    if !h
-        .name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
+    if !valid_name(&h.name) {
         return Err(Reject::Malformed(
             "name may contain only ASCII letters, digits, '-', '_' and '.'".into(),
         ));
     }
-    if h.routes.len() > MAX_ROUTES {
-        return Err(Reject::Malformed(format!(
-            "{} routes, at most {MAX_ROUTES}",
-            h.routes.len()
-        )));
-    }
-    h.routes
-        .iter()
-        .map(|r| {
-            r.parse::<IpNet>()
-                .map_err(|_| Reject::Malformed(format!("route {r:?} is not a CIDR prefix")))
-        })
-        .collect()
+    crate::routing::parse_prefixes(&h.routes).map_err(|e| match e {
+        crate::routing::PrefixError::TooMany(n) => {
+            Reject::Malformed(format!("{n} routes, at most {MAX_ROUTES}"))
+        }
+        crate::routing::PrefixError::NotAPrefix(r) => {
+            Reject::Malformed(format!("route {r:?} is not a CIDR prefix"))
+        }
+    })
+}
+
+/// The one rule for node names (and interface names): 1 to
+/// [`MAX_NAME_LEN`] ASCII letters, digits, '-', '_' or '.'.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 #[cfg(test)]

@@ -83,9 +83,7 @@ pub fn resolve(node: &NodeConfig, netd: &NetdConfig) -> Result<Posture, PostureE
 
 /// The role a node without automatic negotiation takes: its fixed hint.
 pub fn fixed_role(p: &Posture) -> Option<NodeRole> {
-    let h = p.hint?;
-    (h.level == HintLevel::Fixed as i32)
-        .then(|| NodeRole::try_from(h.target).unwrap_or(NodeRole::RoleIndeterminate))
+    crate::roles::fixed_target(p.hint)
 }
 
 #[cfg(test)]

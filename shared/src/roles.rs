@@ -99,13 +99,34 @@ pub fn is_relay(caps: &Capabilities) -> bool {
     caps.listening && caps.connecting
 }
 
+/// The one spelling of each role, for logs, status and sapperctl.
+pub fn role_name(r: NodeRole) -> &'static str {
+    match r {
+        NodeRole::RoleIndeterminate => "indeterminate",
+        NodeRole::RoleEntry => "entry",
+        NodeRole::RoleRelay => "relay",
+        NodeRole::RoleExit => "exit",
+    }
+}
+
+/// The role a wire value names; unknown values are Indeterminate.
+pub fn role_from_wire(v: i32) -> NodeRole {
+    NodeRole::try_from(v).unwrap_or(NodeRole::RoleIndeterminate)
+}
+
+/// The role a fixed hint pins, `None` for any other hint (or none).
+pub fn fixed_target(h: Option<RoleHint>) -> Option<NodeRole> {
+    let h = h?;
+    (h.level == HintLevel::Fixed as i32).then(|| role_from_wire(h.target))
+}
+
 fn level(h: &Option<RoleHint>) -> HintLevel {
     h.map(|h| HintLevel::try_from(h.level).unwrap_or(HintLevel::Unspecified))
         .unwrap_or(HintLevel::Unspecified)
 }
 
 fn target(h: &Option<RoleHint>) -> NodeRole {
-    h.map(|h| NodeRole::try_from(h.target).unwrap_or(NodeRole::RoleIndeterminate))
+    h.map(|h| role_from_wire(h.target))
         .unwrap_or(NodeRole::RoleIndeterminate)
 }
 

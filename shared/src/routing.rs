@@ -20,6 +20,35 @@ pub fn destination(packet: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// Most prefixes one announcement (Handshake or RouteUpdate) may carry.
+pub const MAX_ROUTES: usize = 1024;
+
+/// Why a list of announced prefixes was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixError {
+    /// More than [`MAX_ROUTES`] prefixes.
+    #[error("{0} prefixes, at most {MAX_ROUTES}")]
+    TooMany(usize),
+    /// One entry is not a CIDR prefix.
+    #[error("{0:?} is not a CIDR prefix")]
+    NotAPrefix(String),
+}
+
+/// Parses a peer's (or the operator's) prefix list: the one place such lists
+/// are read, so the bound and the syntax are the same everywhere.
+pub fn parse_prefixes<S: AsRef<str>>(list: &[S]) -> Result<Vec<IpNet>, PrefixError> {
+    if list.len() > MAX_ROUTES {
+        return Err(PrefixError::TooMany(list.len()));
+    }
+    list.iter()
+        .map(|p| {
+            let p = p.as_ref();
+            p.parse::<IpNet>()
+                .map_err(|_| PrefixError::NotAPrefix(p.to_string()))
+        })
+        .collect()
+}
+
 /// Prefix → next-hop table. `K` identifies a peer.
 #[derive(Debug, Clone)]
 pub struct RouteTable<K> {

@@ -188,6 +188,100 @@ pub fn assert_privileges(pid: u32, want: &Expected, what: &str) -> usize {
     tasks.len()
 }
 
+/// Linux capability names by bit number, as `setpriv` spells them.
+const CAP_NAMES: [&str; 41] = [
+    "chown",
+    "dac_override",
+    "dac_read_search",
+    "fowner",
+    "fsetid",
+    "kill",
+    "setgid",
+    "setuid",
+    "setpcap",
+    "linux_immutable",
+    "net_bind_service",
+    "net_broadcast",
+    "net_admin",
+    "net_raw",
+    "ipc_lock",
+    "ipc_owner",
+    "sys_module",
+    "sys_rawio",
+    "sys_chroot",
+    "sys_ptrace",
+    "sys_pacct",
+    "sys_admin",
+    "sys_boot",
+    "sys_nice",
+    "sys_resource",
+    "sys_time",
+    "sys_tty_config",
+    "mknod",
+    "lease",
+    "audit_write",
+    "audit_control",
+    "setfcap",
+    "mac_override",
+    "mac_admin",
+    "syslog",
+    "wake_alarm",
+    "block_suspend",
+    "audit_read",
+    "perfmon",
+    "bpf",
+    "checkpoint_restore",
+];
+
+/// `-all,+name,…` for the capabilities in `mask` (bits this table does not
+/// name are an error: the test would otherwise under-grant silently).
+fn cap_list(mask: u64) -> String {
+    let mut s = String::from("-all");
+    for bit in 0..64 {
+        if mask & (1 << bit) != 0 {
+            let name = CAP_NAMES
+                .get(bit)
+                .unwrap_or_else(|| panic!("capability bit {bit} has no name here"));
+            s.push_str(",+");
+            s.push_str(name);
+        }
+    }
+    s
+}
+
+/// `nsenter` + `setpriv` arguments that run a command in `pid`'s network
+/// namespace with `pid`'s uid, gid, groups, bounding set, no_new_privs and
+/// its effective capabilities (kept across exec through the ambient set,
+/// the only way a non-root process keeps any): what that process itself
+/// could do if it ran the command.
+pub fn as_process(pid: u32) -> Vec<String> {
+    let (_, p) = tasks(pid).swap_remove(0);
+    let groups = if p.groups.is_empty() {
+        "--clear-groups".to_string()
+    } else {
+        let g: Vec<String> = p.groups.iter().map(u32::to_string).collect();
+        format!("--groups={}", g.join(","))
+    };
+    let mut args = vec![
+        "nsenter".to_string(),
+        format!("--target={pid}"),
+        "--net".to_string(),
+        "--".to_string(),
+        "setpriv".to_string(),
+        format!("--reuid={}", p.uids[1]),
+        format!("--regid={}", p.gids[1]),
+        groups,
+        format!("--inh-caps={}", cap_list(p.cap_eff)),
+        format!("--ambient-caps={}", cap_list(p.cap_eff)),
+        format!("--bounding-set={}", cap_list(p.cap_bnd)),
+    ];
+    if p.no_new_privs {
+        args.push("--no-new-privs".to_string());
+    }
+    args.push("--".to_string());
+    args
+}
+
 /// The Landlock ABI version this kernel offers (0: none), as
 /// `landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)`
 /// reports it: the kernel's own word on whether it lists Landlock.

@@ -237,9 +237,11 @@ fn privd_refuses_other_uid(t: Transport) {
     let out = run_timeout(&mut cmd, Duration::from_secs(15)).unwrap_or_else(|e| panic!("{e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "probe failed:\n{}", show(&out));
+    // Exactly a refusal from privd itself: not a connection the socket's
+    // mode refused, not a hang-up, not a grant.
     assert!(
-        stdout.starts_with("outcome=") && !stdout.contains("outcome=granted"),
-        "privd granted a TUN to uid 4242: {stdout}"
+        stdout.starts_with("outcome=refused ") && stdout.contains("permission denied"),
+        "privd did not answer uid 4242 with a permission-denied refusal: {stdout}"
     );
     topo.wait_for_log("entry-privd", "refused", WAIT);
     let audit = topo.privd(Node::Entry).stderr_text();

@@ -5,9 +5,11 @@
 
 use sapper_tests::bins::bins;
 use sapper_tests::cmd::{run_timeout, WAIT};
+use sapper_tests::netns::{self, Netns};
 use sapper_tests::topology::PRIVATE_HOST;
 use sapper_tests::{Node, Options, Topology, Transport};
 use std::process::Command;
+use std::time::Duration;
 
 fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes)
@@ -140,6 +142,12 @@ struct HandNetd {
 
 impl HandNetd {
     fn start(tag: &str, env: &[(&str, &str)]) -> HandNetd {
+        HandNetd::start_in(tag, env, None)
+    }
+
+    /// As [`HandNetd::start`], inside `ns` when given (`ip netns exec`
+    /// execs netd, so the child's pid is netd's).
+    fn start_in(tag: &str, env: &[(&str, &str)], ns: Option<&Netns>) -> HandNetd {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("sapper-hand-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -165,7 +173,11 @@ impl HandNetd {
         )
         .expect("config");
         let log = std::fs::File::create(dir.join("stderr")).expect("log");
-        let child = Command::new(&bins().netd)
+        let mut cmd = match ns {
+            Some(ns) => ns.cmd(&bins().netd),
+            None => Command::new(&bins().netd),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&config)
             .args(["--log-format", "json"])
@@ -385,4 +397,77 @@ fn fake_privd_with_the_wrong_uid_is_refused() {
     );
     drop(listener);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// netd's own credentials, taken from the live process (its uid, gid,
+/// groups, capability sets and no_new_privs, in its network namespace),
+/// cannot create a TUN or change a route: that is privd's job. Were netd
+/// to keep root or a capability, the same commands would succeed here.
+#[test]
+fn netd_credentials_cannot_create_a_tun_or_change_a_route() {
+    sapper_tests::require_env();
+    // netd alone (no privd, which would refuse a netd that kept root and so
+    // end the test before it looked), in a namespace of its own.
+    let ns = Netns::create(netns::name_for('C', netns::next_id()));
+    let mut hand = HandNetd::start_in("creds", &[], Some(&ns));
+    hand.ready_lines();
+    let pid = hand.child.id();
+    let wrap = sapper_tests::privs::as_process(pid);
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(&wrap[0]);
+        cmd.args(&wrap[1..]).args(args);
+        run_timeout(&mut cmd, Duration::from_secs(10)).expect("run as netd")
+    };
+    // The wrapper really reproduces netd's credentials.
+    let own = run(&["cat", "/proc/self/status"]);
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    let child = sapper_tests::privs::TaskPrivs::parse(&String::from_utf8_lossy(&own.stdout))
+        .expect("parse the wrapped command's status");
+    let netd = sapper_tests::privs::tasks(pid).swap_remove(0).1;
+    assert_eq!(
+        (
+            child.uids,
+            child.gids,
+            &child.groups,
+            child.cap_amb,
+            child.cap_bnd
+        ),
+        (
+            netd.uids,
+            netd.gids,
+            &netd.groups,
+            netd.cap_eff,
+            netd.cap_bnd
+        ),
+        "the command does not run with netd's credentials"
+    );
+
+    let tun = run(&["ip", "tuntap", "add", "dev", "nope0", "mode", "tun"]);
+    let err = String::from_utf8_lossy(&tun.stderr);
+    assert!(
+        !tun.status.success(),
+        "netd's credentials created a TUN: {err}"
+    );
+    // EACCES where /dev/net/tun is not world-writable, else EPERM from
+    // TUNSETIFF without CAP_NET_ADMIN.
+    assert!(
+        err.contains("Operation not permitted") || err.contains("Permission denied"),
+        "{err}"
+    );
+    let route = run(&["ip", "route", "add", "10.1.2.0/24", "dev", "lo"]);
+    let err = String::from_utf8_lossy(&route.stderr);
+    assert!(
+        !route.status.success(),
+        "netd's credentials added a route: {err}"
+    );
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert!(
+        hand.child.try_wait().ok().flatten().is_none(),
+        "netd exited:\n{}",
+        hand.log()
+    );
 }

@@ -383,8 +383,15 @@ fn configured_route_survives_role_changes() {
         &[("alpha", "indeterminate"), ("beta", "indeterminate")],
         WAIT,
     );
-    // Give a (wrong) removal time to land before looking.
-    std::thread::sleep(Duration::from_secs(1));
+    // A (wrong) removal would land shortly after the role change: look
+    // again and again for a while, not once after a fixed sleep.
+    let window = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < window {
+        if !chain.has_tun_route("alpha", PRIVATE_NET) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
         chain.has_tun_route("alpha", PRIVATE_NET),
         "DAEMON BUG: leaving the entry role removed {PRIVATE_NET}, which alpha's \
@@ -616,5 +623,61 @@ fn zero_config_entry_and_userspace_exit() {
     );
     let (sent, got) = chain.blast_to_private("alpha", 2 * 1024 * 1024 + 7);
     assert_eq!(sent, got, "the transfer through the userspace exit differs");
+    chain.assert_daemons_alive();
+}
+
+/// An announced prefix that covers the address an entry reaches its peer at
+/// (here the exit announces 10.10.0.0/16, which holds the underlay link
+/// 10.10.0.0/24) is learned but never installed: the link to the exit would
+/// then run through the tunnel itself. The other announced prefix is
+/// installed and traffic keeps flowing.
+#[test]
+fn announced_route_covering_a_peer_is_not_installed() {
+    const COVERING: &str = "10.10.0.0/16";
+    let psk = random_hex(24);
+    let spec = ChainSpec::first(NodeSpec::new("alpha", 'A').with_privd().psk(&psk))
+        .then(
+            Transport::Quic,
+            NodeSpec::new("beta", 'B')
+                .announce(PRIVATE_NET)
+                .announce(COVERING)
+                .psk(&psk),
+        )
+        .all_nodes("zero_config = true");
+    let mut chain = Chain::start(spec);
+    chain.wait_for_links();
+    chain.wait_for_roles(&[("alpha", "entry"), ("beta", "exit")], WAIT);
+    chain.wait_for(
+        &format!("{PRIVATE_NET} on alpha's TUN by announcement"),
+        WAIT,
+        || chain.has_tun_route("alpha", PRIVATE_NET).then_some(()),
+    );
+    // Learned from beta (so it was announced and accepted)...
+    let routes = chain
+        .ctl_json("alpha", &["routes"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        routes["routes"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r["prefix"] == COVERING && r["peer"] == "beta")),
+        "alpha did not learn {COVERING} from beta: {routes}"
+    );
+    // ...but never on the TUN, however long we look.
+    let window = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < window {
+        assert!(
+            !chain.has_tun_route("alpha", COVERING),
+            "alpha installed {COVERING}, which covers its link to beta: {:?}",
+            chain.kernel_route("alpha", COVERING)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = chain.daemon("alpha-netd").stderr_text();
+    assert!(
+        log.contains("covers a peer's address") && log.contains(COVERING),
+        "alpha did not say why it skipped {COVERING}:\n{log}"
+    );
+    let (sent, got) = chain.blast_to_private("alpha", 1024 * 1024 + 3);
+    assert_eq!(sent, got, "the transfer through the tunnel differs");
     chain.assert_daemons_alive();
 }

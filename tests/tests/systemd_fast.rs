@@ -578,41 +578,6 @@ fn privd_keeps_the_tun_in_the_fd_store_across_a_restart() {
 }
 
 #[test]
-fn netd_credentials_cannot_create_a_tun_or_change_a_route() {
-    sapper_tests::require_env();
-    let ns = Netns::create(netns::name_for('C', netns::next_id()));
-    // What privs::drop_all leaves netd with when started as root (and what
-    // the unit gives it): uid nobody, no capability anywhere, no_new_privs.
-    let as_netd = |args: &[&str]| {
-        let mut cmd = ns.cmd("setpriv");
-        cmd.args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            "--no-new-privs",
-            "--",
-        ])
-        .args(args);
-        run_timeout(&mut cmd, Duration::from_secs(10)).expect("run setpriv")
-    };
-    let tun = as_netd(&["ip", "tuntap", "add", "dev", "nope0", "mode", "tun"]);
-    let err = String::from_utf8_lossy(&tun.stderr);
-    assert!(!tun.status.success(), "a TUN was created: {err}");
-    // EACCES where /dev/net/tun is not world-writable, else EPERM from
-    // TUNSETIFF without CAP_NET_ADMIN.
-    assert!(
-        err.contains("Operation not permitted") || err.contains("Permission denied"),
-        "{err}"
-    );
-    let route = as_netd(&["ip", "route", "add", "10.1.2.0/24", "dev", "lo"]);
-    let err = String::from_utf8_lossy(&route.stderr);
-    assert!(!route.status.success(), "a route was added: {err}");
-    assert!(err.contains("Operation not permitted"), "{err}");
-}
-
-#[test]
 fn unit_security_scores_are_within_target() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut cmd = Command::new("bash");

@@ -20,7 +20,7 @@ use serde_json::Value;
 use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -329,6 +329,64 @@ impl Ux {
             .unwrap_or_else(|| panic!("no {key} in the exit's status: {x}"))
     }
 
+    /// Starts the "earlier flow": 256 KiB echoed over 8 s from the entry to
+    /// `addr`, and waits until it is connected; returns its output file.
+    fn start_slow_flow(&mut self, addr: &str) -> PathBuf {
+        let out_path = self
+            .topo
+            .dir
+            .join(format!("slow-{}.out", self.servers.len()));
+        let file = fs::File::create(&out_path).expect("create the slow flow's output");
+        let mut slow = self.topo.entry.cmd(tool("sapper-probe"));
+        slow.args(["tcp-slow", addr, "262144", "8", "--timeout", "60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::null());
+        let child = slow.spawn().expect("start tcp-slow");
+        self.servers.push(Server {
+            child,
+            what: "tcp-slow (entry)".into(),
+        });
+        let watch = out_path.clone();
+        self.topo.wait_for("the slow flow to connect", WAIT, || {
+            fs::read_to_string(&watch)
+                .ok()
+                .filter(|s| s.contains("connected"))
+                .map(|_| ())
+        });
+        out_path
+    }
+
+    /// Waits for the flow of [`Ux::start_slow_flow`] to end and asserts
+    /// that every byte came back.
+    fn finish_slow_flow(&mut self, out_path: &Path) {
+        let watch = out_path.to_path_buf();
+        self.topo
+            .wait_for("the slow flow to finish", Duration::from_secs(45), || {
+                fs::read_to_string(&watch)
+                    .ok()
+                    .filter(|s| s.contains("ok bytes=") || s.contains("error"))
+            });
+        let text = fs::read_to_string(out_path).unwrap_or_default();
+        assert!(
+            text.contains("ok bytes=262144"),
+            "the earlier flow broke: {text}"
+        );
+    }
+
+    /// Once every TCP flow is gone, a new connection to `addr` is admitted
+    /// again: a limit refuses new flows only while it is reached.
+    fn assert_room_again(&self, addr: &str) {
+        let r = wait_until(
+            "the exit's TCP flows to close",
+            Duration::from_secs(30),
+            || (self.stat("tcp_flows") == 0).then_some(()),
+        );
+        r.unwrap_or_else(|e| panic!("{e}; exit: {}", self.exit_stats()));
+        let (r, _) = self.connect(addr);
+        assert_eq!(r, "connected", "no room again once the flows closed");
+    }
+
     fn wait_for_ping(&mut self, target: &str) {
         let ns = self.topo.entry.name().to_string();
         let target = target.to_string();
@@ -418,26 +476,31 @@ fn traffic(t: Transport) {
         assert!(out.status.success(), "UDP to {addr}: {}", show(&out));
     }
 
-    // Nothing listens on 6000: refused at once, not after a timeout.
+    // Nothing listens on 6000: refused (a RST), not left to time out. How
+    // long each answer took is printed, not judged: speed belongs in the
+    // benchmarks.
     let (r, ms) = ux.connect("10.20.0.2:6000");
     assert_eq!(r, "refused", "closed port");
-    assert!(ms < 3000, "refusal took {ms} ms");
+    eprintln!("closed port refused after {ms} ms");
     // 5999 has a server, but a deny rule covers it; 169.254.77.1 is
     // link-local, denied by default.
     for addr in ["10.20.0.2:5999", "169.254.77.1:80"] {
         let (r, ms) = ux.connect(addr);
         assert_eq!(r, "refused", "denied destination {addr}");
-        assert!(ms < 3000, "denial of {addr} took {ms} ms");
+        eprintln!("denied {addr} refused after {ms} ms");
     }
 
     // Nobody at 10.20.0.99: the exit's connect fails (no ARP answer) and the
     // entry gets an ICMP host unreachable, not a silent timeout.
     let (r, ms) = ux.connect("10.20.0.99:80");
     assert_eq!(r, "unreachable", "host without a machine behind it");
-    assert!(ms < 12_000, "unreachable took {ms} ms");
+    eprintln!("unreachable host reported after {ms} ms");
 
     let x = ux.exit_stats();
-    let n = |k: &str| x[k].as_u64().unwrap_or(0);
+    let n = |k: &str| {
+        x[k].as_u64()
+            .unwrap_or_else(|| panic!("no {k} in the exit's status: {x}"))
+    };
     assert!(n("connect_failed") >= 1, "{x}");
     assert!(n("tcp_flows_total") >= 6, "{x}");
     assert!(n("udp_flows_total") >= 2, "{x}");
@@ -536,34 +599,7 @@ fn flow_limit_refuses_new_flows_only() {
     ux.serve("tcp-echo-serve", "10.20.0.2:7001");
     ux.wait_for_ping(PRIVATE_HOST);
 
-    // The earlier flow: 256 KiB over 8 s, echo compared at the end.
-    let out_path = ux.topo.dir.join("slow.out");
-    let file = fs::File::create(&out_path).expect("create slow.out");
-    let mut slow = ux.topo.entry.cmd(tool("sapper-probe"));
-    slow.args([
-        "tcp-slow",
-        "10.20.0.2:7001",
-        "262144",
-        "8",
-        "--timeout",
-        "60",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::from(file))
-    .stderr(Stdio::null());
-    let child = slow.spawn().expect("start tcp-slow");
-    ux.servers.push(Server {
-        child,
-        what: "tcp-slow (entry)".into(),
-    });
-    let slow_out = out_path.clone();
-    ux.topo.wait_for("the slow flow to connect", WAIT, || {
-        fs::read_to_string(&slow_out)
-            .ok()
-            .filter(|s| s.contains("connected"))
-            .map(|_| ())
-    });
-
+    let slow = ux.start_slow_flow("10.20.0.2:7001");
     let out = ux.probe(
         &[
             "tcp-conns",
@@ -593,28 +629,119 @@ fn flow_limit_refuses_new_flows_only() {
         "refusal logged: {log}"
     );
 
-    // The slow flow finishes with every byte echoed.
-    let slow_out = out_path.clone();
-    ux.topo
-        .wait_for("the slow flow to finish", Duration::from_secs(45), || {
-            fs::read_to_string(&slow_out)
-                .ok()
-                .filter(|s| s.contains("ok bytes=") || s.contains("error"))
-        });
-    let text = fs::read_to_string(&out_path).unwrap_or_default();
+    ux.finish_slow_flow(&slow);
+    ux.assert_room_again("10.20.0.2:7001");
+    ux.topo.assert_daemons_alive();
+}
+
+/// With max_udp_flows = 2 and max_icmp_flows = 1, a third UDP flow and a
+/// second ping flow are refused at once (ICMP "prohibited", which the
+/// sockets see as unreachable), counted and logged with the limit's name,
+/// while the admitted flows keep working.
+#[test]
+fn udp_and_icmp_flow_limits_refuse_new_flows() {
+    let mut ux = Ux::start(
+        Transport::Quic,
+        &["max_udp_flows = 2", "max_icmp_flows = 1"],
+        true,
+    );
+    ux.serve("udp-echo-serve", "10.20.0.2:7002");
+    // The one ICMP flow: this ping's echo id.
+    ux.wait_for_ping(PRIVATE_HOST);
+    let udp = |ux: &Ux| {
+        ux.probe(
+            &["udp-ping", "10.20.0.2:7002", "3", "--timeout", "30"],
+            Duration::from_secs(45),
+        )
+    };
+    // Each probe binds a fresh source port: a new flow. UDP flows idle out
+    // after 60 s, so both are still open when the third comes.
+    for i in 1..=2 {
+        let out = udp(&ux);
+        assert!(out.status.success(), "UDP flow {i} of 2: {}", show(&out));
+    }
+    assert_eq!(ux.stat("udp_flows"), 2, "{}", ux.exit_stats());
+    let before = ux.stat("refused_limit");
+    let out = udp(&ux);
     assert!(
-        text.contains("ok bytes=262144"),
-        "the earlier flow broke: {text}"
+        !out.status.success(),
+        "a third UDP flow passed max_udp_flows = 2: {}",
+        show(&out)
     );
-    // Room again once flows are gone.
-    let r = wait_until(
-        "the exit's TCP flows to close",
-        Duration::from_secs(30),
-        || (ux.stat("tcp_flows") == 0).then_some(()),
+    assert_eq!(ux.stat("udp_flows"), 2, "{}", ux.exit_stats());
+    let after_udp = ux.stat("refused_limit");
+    assert!(
+        after_udp > before,
+        "UDP refusal not counted: {}",
+        ux.exit_stats()
     );
-    r.unwrap_or_else(|e| panic!("{e}; exit: {}", ux.exit_stats()));
-    let (r, _) = ux.connect("10.20.0.2:7001");
-    assert_eq!(r, "connected");
+
+    // A second ping process has another echo id: a second ICMP flow.
+    let out = ux.topo.ping(&ux.topo.entry, PRIVATE_HOST, 2, 2);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a second ICMP flow passed max_icmp_flows = 1: {text}"
+    );
+    assert!(
+        text.contains("Prohibited") || text.contains("filtered"),
+        "the entry is told the ping is prohibited: {text}"
+    );
+    assert!(
+        ux.stat("refused_limit") > after_udp,
+        "ICMP refusal not counted: {}",
+        ux.exit_stats()
+    );
+    let log = ux.topo.netd(Node::Exit).stderr_text();
+    for limit in ["max_udp_flows reached", "max_icmp_flows reached"] {
+        assert!(
+            log.contains(limit),
+            "the exit did not log {limit:?}:\n{log}"
+        );
+    }
+    ux.topo.assert_daemons_alive();
+}
+
+/// max_buffer_bytes bounds what flows may reserve together: with 64 KiB
+/// flow buffers a TCP flow reserves 256 KiB (two buffers, two 64 KiB
+/// channels), so a 300000-byte budget holds one. A second connection is
+/// refused (RST) while the first carries on intact; once it is gone there
+/// is room again.
+#[test]
+fn memory_limit_refuses_new_flows_only() {
+    let mut ux = Ux::start(
+        Transport::Quic,
+        &["flow_buffer_bytes = 65536", "max_buffer_bytes = 300000"],
+        true,
+    );
+    ux.serve("tcp-echo-serve", "10.20.0.2:7001");
+    ux.wait_for_ping(PRIVATE_HOST);
+    let slow = ux.start_slow_flow("10.20.0.2:7001");
+    let before = ux.stat("refused_limit");
+    let (r, ms) = ux.connect("10.20.0.2:7001");
+    assert_eq!(
+        r, "refused",
+        "a second TCP flow fit in max_buffer_bytes = 300000"
+    );
+    eprintln!("over-budget connection refused after {ms} ms");
+    let x = ux.exit_stats();
+    assert!(
+        ux.stat("refused_limit") > before,
+        "refusal not counted: {x}"
+    );
+    assert_eq!(x["tcp_flows"], 1, "{x}");
+    let (used, max) = (x["buffer_bytes"].as_u64(), x["max_buffer_bytes"].as_u64());
+    assert!(
+        matches!((used, max), (Some(u), Some(300_000)) if (262_144..=300_000).contains(&u)),
+        "one TCP flow's reservation within the budget: {x}"
+    );
+    let log = ux.topo.netd(Node::Exit).stderr_text();
+    assert!(
+        log.contains("max_buffer_bytes reached"),
+        "the exit did not log the memory limit:\n{log}"
+    );
+    ux.finish_slow_flow(&slow);
+    ux.assert_room_again("10.20.0.2:7001");
     ux.topo.assert_daemons_alive();
 }
 
@@ -627,7 +754,7 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// A destination that never reads: the entry's writes stall after a
@@ -667,9 +794,10 @@ fn slow_destination_is_backpressured() {
     assert!(written < 64 << 20, "{written} bytes buffered on the way");
     let x = ux.exit_stats();
     assert_eq!(x["tcp_flows"], 1, "{x}");
+    let (used, max) = (x["buffer_bytes"].as_u64(), x["max_buffer_bytes"].as_u64());
     assert!(
-        x["buffer_bytes"].as_u64() <= x["max_buffer_bytes"].as_u64(),
-        "{x}"
+        matches!((used, max), (Some(u), Some(m)) if u <= m && m > 0),
+        "buffer_bytes must be reported and within max_buffer_bytes: {x}"
     );
     let after = rss_kib(pid);
     eprintln!("exit netd RSS {before} KiB -> {after} KiB");
@@ -702,7 +830,7 @@ fn ping_without_ping_sockets() {
         text.contains("Prohibited") || text.contains("filtered"),
         "the entry is told why: {text}"
     );
-    assert!(start.elapsed() < Duration::from_secs(8));
+    eprintln!("ping refused after {:?}", start.elapsed());
     assert!(ux.stat("icmp_unavailable") >= 1, "{}", ux.exit_stats());
     let log = ux.topo.netd(Node::Exit).stderr_text();
     assert!(

@@ -7,9 +7,10 @@
 use super::limits::{proto_index, Limits, Refusal, Usage};
 use super::packet::{self, FlowKey, Kind, Parsed, Unreachable};
 use super::{icmp, tcp, udp, Stats};
-use crate::node::{Node, Peer};
+use crate::datapath::DataPath;
 use anyhow::Result;
 use bytes::Bytes;
+use sapper_control::LinkId;
 use sapper_shared::config::ExitConfig;
 use sapper_shared::egress::{Policy, Proto, Verdict};
 use smoltcp::iface::{Config, Interface, SocketSet};
@@ -18,9 +19,10 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 
 /// Inbound packets taken per loop turn before the flows get attention.
 const BATCH: usize = 256;
@@ -51,7 +53,9 @@ pub enum Event {
 
 /// What per-flow tasks share with the engine.
 pub struct Ctx {
-    pub node: Arc<Node>,
+    /// Where the exit's answers go: the links, through the data path.
+    pub sink: Arc<DataPath>,
+    pub shutdown: CancellationToken,
     pub events: mpsc::UnboundedSender<Event>,
     pub notify: Arc<Notify>,
     pub stats: Arc<Stats>,
@@ -61,15 +65,8 @@ impl Ctx {
     /// Sends a packet the exit originated to peer `peer`, or wherever the
     /// routing table says if that peer is gone (it may have reconnected).
     pub fn send_to_peer(&self, peer: u64, pkt: Vec<u8>) {
-        let target = self
-            .node
-            .peer_by_id(peer)
-            .or_else(|| self.node.peer_for(&pkt));
-        match target {
-            Some(p) => p.send_packet(Bytes::from(pkt)),
-            None => {
-                self.stats.dropped.fetch_add(1, Relaxed);
-            }
+        if !self.sink.send_to(Some(LinkId(peer)), Bytes::from(pkt)) {
+            self.stats.dropped.fetch_add(1, Relaxed);
         }
     }
 }
@@ -204,7 +201,6 @@ pub struct Engine {
     pub(super) icmp: HashMap<FlowKey, DgramFlow>,
     denied: HashMap<FlowKey, Instant>,
     return_path: HashMap<IpAddr, u64>,
-    peer_cache: HashMap<u64, Weak<Peer>>,
     per_peer: HashMap<u64, [u32; 3]>,
     per_peer_dirty: bool,
     next_gen: u64,
@@ -213,7 +209,8 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(
-        node: Arc<Node>,
+        sink: Arc<DataPath>,
+        shutdown: CancellationToken,
         cfg: ExitConfig,
         policy: Policy,
         stats: Arc<Stats>,
@@ -222,7 +219,8 @@ impl Engine {
     ) -> Result<Engine> {
         let (etx, erx) = mpsc::unbounded_channel();
         let ctx = Arc::new(Ctx {
-            node,
+            sink,
+            shutdown,
             events: etx,
             notify: Arc::new(Notify::new()),
             stats,
@@ -269,7 +267,6 @@ impl Engine {
             icmp: HashMap::new(),
             denied: HashMap::new(),
             return_path: HashMap::new(),
-            peer_cache: HashMap::new(),
             per_peer: HashMap::new(),
             per_peer_dirty: false,
             next_gen: 1,
@@ -287,7 +284,7 @@ impl Engine {
     }
 
     pub async fn run(mut self) {
-        let shutdown = self.ctx.node.shutdown.clone();
+        let shutdown = self.ctx.shutdown.clone();
         let notify = self.ctx.notify.clone();
         loop {
             // Flow tasks' news first: a connect that finished is answered
@@ -353,38 +350,17 @@ impl Engine {
         for pkt in std::mem::take(&mut self.device.tx) {
             let dst = sapper_shared::routing::destination(&pkt);
             let peer = dst.and_then(|d| self.return_path.get(&d).copied());
-            match peer.and_then(|id| self.peer(id)) {
-                Some(p) => p.send_packet(Bytes::from(pkt)),
-                None => match self.ctx.node.peer_for(&pkt) {
-                    Some(p) => p.send_packet(Bytes::from(pkt)),
-                    None => {
-                        self.ctx.stats.dropped.fetch_add(1, Relaxed);
-                    }
-                },
+            if !self.ctx.sink.send_to(peer.map(LinkId), Bytes::from(pkt)) {
+                self.ctx.stats.dropped.fetch_add(1, Relaxed);
             }
         }
-    }
-
-    fn peer(&mut self, id: u64) -> Option<Arc<Peer>> {
-        if let Some(p) = self.peer_cache.get(&id).and_then(Weak::upgrade) {
-            return Some(p);
-        }
-        let p = self.ctx.node.peer_by_id(id)?;
-        if self.peer_cache.len() >= RETURN_PATHS {
-            self.peer_cache.retain(|_, w| w.strong_count() > 0);
-        }
-        self.peer_cache.insert(id, Arc::downgrade(&p));
-        Some(p)
     }
 
     /// Sends a packet the engine built (RST, ICMP error) to `peer`.
     pub(super) fn reply(&mut self, peer: u64, pkt: Option<Vec<u8>>) {
         let Some(pkt) = pkt else { return };
-        match self.peer(peer).or_else(|| self.ctx.node.peer_for(&pkt)) {
-            Some(p) => p.send_packet(Bytes::from(pkt)),
-            None => {
-                self.ctx.stats.dropped.fetch_add(1, Relaxed);
-            }
+        if !self.ctx.sink.send_to(Some(LinkId(peer)), Bytes::from(pkt)) {
+            self.ctx.stats.dropped.fetch_add(1, Relaxed);
         }
     }
 

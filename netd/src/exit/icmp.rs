@@ -153,7 +153,7 @@ async fn run(
     idle: Duration,
     ctx: Arc<Ctx>,
 ) {
-    let shutdown = ctx.node.shutdown.clone();
+    let shutdown = ctx.shutdown.clone();
     let v6 = key.dst.is_ipv6();
     let mut deadline = Instant::now() + idle;
     loop {

@@ -38,15 +38,18 @@ pub mod packet;
 pub mod tcp;
 pub mod udp;
 
-use crate::node::Node;
+use crate::datapath::{DataPath, Terminus};
 use anyhow::Result;
 use bytes::Bytes;
+use sapper_control::LinkId;
 use sapper_shared::config::ExitConfig;
+use sapper_shared::config::NetdConfig;
 use sapper_shared::proto::management::{ExitPeerFlows, ExitStats};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// Packets waiting for the engine, at most.
 const INBOUND_PACKETS: usize = 4096;
@@ -82,26 +85,24 @@ pub struct UserspaceExit {
     pub stats: Arc<Stats>,
 }
 
-impl UserspaceExit {
-    /// Hands one packet from peer `peer` to the engine; never waits. A full
+impl Terminus for UserspaceExit {
+    /// Hands one packet from link `from` to the engine; never waits. A full
     /// queue drops the packet (TCP retransmits; the drop is counted).
-    pub fn handle(&self, peer: u64, packet: &[u8]) {
+    fn handle(&self, from: LinkId, packet: Bytes) {
         let len = packet.len();
         if self.queued.load(Relaxed) + len > INBOUND_BYTES {
             self.stats.dropped.fetch_add(1, Relaxed);
             return;
         }
         self.queued.fetch_add(len, Relaxed);
-        if self
-            .inbound
-            .try_send((peer, Bytes::copy_from_slice(packet)))
-            .is_err()
-        {
+        if self.inbound.try_send((from.0, packet)).is_err() {
             self.queued.fetch_sub(len, Relaxed);
             self.stats.dropped.fetch_add(1, Relaxed);
         }
     }
+}
 
+impl UserspaceExit {
     /// The counters as management.proto reports them.
     pub fn stats_proto(&self) -> ExitStats {
         let s = &self.stats;
@@ -143,18 +144,23 @@ impl UserspaceExit {
 }
 
 /// Starts the userspace exit if this node should run one: no TUN, and
-/// `[netd.exit] enable` not false. Sets `node.exit`.
-pub fn install(node: &Arc<Node>) -> Result<()> {
-    let cfg: ExitConfig = node.cfg.exit.clone();
-    if node.tun.is_some() {
+/// `[netd.exit] enable` not false; packets that leave the tunnel here reach
+/// it through the data path, and it answers through the same.
+pub fn install(
+    netd: &NetdConfig,
+    data: &Arc<DataPath>,
+    shutdown: CancellationToken,
+) -> Result<Option<Arc<UserspaceExit>>> {
+    let cfg: ExitConfig = netd.exit.clone();
+    if data.tun.is_some() {
         if cfg.enable == Some(true) {
             tracing::warn!("netd.exit.enable is set but this node has a TUN (privd_socket): the kernel exit is used, the userspace exit stays off");
         }
-        return Ok(());
+        return Ok(None);
     }
     if cfg.enable == Some(false) {
         tracing::info!("userspace exit disabled (netd.exit.enable = false)");
-        return Ok(());
+        return Ok(None);
     }
     let policy = cfg
         .policy()
@@ -169,9 +175,17 @@ pub fn install(node: &Arc<Node>) -> Result<()> {
         stats: stats.clone(),
     });
     icmp::probe_ping_sockets();
-    let engine = engine::Engine::new(node.clone(), cfg.clone(), policy, stats, rx, queued)?;
+    let engine = engine::Engine::new(
+        data.clone(),
+        shutdown,
+        cfg.clone(),
+        policy,
+        stats,
+        rx,
+        queued,
+    )?;
     tokio::spawn(engine.run());
-    if node.exit.set(exit).is_err() {
+    if !data.set_terminus(exit.clone()) {
         anyhow::bail!("userspace exit installed twice");
     }
     tracing::info!(
@@ -182,5 +196,5 @@ pub fn install(node: &Arc<Node>) -> Result<()> {
         max_buffer_bytes = cfg.max_buffer_bytes,
         "userspace exit ready: tunnel traffic leaves through this host's own sockets"
     );
-    Ok(())
+    Ok(Some(exit))
 }

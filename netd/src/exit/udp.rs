@@ -101,7 +101,7 @@ async fn run(
     idle: Duration,
     ctx: Arc<Ctx>,
 ) {
-    let shutdown = ctx.node.shutdown.clone();
+    let shutdown = ctx.shutdown.clone();
     let mut deadline = Instant::now() + idle;
     loop {
         tokio::select! {

@@ -11,7 +11,7 @@
 //! line and exits 0 whatever privd answered:
 //!
 //! * `outcome=granted name=…`  — privd opened the TUN for us (a failure)
-//! * `outcome=refused message=…` — privd answered with an error
+//! * `outcome=refused code=… message=…` — privd answered with an error
 //! * `outcome=closed detail=…` — privd hung up without answering
 //! * `outcome=connect-error detail=…` — the socket refused the connection
 //! * `outcome=other detail=…` — any other reply

@@ -1,0 +1,268 @@
+//! The data path: IP packets between the TUN (or the userspace exit) and
+//! the links. Every packet reads the forwarding table the driver last
+//! published (an immutable [`Table`] behind an `ArcSwap`): no lock, and in
+//! the steady state no allocation — packets from links are forwarded as the
+//! `Bytes` they arrived in, and TUN reads fill one reusable buffer.
+
+use crate::tun::Tun;
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use sapper_control::{ForwardingTable, LinkId};
+use sapper_shared::framing::WS_TAG_PACKET;
+use sapper_shared::routing;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use tokio_util::sync::CancellationToken;
+
+/// One IP packet on the data path. It may keep one byte of headroom in
+/// front (WebSocket's packet tag, already written), so that a packet read
+/// from the TUN or received over WebSocket leaves over WebSocket without a
+/// copy, and over QUIC as a slice of the same buffer.
+#[derive(Clone)]
+pub struct Packet {
+    buf: Bytes,
+    tagged: bool,
+}
+
+impl Packet {
+    /// A bare packet.
+    pub fn plain(buf: Bytes) -> Self {
+        Self { buf, tagged: false }
+    }
+
+    /// `buf` is [`WS_TAG_PACKET`] followed by the packet.
+    pub fn tagged(buf: Bytes) -> Self {
+        debug_assert_eq!(buf.first(), Some(&WS_TAG_PACKET));
+        Self { buf, tagged: true }
+    }
+
+    /// The packet alone (no allocation: a slice of the same buffer).
+    pub fn into_bytes(self) -> Bytes {
+        if self.tagged {
+            self.buf.slice(1..)
+        } else {
+            self.buf
+        }
+    }
+
+    /// The packet behind a WebSocket packet tag; copies only a packet that
+    /// came without headroom (from QUIC or the userspace exit).
+    pub fn into_tagged(self) -> Bytes {
+        if self.tagged {
+            return self.buf;
+        }
+        let mut b = BytesMut::with_capacity(1 + self.buf.len());
+        b.extend_from_slice(&[WS_TAG_PACKET]);
+        b.extend_from_slice(&self.buf);
+        b.freeze()
+    }
+}
+
+impl std::ops::Deref for Packet {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        if self.tagged {
+            &self.buf[1..]
+        } else {
+            &self.buf
+        }
+    }
+}
+
+/// How one transport takes a packet: never waits; a full queue drops the
+/// packet as a congested router would (`false`).
+pub trait PacketTx: Send + Sync {
+    /// Queues one packet.
+    fn try_send(&self, pkt: Packet) -> bool;
+}
+
+/// Per-link counters.
+#[derive(Default)]
+pub struct Counters {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub packets_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    pub drops: AtomicU64,
+}
+
+/// What the data path holds for one link.
+pub struct LinkData {
+    pub id: LinkId,
+    pub counters: Counters,
+    tx: Box<dyn PacketTx>,
+    /// What the link's TLS handshake negotiated, for `peers`.
+    pub tls: crate::tls::Negotiated,
+}
+
+impl LinkData {
+    pub fn new(id: LinkId, tx: Box<dyn PacketTx>, tls: crate::tls::Negotiated) -> Self {
+        Self {
+            id,
+            counters: Counters::default(),
+            tx,
+            tls,
+        }
+    }
+
+    /// Queues one packet to the peer; never waits.
+    pub fn send(&self, pkt: Packet) {
+        let len = pkt.len() as u64;
+        if self.tx.try_send(pkt) {
+            self.counters.packets_out.fetch_add(1, Relaxed);
+            self.counters.bytes_out.fetch_add(len, Relaxed);
+        } else {
+            self.counters.drops.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// The forwarding table packet tasks read.
+pub type Table = ForwardingTable<Arc<LinkData>>;
+
+/// Where packets that leave the tunnel here go when there is no TUN.
+pub trait Terminus: Send + Sync {
+    /// One packet from link `from`; never waits.
+    fn handle(&self, from: LinkId, pkt: Bytes);
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub tun_in: AtomicU64,
+    pub tun_out: AtomicU64,
+    pub drops: AtomicU64,
+    pub handshake_failures: AtomicU64,
+}
+
+pub struct DataPath {
+    table: ArcSwap<Table>,
+    pub tun: Option<Arc<Tun>>,
+    /// The userspace exit, on a node without a TUN (set once at start).
+    terminus: OnceLock<Arc<dyn Terminus>>,
+    pub stats: Stats,
+}
+
+impl DataPath {
+    pub fn new(tun: Option<Arc<Tun>>) -> Self {
+        Self {
+            table: ArcSwap::from_pointee(Table::default()),
+            tun,
+            terminus: OnceLock::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Sets where packets terminate on a TUN-less node; once.
+    pub fn set_terminus(&self, t: Arc<dyn Terminus>) -> bool {
+        self.terminus.set(t).is_ok()
+    }
+
+    /// Publishes a new table (driver only).
+    pub fn publish(&self, t: Table) {
+        self.table.store(Arc::new(t));
+    }
+
+    /// A packet arrived from link `from`: to the TUN, the userspace exit,
+    /// or (on a relay) on to the next link.
+    pub fn deliver(&self, from: &LinkData, pkt: Packet) {
+        let c = &from.counters;
+        c.packets_in.fetch_add(1, Relaxed);
+        c.bytes_in.fetch_add(pkt.len() as u64, Relaxed);
+        let table = self.table.load();
+        let dst = routing::destination(&pkt);
+        if !table.forwarding || table.link(from.id).is_none() || dst.is_none() {
+            c.drops.fetch_add(1, Relaxed);
+            return;
+        }
+        if table.relay {
+            // A relay has no TUN in the path: packets go on to the
+            // neighbour on the other side, as they came.
+            match table.next_hop(dst, Some(from.id)) {
+                Some((_, next)) => next.send(pkt),
+                None => {
+                    self.stats.drops.fetch_add(1, Relaxed);
+                }
+            }
+            return;
+        }
+        match (&self.tun, self.terminus.get()) {
+            (Some(tun), _) => match tun.try_write(&pkt) {
+                Ok(()) => {
+                    self.stats.tun_out.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    self.stats.drops.fetch_add(1, Relaxed);
+                    tracing::debug!(error = %e, "TUN write failed");
+                }
+            },
+            (None, Some(exit)) => exit.handle(from.id, pkt.into_bytes()),
+            (None, None) => {
+                self.stats.drops.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Sends a packet this node originated (the userspace exit's answers)
+    /// to link `to`, or wherever the table says if that link is gone.
+    /// `false` when it could go nowhere.
+    pub fn send_to(&self, to: Option<LinkId>, pkt: Bytes) -> bool {
+        let pkt = Packet::plain(pkt);
+        let table = self.table.load();
+        let link = match to.and_then(|id| table.link(id)) {
+            Some(l) => Some(l),
+            None => table
+                .next_hop(routing::destination(&pkt), None)
+                .map(|(_, l)| l),
+        };
+        match link {
+            Some(l) => {
+                l.send(pkt);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Largest packet read from the TUN.
+const MAX_TUN_PACKET: usize = 65535;
+/// One allocation holds many packets; it is reclaimed in place once the
+/// packets cut from it have been sent (BytesMut::reserve).
+const TUN_BUFFER: usize = 256 * 1024;
+
+/// Reads the TUN and sends each packet to its link until shutdown.
+pub async fn tun_reader(data: Arc<DataPath>, shutdown: CancellationToken) {
+    let Some(tun) = data.tun.clone() else { return };
+    let read_size = (tun.mtu as usize).clamp(576, MAX_TUN_PACKET);
+    let mut buf = BytesMut::with_capacity(TUN_BUFFER);
+    loop {
+        // One byte of headroom for the WebSocket packet tag.
+        buf.reserve(1 + read_size);
+        buf.resize(1 + read_size, 0);
+        buf[0] = WS_TAG_PACKET;
+        let n = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tun.read(&mut buf[1..]) => match r {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the TUN failed; stopping the data path");
+                    return;
+                }
+            },
+        };
+        buf.truncate(1 + n);
+        let pkt = Packet::tagged(buf.split().freeze());
+        data.stats.tun_in.fetch_add(1, Relaxed);
+        let table = data.table.load();
+        if !table.forwarding {
+            data.stats.drops.fetch_add(1, Relaxed);
+            continue;
+        }
+        match table.next_hop(routing::destination(&pkt), None) {
+            Some((_, link)) => link.send(pkt),
+            None => {
+                data.stats.drops.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}

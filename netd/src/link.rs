@@ -1,0 +1,226 @@
+//! One link supervisor for every transport: the Sapper handshake, then
+//! registration with the driver, then control messages both ways until the
+//! link ends. Transports are adapters behind [`Link`]; the decisions are the
+//! control core's.
+
+use crate::datapath::{DataPath, LinkData, Packet, PacketTx};
+use crate::inputs::{Input, LinkHandle, LINK_CONTROL_QUEUE};
+use crate::node::Node;
+use crate::tls::Negotiated;
+use anyhow::{anyhow, Result};
+use sapper_control::{Direction, LinkId, LinkUp};
+use sapper_shared::config::Transport;
+use sapper_shared::handshake::{Accepted, Handshaker};
+use sapper_shared::proof::{ChannelBinding, Side};
+use sapper_shared::proto::control::{
+    control_message::Body, ControlError, ControlMessage, Disconnect,
+};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Where a link hands the packets it receives: the data path, as this link.
+#[derive(Clone)]
+pub struct Inbound {
+    pub data: Arc<DataPath>,
+    pub link: Arc<LinkData>,
+}
+
+impl Inbound {
+    /// One packet from the peer; never waits.
+    pub fn packet(&self, pkt: Packet) {
+        self.data.deliver(&self.link, pkt);
+    }
+}
+
+/// What a transport provides once TLS is up.
+pub trait Link: Send + 'static {
+    /// The RFC 9266 tls-exporter value of this TLS session.
+    fn channel_binding(&self) -> ChannelBinding;
+    /// The peer's underlay address.
+    fn remote(&self) -> SocketAddr;
+    /// Which transport this is.
+    fn transport(&self) -> Transport;
+    /// What the TLS handshake negotiated (version, suite, group).
+    fn tls(&self) -> &Negotiated;
+    /// Sends one control message.
+    async fn send_control(&mut self, msg: &ControlMessage) -> Result<()>;
+    /// Receives the body of one control message (bounded by the framing
+    /// limit). Cancel-safe: used in `select!`.
+    async fn recv_control(&mut self) -> Result<Vec<u8>>;
+    /// The sender the data path uses to queue packets to the peer.
+    fn packet_tx(&mut self) -> Box<dyn PacketTx>;
+    /// After registration: start handing received packets to `inbound`.
+    fn start(&mut self, inbound: Inbound);
+    /// Closes the link (after a failed handshake too).
+    async fn close(self, reason: &str);
+}
+
+/// Runs the Sapper handshake over `link`. On rejection the peer is told why
+/// (typed code, no secrets) and an error is returned; the caller closes.
+async fn handshake<L: Link>(node: &Node, link: &mut L, side: Side) -> Result<Accepted> {
+    let remote = link.remote();
+    let local = node.inspect(|core, _| core.local_handshake()).await?;
+    let mut hs = Handshaker::new(local, side, link.channel_binding(), node.psk.clone());
+    let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
+    let result = tokio::time::timeout(timeout, async {
+        link.send_control(&hs.outgoing()).await?;
+        let body = link.recv_control().await?;
+        Ok::<_, anyhow::Error>(hs.receive(&body))
+    })
+    .await;
+    let verdict = match result {
+        Err(_) => Err(anyhow!("timed out after {timeout:?}")),
+        Ok(Err(e)) => Err(e.context("link failed during handshake")),
+        Ok(Ok(Err(reject))) => {
+            let msg = ControlMessage {
+                body: Some(Body::Error(ControlError {
+                    code: reject.code() as i32,
+                    message: reject.to_string(),
+                })),
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), link.send_control(&msg)).await;
+            Err(anyhow!(reject))
+        }
+        Ok(Ok(Ok(accepted))) => Ok(accepted),
+    };
+    match &verdict {
+        Ok(a) => {
+            let tls = link.tls();
+            tracing::info!(
+                sapper_event = "handshake_accepted",
+                peer = %a.peer.name,
+                %remote,
+                tls_version = %tls.version,
+                tls_cipher_suite = %tls.cipher_suite,
+                tls_kx_group = %tls.kx_group,
+                "handshake accepted"
+            );
+            if node.psk.is_none() {
+                tracing::warn!(peer = %a.peer.name, %remote, "INSECURE: link without a PSK (node.insecure_open)");
+            }
+        }
+        Err(e) => {
+            node.data.stats.handshake_failures.fetch_add(1, Relaxed);
+            tracing::warn!(sapper_event = "handshake_refused", %remote, reason = %format!("{e:#}"), "handshake rejected");
+        }
+    }
+    verdict
+}
+
+/// A TLS handshake a listener refused because the dialler offered no
+/// key-exchange group it accepts: logged and counted like a refused Sapper
+/// handshake (`reason` names the groups offered and accepted).
+pub fn tls_refused(node: &Node, remote: SocketAddr, transport: &str, reason: &str) {
+    node.data.stats.handshake_failures.fetch_add(1, Relaxed);
+    tracing::warn!(sapper_event = "handshake_refused", %remote, transport, reason, "TLS handshake refused");
+}
+
+/// Supervises one link from the handshake to its end. Returns Err when the
+/// handshake fails, Ok when an established link ends.
+pub async fn run_link<L: Link>(node: Arc<Node>, mut link: L, direction: Direction) -> Result<()> {
+    let side = match direction {
+        Direction::Outbound => Side::Client,
+        Direction::Inbound => Side::Server,
+    };
+    let accepted = match handshake(&node, &mut link, side).await {
+        Ok(a) => a,
+        Err(e) => {
+            link.close("handshake rejected").await;
+            return Err(e);
+        }
+    };
+    let remote = link.remote();
+    let transport = link.transport();
+    let name = accepted.peer.name.clone();
+    let id: LinkId = node.next_link_id();
+    let data = Arc::new(LinkData::new(id, link.packet_tx(), link.tls().clone()));
+    let (control_tx, mut control_rx) = mpsc::channel(LINK_CONTROL_QUEUE);
+    let close = CancellationToken::new();
+    let up = LinkUp {
+        accepted,
+        remote,
+        transport,
+        direction,
+        connected_at_unix_s: crate::node::unix_ms() / 1000,
+    };
+    let handle = LinkHandle {
+        data: data.clone(),
+        control: control_tx,
+        close: close.clone(),
+    };
+    if let Err(e) = node
+        .tell(Input::LinkUp {
+            id,
+            up: Box::new(up),
+            handle,
+        })
+        .await
+    {
+        link.close("driver unavailable").await;
+        return Err(e);
+    }
+    link.start(Inbound {
+        data: node.data.clone(),
+        link: data,
+    });
+    tracing::info!(sapper_event = "peer_connected", peer = %name, %remote, transport = transport.as_str(), "peer connected");
+
+    let reason = loop {
+        tokio::select! {
+            _ = close.cancelled() => break "closed".to_string(),
+            _ = node.shutdown.cancelled() => {
+                let bye = ControlMessage {
+                    body: Some(Body::Disconnect(Disconnect { reason: "shutting down".into() })),
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(100), link.send_control(&bye)).await;
+                break "shutdown".to_string();
+            }
+            m = control_rx.recv() => match m {
+                Some(m) => {
+                    if let Err(e) = link.send_control(&m).await {
+                        break format!("{e:#}");
+                    }
+                }
+                None => break "closed".to_string(),
+            },
+            body = link.recv_control() => match body {
+                Ok(body) => match sapper_shared::framing::decode::<ControlMessage>(&body) {
+                    Ok(msg) => {
+                        if node.tell(Input::Control { id, msg }).await.is_err() {
+                            break "driver unavailable".to_string();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %name, error = %e, "malformed control message; closing");
+                        break "malformed control message".to_string();
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(peer = %name, error = %format!("{e:#}"), "control channel ended");
+                    break "link task ended".to_string();
+                }
+            },
+        }
+    };
+    link.close(&reason).await;
+    // The driver must hear of the end even when it is busy: this is the
+    // one input a link waits longest for.
+    let down = Input::LinkDown {
+        id,
+        reason: reason.clone(),
+    };
+    if node
+        .driver
+        .send_timeout(down, Duration::from_secs(30))
+        .await
+        .is_err()
+    {
+        tracing::error!(peer = %name, "the control driver did not take a link's end");
+    }
+    tracing::info!(sapper_event = "peer_disconnected", peer = %name, %reason, "peer disconnected");
+    Ok(())
+}
