@@ -2,7 +2,7 @@
 # Generates the template units (sapper-netd@.service/.socket,
 # sapper-privd@.service/.socket) from the plain ones, so both carry the same
 # hardening. Instance NAME reads /etc/sapper/NAME.toml, the PSK from
-# /etc/sapper/NAME.psk, keeps state in /var/lib/sapper/NAME and its sockets in
+# /etc/sapper/NAME.psk, keeps state in /var/lib/sapper-NAME and its sockets in
 # /run/sapper/NAME/. Several tunnels can then run side by side.
 #
 #   scripts/gen-template-units.sh           # rewrite systemd/*@.*
@@ -29,7 +29,7 @@ gen() { # BASE OUT
         echo "# them before the first start, and name them in /etc/sapper/NAME.toml"
         echo "# (netd.user, privd.netd_user, privd.socket_group):"
         echo "#   systemd-sysusers --inline 'g sapper-netd-NAME -' \\"
-        echo "#     'u sapper-netd-NAME -:sapper-netd-NAME \"Sapper netd NAME\" /var/lib/sapper/NAME' \\"
+        echo "#     'u sapper-netd-NAME -:sapper-netd-NAME \"Sapper netd NAME\" /var/lib/sapper-NAME' \\"
         echo "#     'u sapper-privd-NAME - \"Sapper privd NAME\" -'"
         sed -e 's|^Description=\(.*\)|Description=\1 (instance %i)|' \
             -e 's|/etc/sapper/sapper\.toml|/etc/sapper/%i.toml|g' \
@@ -38,7 +38,7 @@ gen() { # BASE OUT
             -e 's|sapper-privd\.socket|sapper-privd@%i.socket|g' \
             -e 's|sapper-netd\.socket|sapper-netd@%i.socket|g' \
             -e 's|^Service=sapper-netd\.service$|Service=sapper-netd@%i.service|' \
-            -e 's|^StateDirectory=sapper$|StateDirectory=sapper/%i|' \
+            -e 's|^StateDirectory=sapper$|StateDirectory=sapper-%i|' \
             -e 's|^LoadCredential=psk:/etc/sapper/psk$|LoadCredential=psk:/etc/sapper/%i.psk|' \
             -e 's/^\(User\|Group\|SocketUser\|SocketGroup\)=\(sapper-netd\|sapper-privd\)$/\1=\2-%i/' \
             "$base"

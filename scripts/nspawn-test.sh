@@ -403,13 +403,13 @@ log "template units: a second tunnel instance on the entry (sapper-privd@second,
 transport = "quic"
 address = "0.0.0.0:4434"'
 } | sed -e 's|/run/sapper/\([a-z]*\)\.sock|/run/sapper/second/\1.sock|' \
-    -e 's|^state_dir = .*|state_dir = "/var/lib/sapper/second"|' \
+    -e 's|^state_dir = .*|state_dir = "/var/lib/sapper-second"|' \
     -e 's|^name = "sap0"|name = "sap1"|' -e 's|^role = .*|role = "exit"|' \
     -e 's|^user = "sapper-netd"|user = "sapper-netd-second"|' \
     -e 's|^netd_user = "sapper-netd"|netd_user = "sapper-netd-second"|' >"$WORK/share/second.toml"
 # The instance's own users, as the template units' header says to create them.
 in_c entry systemd-sysusers --inline 'g sapper-netd-second -' \
-    'u sapper-netd-second -:sapper-netd-second "Sapper netd second" /var/lib/sapper/second' \
+    'u sapper-netd-second -:sapper-netd-second "Sapper netd second" /var/lib/sapper-second' \
     'u sapper-privd-second - "Sapper privd second" -' ||
     fail "cannot create the users of instance second"
 in_c entry install -m 0640 -g sapper-netd-second /mnt/sapper/second.toml /etc/sapper/second.toml
