@@ -44,6 +44,8 @@ MUTANTS=(
     'udp-flow-limit-ignored|netd/src/exit/limits.rs|s/if self\.flows\[i\] >= limits\.max_flows\[i\] \{/if proto != Proto::Udp \&\& self.flows[i] >= limits.max_flows[i] {/|-p sapper-tests --test userspace_exit udp_and_icmp_flow_limits_refuse_new_flows'
     'icmp-flow-limit-ignored|netd/src/exit/limits.rs|s/if self\.flows\[i\] >= limits\.max_flows\[i\] \{/if proto != Proto::Icmp \&\& self.flows[i] >= limits.max_flows[i] {/|-p sapper-tests --test userspace_exit udp_and_icmp_flow_limits_refuse_new_flows'
     'memory-limit-ignored|netd/src/exit/limits.rs|s/if self\.bytes\.saturating_add\(bytes\) > limits\.max_bytes \{/if false \&\& self.bytes.saturating_add(bytes) > limits.max_bytes {/|-p sapper-tests --test userspace_exit memory_limit_refuses_new_flows_only'
+    # Post-quantum key exchange: "hybrid" quietly accepting X25519.
+    'hybrid-accepts-classic|netd/src/tls.rs|s/KeyExchange::Hybrid => vec!\[kx_group::X25519MLKEM768\],/KeyExchange::Hybrid => vec![kx_group::X25519MLKEM768, kx_group::X25519],/|-p sapper-tests --test pq hybrid_listener_refuses_classic'
     # The egress deny list.
     'deny-list-loses-broadcast|shared/src/egress.rs|s/\n    v4\(255, 255, 255, 255, 32\),//|-p sapper-shared --lib egress'
     'deny-list-narrows-multicast|shared/src/egress.rs|s/v4\(224, 0, 0, 0, 4\)/v4(224, 0, 0, 0, 8)/|-p sapper-shared --lib egress'

@@ -11,7 +11,7 @@
 #   - `systemctl restart sapper-privd` keeps traffic flowing (fd store);
 #   - `systemctl restart sapper-netd` brings traffic back (the time is printed);
 #   - READY (active) and STATUS ("1 peer") in systemctl; privd's audit
-#     lines in journalctl.
+#     lines in journalctl; netd's TLS_* fields of handshake_accepted.
 #
 #   sudo scripts/nspawn-test.sh          # ~2-3 min with the rootfs cached
 #
@@ -344,6 +344,12 @@ has '^ *CONFIG_SHA256=[0-9a-f]\{64\}$' in_c exit journalctl --no-pager -u sapper
     fail "netd's config_loaded event has no CONFIG_SHA256 field"
 has '^ *PEER=' in_c exit journalctl --no-pager -u sapper-netd -o verbose SAPPER_EVENT=peer_connected ||
     fail "netd's peer_connected event has no PEER field"
+# What the link's TLS negotiated, as journal fields (issue 17): the default
+# is the hybrid post-quantum group.
+hs=$(in_c exit journalctl --no-pager -u sapper-netd -o verbose SAPPER_EVENT=handshake_accepted)
+for f in 'TLS_VERSION=TLSv1.3' 'TLS_KX_GROUP=X25519MLKEM768' 'TLS_CIPHER_SUITE=TLS13_'; do
+    grep -q "^ *$f" <<<"$hs" || fail "netd's handshake_accepted event has no $f field"
+done
 # Landlock's status depends on the kernel and on nspawn's own filter
 # (systemd 252's nspawn withholds the Landlock syscalls, so "none" is
 # expected here); netd must say which one it is, under its own event name.

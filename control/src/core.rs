@@ -12,7 +12,7 @@ use sapper_shared::proto::control::{
 };
 use sapper_shared::proto::data::{Capabilities, Handshake, HintLevel, NodeRole, Ping, RoleHint};
 use sapper_shared::proto::management::{
-    event, ListenerInfo, PeerDisconnected, PeerInfo, RouteInfo,
+    event, LinkTls, ListenerInfo, PeerDisconnected, PeerInfo, RouteInfo,
 };
 use sapper_shared::roles::{self, fixed_target, role_from_wire, role_name, Party};
 use sapper_shared::routing::{parse_prefixes, RouteTable};
@@ -75,6 +75,8 @@ pub struct LinkUp {
     pub direction: Direction,
     /// Wall-clock seconds since the epoch, for `peers`.
     pub connected_at_unix_s: u64,
+    /// What the link's TLS handshake negotiated, for `peers`.
+    pub tls: Option<LinkTls>,
 }
 
 /// The core asks the driver to close a link.
@@ -116,7 +118,7 @@ pub struct RouteRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// For management subscribers.
-    Management(event::Body),
+    Management(Box<event::Body>),
     /// This node's role changed.
     RoleChanged {
         /// The new role.
@@ -403,6 +405,7 @@ impl Core {
                 routes: h.routes.clone(),
                 outbound: l.outbound(),
                 link_reason: l.reason.clone(),
+                tls: l.up.tls.clone(),
                 ..PeerInfo::default()
             },
         }
@@ -562,7 +565,9 @@ impl Core {
         if let Some(l) = self.links.get(&id) {
             let info = self.view(id, l).info;
             self.events
-                .push_back(Event::Management(event::Body::PeerConnected(info)));
+                .push_back(Event::Management(Box::new(event::Body::PeerConnected(
+                    info,
+                ))));
         }
         // The first keepalive goes out at once.
         self.keepalive(now);
@@ -587,12 +592,12 @@ impl Core {
         self.closes.retain(|c| c.link != id);
         self.renegotiate(false);
         self.events
-            .push_back(Event::Management(event::Body::PeerDisconnected(
+            .push_back(Event::Management(Box::new(event::Body::PeerDisconnected(
                 PeerDisconnected {
                     name: link.up.accepted.peer.name,
                     reason: reason.into(),
                 },
-            )));
+            ))));
     }
 
     /// A decoded control message arrived on a link.
@@ -776,11 +781,11 @@ impl Core {
             prefix: prefix.to_string(),
             peer: String::new(),
         };
-        self.events.push_back(Event::Management(if add {
+        self.events.push_back(Event::Management(Box::new(if add {
             event::Body::RouteAdded(info)
         } else {
             event::Body::RouteRemoved(info)
-        }));
+        })));
     }
 
     // ----- internals ---------------------------------------------------
@@ -959,10 +964,12 @@ impl Core {
         }
         for p in &learned {
             self.events
-                .push_back(Event::Management(event::Body::RouteAdded(RouteInfo {
-                    prefix: p.to_string(),
-                    peer: name.clone(),
-                })));
+                .push_back(Event::Management(Box::new(event::Body::RouteAdded(
+                    RouteInfo {
+                        prefix: p.to_string(),
+                        peer: name.clone(),
+                    },
+                ))));
         }
         if self.role == NodeRole::RoleRelay
             && self.cfg.posture.announce_routes
@@ -1013,10 +1020,12 @@ impl Core {
         let name = self.link_name(id);
         for p in &gone {
             self.events
-                .push_back(Event::Management(event::Body::RouteRemoved(RouteInfo {
-                    prefix: p.to_string(),
-                    peer: name.clone(),
-                })));
+                .push_back(Event::Management(Box::new(event::Body::RouteRemoved(
+                    RouteInfo {
+                        prefix: p.to_string(),
+                        peer: name.clone(),
+                    },
+                ))));
         }
         if self.role == NodeRole::RoleRelay {
             self.broadcast_except(

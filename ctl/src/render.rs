@@ -92,6 +92,11 @@ pub fn peer_json(p: &PeerInfo) -> Value {
         "link_reason": p.link_reason,
         "exit_mode": peer_exit_mode(p),
         "exit_flows": p.exit_flows.map(|f| json!({"tcp": f.tcp, "udp": f.udp, "icmp": f.icmp})),
+        "tls": p.tls.as_ref().map(|t| json!({
+            "version": t.version,
+            "cipher_suite": t.cipher_suite,
+            "kx_group": t.kx_group,
+        })),
     })
 }
 
@@ -216,6 +221,8 @@ pub fn render(body: &Resp, json_out: bool) -> String {
                 "IN",
                 "OUT",
                 "CONNECTED",
+                "TLS",
+                "KEY EXCHANGE",
             ];
             if flows {
                 header.push("EXIT FLOWS");
@@ -239,6 +246,14 @@ pub fn render(body: &Resp, json_out: bool) -> String {
                         human_bytes(p.bytes_in),
                         human_bytes(p.bytes_out),
                         ago(p.connected_at),
+                        p.tls
+                            .as_ref()
+                            .map(|t| format!("{} {}", t.version, t.cipher_suite))
+                            .unwrap_or_else(|| "-".into()),
+                        p.tls
+                            .as_ref()
+                            .map(|t| t.kx_group.clone())
+                            .unwrap_or_else(|| "-".into()),
                     ];
                     if flows {
                         row.push(match p.exit_flows {
@@ -414,6 +429,40 @@ mod tests {
     }
 
     #[test]
+    fn peers_show_the_negotiated_tls() {
+        use sapper_shared::proto::management::{LinkTls, PeersResponse};
+        let peers = PeersResponse {
+            peers: vec![PeerInfo {
+                name: "exit".into(),
+                tls: Some(LinkTls {
+                    version: "TLSv1.3".into(),
+                    cipher_suite: "TLS13_AES_256_GCM_SHA384".into(),
+                    kx_group: "X25519MLKEM768".into(),
+                }),
+                ..Default::default()
+            }],
+        };
+        let text = render(&Resp::Peers(peers.clone()), false);
+        assert!(
+            text.contains("TLSv1.3 TLS13_AES_256_GCM_SHA384  X25519MLKEM768"),
+            "{text}"
+        );
+        let v: Value = serde_json::from_str(&render(&Resp::Peers(peers), true)).unwrap();
+        assert_eq!(v["peers"][0]["tls"]["version"], "TLSv1.3");
+        assert_eq!(
+            v["peers"][0]["tls"]["cipher_suite"],
+            "TLS13_AES_256_GCM_SHA384"
+        );
+        assert_eq!(v["peers"][0]["tls"]["kx_group"], "X25519MLKEM768");
+        // A netd without the field: null in JSON, "-" in the table.
+        let old = PeersResponse {
+            peers: vec![PeerInfo::default()],
+        };
+        let v: Value = serde_json::from_str(&render(&Resp::Peers(old), true)).unwrap();
+        assert!(v["peers"][0]["tls"].is_null());
+    }
+
+    #[test]
     fn exit_fields_in_status_and_peers() {
         use sapper_shared::proto::management::{ExitPeerFlows, PeersResponse};
         let s = StatusResponse {
@@ -454,6 +503,7 @@ mod tests {
         };
         let text = render(&Resp::Peers(peers.clone()), false);
         assert!(text.contains("EXIT FLOWS"), "{text}");
+        assert!(text.contains("KEY EXCHANGE"), "{text}");
         assert!(text.contains("tcp 1 udp 2 icmp 0"), "{text}");
         let v: Value = serde_json::from_str(&render(&Resp::Peers(peers), true)).unwrap();
         assert_eq!(v["peers"][0]["exit_flows"]["udp"], 2);

@@ -190,7 +190,7 @@ impl Driver {
                 // No subscribers is fine.
                 let _ = self.node.events.send(MgmtEvent {
                     timestamp_ms: unix_ms(),
-                    body: Some(body),
+                    body: Some(*body),
                 });
             }
             Event::RoleChanged { role, reason } => {

@@ -6,6 +6,7 @@
 use crate::datapath::{DataPath, LinkData, Packet, PacketTx};
 use crate::inputs::{Input, LinkHandle, LINK_CONTROL_QUEUE};
 use crate::node::Node;
+use crate::tls::Negotiated;
 use anyhow::{anyhow, Result};
 use sapper_control::{Direction, LinkId, LinkUp};
 use sapper_shared::config::Transport;
@@ -43,6 +44,8 @@ pub trait Link: Send + 'static {
     fn remote(&self) -> SocketAddr;
     /// Which transport this is.
     fn transport(&self) -> Transport;
+    /// What the TLS handshake negotiated.
+    fn tls(&self) -> &Negotiated;
     /// Sends one control message.
     async fn send_control(&mut self, msg: &ControlMessage) -> Result<()>;
     /// Receives the body of one control message (bounded by the framing
@@ -86,7 +89,16 @@ async fn handshake<L: Link>(node: &Node, link: &mut L, side: Side) -> Result<Acc
     };
     match &verdict {
         Ok(a) => {
-            tracing::info!(sapper_event = "handshake_accepted", peer = %a.peer.name, %remote, "handshake accepted");
+            let tls = link.tls();
+            tracing::info!(
+                sapper_event = "handshake_accepted",
+                peer = %a.peer.name,
+                %remote,
+                tls_version = %tls.version,
+                tls_cipher_suite = %tls.cipher_suite,
+                tls_kx_group = %tls.kx_group,
+                "handshake accepted"
+            );
             if node.psk.is_none() {
                 tracing::warn!(peer = %a.peer.name, %remote, "INSECURE: link without a PSK (node.insecure_open)");
             }
@@ -97,6 +109,14 @@ async fn handshake<L: Link>(node: &Node, link: &mut L, side: Side) -> Result<Acc
         }
     }
     verdict
+}
+
+/// A TLS handshake a listener refused because the dialler offered no
+/// key-exchange group it accepts: logged and counted like a refused Sapper
+/// handshake (`reason` names the groups offered and accepted).
+pub fn tls_refused(node: &Node, remote: SocketAddr, transport: &str, reason: &str) {
+    node.data.stats.handshake_failures.fetch_add(1, Relaxed);
+    tracing::warn!(sapper_event = "handshake_refused", %remote, transport, reason, "TLS handshake refused");
 }
 
 /// Supervises one link from the handshake to its end. Returns Err when the
@@ -126,6 +146,11 @@ pub async fn run_link<L: Link>(node: Arc<Node>, mut link: L, direction: Directio
         transport,
         direction,
         connected_at_unix_s: crate::node::unix_ms() / 1000,
+        tls: Some(sapper_shared::proto::management::LinkTls {
+            version: link.tls().version.clone(),
+            cipher_suite: link.tls().cipher_suite.clone(),
+            kx_group: link.tls().kx_group.clone(),
+        }),
     };
     let handle = LinkHandle {
         data: data.clone(),

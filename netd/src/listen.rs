@@ -21,21 +21,22 @@ fn record(node: &Node, address: String, transport: &str) {
 
 /// Serves QUIC on a bound UDP socket.
 pub fn quic(node: &Arc<Node>, sock: std::net::UdpSocket, addr: String) -> Result<()> {
-    let tls = tls::server_config(&node.identity, &[tls::ALPN_QUIC])?;
-    let ep = quic::server_endpoint(sock, &node.cfg, tls)?;
-    tracing::info!(address = %addr, "listening (QUIC)");
+    let kx = node.cfg.tls.key_exchange();
+    let tls = tls::ServerTls::new(&node.identity, &[tls::ALPN_QUIC], kx)?;
+    let (ep, server) = quic::server_endpoint(sock, &node.cfg, tls)?;
+    tracing::info!(address = %addr, key_exchange = kx.as_str(), "listening (QUIC)");
     record(node, addr, "quic");
-    tokio::spawn(quic::accept_loop(node.clone(), ep));
+    tokio::spawn(quic::accept_loop(node.clone(), ep, server));
     Ok(())
 }
 
 /// Serves WebSocket-over-TLS on a bound TCP listener.
 pub fn ws(node: &Arc<Node>, sock: std::net::TcpListener, addr: String, path: String) -> Result<()> {
-    let tls = tls::server_config(&node.identity, &[b"http/1.1"])?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let kx = node.cfg.tls.key_exchange();
+    let tls = Arc::new(tls::ServerTls::new(&node.identity, &[b"http/1.1"], kx)?);
     let listener = tokio::net::TcpListener::from_std(sock).context("registering the listener")?;
-    tracing::info!(address = %addr, %path, "listening (WebSocket)");
+    tracing::info!(address = %addr, %path, key_exchange = kx.as_str(), "listening (WebSocket)");
     record(node, addr, "ws");
-    tokio::spawn(ws::accept_loop(node.clone(), listener, acceptor, path));
+    tokio::spawn(ws::accept_loop(node.clone(), listener, tls, path));
     Ok(())
 }

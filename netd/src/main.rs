@@ -16,6 +16,7 @@ mod mgmt;
 mod node;
 mod privs;
 mod quic;
+mod quic_tls;
 mod seccomp;
 mod target;
 mod tls;
@@ -436,7 +437,7 @@ async fn serve(
         listen::ws(&node, sock, addr, path)?;
     }
     for target in targets {
-        let tls = target.client_tls()?;
+        let tls = target.client_tls(node.cfg.tls.key_exchange())?;
         tokio::spawn(dial::connector(node.clone(), target, tls));
     }
     let mgmt = tokio::net::UnixListener::from_std(bound.mgmt)?;

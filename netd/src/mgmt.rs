@@ -443,7 +443,9 @@ async fn connect(node: &Arc<Node>, c: ConnectRequest) -> Result<(), Failure> {
     };
     let target = Target::try_from(&cfg).map_err(|e| bad(e.to_string()))?;
     let addr = target.resolve().await.map_err(|e| bad(format!("{e:#}")))?;
-    let tls = target.client_tls().map_err(|e| bad(format!("{e:#}")))?;
+    let tls = target
+        .client_tls(node.cfg.tls.key_exchange())
+        .map_err(|e| bad(format!("{e:#}")))?;
     let mut events = node.events.subscribe();
     tokio::spawn(crate::dial::connector(node.clone(), target, tls));
     let wait = Duration::from_millis(node.cfg.handshake_timeout_ms);

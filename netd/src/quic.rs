@@ -7,7 +7,9 @@
 use crate::datapath::{Packet, PacketTx};
 use crate::link::{run_link, Inbound, Link};
 use crate::node::Node;
+use crate::quic_tls::{Probe, ProbedClient, ProbedServer};
 use crate::target::Target;
+use crate::tls::{Negotiated, ServerTls};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use sapper_control::Direction;
@@ -57,36 +59,67 @@ fn size_buffers(socket: &std::net::UdpSocket) {
     }
 }
 
+/// A QUIC listener's configs: each accepted connection gets its own TLS
+/// config (to record its ClientHello) and crypto wrapper (to record what
+/// the handshake negotiated).
+pub struct QuicServer {
+    tls: ServerTls,
+    base: quinn::ServerConfig,
+}
+
+impl QuicServer {
+    fn for_connection(
+        &self,
+    ) -> Result<(
+        Arc<quinn::ServerConfig>,
+        Arc<crate::tls::Offered>,
+        Arc<Probe>,
+    )> {
+        let (tls, offered) = self.tls.for_connection();
+        let inner = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .context("building the QUIC server TLS config")?;
+        let probe = Arc::new(Probe::default());
+        let mut cfg = self.base.clone();
+        cfg.crypto = Arc::new(ProbedServer {
+            inner: Arc::new(inner),
+            probe: probe.clone(),
+        });
+        Ok((Arc::new(cfg), offered, probe))
+    }
+}
+
 pub fn server_endpoint(
     socket: std::net::UdpSocket,
     node_cfg: &NetdConfig,
-    tls: rustls::ServerConfig,
-) -> Result<quinn::Endpoint> {
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+    tls: ServerTls,
+) -> Result<(quinn::Endpoint, Arc<QuicServer>)> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.shared())
         .context("building the QUIC server TLS config")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport_config(node_cfg));
     size_buffers(&socket);
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
-    quinn::Endpoint::new(
+    let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(server),
+        Some(server.clone()),
         socket,
         runtime,
     )
-    .context("creating the QUIC endpoint")
+    .context("creating the QUIC endpoint")?;
+    Ok((endpoint, Arc::new(QuicServer { tls, base: server })))
 }
 
-pub async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint) {
+pub async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, server: Arc<QuicServer>) {
     loop {
         let incoming = tokio::select! {
             _ = node.shutdown.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
         let node = node.clone();
+        let server = server.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            if let Err(e) = accept_one(node, incoming).await {
+            if let Err(e) = accept_one(node, incoming, &server).await {
                 tracing::debug!(%remote, error = %format!("{e:#}"), "QUIC link ended");
             }
         });
@@ -94,18 +127,41 @@ pub async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint) {
     endpoint.close(0u32.into(), b"shutdown");
 }
 
-async fn accept_one(node: Arc<Node>, incoming: quinn::Incoming) -> Result<()> {
+async fn accept_one(node: Arc<Node>, incoming: quinn::Incoming, server: &QuicServer) -> Result<()> {
+    let remote = incoming.remote_address();
     let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
-    let conn = tokio::time::timeout(timeout, incoming)
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake failed")?;
+    let (cfg, offered, probe) = server.for_connection()?;
+    let failed = |e: quinn::ConnectionError| {
+        if let Some(why) = offered.kx_refusal(server.tls.key_exchange) {
+            crate::link::tls_refused(&node, remote, "quic", &why);
+            return anyhow!("TLS handshake failed: {why}: {e}");
+        }
+        anyhow!(e).context("TLS handshake failed")
+    };
+    // A ClientHello that fits one packet is processed, and may be refused,
+    // right here; a longer one (ML-KEM key shares) while connecting.
+    let connecting = incoming.accept_with(cfg).map_err(failed)?;
+    let conn = match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => bail!("TLS handshake timed out"),
+        Ok(Err(e)) => return Err(failed(e)),
+        Ok(Ok(c)) => c,
+    };
+    let tls = probe.negotiated()?;
     let (send, recv) = tokio::time::timeout(timeout, conn.accept_bi())
         .await
         .context("peer opened no control stream")?
         .context("accepting the control stream")?;
-    let link = QuicLink::new(conn, send, recv, None, node.cfg.peer_queue)?;
+    let link = QuicLink::new(conn, send, recv, None, node.cfg.peer_queue, tls)?;
     run_link(node, link, Direction::Inbound).await
+}
+
+/// True when the peer closed the connection with TLS alert
+/// handshake_failure (40), which is how a listener says it shares no
+/// key-exchange group (or cipher suite) with us.
+fn closed_by_handshake_failure(e: &quinn::ConnectionError) -> bool {
+    const HANDSHAKE_FAILURE: u8 = 40;
+    matches!(e, quinn::ConnectionError::ConnectionClosed(c)
+        if c.error_code == quinn::TransportErrorCode::crypto(HANDSHAKE_FAILURE))
 }
 
 /// Dials `target` and opens the control stream.
@@ -123,24 +179,33 @@ pub async fn connect(
     let socket = std::net::UdpSocket::bind(bind).context("binding a UDP socket")?;
     size_buffers(&socket);
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
-    let mut endpoint =
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-            .context("creating the QUIC endpoint")?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+        .context("creating the QUIC endpoint")?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| anyhow!("building the QUIC client TLS config: {e}"))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let probe = Arc::new(Probe::default());
+    let mut client = quinn::ClientConfig::new(Arc::new(ProbedClient {
+        inner: Arc::new(crypto),
+        probe: probe.clone(),
+    }));
     client.transport_config(transport_config(cfg));
-    endpoint.set_default_client_config(client);
     let timeout = Duration::from_millis(cfg.handshake_timeout_ms);
-    let conn = tokio::time::timeout(timeout, endpoint.connect(addr, &target.server_name)?)
-        .await
-        .context("QUIC connect timed out")?
-        .with_context(|| format!("QUIC connect to {addr}"))?;
+    let connecting = endpoint.connect_with(client, addr, &target.server_name)?;
+    let conn = match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => bail!("QUIC connect timed out"),
+        Ok(Err(e)) if closed_by_handshake_failure(&e) => {
+            let why = crate::tls::client_refusal(cfg.tls.key_exchange());
+            bail!("QUIC connect to {addr}: {why}: {e}");
+        }
+        Ok(Err(e)) => return Err(anyhow!(e).context(format!("QUIC connect to {addr}"))),
+        Ok(Ok(c)) => c,
+    };
+    let tls = probe.negotiated()?;
     let (send, recv) = tokio::time::timeout(timeout, conn.open_bi())
         .await
         .context("opening the control stream timed out")?
         .context("opening the control stream")?;
-    QuicLink::new(conn, send, recv, Some(endpoint), cfg.peer_queue)
+    QuicLink::new(conn, send, recv, Some(endpoint), cfg.peer_queue, tls)
 }
 
 /// A QUIC link: control frames on the bidirectional stream, packets in
@@ -156,6 +221,7 @@ pub struct QuicLink {
     big_tx: mpsc::Sender<Bytes>,
     big_rx: Option<mpsc::Receiver<Bytes>>,
     tasks: JoinSet<()>,
+    tls: Negotiated,
 }
 
 impl QuicLink {
@@ -165,6 +231,7 @@ impl QuicLink {
         recv: quinn::RecvStream,
         endpoint: Option<quinn::Endpoint>,
         peer_queue: usize,
+        tls: Negotiated,
     ) -> Result<Self> {
         let mut b = [0u8; BINDING_LEN];
         conn.export_keying_material(&mut b, EXPORTER_LABEL, b"")
@@ -180,6 +247,7 @@ impl QuicLink {
             big_tx,
             big_rx: Some(big_rx),
             tasks: JoinSet::new(),
+            tls,
         })
     }
 }
@@ -228,6 +296,10 @@ impl Link for QuicLink {
 
     fn transport(&self) -> Transport {
         Transport::Quic
+    }
+
+    fn tls(&self) -> &Negotiated {
+        &self.tls
     }
 
     async fn send_control(&mut self, msg: &ControlMessage) -> Result<()> {

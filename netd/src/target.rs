@@ -75,12 +75,15 @@ impl Target {
     }
 
     /// The client TLS configuration for this peer and transport.
-    pub fn client_tls(&self) -> Result<Arc<rustls::ClientConfig>> {
+    pub fn client_tls(
+        &self,
+        kx: sapper_shared::config::KeyExchange,
+    ) -> Result<Arc<rustls::ClientConfig>> {
         let alpn: &[&[u8]] = match self.transport {
             Transport::Quic => &[tls::ALPN_QUIC],
             Transport::Ws => &[b"http/1.1"],
         };
-        Ok(Arc::new(tls::client_config(&self.trust, alpn)?))
+        Ok(Arc::new(tls::client_config(&self.trust, alpn, kx)?))
     }
 }
 

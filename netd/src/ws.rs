@@ -9,6 +9,7 @@ use crate::datapath::{Packet, PacketTx};
 use crate::link::{run_link, Inbound, Link};
 use crate::node::Node;
 use crate::target::Target;
+use crate::tls::{Negotiated, ServerTls};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -45,7 +46,12 @@ fn ws_config() -> WebSocketConfig {
         .max_write_buffer_size(4 << 20)
 }
 
-pub async fn accept_loop(node: Arc<Node>, listener: TcpListener, tls: TlsAcceptor, path: String) {
+pub async fn accept_loop(
+    node: Arc<Node>,
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    path: String,
+) {
     let path = Arc::new(path);
     loop {
         let (tcp, remote) = tokio::select! {
@@ -72,16 +78,25 @@ async fn accept_one(
     node: Arc<Node>,
     tcp: TcpStream,
     remote: SocketAddr,
-    tls: TlsAcceptor,
+    server: Arc<ServerTls>,
     path: &str,
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
     let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
-    let tls = tokio::time::timeout(timeout, tls.accept(tcp))
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake failed")?;
+    let (cfg, offered) = server.for_connection();
+    let tls = match tokio::time::timeout(timeout, TlsAcceptor::from(cfg).accept(tcp)).await {
+        Err(_) => bail!("TLS handshake timed out"),
+        Ok(Err(e)) => {
+            if let Some(why) = offered.kx_refusal(server.key_exchange) {
+                crate::link::tls_refused(&node, remote, "ws", &why);
+                bail!("TLS handshake failed: {why}: {e}");
+            }
+            return Err(anyhow!(e).context("TLS handshake failed"));
+        }
+        Ok(Ok(t)) => t,
+    };
     let binding = channel_binding(tls.get_ref().1)?;
+    let negotiated = Negotiated::from_rustls(tls.get_ref().1)?;
     // The callback's signature is tungstenite's; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
     let check_path = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -100,7 +115,7 @@ async fn accept_one(
     .await
     .context("WebSocket upgrade timed out")?
     .context("WebSocket upgrade failed")?;
-    let link = WsLink::new(ws, remote, binding, node.cfg.peer_queue);
+    let link = WsLink::new(ws, remote, binding, negotiated, node.cfg.peer_queue);
     run_link(node, link, Direction::Inbound).await
 }
 
@@ -126,11 +141,18 @@ pub async fn connect(
     let _ = tcp.set_nodelay(true);
     let name = rustls_pki_types::ServerName::try_from(target.server_name.clone())
         .context("invalid TLS server name")?;
-    let tls = tokio::time::timeout(timeout, TlsConnector::from(tls).connect(name, tcp))
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake failed")?;
+    let tls = match tokio::time::timeout(timeout, TlsConnector::from(tls).connect(name, tcp)).await
+    {
+        Err(_) => bail!("TLS handshake timed out"),
+        Ok(Err(e)) if refused_by_handshake_failure(&e) => {
+            let why = crate::tls::client_refusal(cfg.tls.key_exchange());
+            bail!("TLS handshake failed: {why}: {e}");
+        }
+        Ok(Err(e)) => return Err(anyhow!(e).context("TLS handshake failed")),
+        Ok(Ok(t)) => t,
+    };
     let binding = channel_binding(tls.get_ref().1)?;
+    let negotiated = Negotiated::from_rustls(tls.get_ref().1)?;
     let url = format!("wss://{}{}", target.address, target.ws_path);
     let (ws, _) = tokio::time::timeout(
         timeout,
@@ -139,7 +161,18 @@ pub async fn connect(
     .await
     .context("WebSocket upgrade timed out")?
     .context("WebSocket upgrade failed")?;
-    Ok(WsLink::new(ws, addr, binding, cfg.peer_queue))
+    Ok(WsLink::new(ws, addr, binding, negotiated, cfg.peer_queue))
+}
+
+/// True when the listener ended the TLS handshake with alert
+/// handshake_failure: it shares no key-exchange group (or suite) with us.
+fn refused_by_handshake_failure(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::HandshakeFailure
+        ))
+    )
 }
 
 fn tagged(tag: u8, body: &[u8]) -> Message {
@@ -163,6 +196,7 @@ pub struct WsLink<S> {
     writer: tokio::task::JoinHandle<()>,
     remote: SocketAddr,
     binding: ChannelBinding,
+    tls: Negotiated,
     inbound: Option<Inbound>,
 }
 
@@ -174,6 +208,7 @@ where
         ws: WebSocketStream<S>,
         remote: SocketAddr,
         binding: ChannelBinding,
+        tls: Negotiated,
         queue: usize,
     ) -> Self {
         let (sink, stream) = ws.split();
@@ -189,6 +224,7 @@ where
             writer,
             remote,
             binding,
+            tls,
             inbound: None,
         }
     }
@@ -217,6 +253,10 @@ where
 
     fn transport(&self) -> Transport {
         Transport::Ws
+    }
+
+    fn tls(&self) -> &Negotiated {
+        &self.tls
     }
 
     async fn send_control(&mut self, msg: &ControlMessage) -> Result<()> {

@@ -253,6 +253,79 @@ pub struct NetdConfig {
     /// The userspace exit (`[netd.exit]`).
     #[serde(default)]
     pub exit: ExitConfig,
+    /// TLS settings of every link (`[netd.tls]`).
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// Which key-exchange groups a node's links offer and accept
+/// (`netd.tls.key_exchange`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyExchange {
+    /// Only the hybrid post-quantum group X25519MLKEM768: a peer that
+    /// offers nothing else is refused. The default.
+    #[default]
+    Hybrid,
+    /// X25519MLKEM768 first, then X25519 for peers that lack the hybrid.
+    ClassicAllowed,
+    /// Only X25519. For interoperability tests (it is what a node without
+    /// post-quantum support looks like); not for production.
+    ClassicOnly,
+}
+
+impl KeyExchange {
+    /// Every value, as written in the config file.
+    pub const NAMES: [&'static str; 3] = ["hybrid", "classic-allowed", "classic-only"];
+
+    /// The name as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyExchange::Hybrid => "hybrid",
+            KeyExchange::ClassicAllowed => "classic-allowed",
+            KeyExchange::ClassicOnly => "classic-only",
+        }
+    }
+
+    /// Parses a config-file value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "hybrid" => Some(KeyExchange::Hybrid),
+            "classic-allowed" => Some(KeyExchange::ClassicAllowed),
+            "classic-only" => Some(KeyExchange::ClassicOnly),
+            _ => None,
+        }
+    }
+}
+
+fn default_key_exchange() -> String {
+    KeyExchange::Hybrid.as_str().into()
+}
+
+/// `[netd.tls]`
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// `"hybrid"` (default), `"classic-allowed"` or `"classic-only"`; see
+    /// [`KeyExchange`]. Kept as text so a bad value is reported with its
+    /// key by `Config::validate`.
+    #[serde(default = "default_key_exchange")]
+    pub key_exchange: String,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            key_exchange: default_key_exchange(),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The key-exchange setting; `Hybrid` for a value validation would have
+    /// refused (a config that passed `Config::parse` never has one).
+    pub fn key_exchange(&self) -> KeyExchange {
+        KeyExchange::parse(&self.key_exchange).unwrap_or_default()
+    }
 }
 
 fn default_privd_socket() -> PathBuf {
@@ -430,6 +503,15 @@ impl Config {
                     &format!(
                         "at most {} prefixes (peers refuse a Handshake with more)",
                         crate::handshake::MAX_ROUTES
+                    ),
+                ));
+            }
+            if KeyExchange::parse(&n.tls.key_exchange).is_none() {
+                return Err(err(
+                    "netd.tls.key_exchange".into(),
+                    &format!(
+                        "unknown value {:?}; expected \"hybrid\" or \"classic-allowed\" (or \"classic-only\", for interoperability tests)",
+                        n.tls.key_exchange
                     ),
                 ));
             }
@@ -794,6 +876,41 @@ allowed_routes = ["10.0.0.0/8"]
         assert_eq!(e.key, "netd.exit.max_buffer_bytes");
         let e = with("bogus = 1").unwrap_err();
         assert!(e.message.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn key_exchange_setting() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        assert_eq!(c.netd.unwrap().tls.key_exchange(), KeyExchange::Hybrid);
+        let with = |v: &str| {
+            Config::parse(
+                &GOOD.replace(
+                    "[privd]\n",
+                    &format!("[netd.tls]\nkey_exchange = {v:?}\n\n[privd]\n"),
+                ),
+                "t.toml",
+            )
+        };
+        for name in KeyExchange::NAMES {
+            let kx = with(name).unwrap().netd.unwrap().tls.key_exchange();
+            assert_eq!(kx.as_str(), name);
+        }
+        assert_eq!(
+            with("classic-allowed")
+                .unwrap()
+                .netd
+                .unwrap()
+                .tls
+                .key_exchange(),
+            KeyExchange::ClassicAllowed
+        );
+        let e = with("classic").unwrap_err();
+        assert_eq!(e.key, "netd.tls.key_exchange");
+        assert!(
+            e.to_string()
+                .starts_with("t.toml: netd.tls.key_exchange: unknown value \"classic\""),
+            "{e}"
+        );
     }
 
     #[test]

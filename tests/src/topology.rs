@@ -118,6 +118,9 @@ pub struct Options {
     /// `netd.operator_group` on both nodes (members may change things over
     /// the management socket).
     pub operator_group: Option<String>,
+    /// `netd.tls.key_exchange` of the entry and of the exit (None: the
+    /// default, which is "hybrid").
+    pub key_exchange: [Option<String>; 2],
 }
 
 impl Options {
@@ -131,6 +134,7 @@ impl Options {
             exit_psk: psk,
             start_daemons: true,
             operator_group: None,
+            key_exchange: [None, None],
         }
     }
 
@@ -151,6 +155,12 @@ impl Options {
     /// Sets `netd.operator_group` on both nodes.
     pub fn operator_group(mut self, group: &str) -> Options {
         self.operator_group = Some(group.to_string());
+        self
+    }
+
+    /// Sets `netd.tls.key_exchange` on `node`.
+    pub fn key_exchange(mut self, node: Node, value: &str) -> Options {
+        self.key_exchange[node as usize] = Some(value.to_string());
         self
     }
 
@@ -532,6 +542,11 @@ impl Topology {
             if t == Transport::Ws {
                 let _ = writeln!(s, "ws_path = \"/sapper\"");
             }
+        }
+        if let Some(kx) = &self.opts.key_exchange[node as usize] {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "[netd.tls]");
+            let _ = writeln!(s, "key_exchange = \"{kx}\"");
         }
         let _ = writeln!(s);
         let _ = writeln!(s, "[privd]");

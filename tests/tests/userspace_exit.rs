@@ -374,6 +374,19 @@ impl Ux {
         );
     }
 
+    /// Once every TCP flow is gone, a new connection to `addr` is admitted
+    /// again: a limit refuses new flows only while it is reached.
+    fn assert_room_again(&self, addr: &str) {
+        let r = wait_until(
+            "the exit's TCP flows to close",
+            Duration::from_secs(30),
+            || (self.stat("tcp_flows") == 0).then_some(()),
+        );
+        r.unwrap_or_else(|e| panic!("{e}; exit: {}", self.exit_stats()));
+        let (r, _) = self.connect(addr);
+        assert_eq!(r, "connected", "no room again once the flows closed");
+    }
+
     fn wait_for_ping(&mut self, target: &str) {
         let ns = self.topo.entry.name().to_string();
         let target = target.to_string();
@@ -617,15 +630,7 @@ fn flow_limit_refuses_new_flows_only() {
     );
 
     ux.finish_slow_flow(&slow);
-    // Room again once flows are gone.
-    let r = wait_until(
-        "the exit's TCP flows to close",
-        Duration::from_secs(30),
-        || (ux.stat("tcp_flows") == 0).then_some(()),
-    );
-    r.unwrap_or_else(|e| panic!("{e}; exit: {}", ux.exit_stats()));
-    let (r, _) = ux.connect("10.20.0.2:7001");
-    assert_eq!(r, "connected");
+    ux.assert_room_again("10.20.0.2:7001");
     ux.topo.assert_daemons_alive();
 }
 
@@ -736,14 +741,7 @@ fn memory_limit_refuses_new_flows_only() {
         "the exit did not log the memory limit:\n{log}"
     );
     ux.finish_slow_flow(&slow);
-    let r = wait_until(
-        "the exit's TCP flows to close",
-        Duration::from_secs(30),
-        || (ux.stat("tcp_flows") == 0).then_some(()),
-    );
-    r.unwrap_or_else(|e| panic!("{e}; exit: {}", ux.exit_stats()));
-    let (r, _) = ux.connect("10.20.0.2:7001");
-    assert_eq!(r, "connected", "room again once the first flow closed");
+    ux.assert_room_again("10.20.0.2:7001");
     ux.topo.assert_daemons_alive();
 }
 
