@@ -12,7 +12,7 @@ use sapper_shared::proto::control::{
 };
 use sapper_shared::proto::data::{Capabilities, Handshake, HintLevel, NodeRole, Ping, RoleHint};
 use sapper_shared::proto::management::{
-    event, LinkTls, ListenerInfo, PeerDisconnected, PeerInfo, RouteInfo,
+    event, ListenerInfo, PeerDisconnected, PeerInfo, RouteInfo,
 };
 use sapper_shared::roles::{self, fixed_target, role_from_wire, role_name, Party};
 use sapper_shared::routing::{parse_prefixes, RouteTable};
@@ -75,8 +75,6 @@ pub struct LinkUp {
     pub direction: Direction,
     /// Wall-clock seconds since the epoch, for `peers`.
     pub connected_at_unix_s: u64,
-    /// What the link's TLS handshake negotiated, for `peers`.
-    pub tls: Option<LinkTls>,
 }
 
 /// The core asks the driver to close a link.
@@ -117,7 +115,7 @@ pub struct RouteRequest {
 /// the others are for the daemon's log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// For management subscribers.
+    /// For management subscribers (boxed: a peer's entry is large).
     Management(Box<event::Body>),
     /// This node's role changed.
     RoleChanged {
@@ -162,6 +160,12 @@ pub enum Event {
         /// What happened.
         message: String,
     },
+}
+
+impl Event {
+    fn management(body: event::Body) -> Event {
+        Event::Management(Box::new(body))
+    }
 }
 
 /// Why an operator request failed.
@@ -405,7 +409,6 @@ impl Core {
                 routes: h.routes.clone(),
                 outbound: l.outbound(),
                 link_reason: l.reason.clone(),
-                tls: l.up.tls.clone(),
                 ..PeerInfo::default()
             },
         }
@@ -565,9 +568,7 @@ impl Core {
         if let Some(l) = self.links.get(&id) {
             let info = self.view(id, l).info;
             self.events
-                .push_back(Event::Management(Box::new(event::Body::PeerConnected(
-                    info,
-                ))));
+                .push_back(Event::management(event::Body::PeerConnected(info)));
         }
         // The first keepalive goes out at once.
         self.keepalive(now);
@@ -592,12 +593,12 @@ impl Core {
         self.closes.retain(|c| c.link != id);
         self.renegotiate(false);
         self.events
-            .push_back(Event::Management(Box::new(event::Body::PeerDisconnected(
+            .push_back(Event::management(event::Body::PeerDisconnected(
                 PeerDisconnected {
                     name: link.up.accepted.peer.name,
                     reason: reason.into(),
                 },
-            ))));
+            )));
     }
 
     /// A decoded control message arrived on a link.
@@ -781,11 +782,11 @@ impl Core {
             prefix: prefix.to_string(),
             peer: String::new(),
         };
-        self.events.push_back(Event::Management(Box::new(if add {
+        self.events.push_back(Event::management(if add {
             event::Body::RouteAdded(info)
         } else {
             event::Body::RouteRemoved(info)
-        })));
+        }));
     }
 
     // ----- internals ---------------------------------------------------
@@ -964,12 +965,10 @@ impl Core {
         }
         for p in &learned {
             self.events
-                .push_back(Event::Management(Box::new(event::Body::RouteAdded(
-                    RouteInfo {
-                        prefix: p.to_string(),
-                        peer: name.clone(),
-                    },
-                ))));
+                .push_back(Event::management(event::Body::RouteAdded(RouteInfo {
+                    prefix: p.to_string(),
+                    peer: name.clone(),
+                })));
         }
         if self.role == NodeRole::RoleRelay
             && self.cfg.posture.announce_routes
@@ -1020,12 +1019,10 @@ impl Core {
         let name = self.link_name(id);
         for p in &gone {
             self.events
-                .push_back(Event::Management(Box::new(event::Body::RouteRemoved(
-                    RouteInfo {
-                        prefix: p.to_string(),
-                        peer: name.clone(),
-                    },
-                ))));
+                .push_back(Event::management(event::Body::RouteRemoved(RouteInfo {
+                    prefix: p.to_string(),
+                    peer: name.clone(),
+                })));
         }
         if self.role == NodeRole::RoleRelay {
             self.broadcast_except(

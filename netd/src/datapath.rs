@@ -91,14 +91,17 @@ pub struct LinkData {
     pub id: LinkId,
     pub counters: Counters,
     tx: Box<dyn PacketTx>,
+    /// What the link's TLS handshake negotiated, for `peers`.
+    pub tls: crate::tls::Negotiated,
 }
 
 impl LinkData {
-    pub fn new(id: LinkId, tx: Box<dyn PacketTx>) -> Self {
+    pub fn new(id: LinkId, tx: Box<dyn PacketTx>, tls: crate::tls::Negotiated) -> Self {
         Self {
             id,
             counters: Counters::default(),
             tx,
+            tls,
         }
     }
 

@@ -44,7 +44,7 @@ pub trait Link: Send + 'static {
     fn remote(&self) -> SocketAddr;
     /// Which transport this is.
     fn transport(&self) -> Transport;
-    /// What the TLS handshake negotiated.
+    /// What the TLS handshake negotiated (version, suite, group).
     fn tls(&self) -> &Negotiated;
     /// Sends one control message.
     async fn send_control(&mut self, msg: &ControlMessage) -> Result<()>;
@@ -137,7 +137,7 @@ pub async fn run_link<L: Link>(node: Arc<Node>, mut link: L, direction: Directio
     let transport = link.transport();
     let name = accepted.peer.name.clone();
     let id: LinkId = node.next_link_id();
-    let data = Arc::new(LinkData::new(id, link.packet_tx()));
+    let data = Arc::new(LinkData::new(id, link.packet_tx(), link.tls().clone()));
     let (control_tx, mut control_rx) = mpsc::channel(LINK_CONTROL_QUEUE);
     let close = CancellationToken::new();
     let up = LinkUp {
@@ -146,11 +146,6 @@ pub async fn run_link<L: Link>(node: Arc<Node>, mut link: L, direction: Directio
         transport,
         direction,
         connected_at_unix_s: crate::node::unix_ms() / 1000,
-        tls: Some(sapper_shared::proto::management::LinkTls {
-            version: link.tls().version.clone(),
-            cipher_suite: link.tls().cipher_suite.clone(),
-            kx_group: link.tls().kx_group.clone(),
-        }),
     };
     let handle = LinkHandle {
         data: data.clone(),

@@ -193,6 +193,11 @@ fn peer_info(node: &Node, v: LinkView, links: &Links) -> PeerInfo {
         info.packets_in = c.packets_in.load(Relaxed);
         info.packets_out = c.packets_out.load(Relaxed);
         info.drops = c.drops.load(Relaxed);
+        info.tls = Some(sapper_shared::proto::management::LinkTls {
+            version: l.data.tls.version.clone(),
+            cipher_suite: l.data.tls.cipher_suite.clone(),
+            kx_group: l.data.tls.kx_group.clone(),
+        });
     }
     info.exit_flows = node.exit.as_ref().map(|x| x.peer_flows(v.id.0));
     info

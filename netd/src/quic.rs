@@ -190,8 +190,12 @@ pub async fn connect(
     }));
     client.transport_config(transport_config(cfg));
     let timeout = Duration::from_millis(cfg.handshake_timeout_ms);
-    let connecting = endpoint.connect_with(client, addr, &target.server_name)?;
-    let conn = match tokio::time::timeout(timeout, connecting).await {
+    let conn = match tokio::time::timeout(
+        timeout,
+        endpoint.connect_with(client, addr, &target.server_name)?,
+    )
+    .await
+    {
         Err(_) => bail!("QUIC connect timed out"),
         Ok(Err(e)) if closed_by_handshake_failure(&e) => {
             let why = crate::tls::client_refusal(cfg.tls.key_exchange());
@@ -221,6 +225,7 @@ pub struct QuicLink {
     big_tx: mpsc::Sender<Bytes>,
     big_rx: Option<mpsc::Receiver<Bytes>>,
     tasks: JoinSet<()>,
+    /// What the TLS handshake negotiated.
     tls: Negotiated,
 }
 

@@ -75,6 +75,8 @@ impl Target {
     }
 
     /// The client TLS configuration for this peer and transport.
+    /// The TLS client config for this target, offering the key-exchange
+    /// groups `kx` allows (`netd.tls.key_exchange`).
     pub fn client_tls(
         &self,
         kx: sapper_shared::config::KeyExchange,

@@ -115,7 +115,7 @@ async fn accept_one(
     .await
     .context("WebSocket upgrade timed out")?
     .context("WebSocket upgrade failed")?;
-    let link = WsLink::new(ws, remote, binding, negotiated, node.cfg.peer_queue);
+    let link = WsLink::new(ws, remote, binding, node.cfg.peer_queue, negotiated);
     run_link(node, link, Direction::Inbound).await
 }
 
@@ -161,7 +161,7 @@ pub async fn connect(
     .await
     .context("WebSocket upgrade timed out")?
     .context("WebSocket upgrade failed")?;
-    Ok(WsLink::new(ws, addr, binding, negotiated, cfg.peer_queue))
+    Ok(WsLink::new(ws, addr, binding, cfg.peer_queue, negotiated))
 }
 
 /// True when the listener ended the TLS handshake with alert
@@ -196,8 +196,9 @@ pub struct WsLink<S> {
     writer: tokio::task::JoinHandle<()>,
     remote: SocketAddr,
     binding: ChannelBinding,
-    tls: Negotiated,
     inbound: Option<Inbound>,
+    /// What the TLS handshake negotiated.
+    tls: Negotiated,
 }
 
 impl<S> WsLink<S>
@@ -208,8 +209,8 @@ where
         ws: WebSocketStream<S>,
         remote: SocketAddr,
         binding: ChannelBinding,
-        tls: Negotiated,
         queue: usize,
+        tls: Negotiated,
     ) -> Self {
         let (sink, stream) = ws.split();
         let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
@@ -224,8 +225,8 @@ where
             writer,
             remote,
             binding,
-            tls,
             inbound: None,
+            tls,
         }
     }
 }

@@ -209,7 +209,6 @@ impl Sim {
             transport: Transport::Quic,
             direction,
             connected_at_unix_s: 0,
-            tls: None,
         };
         let now = self.now;
         self.nodes[d]
