@@ -23,6 +23,14 @@ gen() { # BASE OUT
             echo "# CAP_NET_BIND_SERVICE), or add socket units for sapper-netd@NAME.service."
             echo "# The PSK comes from /etc/sapper/NAME.psk."
         fi
+        echo "# Each instance has users of its own, so that one tunnel cannot reach another's"
+        echo "# privd or management socket: sapper-netd-NAME (group sapper-netd-NAME, which"
+        echo "# also owns this instance's sockets and config) and sapper-privd-NAME. Create"
+        echo "# them before the first start, and name them in /etc/sapper/NAME.toml"
+        echo "# (netd.user, privd.netd_user, privd.socket_group):"
+        echo "#   systemd-sysusers --inline 'g sapper-netd-NAME -' \\"
+        echo "#     'u sapper-netd-NAME -:sapper-netd-NAME \"Sapper netd NAME\" /var/lib/sapper/NAME' \\"
+        echo "#     'u sapper-privd-NAME - \"Sapper privd NAME\" -'"
         sed -e 's|^Description=\(.*\)|Description=\1 (instance %i)|' \
             -e 's|/etc/sapper/sapper\.toml|/etc/sapper/%i.toml|g' \
             -e 's|/run/sapper/\([a-z]*\)\.sock|/run/sapper/%i/\1.sock|g' \
@@ -32,6 +40,7 @@ gen() { # BASE OUT
             -e 's|^Service=sapper-netd\.service$|Service=sapper-netd@%i.service|' \
             -e 's|^StateDirectory=sapper$|StateDirectory=sapper/%i|' \
             -e 's|^LoadCredential=psk:/etc/sapper/psk$|LoadCredential=psk:/etc/sapper/%i.psk|' \
+            -e 's/^\(User\|Group\|SocketUser\|SocketGroup\)=\(sapper-netd\|sapper-privd\)$/\1=\2-%i/' \
             "$base"
     } >"$out"
 }

@@ -404,8 +404,15 @@ transport = "quic"
 address = "0.0.0.0:4434"'
 } | sed -e 's|/run/sapper/\([a-z]*\)\.sock|/run/sapper/second/\1.sock|' \
     -e 's|^state_dir = .*|state_dir = "/var/lib/sapper/second"|' \
-    -e 's|^name = "sap0"|name = "sap1"|' -e 's|^role = .*|role = "exit"|' >"$WORK/share/second.toml"
-in_c entry install -m 0640 -g sapper-netd /mnt/sapper/second.toml /etc/sapper/second.toml
+    -e 's|^name = "sap0"|name = "sap1"|' -e 's|^role = .*|role = "exit"|' \
+    -e 's|^user = "sapper-netd"|user = "sapper-netd-second"|' \
+    -e 's|^netd_user = "sapper-netd"|netd_user = "sapper-netd-second"|' >"$WORK/share/second.toml"
+# The instance's own users, as the template units' header says to create them.
+in_c entry systemd-sysusers --inline 'g sapper-netd-second -' \
+    'u sapper-netd-second -:sapper-netd-second "Sapper netd second" /var/lib/sapper/second' \
+    'u sapper-privd-second - "Sapper privd second" -' ||
+    fail "cannot create the users of instance second"
+in_c entry install -m 0640 -g sapper-netd-second /mnt/sapper/second.toml /etc/sapper/second.toml
 in_c entry sh -c "umask 077; printf '%s\n' '$PSK' > /etc/sapper/second.psk"
 in_c entry systemctl enable --now sapper-privd@second.socket sapper-netd@second.socket >/dev/null 2>&1
 in_c entry sapperctl --socket /run/sapper/second/netd.sock status >/dev/null 2>&1 || true
@@ -419,5 +426,24 @@ ip -n "$NS_B" -o link show sap1 >/dev/null || fail "instance second has no TUN s
 has . ip netns exec "$NS_B" ss -H -lun 'sport = :4434' || fail "instance second does not listen on 4434"
 in_c entry systemctl is-active -q sapper-netd.service || fail "the first instance stopped"
 log "instance second: active (READY), TUN sap1, listening on UDP 4434 next to the first tunnel"
+
+log "instance isolation: each instance's netd uid is shut out of the other's privd and management socket"
+[ "$(in_c entry stat -c %U:%G /run/sapper/second/privd.sock)" = sapper-privd-second:sapper-netd-second ] ||
+    fail "second's privd socket: $(in_c entry stat -c '%U:%G %a' /run/sapper/second/privd.sock)"
+for pair in "sapper-netd-second /run/sapper/privd.sock /run/sapper/netd.sock sapper-netd.service" \
+    "sapper-netd /run/sapper/second/privd.sock /run/sapper/second/netd.sock sapper-netd@second.service"; do
+    read -r who privd_sock mgmt_sock victim <<<"$pair"
+    as_other=(setpriv "--reuid=$who" "--regid=$who" --init-groups)
+    # privd: not even a connection, so no TUN fd, no route change, no status.
+    out=$(in_c entry "${as_other[@]}" sapperctl privd status --privd-socket "$privd_sock" 2>&1) &&
+        fail "$who reached $privd_sock: $out"
+    case "$out" in *"ermission denied"*) ;; *) fail "$who at $privd_sock: expected permission denied, got: $out" ;; esac
+    # The management socket: no change (shutdown) either.
+    out=$(in_c entry "${as_other[@]}" sapperctl --socket "$mgmt_sock" shutdown 2>&1) &&
+        fail "$who shut down the netd at $mgmt_sock: $out"
+    case "$out" in *"ermission denied"*) ;; *) fail "$who at $mgmt_sock: expected permission denied, got: $out" ;; esac
+    in_c entry systemctl is-active -q "$victim" || fail "$victim stopped after $who's attempts"
+done
+log "instance isolation: neither netd uid can open the other instance's privd socket or change its netd"
 
 log "nspawn boot test passed in $(( $(date +%s) - START )) s"

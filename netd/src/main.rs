@@ -28,7 +28,7 @@ use clap::Parser;
 use node::Node;
 use sapper_shared::config::{format_fingerprint, Config, NetdConfig, Transport};
 use sapper_shared::psk::Psk;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -132,9 +132,24 @@ fn run(args: Args) -> Result<()> {
     tracing::info!(%fingerprint, "certificate fingerprint (pin this on connecting peers)");
 
     let psk_file = cfg.node.psk_file.clone();
+    // No core dumps and no ptrace/proc access by the same uid: memory holds
+    // the PSK and the TLS key. Set again after the uid change (which resets
+    // the dumpable flag).
+    privs::no_core_dumps()?;
     let psk = match (&cfg.node.psk_file, &cfg.node.psk_env) {
-        (Some(f), _) => Some(psk_from_file(f).with_context(|| format!("{file}: node.psk_file"))?),
-        (None, Some(v)) => Some(psk_from_env(v).with_context(|| format!("{file}: node.psk_env"))?),
+        // systemd's credentials directory is private to the service.
+        (Some(f), _) if creds.as_deref().is_some_and(|c| f.starts_with(c)) => {
+            Some(psk_from_file(f, false).with_context(|| format!("{file}: node.psk_file"))?)
+        }
+        (Some(f), _) => {
+            Some(psk_from_file(f, true).with_context(|| format!("{file}: node.psk_file"))?)
+        }
+        (None, Some(v)) => {
+            let psk = psk_from_env(v).with_context(|| format!("{file}: node.psk_env"))?;
+            // Out of /proc/PID/environ for the rest of the process's life.
+            privs::scrub_env(v);
+            Some(psk)
+        }
         (None, None) => {
             tracing::warn!("no PSK configured: peers are checked by certificate pin or CA only");
             None
@@ -156,12 +171,23 @@ fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
+    // The uid privd may run as besides root (checked by SO_PEERCRED).
+    let privd_uid = match &netd.privd_user {
+        Some(u) => Some(
+            nix::unistd::User::from_name(u)?
+                .with_context(|| format!("{file}: netd.privd_user {u:?} does not exist"))?
+                .uid
+                .as_raw(),
+        ),
+        None => None,
+    };
     let bound = bind_all(&netd, target)?;
     privs::drop_all(target)?;
+    privs::no_core_dumps()?;
     tracing::info!(uid = %nix::unistd::getuid(), "dropped privileges; no capabilities held");
 
     let tun = match &netd.privd_socket {
-        Some(path) => Some(open_tun(path)?),
+        Some(path) => Some(open_tun(path, privd_uid)?),
         None => None,
     };
 
@@ -283,10 +309,33 @@ fn run(args: Args) -> Result<()> {
 }
 
 /// Reads the PSK from a file, straight into zeroizing memory.
-fn psk_from_file(path: &Path) -> Result<Psk> {
-    let raw = zeroize::Zeroizing::new(
-        std::fs::read(path).with_context(|| format!("cannot read PSK file {}", path.display()))?,
-    );
+///
+/// With `private`, a file group or others may read is refused with how to
+/// fix it; files in systemd's credentials directory are not checked (the
+/// directory is private to the service and the mode bits may show an ACL
+/// mask).
+fn psk_from_file(path: &Path, private: bool) -> Result<Psk> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read PSK file {shown}"))?;
+    // The mode of the file opened (fstat), not of whatever is at the path now.
+    let mode = file
+        .metadata()
+        .with_context(|| format!("fstat {shown}"))?
+        .mode();
+    if private && mode & 0o077 != 0 {
+        anyhow::bail!(
+            "PSK file {shown} is readable by group or others (mode {:04o}); fix it with: chmod 600 {shown}",
+            mode & 0o7777
+        );
+    }
+    // Bounded: a PSK is a line of text.
+    let mut raw = zeroize::Zeroizing::new(Vec::new());
+    file.take(64 * 1024)
+        .read_to_end(&mut raw)
+        .with_context(|| format!("cannot read PSK file {shown}"))?;
     Ok(Psk::new(raw)?)
 }
 
@@ -375,18 +424,43 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
         return Ok(Bound { quic, ws, mgmt });
     }
     let path = &netd.management_socket;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    // "Own user": the one netd runs as once it has dropped privileges.
+    let own = target.map_or(nix::unistd::geteuid().as_raw(), |t| t.uid.as_raw());
+    sapper_shared::sockdir::check_parent(path, own)?;
+    // Only a stale socket is ever removed, never a file someone put there.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+            .with_context(|| format!("removing stale {}", path.display()))?,
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a socket; refusing to remove it",
+            path.display()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing stale {}", path.display())),
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
     }
-    let mgmt = std::os::unix::net::UnixListener::bind(path)
-        .with_context(|| format!("binding the management socket {}", path.display()))?;
+    // Bound 0600 so nobody can connect before owner and mode are right.
+    // Owner and mode are then set by path: fchmod/fchown on a socket's fd
+    // change the sockfs inode, not the file connect(2) checks. The path is
+    // safe to use because the directory check above means only root or this
+    // user could have replaced it, and chown does not follow a symlink.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let mgmt =
+        bound.with_context(|| format!("binding the management socket {}", path.display()))?;
     mgmt.set_nonblocking(true)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", path.display()))?;
     let group = match &netd.management_group {
         Some(g) => Some(
             nix::unistd::Group::from_name(g)?
@@ -396,8 +470,14 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
         None => target.map(|t| t.gid),
     };
     if target.is_some() || group.is_some() {
-        nix::unistd::chown(path, target.map(|t| t.uid), group)
-            .with_context(|| format!("chown {}", path.display()))?;
+        nix::unistd::fchownat(
+            None,
+            path,
+            target.map(|t| t.uid),
+            group,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .with_context(|| format!("chown {}", path.display()))?;
     }
     Ok(Bound { quic, ws, mgmt })
 }
@@ -405,7 +485,7 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
 /// Asks privd for the TUN, waiting a while for privd to come up (both are
 /// often started together). Returns a constructor to run inside the runtime,
 /// where the fd can be registered with the reactor.
-fn open_tun(path: &Path) -> Result<impl FnOnce() -> Result<tun::Tun>> {
+fn open_tun(path: &Path, privd_uid: Option<u32>) -> Result<impl FnOnce() -> Result<tun::Tun>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut client = loop {
         match sapper_privd_client::PrivdClient::connect(path) {
@@ -417,6 +497,20 @@ fn open_tun(path: &Path) -> Result<impl FnOnce() -> Result<tun::Tun>> {
             Err(e) => return Err(e).context("connecting to privd"),
         }
     };
+    // Whatever answers at the path gets to hand netd its TUN: it must be
+    // root's (systemd's socket, or privd bound it as root) or privd's user.
+    let peer = client
+        .peer_uid()
+        .context("SO_PEERCRED of the privd socket")?;
+    if peer != 0 && Some(peer) != privd_uid {
+        anyhow::bail!(
+            "refusing the privd socket {}: it is served by uid {peer}, not root{}",
+            path.display(),
+            privd_uid
+                .map(|u| format!(" or netd.privd_user (uid {u})"))
+                .unwrap_or_default()
+        );
+    }
     let (fd, info) = client.open_tun().context("asking privd for the TUN")?;
     tracing::info!(tun = %info.name, mtu = info.mtu, "received the TUN from privd");
     Ok(move || {

@@ -25,14 +25,38 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
+/// Management connections open at once; more wait in the listen backlog.
+const MAX_CLIENTS: usize = 32;
+/// How long a client may sit between requests, and take over one request.
+const READ_DEADLINE: Duration = Duration::from_secs(60);
+/// First and longest pause after a failed accept (EMFILE and the like).
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
 pub async fn serve(node: Arc<Node>, listener: UnixListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let mut backoff = ACCEPT_BACKOFF.0;
     loop {
+        // A slot first: at the cap, new clients wait in the backlog.
+        let permit = tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         let stream = tokio::select! {
             _ = node.shutdown.cancelled() => return,
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok((s, _)) => {
+                    backoff = ACCEPT_BACKOFF.0;
+                    s
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "management accept failed");
+                    // Never straight back into accept: on EMFILE it would
+                    // fail again at once and spin.
+                    tracing::warn!(error = %e, pause_ms = backoff.as_millis() as u64, "management accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
                     continue;
                 }
             },
@@ -42,13 +66,24 @@ pub async fn serve(node: Arc<Node>, listener: UnixListener) {
             if let Err(e) = client(node, stream).await {
                 tracing::debug!(error = %format!("{e:#}"), "management client ended");
             }
+            drop(permit);
         });
     }
 }
 
-/// Reads one request through the shared frame decoder; `None` at a clean
-/// end of stream between requests.
+/// Reads one request within [`READ_DEADLINE`]; `None` at a clean end of
+/// stream between requests.
 async fn read_request(
+    stream: &mut UnixStream,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<Request>> {
+    tokio::time::timeout(READ_DEADLINE, read_frame(stream, decoder))
+        .await
+        .context("no complete request within the read deadline")?
+}
+
+/// Reads one request through the shared frame decoder.
+async fn read_frame(
     stream: &mut UnixStream,
     decoder: &mut FrameDecoder,
 ) -> Result<Option<Request>> {
@@ -106,12 +141,13 @@ fn access(body: &Req) -> Access {
 
 async fn client(node: Arc<Node>, mut stream: UnixStream) -> Result<()> {
     let cred = stream.peer_cred().context("SO_PEERCRED")?;
+    let groups = peer_groups(&stream);
     let may_write = may_change(
         cred.uid(),
         cred.gid(),
         nix::unistd::getuid().as_raw(),
         node.operator_gid,
-        supplementary_groups,
+        &groups,
     );
     let mut decoder = FrameDecoder::new(MAX_CONTROL_FRAME);
     while let Some(req) = read_request(&mut stream, &mut decoder).await? {
@@ -343,36 +379,51 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
 }
 
 /// Who may change things: root, netd's own uid, and members of the operator
-/// group (primary or supplementary). Everyone else who can reach the socket
-/// may only read.
+/// group (primary or supplementary, as the caller's process holds them).
+/// Everyone else who can reach the socket may only read.
 pub fn may_change(
     uid: u32,
     gid: u32,
     netd_uid: u32,
     operator_gid: Option<u32>,
-    groups_of: impl Fn(u32, u32) -> Vec<u32>,
+    groups: &[u32],
 ) -> bool {
     if uid == 0 || uid == netd_uid {
         return true;
     }
     match operator_gid {
-        Some(op) => gid == op || groups_of(uid, gid).contains(&op),
+        Some(op) => gid == op || groups.contains(&op),
         None => false,
     }
 }
 
-/// The account's groups from the group database. Reading it needs no
-/// privilege, and it reflects what a login for that uid would get.
-fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
-    let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
-        return vec![];
+/// The peer's supplementary groups as the kernel recorded them at connect
+/// time (SO_PEERGROUPS), not what the group database says now: a process
+/// that dropped the operator group has not got it. Empty on failure, which
+/// only ever takes write access away.
+fn peer_groups(stream: &UnixStream) -> Vec<u32> {
+    use std::os::fd::AsRawFd;
+    // Bounded: NGROUPS_MAX is 65536; ask for up to 1024 (a bigger list is
+    // refused by the kernel with ERANGE and then counts as none).
+    let mut buf = vec![0 as libc::gid_t; 1024];
+    let mut len = (buf.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+    // SAFETY: buf is live and len says its size in bytes; the kernel writes
+    // at most len bytes and stores the length it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERGROUPS,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
     };
-    let Ok(name) = std::ffi::CString::new(user.name) else {
-        return vec![];
-    };
-    nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid))
-        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
-        .unwrap_or_default()
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "SO_PEERGROUPS failed; treating the caller as in no group");
+        return Vec::new();
+    }
+    buf.truncate(len as usize / std::mem::size_of::<libc::gid_t>());
+    buf
 }
 
 fn denied_message(node: &Node) -> String {
@@ -544,9 +595,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_and_writes() {
+        use sapper_shared::proto::management as m;
+        assert_eq!(access(&Req::Status(Default::default())), Access::Read);
+        assert_eq!(access(&Req::Subscribe(Default::default())), Access::Read);
+        assert_eq!(access(&Req::Ping(m::PingRequest::default())), Access::Read);
+        assert_eq!(access(&Req::Shutdown(Default::default())), Access::Change);
+        assert_eq!(
+            access(&Req::RouteChange(RouteChangeRequest::default())),
+            Access::Change
+        );
+        assert_eq!(
+            access(&Req::Connect(ConnectRequest::default())),
+            Access::Change
+        );
+    }
+
+    #[test]
+    fn peer_groups_are_the_callers_own() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let a = UnixStream::from_std(a).unwrap();
+        let mut want: Vec<u32> = nix::unistd::getgroups()
+            .unwrap()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        let mut got = peer_groups(&a);
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn who_may_change() {
-        let none = |_: u32, _: u32| vec![];
-        let member = |_: u32, _: u32| vec![100, 4242];
+        let none: &[u32] = &[];
+        let member: &[u32] = &[100, 4242];
         // root and netd itself always
         assert!(may_change(0, 0, 999, None, none));
         assert!(may_change(999, 999, 999, None, none));

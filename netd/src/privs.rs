@@ -80,3 +80,37 @@ pub fn drop_all(target: Option<Target>) -> Result<()> {
     }
     Ok(())
 }
+
+/// No core dumps (RLIMIT_CORE 0) and not dumpable: a dump, ptrace or
+/// /proc/PID/mem by the same uid would expose the PSK and the TLS key.
+pub fn no_core_dumps() -> Result<()> {
+    nix::sys::prctl::set_dumpable(false).context("PR_SET_DUMPABLE 0")?;
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads one plain struct that lives across the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("RLIMIT_CORE 0");
+    }
+    Ok(())
+}
+
+/// Removes `var` from the environment, first overwriting its value in
+/// place: /proc/PID/environ shows the memory the process started with, which
+/// removing the variable alone leaves as it was. Call before any thread
+/// exists (the environment is not thread-safe).
+pub fn scrub_env(var: &str) {
+    if let Ok(name) = std::ffi::CString::new(var) {
+        // SAFETY: single-threaded here; getenv returns a pointer into the
+        // environment block (or null), and strlen bytes from it are the
+        // value, which is overwritten within its own length.
+        unsafe {
+            let value = libc::getenv(name.as_ptr());
+            if !value.is_null() {
+                std::ptr::write_bytes(value, b'x', libc::strlen(value));
+            }
+        }
+    }
+    std::env::remove_var(var);
+}

@@ -23,9 +23,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest reply accepted (a status with a long route list stays far below).
 const MAX_REPLY: usize = framing::MAX_CONTROL_FRAME;
 
-/// privd prefixes uid refusals with this; kept in step with privd's
-/// `authz::Denial::NotNetd` message (the integration test checks both ends).
-const DENIED_PREFIX: &str = "permission denied";
+pub use sapper_shared::proto::privd::ErrorCode;
 
 /// What can go wrong talking to privd.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +44,15 @@ pub enum PrivdError {
         /// The OS error or privd's message.
         detail: String,
     },
-    /// privd understood the request and said no (or the kernel did).
-    #[error("privd refused: {0}")]
-    Refused(String),
+    /// privd understood the request and said no (`code` says why; the
+    /// kernel's own refusals are [`ErrorCode::Failed`]).
+    #[error("privd refused ({code:?}): {detail}")]
+    Refused {
+        /// The typed reason.
+        code: ErrorCode,
+        /// privd's message.
+        detail: String,
+    },
     /// The reply was not what the protocol promises.
     #[error("privd protocol error: {0}")]
     Protocol(String),
@@ -98,6 +102,16 @@ impl PrivdClient {
             return Err(PrivdError::Io { path, source });
         }
         Ok(Self { stream, path })
+    }
+
+    /// The uid of the process that set up the listening end (SO_PEERCRED):
+    /// root or privd's own user for a real privd. Check it before trusting
+    /// an fd from this connection.
+    pub fn peer_uid(&self) -> Result<u32, PrivdError> {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        getsockopt(&self.stream, PeerCredentials)
+            .map(|c| c.uid())
+            .map_err(|e| self.io(io::Error::from(e)))
     }
 
     /// Asks for the TUN. Returns a close-on-exec duplicate of privd's TUN fd
@@ -167,13 +181,16 @@ impl PrivdClient {
         let reply: PrivResponse =
             framing::decode(&buf).map_err(|e| PrivdError::Protocol(e.to_string()))?;
         match reply.body {
-            Some(priv_response::Body::Error(msg)) if msg.starts_with(DENIED_PREFIX) => {
-                Err(PrivdError::PermissionDenied {
+            Some(priv_response::Body::Refused(r)) => match r.code() {
+                ErrorCode::PermissionDenied => Err(PrivdError::PermissionDenied {
                     path: self.path.clone(),
-                    detail: msg,
-                })
-            }
-            Some(priv_response::Body::Error(msg)) => Err(PrivdError::Refused(msg)),
+                    detail: r.detail,
+                }),
+                code => Err(PrivdError::Refused {
+                    code,
+                    detail: r.detail,
+                }),
+            },
             Some(b) => Ok((b, fds)),
             None => Err(PrivdError::Protocol("empty reply".into())),
         }
@@ -283,7 +300,7 @@ fn unexpected(wanted: &str, got: &priv_response::Body) -> PrivdError {
         priv_response::Body::TunOpened(_) => "TunOpened",
         priv_response::Body::RouteChanged(_) => "RouteChanged",
         priv_response::Body::Status(_) => "PrivStatus",
-        priv_response::Body::Error(_) => "Error",
+        priv_response::Body::Refused(_) => "Refused",
     };
     PrivdError::Protocol(format!("expected {wanted}, got {got}"))
 }
@@ -325,20 +342,27 @@ mod tests {
         (path, handle)
     }
 
+    fn refusal(code: ErrorCode, detail: &str) -> PrivResponse {
+        PrivResponse {
+            body: Some(priv_response::Body::Refused(
+                sapper_shared::proto::privd::Refusal {
+                    code: code as i32,
+                    detail: detail.into(),
+                },
+            )),
+        }
+    }
+
     #[test]
     fn error_replies_map_to_refused_or_permission_denied() {
         let (path, h) = fake_privd(
             "refused",
-            PrivResponse {
-                body: Some(priv_response::Body::Error(
-                    "11.0.0.0/8 is not inside".into(),
-                )),
-            },
+            refusal(ErrorCode::RouteNotAllowed, "11.0.0.0/8 is not inside"),
         );
         let mut c = PrivdClient::connect(&path).unwrap();
         let e = c.route_change("11.0.0.0/8", true).unwrap_err();
         assert!(
-            matches!(e, PrivdError::Refused(ref m) if m.contains("not inside")),
+            matches!(e, PrivdError::Refused { code: ErrorCode::RouteNotAllowed, ref detail } if detail.contains("not inside")),
             "{e:?}"
         );
         let sent: PrivRequest = framing::decode(&h.join().unwrap()).unwrap();
@@ -347,16 +371,30 @@ mod tests {
             Some(priv_request::Body::RouteChange(ref rc)) if rc.prefix == "11.0.0.0/8" && rc.add
         ));
 
-        let (path, _h) = fake_privd(
-            "denied",
-            PrivResponse {
-                body: Some(priv_response::Body::Error(
-                    "permission denied: only netd's uid may use privd".into(),
-                )),
-            },
-        );
+        // The code decides, not the text.
+        let (path, _h) = fake_privd("denied", refusal(ErrorCode::PermissionDenied, "no"));
         let e = PrivdClient::connect(&path).unwrap().status().unwrap_err();
         assert!(matches!(e, PrivdError::PermissionDenied { .. }), "{e:?}");
+        let (path, _h) = fake_privd(
+            "text",
+            refusal(ErrorCode::Failed, "permission denied: kernel"),
+        );
+        let e = PrivdClient::connect(&path).unwrap().status().unwrap_err();
+        let failed = matches!(
+            e,
+            PrivdError::Refused {
+                code: ErrorCode::Failed,
+                ..
+            }
+        );
+        assert!(failed, "{e:?}");
+    }
+
+    #[test]
+    fn peer_uid_is_the_listeners() {
+        let (path, _h) = fake_privd("peer", refusal(ErrorCode::Failed, "x"));
+        let c = PrivdClient::connect(&path).unwrap();
+        assert_eq!(c.peer_uid().unwrap(), nix::unistd::getuid().as_raw());
     }
 
     #[test]

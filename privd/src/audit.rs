@@ -4,7 +4,58 @@
 
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Audit lines written at once before the rate bound applies.
+const BURST: u64 = 200;
+/// Audit lines per second allowed after the burst.
+const PER_SECOND: u64 = 50;
+
+/// Bounds the audit output (a token bucket), so that a caller flooding
+/// privd with requests cannot flood the journal; what it leaves out is
+/// counted, reported in the next line written and in the status reply.
+#[derive(Debug)]
+pub struct RateBound {
+    tokens: u64,
+    last: Instant,
+    pending: u64,
+    total: u64,
+}
+
+impl RateBound {
+    /// A full bucket.
+    pub fn new(now: Instant) -> Self {
+        RateBound {
+            tokens: BURST,
+            last: now,
+            pending: 0,
+            total: 0,
+        }
+    }
+
+    /// `Some(n)`: write this line, after saying that `n` were left out since
+    /// the last one written; `None`: leave it out (it is counted).
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        let refill =
+            now.saturating_duration_since(self.last).as_millis() as u64 * PER_SECOND / 1000;
+        if refill > 0 {
+            self.tokens = self.tokens.saturating_add(refill).min(BURST);
+            self.last = now;
+        }
+        if self.tokens == 0 {
+            self.pending += 1;
+            self.total += 1;
+            return None;
+        }
+        self.tokens -= 1;
+        Some(std::mem::take(&mut self.pending))
+    }
+
+    /// Lines left out since start.
+    pub fn suppressed(&self) -> u64 {
+        self.total
+    }
+}
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +236,32 @@ mod tests {
         assert_eq!(at(951_782_400), "2000-02-29T00:00:00.000Z");
         assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59.000Z");
         assert_eq!(at(1_709_210_096), "2024-02-29T12:34:56.000Z");
+    }
+
+    #[test]
+    fn rate_bound_counts_what_it_leaves_out() {
+        let t0 = Instant::now();
+        let mut b = RateBound::new(t0);
+        for _ in 0..BURST {
+            assert_eq!(b.admit(t0), Some(0));
+        }
+        assert_eq!(b.admit(t0), None);
+        assert_eq!(b.admit(t0), None);
+        assert_eq!(b.suppressed(), 2);
+        // 100 ms later five more are allowed; the first says two were cut.
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(b.admit(t1), Some(2));
+        for _ in 1..PER_SECOND / 10 {
+            assert_eq!(b.admit(t1), Some(0));
+        }
+        assert_eq!(b.admit(t1), None);
+        // A long quiet spell refills to the burst, no further.
+        let t2 = t1 + Duration::from_secs(3600);
+        for _ in 0..BURST {
+            assert!(b.admit(t2).is_some());
+        }
+        assert_eq!(b.admit(t2), None);
+        assert_eq!(b.suppressed(), 4);
     }
 
     #[test]

@@ -1,211 +1,419 @@
-//! Who may ask privd for what, and which routes may be granted. Everything
-//! here is a pure function of the request, the peer and the configuration so
-//! that the whole policy can be reviewed and unit tested without a socket.
+//! The whole of privd's policy: one pure function, [`decide`], over what
+//! privd holds ([`State`]), who asks ([`Caller`]) and what is asked
+//! ([`Request`]). No socket, no kernel, no clock: every rule is unit tested
+//! below, and server.rs only carries out what [`decide`] returns.
 
 use ipnet::IpNet;
+use sapper_shared::proto::privd::ErrorCode;
+use std::collections::BTreeSet;
 
-/// The request kinds privd understands, plus one for everything else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestKind {
+/// Connections netd's uid may hold at once (its reserved slots).
+pub const NETD_CONNECTIONS: usize = 8;
+/// Connections any other uid may hold at once.
+pub const OTHER_PER_UID: usize = 2;
+/// Connections all other uids together may hold at once.
+pub const OTHER_TOTAL: usize = 16;
+
+/// What a caller asks, already decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A new connection wants a slot.
+    Connect,
     /// Hand out the TUN fd.
     OpenTun,
-    /// Add or remove one route on the TUN.
-    RouteChange,
+    /// Add (`add`) or remove one route on the TUN.
+    RouteChange {
+        /// The prefix as sent.
+        prefix: String,
+        /// Add or remove.
+        add: bool,
+    },
     /// Report what privd holds.
     Status,
-    /// Empty, undecodable or of a kind this privd does not know.
+    /// Empty, undecodable, oversize or of a kind this privd does not know.
     Unknown,
 }
 
-impl RequestKind {
+impl Request {
     /// The name used in audit records.
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
-            RequestKind::OpenTun => "open_tun",
-            RequestKind::RouteChange => "route_change",
-            RequestKind::Status => "status",
-            RequestKind::Unknown => "unknown",
+            Request::Connect => "connect",
+            Request::OpenTun => "open_tun",
+            Request::RouteChange { .. } => "route_change",
+            Request::Status => "status",
+            Request::Unknown => "unknown",
         }
     }
 }
 
-/// Who may talk to privd. A struct rather than a bare uid so that, say, a
-/// list of read-only status uids can be added without touching callers.
-#[derive(Debug, Clone)]
-pub struct AccessPolicy {
+/// Who asks: the uid from SO_PEERCRED, and how many connections that uid
+/// and everyone else hold now (the new one not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// SO_PEERCRED uid.
+    pub uid: u32,
+    /// Connections open from this uid.
+    pub open_own: usize,
+    /// Connections open from all uids other than netd's.
+    pub open_others: usize,
+}
+
+/// What privd holds and was configured with.
+#[derive(Debug, Clone, Copy)]
+pub struct State<'a> {
     /// The one uid netd runs as.
     pub netd_uid: u32,
+    /// privd.tun.allowed_routes.
+    pub allowed: &'a [IpNet],
+    /// privd.tun.routes: the operator's.
+    pub configured: &'a BTreeSet<IpNet>,
+    /// Every route privd installed (configured ones included).
+    pub installed: &'a BTreeSet<IpNet>,
+    /// privd.tun.max_routes: how many routes netd may hold.
+    pub max_routes: usize,
+}
+
+/// What to carry out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Give the connection a slot; `one_reply` closes it after one reply.
+    Admit {
+        /// True for every uid but netd's.
+        one_reply: bool,
+    },
+    /// Send a duplicate of the TUN fd.
+    OpenTun,
+    /// Add the route (an already installed one is re-confirmed).
+    AddRoute(IpNet, IpNet),
+    /// Remove a route privd installed for netd.
+    DelRoute(IpNet, IpNet),
+    /// Answer with the status.
+    Status,
 }
 
 /// Why a request was refused before anything was attempted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Denial {
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
     /// The peer is not netd.
+    #[error("permission denied: only netd's uid may use privd")]
     NotNetd,
+    /// The caller holds all the connections it may.
+    #[error("too many connections from uid {0}")]
+    TooManyConnections(u32),
     /// The request could not be understood.
+    #[error("unknown or malformed request")]
     Malformed,
+    /// The text is not a CIDR prefix.
+    #[error("not a CIDR prefix")]
+    Unparsable,
+    /// Bits set below the prefix length.
+    #[error("prefix has host bits set (did you mean {0}?)")]
+    HostBits(IpNet),
+    /// Not inside any allowed prefix.
+    #[error("{0} is not inside privd.tun.allowed_routes")]
+    NotAllowed(IpNet),
+    /// Configured in privd.tun.routes.
+    #[error("{0} is configured in privd.tun.routes; privd keeps it")]
+    Configured(IpNet),
+    /// Removal of a route privd did not install.
+    #[error("{0} is not a route privd installed")]
+    NotInstalled(IpNet),
+    /// netd already holds max_routes routes.
+    #[error("netd already holds {0} routes (privd.tun.max_routes)")]
+    RouteLimit(usize),
 }
 
-impl Denial {
-    /// The text sent back to the peer and written to the audit log.
-    ///
-    /// The `permission denied:` prefix is part of the protocol: the client
-    /// library maps it to its permission-denied error.
-    pub fn message(self) -> &'static str {
+impl Refusal {
+    /// The typed code sent with the refusal.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Denial::NotNetd => "permission denied: only netd's uid may use privd",
-            Denial::Malformed => "unknown or malformed request",
+            Refusal::NotNetd | Refusal::TooManyConnections(_) => ErrorCode::PermissionDenied,
+            Refusal::Malformed => ErrorCode::Malformed,
+            Refusal::Unparsable | Refusal::HostBits(_) | Refusal::NotAllowed(_) => {
+                ErrorCode::RouteNotAllowed
+            }
+            Refusal::Configured(_) => ErrorCode::RouteConfigured,
+            Refusal::NotInstalled(_) => ErrorCode::RouteNotInstalled,
+            Refusal::RouteLimit(_) => ErrorCode::RouteLimit,
         }
     }
 }
 
-/// The outcome of [`authorize`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Go on and try the request.
-    Allow,
-    /// Refuse without doing anything.
-    Deny(Denial),
-}
-
-/// Decides whether `peer_uid` may make a request of `kind`.
+/// Every policy decision privd makes.
 ///
-/// Status is read-only and answers anyone who can reach the socket (its mode
-/// and group already decide who that is), so operators can run
-/// `sapperctl privd status`. Everything that changes state is netd's alone.
-/// Root gets no special treatment: a root shell that wants a route must go
-/// through netd (or run netd as root, which makes netd_uid 0).
-pub fn authorize(kind: RequestKind, peer_uid: u32, policy: &AccessPolicy) -> Decision {
-    match kind {
-        RequestKind::Unknown => Decision::Deny(Denial::Malformed),
-        RequestKind::Status => Decision::Allow,
-        RequestKind::OpenTun | RequestKind::RouteChange => {
-            if peer_uid == policy.netd_uid {
-                Decision::Allow
-            } else {
-                Decision::Deny(Denial::NotNetd)
+/// - Connections: netd's uid has [`NETD_CONNECTIONS`] slots of its own; any
+///   other uid at most [`OTHER_PER_UID`], all of them together at most
+///   [`OTHER_TOTAL`], each closed after one reply. So no member of the socket
+///   group can lock netd out.
+/// - Status is read-only and answers anyone who reached the socket (its mode
+///   and group decide who that is). Everything else is netd's alone; root
+///   gets nothing unless netd runs as root.
+/// - Routes: only inside allowed_routes, never one in privd.tun.routes (a
+///   netd that leaves the entry role cannot take the operator's routes
+///   away), removals only of routes privd installed, and at most
+///   max_routes of them.
+pub fn decide(state: &State<'_>, caller: &Caller, req: &Request) -> Result<Action, Refusal> {
+    let netd = caller.uid == state.netd_uid;
+    match req {
+        Request::Connect if netd => match caller.open_own < NETD_CONNECTIONS {
+            true => Ok(Action::Admit { one_reply: false }),
+            false => Err(Refusal::TooManyConnections(caller.uid)),
+        },
+        Request::Connect => {
+            match caller.open_own < OTHER_PER_UID && caller.open_others < OTHER_TOTAL {
+                true => Ok(Action::Admit { one_reply: true }),
+                false => Err(Refusal::TooManyConnections(caller.uid)),
+            }
+        }
+        Request::Unknown => Err(Refusal::Malformed),
+        Request::Status => Ok(Action::Status),
+        Request::OpenTun | Request::RouteChange { .. } if !netd => Err(Refusal::NotNetd),
+        Request::OpenTun => Ok(Action::OpenTun),
+        Request::RouteChange { prefix, add } => {
+            let (net, within) = check_route(prefix, state.configured, state.allowed)?;
+            let held = state.installed.contains(&net);
+            match (add, held) {
+                (true, true) => Ok(Action::AddRoute(net, within)),
+                (true, false) => {
+                    let netds = state.installed.difference(state.configured).count();
+                    match netds < state.max_routes {
+                        true => Ok(Action::AddRoute(net, within)),
+                        false => Err(Refusal::RouteLimit(state.max_routes)),
+                    }
+                }
+                (false, true) => Ok(Action::DelRoute(net, within)),
+                (false, false) => Err(Refusal::NotInstalled(net)),
             }
         }
     }
 }
 
-/// Why a route was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RouteRefusal {
-    /// The text is not a CIDR prefix.
-    #[error("not a CIDR prefix")]
-    Unparsable,
-    /// Bits are set below the prefix length; the kernel would reject or
-    /// silently truncate it, so we refuse it outright.
-    #[error("prefix has host bits set (did you mean {0}?)")]
-    HostBits(IpNet),
-    /// The prefix is not within any allowed prefix.
-    #[error("{0} is not inside privd.tun.allowed_routes")]
-    NotAllowed(IpNet),
-}
-
-/// Parses a requested prefix and checks it against the allow-list.
-/// Returns the prefix and the allowed prefix that contains it.
-pub fn check_route(prefix: &str, allowed: &[IpNet]) -> Result<(IpNet, IpNet), RouteRefusal> {
-    let net: IpNet = prefix
-        .trim()
-        .parse()
-        .map_err(|_| RouteRefusal::Unparsable)?;
+/// Parses a requested prefix, keeps the operator's routes out and checks it
+/// against the allow-list; returns the prefix and the allowed prefix that
+/// contains it.
+fn check_route(
+    prefix: &str,
+    configured: &BTreeSet<IpNet>,
+    allowed: &[IpNet],
+) -> Result<(IpNet, IpNet), Refusal> {
+    let net: IpNet = prefix.trim().parse().map_err(|_| Refusal::Unparsable)?;
     if net.trunc() != net {
-        return Err(RouteRefusal::HostBits(net.trunc()));
+        return Err(Refusal::HostBits(net.trunc()));
     }
-    if !sapper_shared::config::prefix_allowed(&net, allowed) {
-        return Err(RouteRefusal::NotAllowed(net));
+    if configured.contains(&net) {
+        return Err(Refusal::Configured(net));
     }
-    // prefix_allowed said yes, so one of them contains it.
-    let within = allowed
+    allowed
         .iter()
         .find(|a| a.contains(&net))
-        .copied()
-        .ok_or(RouteRefusal::NotAllowed(net))?;
-    Ok((net, within))
+        .map(|within| (net, *within))
+        .ok_or(Refusal::NotAllowed(net))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn nets(list: &[&str]) -> Vec<IpNet> {
+    const NETD: u32 = 998;
+
+    fn nets(list: &[&str]) -> BTreeSet<IpNet> {
         list.iter().map(|s| s.parse().unwrap()).collect()
     }
 
-    #[test]
-    fn only_netd_uid_may_change_anything() {
-        let p = AccessPolicy { netd_uid: 998 };
-        for uid in [0, 998, 4242] {
-            assert_eq!(authorize(RequestKind::Status, uid, &p), Decision::Allow);
+    struct Fixture {
+        allowed: Vec<IpNet>,
+        configured: BTreeSet<IpNet>,
+        installed: BTreeSet<IpNet>,
+        max: usize,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let configured = nets(&["10.78.0.0/24"]);
+            let mut installed = configured.clone();
+            installed.insert("10.80.1.0/24".parse().unwrap());
+            Fixture {
+                allowed: nets(&["10.78.0.0/16", "10.80.0.0/16", "fd80::/48"])
+                    .into_iter()
+                    .collect(),
+                configured,
+                installed,
+                max: 2,
+            }
         }
-        for kind in [RequestKind::OpenTun, RequestKind::RouteChange] {
-            assert_eq!(authorize(kind, 998, &p), Decision::Allow, "{kind:?}");
-            assert_eq!(
-                authorize(kind, 0, &p),
-                Decision::Deny(Denial::NotNetd),
-                "root is not netd"
-            );
-            assert_eq!(authorize(kind, 4242, &p), Decision::Deny(Denial::NotNetd));
+
+        fn decide(&self, uid: u32, req: Request) -> Result<Action, Refusal> {
+            let state = State {
+                netd_uid: NETD,
+                allowed: &self.allowed,
+                configured: &self.configured,
+                installed: &self.installed,
+                max_routes: self.max,
+            };
+            let caller = Caller {
+                uid,
+                open_own: 0,
+                open_others: 0,
+            };
+            decide(&state, &caller, &req)
         }
     }
 
+    fn route(prefix: &str, add: bool) -> Request {
+        Request::RouteChange {
+            prefix: prefix.into(),
+            add,
+        }
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
     #[test]
-    fn root_is_allowed_only_when_netd_is_root() {
-        let p = AccessPolicy { netd_uid: 0 };
-        assert_eq!(authorize(RequestKind::OpenTun, 0, &p), Decision::Allow);
+    fn only_netd_changes_anything_and_status_is_open() {
+        let f = Fixture::new();
+        for uid in [0, NETD, 4242] {
+            assert_eq!(f.decide(uid, Request::Status), Ok(Action::Status));
+            assert_eq!(f.decide(uid, Request::Unknown), Err(Refusal::Malformed));
+        }
+        assert_eq!(f.decide(NETD, Request::OpenTun), Ok(Action::OpenTun));
+        for uid in [0, 4242] {
+            assert_eq!(f.decide(uid, Request::OpenTun), Err(Refusal::NotNetd));
+            let r = f.decide(uid, route("10.80.2.0/24", true));
+            assert_eq!(r, Err(Refusal::NotNetd), "root is not netd");
+        }
+        assert_eq!(Refusal::NotNetd.code(), ErrorCode::PermissionDenied);
+    }
+
+    #[test]
+    fn connection_slots_keep_netd_served() {
+        let f = Fixture::new();
+        let state = State {
+            netd_uid: NETD,
+            allowed: &f.allowed,
+            configured: &f.configured,
+            installed: &f.installed,
+            max_routes: f.max,
+        };
+        let at = |uid, open_own, open_others| {
+            let c = Caller {
+                uid,
+                open_own,
+                open_others,
+            };
+            decide(&state, &c, &Request::Connect)
+        };
+        // Others: two each, sixteen in all, one reply each.
+        assert_eq!(at(4242, 0, 0), Ok(Action::Admit { one_reply: true }));
+        assert_eq!(at(4242, 1, 5), Ok(Action::Admit { one_reply: true }));
+        assert_eq!(at(4242, 2, 5), Err(Refusal::TooManyConnections(4242)));
         assert_eq!(
-            authorize(RequestKind::OpenTun, 1, &p),
-            Decision::Deny(Denial::NotNetd)
+            at(4243, 0, OTHER_TOTAL),
+            Err(Refusal::TooManyConnections(4243))
         );
-    }
-
-    #[test]
-    fn unknown_requests_are_refused_for_everyone() {
-        let p = AccessPolicy { netd_uid: 998 };
-        for uid in [0, 998, 4242] {
-            assert_eq!(
-                authorize(RequestKind::Unknown, uid, &p),
-                Decision::Deny(Denial::Malformed)
-            );
-        }
-        assert!(Denial::NotNetd.message().starts_with("permission denied:"));
+        // netd: its own slots, whatever the others hold, kept open.
+        let netd_ok = Ok(Action::Admit { one_reply: false });
+        assert_eq!(at(NETD, 0, OTHER_TOTAL), netd_ok);
+        assert_eq!(at(NETD, NETD_CONNECTIONS - 1, OTHER_TOTAL), netd_ok);
+        assert_eq!(
+            at(NETD, NETD_CONNECTIONS, 0),
+            Err(Refusal::TooManyConnections(NETD))
+        );
     }
 
     #[test]
     fn routes_inside_the_allow_list_are_granted() {
-        let allowed = nets(&["10.0.0.0/8", "fd00:1::/32"]);
-        let (net, within) = check_route("10.1.0.0/16", &allowed).unwrap();
-        assert_eq!(net.to_string(), "10.1.0.0/16");
-        assert_eq!(within.to_string(), "10.0.0.0/8");
-        assert!(
-            check_route("10.0.0.0/8", &allowed).is_ok(),
-            "the whole prefix"
+        let f = Fixture::new();
+        let (a, b) = (net("10.80.2.0/24"), net("10.80.0.0/16"));
+        assert_eq!(
+            f.decide(NETD, route("10.80.2.0/24", true)),
+            Ok(Action::AddRoute(a, b))
         );
-        assert!(check_route("fd00:1:2::/48", &allowed).is_ok());
-        assert!(check_route(" 10.9.9.0/24 ", &allowed).is_ok());
+        assert_eq!(
+            f.decide(NETD, route(" 10.80.2.0/24 ", true)),
+            Ok(Action::AddRoute(a, b))
+        );
+        let v6 = net("fd80:0:0:5::/64");
+        assert_eq!(
+            f.decide(NETD, route("fd80:0:0:5::/64", true)),
+            Ok(Action::AddRoute(v6, net("fd80::/48")))
+        );
+        // Re-adding one privd holds is fine (netd restarted).
+        let held = net("10.80.1.0/24");
+        assert_eq!(
+            f.decide(NETD, route("10.80.1.0/24", true)),
+            Ok(Action::AddRoute(held, b))
+        );
     }
 
     #[test]
     fn routes_outside_or_malformed_are_refused() {
-        let allowed = nets(&["10.0.0.0/8"]);
-        let refused = |p: &str| check_route(p, &allowed).unwrap_err();
-        assert!(matches!(refused("0.0.0.0/0"), RouteRefusal::NotAllowed(_)));
-        assert!(matches!(refused("10.0.0.0/7"), RouteRefusal::NotAllowed(_)));
-        assert!(matches!(refused("11.0.0.0/8"), RouteRefusal::NotAllowed(_)));
-        assert!(matches!(refused("::/0"), RouteRefusal::NotAllowed(_)));
-        assert_eq!(refused("10.0.0.1"), RouteRefusal::Unparsable);
-        assert_eq!(refused(""), RouteRefusal::Unparsable);
-        assert_eq!(refused("10.0.0.0/33"), RouteRefusal::Unparsable);
-        assert_eq!(refused("eth0"), RouteRefusal::Unparsable);
+        let f = Fixture::new();
+        let refused = |p: &str| f.decide(NETD, route(p, true)).unwrap_err();
+        for p in ["0.0.0.0/0", "10.0.0.0/8", "11.0.0.0/8", "::/0"] {
+            assert_eq!(refused(p), Refusal::NotAllowed(net(p)), "{p}");
+        }
+        for p in ["10.0.0.1", "", "10.0.0.0/33", "eth0"] {
+            assert_eq!(refused(p), Refusal::Unparsable, "{p}");
+        }
         assert_eq!(
-            refused("10.1.2.3/16"),
-            RouteRefusal::HostBits("10.1.0.0/16".parse().unwrap())
+            refused("10.80.2.3/16"),
+            Refusal::HostBits(net("10.80.0.0/16"))
         );
-        assert!(matches!(
-            check_route("10.1.0.0/16", &[]),
-            Err(RouteRefusal::NotAllowed(_))
-        ));
+        assert_eq!(
+            Refusal::HostBits(net("10.0.0.0/8")).code(),
+            ErrorCode::RouteNotAllowed
+        );
+    }
+
+    #[test]
+    fn configured_routes_stay_the_operators() {
+        let f = Fixture::new();
+        for add in [true, false] {
+            let r = f.decide(NETD, route("10.78.0.0/24", add));
+            assert_eq!(r, Err(Refusal::Configured(net("10.78.0.0/24"))));
+        }
+        assert_eq!(
+            Refusal::Configured(net("10.78.0.0/24")).code(),
+            ErrorCode::RouteConfigured
+        );
+    }
+
+    #[test]
+    fn netd_removes_only_what_privd_added() {
+        let f = Fixture::new();
+        let held = net("10.80.1.0/24");
+        assert_eq!(
+            f.decide(NETD, route("10.80.1.0/24", false)),
+            Ok(Action::DelRoute(held, net("10.80.0.0/16")))
+        );
+        let other = net("10.80.9.0/24");
+        let r = f.decide(NETD, route("10.80.9.0/24", false));
+        assert_eq!(r, Err(Refusal::NotInstalled(other)));
+        assert_eq!(
+            Refusal::NotInstalled(other).code(),
+            ErrorCode::RouteNotInstalled
+        );
+    }
+
+    #[test]
+    fn netd_holds_at_most_max_routes() {
+        let mut f = Fixture::new();
+        // One of netd's held, max two: one more fits.
+        assert!(f.decide(NETD, route("10.80.2.0/24", true)).is_ok());
+        f.installed.insert(net("10.80.2.0/24"));
+        let r = f.decide(NETD, route("10.80.3.0/24", true));
+        assert_eq!(r, Err(Refusal::RouteLimit(2)));
+        assert_eq!(Refusal::RouteLimit(2).code(), ErrorCode::RouteLimit);
+        // Re-adding and removing still work at the cap.
+        assert!(f.decide(NETD, route("10.80.2.0/24", true)).is_ok());
+        assert!(f.decide(NETD, route("10.80.2.0/24", false)).is_ok());
+        // Configured routes do not count against netd's cap.
+        f.max = 0;
+        f.installed = f.configured.clone();
+        let r = f.decide(NETD, route("10.80.3.0/24", true));
+        assert_eq!(r, Err(Refusal::RouteLimit(0)));
     }
 }

@@ -28,6 +28,9 @@ pub enum SocketError {
     /// The socket systemd passed is not a listening Unix stream socket.
     #[error("the passed socket is not a listening Unix stream socket")]
     NotListening,
+    /// The socket's directory is not safe.
+    #[error(transparent)]
+    Dir(#[from] sapper_shared::sockdir::SocketDirError),
     /// The configured group does not exist.
     #[error("privd.socket_group {0:?}: no such group")]
     NoGroup(String),
@@ -68,6 +71,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, SocketErro
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
             .map_err(io_err("chmod directory for"))?;
     }
+    sapper_shared::sockdir::check_parent(path, nix::unistd::geteuid().as_raw())?;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
@@ -90,7 +94,10 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, SocketErro
             .flatten()
             .ok_or_else(|| SocketError::NoGroup(name.to_string()))?
             .gid;
-        nix::unistd::chown(path, None, Some(gid))
+        // By path (fchown on a socket fd changes the sockfs inode, not the
+        // file), which the directory check makes safe; no symlink followed.
+        let nofollow = nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW;
+        nix::unistd::fchownat(None, path, None, Some(gid), nofollow)
             .map_err(|e| io_err("chown")(io::Error::from(e)))?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))

@@ -6,7 +6,7 @@
 //! `PROBE_ENV` set, which turns the `probe_child` test into a tiny client.
 
 use nix::libc;
-use sapper_privd_client::{PrivdClient, PrivdError};
+use sapper_privd_client::{ErrorCode, PrivdClient, PrivdError};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PROBE_ENV: &str = "SAPPER_PRIVD_PROBE_SOCKET";
+const HOLD_ENV: &str = "SAPPER_PRIVD_PROBE_HOLD";
 const PROBE_UID: u32 = 4242;
 const NOGROUP: u32 = 65534;
 
@@ -31,6 +32,16 @@ const NOGROUP: u32 = 65534;
 fn probe_child() {
     let path = std::env::var(PROBE_ENV)
         .unwrap_or_else(|_| panic!("probe_child runs only under probe_as ({PROBE_ENV} unset)"));
+    if std::env::var_os(HOLD_ENV).is_some() {
+        // The lock-out attempt: 64 idle connections, held until stdin closes.
+        let held: Vec<UnixStream> = (0..64)
+            .filter_map(|_| UnixStream::connect(&path).ok())
+            .collect();
+        println!("PROBE held {}", held.len());
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stdin().read(&mut [0u8; 1]);
+        return;
+    }
     let open = PrivdClient::connect(&path).and_then(|mut c| c.open_tun().map(|_| ()));
     println!("PROBE open_tun: {}", outcome(open));
     let status = PrivdClient::connect(&path).and_then(|mut c| c.status().map(|_| ()));
@@ -41,7 +52,7 @@ fn outcome(r: Result<(), PrivdError>) -> String {
     match r {
         Ok(()) => "ok".into(),
         Err(PrivdError::PermissionDenied { detail, .. }) => format!("permission-denied {detail}"),
-        Err(PrivdError::Refused(m)) => format!("refused {m}"),
+        Err(PrivdError::Refused { code, detail }) => format!("refused {code:?} {detail}"),
         Err(e) => format!("other {e}"),
     }
 }
@@ -266,7 +277,7 @@ fn error_text(body: &[u8]) -> String {
     use sapper_shared::proto::privd::{priv_response, PrivResponse};
     let r: PrivResponse = sapper_shared::framing::decode(body).unwrap();
     match r.body {
-        Some(priv_response::Body::Error(m)) => m,
+        Some(priv_response::Body::Refused(r)) => format!("{:?} {}", r.code(), r.detail),
         other => panic!("expected an error reply, got {other:?}"),
     }
 }
@@ -369,17 +380,20 @@ fn privd_end_to_end() {
     // Outside the allow-list, or not privd's: refused, nothing changes.
     for bad in ["10.81.0.0/24", "0.0.0.0/0", "fd81::/64"] {
         match c.route_change(bad, true) {
-            Err(PrivdError::Refused(m)) => assert!(m.contains("allowed_routes"), "{m}"),
+            Err(PrivdError::Refused {
+                code: ErrorCode::RouteNotAllowed,
+                detail,
+            }) => assert!(detail.contains("allowed_routes"), "{detail}"),
             other => panic!("{bad}: expected a refusal, got {other:?}"),
         }
     }
     assert!(!w.ip(&["route"]).contains("10.81.0.0"));
     assert!(
-        matches!(c.route_change("10.80.1.7/24", true), Err(PrivdError::Refused(m)) if m.contains("host bits"))
+        matches!(c.route_change("10.80.1.7/24", true), Err(PrivdError::Refused { detail, .. }) if detail.contains("host bits"))
     );
     assert!(matches!(
         c.route_change("not a prefix", true),
-        Err(PrivdError::Refused(_))
+        Err(PrivdError::Refused { .. })
     ));
 
     // Removal: only routes privd installed, and only once.
@@ -387,8 +401,20 @@ fn privd_end_to_end() {
     assert!(!w.ip(&["route"]).contains("10.80.1.0/24"));
     assert!(matches!(
         c.route_change("10.80.1.0/24", false),
-        Err(PrivdError::Refused(m)) if m.contains("not a route privd installed")
+        Err(PrivdError::Refused {
+            code: ErrorCode::RouteNotInstalled,
+            ..
+        })
     ));
+    // The operator's routes are not netd's to remove.
+    assert!(matches!(
+        c.route_change("10.78.0.0/24", false),
+        Err(PrivdError::Refused {
+            code: ErrorCode::RouteConfigured,
+            ..
+        })
+    ));
+    assert!(w.ip(&["route"]).contains("10.78.0.0/24 dev sapt0"));
 
     // A stalled client does not hold up others.
     let mut stalled = UnixStream::connect(&w.socket).unwrap();
@@ -411,7 +437,7 @@ fn privd_end_to_end() {
         frame.extend_from_slice(body);
         assert_eq!(
             error_text(&raw_exchange(&w.socket, &frame)),
-            "unknown or malformed request"
+            "Malformed unknown or malformed request"
         );
     }
     // An oversize frame is refused before its body is read, then closed.
@@ -506,8 +532,10 @@ fn root_is_refused_when_netd_is_someone_else() {
         c.open_tun(),
         Err(PrivdError::PermissionDenied { .. })
     ));
+    // Anyone but netd gets one reply per connection.
+    assert!(matches!(c.status(), Err(PrivdError::Io { .. })));
     // Read-only status answers root like any reader.
-    assert!(c.status().is_ok());
+    assert!(w.client().status().is_ok());
     // netd's uid is served (it is in the socket group here).
     let out = probe_as(&w, PROBE_UID, NOGROUP);
     assert!(out.contains("PROBE open_tun: ok"), "{out}");
@@ -524,6 +552,61 @@ fn root_is_refused_when_netd_is_someone_else() {
     assert!(audit.iter().any(|v| v["peer_uid"] == PROBE_UID
         && v["request"] == "open_tun"
         && v["outcome"] == "granted"));
+    assert!(w.stop().success());
+}
+
+/// 64 idle connections from another uid in the socket group take no slot
+/// of netd's: netd (root here) still gets its TUN, and privd audits the
+/// connections it turned away.
+#[test]
+fn an_operator_uid_cannot_lock_netd_out() {
+    let mut w = World::new("netd_uid = 0\n[privd.tun]\nname = \"sapt2\"\n");
+    let exe = w.dir.join("probe");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut hog = Command::new(&exe)
+        .args([
+            "--ignored",
+            "--exact",
+            "probe_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PROBE_ENV, &w.socket)
+        .env(HOLD_ENV, "1")
+        .uid(PROBE_UID)
+        .gid(NOGROUP)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(hog.stdout.take().unwrap());
+    let mut line = String::new();
+    // libtest prints "test probe_child ... " on the same line first.
+    while !line.contains("PROBE held") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "probe ended early");
+    }
+    assert!(line.trim().ends_with("PROBE held 64"), "{line}");
+    // "netd restarts": a fresh connection from netd's uid, after all 64.
+    let (fd, opened) = w.client().open_tun().unwrap();
+    assert_eq!(tun_info(&fd).0, "sapt2");
+    assert_eq!(opened.name, "sapt2");
+    // Two admitted (closed after one reply or 5 s idle), 62 turned away; the
+    // stderr reader may lag, so wait (bounded) for the lines.
+    let refused = |w: &World| {
+        w.audit()
+            .iter()
+            .filter(|v| v["peer_uid"] == PROBE_UID && v["request"] == "connect")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused(&w) < 62 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(refused(&w), 62, "{:#?}", w.audit());
+    drop(hog.stdin.take());
+    let _ = wait_bounded(&mut hog, Duration::from_secs(10));
     assert!(w.stop().success());
 }
 

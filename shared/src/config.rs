@@ -207,6 +207,9 @@ pub struct NetdConfig {
     pub cert_file: Option<PathBuf>,
     /// Private key (PEM) for `cert_file`.
     pub key_file: Option<PathBuf>,
+    /// The user privd runs as, besides root: netd takes the TUN only from a
+    /// privd socket whose listener is root or this user (SO_PEERCRED).
+    pub privd_user: Option<String>,
     /// Management socket path.
     #[serde(default = "default_mgmt")]
     pub management_socket: PathBuf,
@@ -357,6 +360,19 @@ pub struct TunConfig {
     /// Prefixes inside which netd may add or remove routes later.
     #[serde(default)]
     pub allowed_routes: Vec<IpNet>,
+    /// How many routes netd may hold through privd at once.
+    #[serde(default = "default_max_routes")]
+    pub max_routes: usize,
+}
+
+/// Default `privd.tun.max_routes`.
+pub const DEFAULT_MAX_ROUTES: usize = 256;
+/// Most routes on the TUN (`tun.routes` plus `tun.max_routes`): privd's
+/// status reply lists them all within one 64 KiB frame.
+pub const MAX_TUN_ROUTES: usize = 1024;
+
+fn default_max_routes() -> usize {
+    DEFAULT_MAX_ROUTES
 }
 
 /// `[privd.nat]`: kernel exit.
@@ -558,6 +574,14 @@ impl Config {
                 }
             }
         }
+        if let Some(n) = &self.netd {
+            if !(100..=60_000).contains(&n.handshake_timeout_ms) {
+                return Err(err(
+                    "netd.handshake_timeout_ms".into(),
+                    "must be 100..=60000 (milliseconds)",
+                ));
+            }
+        }
         if let Some((key, message)) = self.netd.as_ref().and_then(|n| n.exit.check().err()) {
             return Err(err(format!("netd.exit.{key}"), &message));
         }
@@ -583,6 +607,12 @@ impl Config {
                 return Err(err(
                     "privd.tun.mtu".into(),
                     "IPv6 addresses need an MTU of at least 1280",
+                ));
+            }
+            if t.max_routes + t.routes.len() > MAX_TUN_ROUTES {
+                return Err(err(
+                    "privd.tun.max_routes".into(),
+                    &format!("tun.routes plus max_routes must be at most {MAX_TUN_ROUTES}"),
                 ));
             }
             if p.netd_user.is_some() && p.netd_uid.is_some() {

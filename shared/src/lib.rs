@@ -15,6 +15,7 @@ pub mod proto;
 pub mod psk;
 pub mod roles;
 pub mod routing;
+pub mod sockdir;
 
 /// Wire protocol version carried in every Handshake.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -482,19 +482,20 @@ fn privd_response() -> impl Strategy<Value = privd::PrivResponse> {
         (
             text(),
             prop::collection::vec(route(), 0..4),
-            any::<[u64; 2]>()
+            any::<[u64; 3]>()
         )
-            .prop_map(|(tun_name, routes, [granted, refused])| Body::Status(
-                privd::PrivStatus {
+            .prop_map(|(tun_name, routes, [granted, refused, audit_suppressed])| {
+                Body::Status(privd::PrivStatus {
                     tun_name,
                     routes,
                     nat_active: true,
                     granted,
                     refused,
                     forwarding: false,
-                }
-            )),
-        text().prop_map(Body::Error),
+                    audit_suppressed,
+                })
+            }),
+        (0..8i32, text()).prop_map(|(code, detail)| Body::Refused(privd::Refusal { code, detail })),
     ];
     prop::option::weighted(0.95, body).prop_map(|body| privd::PrivResponse { body })
 }

@@ -152,9 +152,14 @@ impl HandNetd {
         let dir = std::env::temp_dir().join(format!("sapper-hand-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        // Owned by the user netd drops to, so that it can remove its socket
+        // at exit, and writable by nobody else (netd refuses that).
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::os::unix::fs::chown(&dir, Some(65534), Some(sapper_tests::gid_of("nogroup")))
+            .expect("chown");
         let psk = dir.join("psk");
         std::fs::write(&psk, "hardening-test-psk-0123456789abcdef\n").expect("psk");
+        std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).expect("chmod psk");
         let config = dir.join("netd.toml");
         std::fs::write(
             &config,
@@ -270,6 +275,128 @@ fn hand_started_netd_filters_itself_unless_told_not_to() {
         "{}",
         off.log()
     );
+}
+
+/// A netd run by hand as root (dropping to nobody) with `tail` appended to
+/// its [netd] section, in `dir`; returns its stderr once it has exited.
+fn netd_refuses(dir: &std::path::Path, psk_mode: u32, tail: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let psk = dir.join("psk");
+    std::fs::write(&psk, "hardening-test-psk-0123456789abcdef\n").expect("psk");
+    std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(psk_mode)).expect("chmod");
+    let config = dir.join("netd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nname = \"hand\"\npsk_file = \"{}\"\n\n[netd]\nuser = \"nobody\"\n\
+             group = \"nogroup\"\nstate_dir = \"{}\"\n{tail}\n",
+            psk.display(),
+            dir.join("state").display(),
+        ),
+    )
+    .expect("config");
+    let out = sapper_tests::cmd::run_timeout(
+        Command::new(&bins().netd).arg("--config").arg(&config),
+        std::time::Duration::from_secs(60),
+    )
+    .expect("netd ran");
+    assert!(!out.status.success(), "netd started anyway");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn scratch(tag: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("sapper-refuse-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    dir
+}
+
+/// A management socket in a directory anyone may write to is refused, with
+/// the path named; the same netd in a 0755 root directory gets past it.
+#[test]
+fn world_writable_socket_directory_is_refused() {
+    sapper_tests::require_root();
+    let dir = scratch("sockdir", 0o777);
+    let sock = dir.join("netd.sock");
+    let err = netd_refuses(
+        &dir,
+        0o600,
+        &format!("management_socket = \"{}\"", sock.display()),
+    );
+    assert!(
+        err.contains(&format!("refusing to use a socket in {}", dir.display()))
+            && err.contains("group or others write"),
+        "{err}"
+    );
+    assert!(!sock.exists(), "nothing bound");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A PSK file that group or others may read is refused with the fix.
+#[test]
+fn group_readable_psk_file_is_refused() {
+    sapper_tests::require_root();
+    let dir = scratch("psk", 0o755);
+    let sock = dir.join("netd.sock");
+    let err = netd_refuses(
+        &dir,
+        0o640,
+        &format!("management_socket = \"{}\"", sock.display()),
+    );
+    let psk = dir.join("psk");
+    assert!(
+        err.contains("readable by group or others")
+            && err.contains(&format!("chmod 600 {}", psk.display())),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Something answering at the privd socket path as an ordinary uid (4242)
+/// does not get to hand netd a TUN: netd checks SO_PEERCRED and exits.
+#[test]
+fn fake_privd_with_the_wrong_uid_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    sapper_tests::require_root();
+    let dir = scratch("fakeprivd", 0o755);
+    let fake = dir.join("fake");
+    std::fs::create_dir_all(&fake).expect("mkdir");
+    std::os::unix::fs::chown(&fake, Some(4242), Some(4242)).expect("chown");
+    let path = fake.join("privd.sock");
+    // listen(2) records the calling thread's credentials; a thread of our
+    // own that switched (only itself, by the raw syscall) to uid 4242.
+    let p = path.clone();
+    let listener = std::thread::spawn(move || {
+        // SAFETY: setresuid/setresgid via syscall(2) change only this
+        // thread's credentials; the thread ends right after.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_setresgid, 4242, 4242, 4242), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, 4242, 4242, 4242), 0);
+        }
+        std::os::unix::net::UnixListener::bind(&p).expect("bind as 4242")
+    })
+    .join()
+    .expect("listener thread");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let sock = dir.join("netd.sock");
+    let err = netd_refuses(
+        &dir,
+        0o600,
+        &format!(
+            "management_socket = \"{}\"\nprivd_socket = \"{}\"",
+            sock.display(),
+            path.display()
+        ),
+    );
+    assert!(
+        err.contains(&format!("refusing the privd socket {}", path.display()))
+            && err.contains("served by uid 4242"),
+        "{err}"
+    );
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// netd's own credentials, taken from the live process (its uid, gid,

@@ -11,7 +11,7 @@
 //! line and exits 0 whatever privd answered:
 //!
 //! * `outcome=granted name=…`  — privd opened the TUN for us (a failure)
-//! * `outcome=refused message=…` — privd answered with an error
+//! * `outcome=refused code=… message=…` — privd answered with an error
 //! * `outcome=closed detail=…` — privd hung up without answering
 //! * `outcome=connect-error detail=…` — the socket refused the connection
 //! * `outcome=other detail=…` — any other reply
@@ -78,8 +78,12 @@ fn probe(socket: &str, timeout: Duration) -> String {
     }
     match decode::<PrivResponse>(&body) {
         Ok(PrivResponse {
-            body: Some(priv_response::Body::Error(msg)),
-        }) => format!("outcome=refused message={}", one_line(&msg)),
+            body: Some(priv_response::Body::Refused(r)),
+        }) => format!(
+            "outcome=refused code={:?} message={}",
+            r.code(),
+            one_line(&r.detail)
+        ),
         Ok(PrivResponse {
             body: Some(priv_response::Body::TunOpened(t)),
         }) => format!("outcome=granted name={}", t.name),
