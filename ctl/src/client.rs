@@ -1,6 +1,6 @@
 //! A blocking client for netd's management socket.
 
-use sapper_shared::framing::{self, HEADER_LEN, MAX_CONTROL_FRAME};
+use sapper_shared::framing::{self, FrameDecoder, MAX_CONTROL_FRAME};
 use sapper_shared::proto::management::{
     request::Body as Req, response::Body as Resp, Request, Response,
 };
@@ -44,6 +44,7 @@ impl std::error::Error for ClientError {}
 
 pub struct Client {
     stream: UnixStream,
+    decoder: FrameDecoder,
     next_id: u64,
 }
 
@@ -56,7 +57,11 @@ impl Client {
         let t = Some(Duration::from_secs(10));
         stream.set_read_timeout(t).map_err(ClientError::Io)?;
         stream.set_write_timeout(t).map_err(ClientError::Io)?;
-        Ok(Self { stream, next_id: 1 })
+        Ok(Self {
+            stream,
+            decoder: FrameDecoder::new(MAX_CONTROL_FRAME),
+            next_id: 1,
+        })
     }
 
     pub fn call(&mut self, body: Req) -> Result<Resp, ClientError> {
@@ -105,15 +110,23 @@ impl Client {
         }
     }
 
+    /// Reads one response through the shared frame decoder (the length is
+    /// checked before anything is buffered for the body).
     fn read(&mut self) -> Result<Response, ClientError> {
-        let mut header = [0u8; HEADER_LEN];
-        self.stream
-            .read_exact(&mut header)
-            .map_err(ClientError::Io)?;
-        let len = framing::body_len(header, MAX_CONTROL_FRAME)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body).map_err(ClientError::Io)?;
-        framing::decode(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+        let mut buf = [0u8; 4096];
+        loop {
+            let frame = self
+                .decoder
+                .next_frame()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            if let Some(body) = frame {
+                return framing::decode(&body).map_err(|e| ClientError::Protocol(e.to_string()));
+            }
+            let n = self.stream.read(&mut buf).map_err(ClientError::Io)?;
+            if n == 0 {
+                return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.decoder.push(&buf[..n]);
+        }
     }
 }

@@ -266,3 +266,23 @@ pub async fn tun_reader(data: Arc<DataPath>, shutdown: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headroom_is_used_not_copied() {
+        let framed = Bytes::from_static(&[WS_TAG_PACKET, 0x45, 1, 2]);
+        let p = Packet::tagged(framed.clone());
+        assert_eq!(&p[..], &[0x45, 1, 2]);
+        // Over WebSocket: the very same buffer.
+        assert_eq!(p.clone().into_tagged().as_ptr(), framed.as_ptr());
+        // Over QUIC: a slice of it.
+        assert_eq!(p.into_bytes().as_ptr(), framed[1..].as_ptr());
+        // A bare packet gains its tag by a copy.
+        let bare = Packet::plain(Bytes::from_static(&[0x45, 9]));
+        assert_eq!(&bare[..], &[0x45, 9]);
+        assert_eq!(&bare.into_tagged()[..], &[WS_TAG_PACKET, 0x45, 9]);
+    }
+}

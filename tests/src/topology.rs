@@ -340,28 +340,58 @@ pub struct Slot(());
 static SLOTS: Mutex<usize> = Mutex::new(0);
 static SLOTS_FREED: Condvar = Condvar::new();
 
+thread_local! {
+    /// Slots this thread (one test) holds: a test's second topology (or
+    /// chain) rides on its first slot, so SAPPER_E2E_PARALLEL=1 cannot make
+    /// a test that needs two wait for itself.
+    static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How long a test waits for a slot before it fails (the others it waits
+/// for have their own deadlines; this bounds the wait for the slot itself).
+const SLOT_WAIT: Duration = Duration::from_secs(1800);
+
 impl Slot {
-    /// Waits for a free slot.
+    /// Waits for a free slot (at once when this thread already holds one).
     pub fn acquire() -> Slot {
-        let max: usize = std::env::var("SAPPER_E2E_PARALLEL")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or(2);
-        let mut used = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
-        while *used >= max {
-            used = SLOTS_FREED.wait(used).unwrap_or_else(|e| e.into_inner());
+        if HELD.with(|h| h.get()) == 0 {
+            let max: usize = std::env::var("SAPPER_E2E_PARALLEL")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(2);
+            let deadline = Instant::now() + SLOT_WAIT;
+            let mut used = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+            while *used >= max {
+                let left = deadline.saturating_duration_since(Instant::now());
+                assert!(
+                    !left.is_zero(),
+                    "no free e2e slot within {SLOT_WAIT:?} (SAPPER_E2E_PARALLEL={max})"
+                );
+                used = SLOTS_FREED
+                    .wait_timeout(used, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            *used += 1;
         }
-        *used += 1;
+        HELD.with(|h| h.set(h.get() + 1));
         Slot(())
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut used = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
-        *used = used.saturating_sub(1);
-        SLOTS_FREED.notify_one();
+        let outermost = HELD.with(|h| {
+            let n = h.get().saturating_sub(1);
+            h.set(n);
+            n == 0
+        });
+        if outermost {
+            let mut used = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+            *used = used.saturating_sub(1);
+            SLOTS_FREED.notify_one();
+        }
     }
 }
 
