@@ -27,6 +27,24 @@ use std::sync::OnceLock;
 
 pub use topology::{Node, Options, Topology, Transport};
 
+/// `per_transport!(scenario)`: the test module `scenario` with `quic` and
+/// `ws`, each running `fn scenario(t: Transport)` over that transport.
+#[macro_export]
+macro_rules! per_transport {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[test]
+            fn quic() {
+                super::$scenario($crate::Transport::Quic);
+            }
+            #[test]
+            fn ws() {
+                super::$scenario($crate::Transport::Ws);
+            }
+        }
+    };
+}
+
 /// The gid of `group` from /etc/group; panics naming the group if it is
 /// missing, so a test never runs as an unintended group.
 pub fn gid_of(group: &str) -> u32 {

@@ -22,20 +22,7 @@ const TRANSFER_BYTES: u64 = 4 * 1024 * 1024 + 123;
 /// The uid netd drops to in the test topologies (`user = "nobody"`).
 const NOBODY: u32 = 65534;
 
-macro_rules! per_transport {
-    ($scenario:ident) => {
-        mod $scenario {
-            #[test]
-            fn quic() {
-                super::$scenario(sapper_tests::Transport::Quic);
-            }
-            #[test]
-            fn ws() {
-                super::$scenario(sapper_tests::Transport::Ws);
-            }
-        }
-    };
-}
+use sapper_tests::per_transport;
 
 fn show(out: &Output) -> String {
     format!(

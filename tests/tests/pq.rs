@@ -8,20 +8,7 @@ use sapper_tests::{Node, Options, Topology, Transport};
 use serde_json::Value;
 use std::time::Duration;
 
-macro_rules! per_transport {
-    ($scenario:ident) => {
-        mod $scenario {
-            #[test]
-            fn quic() {
-                super::$scenario(sapper_tests::Transport::Quic);
-            }
-            #[test]
-            fn ws() {
-                super::$scenario(sapper_tests::Transport::Ws);
-            }
-        }
-    };
-}
+use sapper_tests::per_transport;
 
 const HYBRID: &str = "X25519MLKEM768";
 const CLASSIC: &str = "X25519";
