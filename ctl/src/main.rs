@@ -3,6 +3,7 @@
 //! `--json` for scripts.
 
 mod client;
+mod init;
 mod render;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -109,6 +110,16 @@ enum Command {
     },
     /// Print the man page (roff).
     Man,
+    /// Print a fresh random PSK (32 bytes as hex), or write it to a new
+    /// file with mode 0600.
+    Genpsk {
+        /// Write here instead of stdout (refused if the file exists).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write a commented config, a fresh PSK (0600) and the certificate for
+    /// an entry or an exit; print the fingerprint and what the other side needs.
+    Init(Box<init::InitArgs>),
 }
 
 #[derive(Subcommand)]
@@ -214,6 +225,23 @@ fn main() -> ExitCode {
             out!("{}", String::from_utf8_lossy(&buf).trim_end());
             return ExitCode::SUCCESS;
         }
+        Command::Genpsk { out } => return genpsk(out.as_deref(), args.json),
+        Command::Init(a) => {
+            return match init::run(&a) {
+                Ok(report) => {
+                    if args.json {
+                        out!("{}", report.json());
+                    } else {
+                        out!("{}", report.text());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sapperctl init: {e:#}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            };
+        }
         Command::Privd {
             action: PrivdAction::Status,
         } => {
@@ -270,6 +298,37 @@ fn main() -> ExitCode {
         }
         Err(e) => fail(&e),
     }
+}
+
+fn genpsk(path: Option<&std::path::Path>, json: bool) -> ExitCode {
+    let psk = match init::fresh_psk() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sapperctl genpsk: {e:#}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match path {
+        None => {
+            // The operator asked for it on the terminal.
+            out!("{}", psk.trim_end());
+        }
+        Some(p) => {
+            if let Err(e) = init::write_new(p, psk.as_bytes(), 0o600, false) {
+                eprintln!("sapperctl genpsk: {e:#}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+            if json {
+                out!(
+                    "{}",
+                    serde_json::json!({"psk_file": p.display().to_string(), "mode": "0600"})
+                );
+            } else {
+                out!("wrote {} (mode 0600)", p.display());
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn ping(socket: &std::path::Path, peer: String, count: u32, json: bool) -> ExitCode {
