@@ -87,6 +87,7 @@ impl Driver {
         let now = Instant::now();
         match input {
             Input::LinkUp { id, up, handle } => {
+                crate::restarted::replace_stale(&mut self.core, &up);
                 self.links.insert(id, handle);
                 self.core.handle_link_up(now, id, *up);
             }

@@ -201,7 +201,9 @@ pub async fn run_link<L: Link>(node: Arc<Node>, mut link: L, direction: Directio
                 },
                 Err(e) => {
                     tracing::debug!(peer = %name, error = %format!("{e:#}"), "control channel ended");
-                    break "link task ended".to_string();
+                    // The cause ("reset by peer": a restarted peer's QUIC
+                    // stateless reset) is what an operator reads in the log.
+                    break format!("link task ended: {e:#}");
                 }
             },
         }

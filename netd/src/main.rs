@@ -17,6 +17,8 @@ mod node;
 mod privs;
 mod quic;
 mod quic_tls;
+mod reset_key;
+mod restarted;
 mod seccomp;
 mod target;
 mod tls;
@@ -126,6 +128,8 @@ fn run(args: Args) -> Result<()> {
         println!("{fingerprint}");
         return Ok(());
     }
+    // Read while netd may still write state_dir (before the sandbox).
+    reset_key::init(&netd.state_dir)?;
     if generated {
         tracing::info!(%fingerprint, dir = %netd.state_dir.display(), "generated a self-signed certificate");
     }

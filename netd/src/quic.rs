@@ -100,7 +100,7 @@ pub fn server_endpoint(
     size_buffers(&socket);
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        crate::reset_key::endpoint_config(),
         Some(server.clone()),
         socket,
         runtime,
@@ -179,7 +179,7 @@ pub async fn connect(
     let socket = std::net::UdpSocket::bind(bind).context("binding a UDP socket")?;
     size_buffers(&socket);
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+    let endpoint = quinn::Endpoint::new(crate::reset_key::endpoint_config(), None, socket, runtime)
         .context("creating the QUIC endpoint")?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| anyhow!("building the QUIC client TLS config: {e}"))?;
