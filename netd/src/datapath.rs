@@ -84,6 +84,11 @@ pub struct Counters {
     pub packets_in: AtomicU64,
     pub packets_out: AtomicU64,
     pub drops: AtomicU64,
+    /// Of `drops`: the link's send queue was full.
+    pub drops_queue_full: AtomicU64,
+    /// Of `drops`: arrived while forwarding was off, from an unknown link,
+    /// or with no readable destination.
+    pub drops_not_forwarded: AtomicU64,
 }
 
 /// What the data path holds for one link.
@@ -113,6 +118,7 @@ impl LinkData {
             self.counters.bytes_out.fetch_add(len, Relaxed);
         } else {
             self.counters.drops.fetch_add(1, Relaxed);
+            self.counters.drops_queue_full.fetch_add(1, Relaxed);
         }
     }
 }
@@ -172,6 +178,7 @@ impl DataPath {
         let dst = routing::destination(&pkt);
         if !table.forwarding || table.link(from.id).is_none() || dst.is_none() {
             c.drops.fetch_add(1, Relaxed);
+            c.drops_not_forwarded.fetch_add(1, Relaxed);
             return;
         }
         if table.relay {

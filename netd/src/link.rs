@@ -63,6 +63,7 @@ pub trait Link: Send + 'static {
 /// (typed code, no secrets) and an error is returned; the caller closes.
 async fn handshake<L: Link>(node: &Node, link: &mut L, side: Side) -> Result<Accepted> {
     let remote = link.remote();
+    let _preauth = crate::metrics::recorded().preauth();
     let local = node.inspect(|core, _| core.local_handshake()).await?;
     let mut hs = Handshaker::new(local, side, link.channel_binding(), node.psk.clone());
     let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
@@ -73,9 +74,17 @@ async fn handshake<L: Link>(node: &Node, link: &mut L, side: Side) -> Result<Acc
     })
     .await;
     let verdict = match result {
-        Err(_) => Err(anyhow!("timed out after {timeout:?}")),
-        Ok(Err(e)) => Err(e.context("link failed during handshake")),
+        Err(_) => {
+            crate::metrics::recorded().handshake_refused("timeout");
+            Err(anyhow!("timed out after {timeout:?}"))
+        }
+        Ok(Err(e)) => {
+            crate::metrics::recorded().handshake_refused("link_failed");
+            Err(e.context("link failed during handshake"))
+        }
         Ok(Ok(Err(reject))) => {
+            crate::metrics::recorded()
+                .handshake_refused(&crate::metrics::reject_reason(reject.code()));
             let msg = ControlMessage {
                 body: Some(Body::Error(ControlError {
                     code: reject.code() as i32,
@@ -89,6 +98,7 @@ async fn handshake<L: Link>(node: &Node, link: &mut L, side: Side) -> Result<Acc
     };
     match &verdict {
         Ok(a) => {
+            crate::metrics::recorded().handshake_accepted(&a.peer.name);
             let tls = link.tls();
             tracing::info!(
                 sapper_event = "handshake_accepted",
@@ -116,6 +126,7 @@ async fn handshake<L: Link>(node: &Node, link: &mut L, side: Side) -> Result<Acc
 /// handshake (`reason` names the groups offered and accepted).
 pub fn tls_refused(node: &Node, remote: SocketAddr, transport: &str, reason: &str) {
     node.data.stats.handshake_failures.fetch_add(1, Relaxed);
+    crate::metrics::recorded().handshake_refused("tls_key_exchange");
     tracing::warn!(sapper_event = "handshake_refused", %remote, transport, reason, "TLS handshake refused");
 }
 

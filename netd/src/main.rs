@@ -12,6 +12,8 @@ mod inputs;
 mod link;
 mod listen;
 mod logging;
+mod metrics;
+mod metrics_http;
 mod mgmt;
 mod node;
 mod privs;
@@ -86,6 +88,8 @@ struct Bound {
     quic: Vec<(std::net::UdpSocket, String)>,
     ws: Vec<(std::net::TcpListener, String, String)>,
     mgmt: std::os::unix::net::UnixListener,
+    /// `[netd.metrics]`'s listener.
+    metrics: Option<metrics_http::Listener>,
 }
 
 fn run(args: Args) -> Result<()> {
@@ -411,6 +415,22 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
             }
         }
     }
+    let metrics = match &netd.metrics {
+        Some(m) => {
+            // The management socket's group reads metrics too.
+            let group = match &netd.management_group {
+                Some(g) => Some(
+                    nix::unistd::Group::from_name(g)?
+                        .with_context(|| format!("netd.management_group {g:?} does not exist"))?
+                        .gid,
+                ),
+                None => target.map(|t| t.gid),
+            };
+            let own = target.map_or(nix::unistd::geteuid().as_raw(), |t| t.uid.as_raw());
+            Some(metrics_http::bind(m, target.map(|t| t.uid), group, own)?)
+        }
+        None => None,
+    };
     let mgmt_passed = act.take_mgmt();
     let (more_quic, more_ws) = act.rest();
     for (s, addr) in more_quic {
@@ -425,7 +445,12 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
     if let Some(mgmt) = mgmt_passed {
         // Mode, owner and group were set by the socket unit.
         mgmt.set_nonblocking(true)?;
-        return Ok(Bound { quic, ws, mgmt });
+        return Ok(Bound {
+            quic,
+            ws,
+            mgmt,
+            metrics,
+        });
     }
     let path = &netd.management_socket;
     if let Some(dir) = path
@@ -483,7 +508,12 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
         )
         .with_context(|| format!("chown {}", path.display()))?;
     }
-    Ok(Bound { quic, ws, mgmt })
+    Ok(Bound {
+        quic,
+        ws,
+        mgmt,
+        metrics,
+    })
 }
 
 /// Asks privd for the TUN, waiting a while for privd to come up (both are
@@ -537,6 +567,10 @@ async fn serve(
     for target in targets {
         let tls = target.client_tls(node.cfg.tls.key_exchange())?;
         tokio::spawn(dial::connector(node.clone(), target, tls));
+    }
+    if let Some(l) = bound.metrics {
+        tracing::info!(on = %l.describe(), "metrics endpoint serving");
+        tokio::spawn(metrics_http::serve(node.clone(), l));
     }
     let mgmt = tokio::net::UnixListener::from_std(bound.mgmt)?;
     tokio::spawn(mgmt::serve(node.clone(), mgmt));

@@ -129,6 +129,8 @@ pub async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, server: Arc
 
 async fn accept_one(node: Arc<Node>, incoming: quinn::Incoming, server: &QuicServer) -> Result<()> {
     let remote = incoming.remote_address();
+    // Counted until the link is handed to run_link.
+    let preauth = crate::metrics::recorded().preauth();
     let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
     let (cfg, offered, probe) = server.for_connection()?;
     let failed = |e: quinn::ConnectionError| {
@@ -152,6 +154,7 @@ async fn accept_one(node: Arc<Node>, incoming: quinn::Incoming, server: &QuicSer
         .context("peer opened no control stream")?
         .context("accepting the control stream")?;
     let link = QuicLink::new(conn, send, recv, None, node.cfg.peer_queue, tls)?;
+    drop(preauth);
     run_link(node, link, Direction::Inbound).await
 }
 

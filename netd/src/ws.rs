@@ -82,6 +82,9 @@ async fn accept_one(
     path: &str,
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
+    // Counted until the link is handed to run_link (which counts its own
+    // Sapper handshake).
+    let preauth = crate::metrics::recorded().preauth();
     let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
     let (cfg, offered) = server.for_connection();
     let tls = match tokio::time::timeout(timeout, TlsAcceptor::from(cfg).accept(tcp)).await {
@@ -116,6 +119,7 @@ async fn accept_one(
     .context("WebSocket upgrade timed out")?
     .context("WebSocket upgrade failed")?;
     let link = WsLink::new(ws, remote, binding, node.cfg.peer_queue, negotiated);
+    drop(preauth);
     run_link(node, link, Direction::Inbound).await
 }
 

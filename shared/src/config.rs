@@ -259,6 +259,8 @@ pub struct NetdConfig {
     /// TLS settings of every link (`[netd.tls]`).
     #[serde(default)]
     pub tls: TlsConfig,
+    /// The OpenMetrics endpoint (`[netd.metrics]`); off when absent.
+    pub metrics: Option<crate::metrics_config::MetricsConfig>,
 }
 
 /// Which key-exchange groups a node's links offer and accept
@@ -581,6 +583,14 @@ impl Config {
                     "must be 100..=60000 (milliseconds)",
                 ));
             }
+        }
+        if let Some((key, message)) = self
+            .netd
+            .as_ref()
+            .and_then(|n| n.metrics.as_ref())
+            .and_then(|m| m.check().err())
+        {
+            return Err(err(format!("netd.metrics.{key}"), &message));
         }
         if let Some((key, message)) = self.netd.as_ref().and_then(|n| n.exit.check().err()) {
             return Err(err(format!("netd.exit.{key}"), &message));

@@ -94,6 +94,12 @@ struct Pair {
 /// the command for the entry; the PSK file is copied (as scp would) and
 /// that command runs with the entry's own paths. Starts both.
 fn init_pair(topo: &mut Topology, t: Transport) -> Pair {
+    init_pair_with(topo, t, |_| String::new())
+}
+
+/// [`init_pair`], with `extra(node)` appended to each node's config
+/// before it starts.
+fn init_pair_with(topo: &mut Topology, t: Transport, extra: impl Fn(Node) -> String) -> Pair {
     let port = if t == Transport::Quic { 4433 } else { 8443 };
     let mut args: Vec<String> = ["--json", "init", "exit", "--transport", t.as_str()]
         .iter()
@@ -150,6 +156,16 @@ fn init_pair(topo: &mut Topology, t: Transport) -> Pair {
         psk,
         "the entry's PSK file is the exit's"
     );
+    for node in [Node::Exit, Node::Entry] {
+        let more = extra(node);
+        if !more.is_empty() {
+            let path = topo.config_path(node);
+            let mut text = std::fs::read_to_string(&path).expect("read config");
+            text.push('\n');
+            text.push_str(&more);
+            std::fs::write(&path, text).expect("write config");
+        }
+    }
     start_node(topo, Node::Exit);
     start_node(topo, Node::Entry);
     Pair {
@@ -256,3 +272,261 @@ fn restart_recovery(t: Transport) {
     }
 }
 per_transport!(restart_recovery);
+
+/// Sends `request` on a fresh connection to the Unix socket `path` and
+/// returns everything the server sent before closing (10 s limit).
+fn unix_exchange(path: &Path, request: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(request).expect("send request");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// The body of a 200 answer; panics otherwise.
+fn body_of(answer: &[u8]) -> String {
+    let text = String::from_utf8_lossy(answer).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {text:?}"));
+    assert!(head.starts_with("HTTP/1.1 200 "), "answer: {head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4")
+            || head.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+        "answer: {head}"
+    );
+    body.to_string()
+}
+
+/// `name{labels} value` lines: (name, labels, value).
+fn samples(body: &str) -> Vec<(String, String, f64)> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            Some((name.to_string(), labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Sum of every series named `name` whose labels contain `with`.
+fn sum(s: &[(String, String, f64)], name: &str, with: &str) -> f64 {
+    s.iter()
+        .filter(|(n, l, _)| n == name && l.contains(with))
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+/// Runs `promtool check metrics` on `body`.
+fn promtool(body: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the scrape:\n{}\n--- scrape ---\n{body}",
+        show(&out)
+    );
+}
+
+/// The metrics endpoint on both nodes (a Unix socket on the entry, loopback
+/// TCP on the exit): promtool accepts the scrape, its values equal
+/// `sapperctl --json stats` taken around it, per-peer series describe the
+/// link; garbage gets a bare 400; a slow scraper holds at most
+/// `max_connections` slots and only until the read deadline.
+fn metrics(t: Transport) {
+    let mut topo = bare(t);
+    let sock = topo.node_dir(Node::Entry).join("metrics.sock");
+    let sock_cfg = sock.display().to_string();
+    init_pair_with(&mut topo, t, |node| match node {
+        Node::Entry => format!("[netd.metrics]\nsocket = \"{sock_cfg}\"\nmax_connections = 2\n"),
+        Node::Exit => "[netd.metrics]\nlisten = \"127.0.0.1:9477\"\n".into(),
+    });
+    topo.wait_for_tunnel();
+    let out = topo.ping(&topo.entry, PRIVATE_HOST, 3, 2);
+    assert!(out.status.success(), "ping: {}", show(&out));
+    // At least one pong recorded in the RTT histogram (1 s pings).
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let get = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    // Stats before and after the scrape must agree for the comparison to
+    // mean something (keepalives are not tunnel packets; nothing else runs).
+    let mut matched = None;
+    for _ in 0..10 {
+        let before = topo.ctl_json(Node::Entry, &["stats"]).expect("stats");
+        let body = body_of(&unix_exchange(&sock, get));
+        let after = topo.ctl_json(Node::Entry, &["stats"]).expect("stats");
+        if before == after {
+            matched = Some((before, body));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (stats, body) = matched.expect("stats never held still around a scrape");
+    promtool(&body);
+    // What Prometheus asks for: OpenMetrics, the same samples, `# EOF` last.
+    let open = body_of(&unix_exchange(
+        &sock,
+        b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n",
+    ));
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert!(
+        open.contains("# TYPE sapper_peer_receive_bytes counter"),
+        "{open}"
+    );
+    let s = samples(&body);
+    let num = |k: &str| stats[k].as_f64().unwrap_or(f64::NAN);
+    assert_eq!(
+        sum(&s, "sapper_tun_receive_packets_total", ""),
+        num("tun_packets_in"),
+        "{body}"
+    );
+    assert_eq!(
+        sum(&s, "sapper_tun_transmit_packets_total", ""),
+        num("tun_packets_out"),
+        "{body}"
+    );
+    assert_eq!(
+        sum(&s, "sapper_peer_receive_bytes_total", ""),
+        num("bytes_in"),
+        "{body}"
+    );
+    assert_eq!(
+        sum(&s, "sapper_peer_transmit_bytes_total", ""),
+        num("bytes_out"),
+        "{body}"
+    );
+    assert_eq!(
+        sum(&s, "sapper_handshake_failures_total", ""),
+        num("handshake_failures"),
+        "{body}"
+    );
+    assert_eq!(
+        sum(&s, "sapper_node_dropped_packets_total", "")
+            + sum(&s, "sapper_peer_dropped_packets_total", ""),
+        num("drops"),
+        "{body}"
+    );
+    assert!(
+        num("tun_packets_in") >= 3.0,
+        "the pings went through the TUN: {stats}"
+    );
+    let peer = format!(
+        "peer=\"exit\",role=\"exit\",transport=\"{}\",direction=\"outbound\"",
+        t.as_str()
+    );
+    assert_eq!(sum(&s, "sapper_peer_link", &peer), 1.0, "{body}");
+    assert!(
+        sum(&s, "sapper_peer_handshakes_total", "peer=\"exit\"") >= 1.0,
+        "{body}"
+    );
+    assert!(
+        sum(&s, "sapper_peer_rtt_samples_seconds_count", "peer=\"exit\"") >= 1.0,
+        "{body}"
+    );
+    assert!(
+        sum(&s, "sapper_peer_rtt_seconds", "peer=\"exit\"") > 0.0,
+        "{body}"
+    );
+    assert_eq!(sum(&s, "sapper_peers", ""), 1.0, "{body}");
+    // The entry installs its route with the TUN; the exit announced it.
+    assert!(sum(&s, "sapper_routes_learned", "") >= 1.0, "{body}");
+
+    // The exit over loopback TCP, inside its namespace.
+    let mut cmd = topo.exit.cmd("bash");
+    cmd.args([
+        "-c",
+        "exec 3<>/dev/tcp/127.0.0.1/9477 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
+    ]);
+    let out = run_timeout(&mut cmd, Duration::from_secs(10)).expect("scrape the exit");
+    let exit_body = body_of(&out.stdout);
+    promtool(&exit_body);
+    let es = samples(&exit_body);
+    assert_eq!(
+        sum(&es, "sapper_peer_link", "peer=\"entry\""),
+        1.0,
+        "{exit_body}"
+    );
+    assert_eq!(
+        sum(&es, "sapper_node_role", "role=\"exit\""),
+        1.0,
+        "{exit_body}"
+    );
+
+    // Garbage: a bare 400 and nothing else.
+    let bad = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    for junk in [
+        &b"garbage\r\n\r\n"[..],
+        b"GET /metrics SPDY/9\r\n\r\n",
+        &[0xffu8; 9000][..],
+    ] {
+        let answer = unix_exchange(&sock, junk);
+        assert_eq!(
+            answer,
+            bad.to_vec(),
+            "answer to {:?}: {:?}",
+            String::from_utf8_lossy(&junk[..junk.len().min(40)]),
+            String::from_utf8_lossy(&answer)
+        );
+    }
+
+    // A slow scraper: two silent connections fill max_connections = 2, so
+    // a third is not served until the read deadline (5 s) closes them with
+    // a 400; then it is.
+    use std::io::{Read, Write};
+    let idle: Vec<_> = (0..2)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).expect("idle connection"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = std::os::unix::net::UnixStream::connect(&sock).expect("third connection");
+    third.write_all(get).expect("third request");
+    third
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .ok();
+    let mut first = [0u8; 1];
+    let early = third.read(&mut first);
+    assert!(
+        early.is_err(),
+        "a third connection was served while two silent ones held both slots: {early:?}"
+    );
+    let started = std::time::Instant::now();
+    for mut c in idle {
+        c.set_read_timeout(Some(Duration::from_secs(15))).ok();
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        assert_eq!(
+            got,
+            bad.to_vec(),
+            "a silent scraper is closed with a 400 at the deadline"
+        );
+    }
+    third.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    let mut rest = Vec::new();
+    let _ = third.read_to_end(&mut rest);
+    // The early read timed out, so nothing was taken from the stream.
+    body_of(&rest);
+    println!(
+        "silent scrapers closed and the waiting scrape served {} ms after the check",
+        started.elapsed().as_millis()
+    );
+}
+per_transport!(metrics);
