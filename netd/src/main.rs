@@ -26,7 +26,7 @@ mod ws;
 use anyhow::{Context, Result};
 use clap::Parser;
 use node::Node;
-use sapper_shared::config::{format_fingerprint, Config, NetdConfig, Transport};
+use sapper_shared::config::{format_fingerprint, Config, NetdConfig, PskSource, Transport};
 use sapper_shared::psk::Psk;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -108,19 +108,15 @@ fn run(args: Args) -> Result<()> {
     let netd = cfg
         .netd
         .with_context(|| format!("{file}: no [netd] section"))?;
-    let name = match cfg.node.name.clone() {
-        Some(n) => n,
+    let name = match &cfg.node.name {
+        Some(n) => n.to_string(),
         None => nix::unistd::gethostname()
             .context("reading the host name for node.name")?
             .to_string_lossy()
             .into_owned(),
     };
-    let (identity, generated) = tls::load_or_generate(
-        netd.cert_file.as_deref(),
-        netd.key_file.as_deref(),
-        &netd.state_dir,
-        &name,
-    )?;
+    let (identity, generated) =
+        tls::load_or_generate(netd.identity.as_ref(), &netd.state_dir, &name)?;
     let fingerprint = format_fingerprint(&identity.fingerprint);
     if args.print_fingerprint {
         println!("{fingerprint}");
@@ -131,26 +127,26 @@ fn run(args: Args) -> Result<()> {
     }
     tracing::info!(%fingerprint, "certificate fingerprint (pin this on connecting peers)");
 
-    let psk_file = cfg.node.psk_file.clone();
+    let psk_file = cfg.node.psk_file().map(Path::to_path_buf);
     // No core dumps and no ptrace/proc access by the same uid: memory holds
     // the PSK and the TLS key. Set again after the uid change (which resets
     // the dumpable flag).
     privs::no_core_dumps()?;
-    let psk = match (&cfg.node.psk_file, &cfg.node.psk_env) {
+    let psk = match &cfg.node.psk {
         // systemd's credentials directory is private to the service.
-        (Some(f), _) if creds.as_deref().is_some_and(|c| f.starts_with(c)) => {
+        Some(PskSource::File(f)) if creds.as_deref().is_some_and(|c| f.starts_with(c)) => {
             Some(psk_from_file(f, false).with_context(|| format!("{file}: node.psk_file"))?)
         }
-        (Some(f), _) => {
+        Some(PskSource::File(f)) => {
             Some(psk_from_file(f, true).with_context(|| format!("{file}: node.psk_file"))?)
         }
-        (None, Some(v)) => {
+        Some(PskSource::Env(v)) => {
             let psk = psk_from_env(v).with_context(|| format!("{file}: node.psk_env"))?;
             // Out of /proc/PID/environ for the rest of the process's life.
             privs::scrub_env(v);
             Some(psk)
         }
-        (None, None) => {
+        None => {
             tracing::warn!("no PSK configured: peers are checked by certificate pin or CA only");
             None
         }
@@ -203,8 +199,9 @@ fn run(args: Args) -> Result<()> {
         );
     } else {
         let mut readable = vec![args.config.clone(), netd.state_dir.clone()];
-        readable.extend(netd.cert_file.iter().cloned());
-        readable.extend(netd.key_file.iter().cloned());
+        if let Some(id) = &netd.identity {
+            readable.extend([id.cert.clone(), id.key.clone()]);
+        }
         readable.extend(psk_file.iter().cloned());
         // The management socket is removed at shutdown unless systemd owns it.
         let remove_in = (!activation::mgmt_activated())
@@ -251,22 +248,15 @@ fn run(args: Args) -> Result<()> {
         );
     }
 
-    let netd_workers = netd.worker_threads;
+    let netd_workers = netd.worker_threads.as_usize();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(netd_workers)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // Connect targets parsed before anything starts: a bad one is an error
-    // now, naming the file, not a retry loop later.
-    let targets = netd
-        .connect
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            target::Target::try_from(c).with_context(|| format!("{file}: netd.connect[{i}]"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // Connect targets were parsed with the config: a bad one was an error
+    // naming the file and key, not a retry loop later.
+    let targets = netd.connect.clone();
     runtime.block_on(async move {
         let tun = match tun {
             Some(t) => Some(Arc::new(t()?)),
@@ -280,10 +270,10 @@ fn run(args: Args) -> Result<()> {
                 listening: !netd.listen.is_empty(),
                 connecting: !netd.connect.is_empty(),
             },
-            announce_routes: netd.announce_routes.clone(),
+            announce_routes: netd.announce_routes.as_slice().to_vec(),
             installs_routes: tun.is_some() && netd.privd_socket.is_some(),
-            ping_interval: Duration::from_millis(netd.ping_interval_ms),
-            ping_miss_limit: netd.ping_miss_limit,
+            ping_interval: netd.ping_interval.millis(),
+            ping_miss_limit: netd.ping_miss_limit.as_u32(),
         };
         let core = sapper_control::Core::new(core_cfg, Instant::now());
         let summary = core.posture_summary();
@@ -403,7 +393,7 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
                         .with_context(|| format!("binding TCP {}", l.address))?,
                 };
                 s.set_nonblocking(true)?;
-                ws.push((s, l.address.to_string(), l.ws_path.clone()));
+                ws.push((s, l.address.to_string(), l.ws_path.as_str().to_string()));
             }
         }
     }
@@ -415,8 +405,8 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
     }
     for (s, addr) in more_ws {
         s.set_nonblocking(true)?;
-        let path = sapper_shared::config::default_ws_path();
-        ws.push((s, addr.to_string(), path));
+        let path = sapper_shared::config::WsPath::default();
+        ws.push((s, addr.to_string(), path.as_str().to_string()));
     }
     if let Some(mgmt) = mgmt_passed {
         // Mode, owner and group were set by the socket unit.
@@ -531,7 +521,7 @@ async fn serve(
         listen::ws(&node, sock, addr, path)?;
     }
     for target in targets {
-        let tls = target.client_tls(node.cfg.tls.key_exchange())?;
+        let tls = target::Dial::client_tls(&target, node.cfg.tls.key_exchange)?;
         tokio::spawn(dial::connector(node.clone(), target, tls));
     }
     let mgmt = tokio::net::UnixListener::from_std(bound.mgmt)?;
