@@ -13,6 +13,7 @@ mod link;
 mod listen;
 mod logging;
 mod mgmt;
+mod mgmt_socket;
 mod node;
 mod privs;
 mod quic;
@@ -28,7 +29,6 @@ use clap::Parser;
 use node::Node;
 use sapper_shared::config::{format_fingerprint, Config, NetdConfig, PskSource, Transport};
 use sapper_shared::psk::Psk;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -413,62 +413,11 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
         mgmt.set_nonblocking(true)?;
         return Ok(Bound { quic, ws, mgmt });
     }
-    let path = &netd.management_socket;
-    if let Some(dir) = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // "Own user": the one netd runs as once it has dropped privileges.
-    let own = target.map_or(nix::unistd::geteuid().as_raw(), |t| t.uid.as_raw());
-    sapper_shared::sockdir::check_parent(path, own)?;
-    // Only a stale socket is ever removed, never a file someone put there.
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
-            .with_context(|| format!("removing stale {}", path.display()))?,
-        Ok(_) => anyhow::bail!(
-            "{} exists and is not a socket; refusing to remove it",
-            path.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
-    }
-    // Bound 0600 so nobody can connect before owner and mode are right.
-    // Owner and mode are then set by path: fchmod/fchown on a socket's fd
-    // change the sockfs inode, not the file connect(2) checks. The path is
-    // safe to use because the directory check above means only root or this
-    // user could have replaced it, and chown does not follow a symlink.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let mgmt =
-        bound.with_context(|| format!("binding the management socket {}", path.display()))?;
-    mgmt.set_nonblocking(true)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    let group = match &netd.management_group {
-        Some(g) => Some(
-            nix::unistd::Group::from_name(g)?
-                .with_context(|| format!("netd.management_group {g:?} does not exist"))?
-                .gid,
-        ),
-        None => target.map(|t| t.gid),
-    };
-    if target.is_some() || group.is_some() {
-        nix::unistd::fchownat(
-            None,
-            path,
-            target.map(|t| t.uid),
-            group,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .with_context(|| format!("chown {}", path.display()))?;
-    }
+    let mgmt = mgmt_socket::bind(
+        &netd.management_socket,
+        netd.management_group.as_deref(),
+        target,
+    )?;
     Ok(Bound { quic, ws, mgmt })
 }
 
