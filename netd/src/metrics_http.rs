@@ -14,7 +14,7 @@
 
 use crate::node::Node;
 use anyhow::{Context, Result};
-use sapper_shared::metrics_config::MetricsConfig;
+use sapper_shared::config::{MetricsConfig, MetricsEndpoint};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -53,16 +53,16 @@ pub fn bind(
     group: Option<nix::unistd::Gid>,
     own_uid: u32,
 ) -> Result<Listener> {
-    if let Some(addr) = cfg.listen {
-        let l = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("binding netd.metrics.listen {addr}"))?;
-        l.set_nonblocking(true)?;
-        return Ok(Listener::Tcp(l));
-    }
-    let Some(path) = &cfg.socket else {
-        anyhow::bail!("netd.metrics: neither listen nor socket");
+    let path = match &cfg.endpoint {
+        MetricsEndpoint::Tcp(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding netd.metrics.listen {addr}"))?;
+            l.set_nonblocking(true)?;
+            return Ok(Listener::Tcp(l));
+        }
+        MetricsEndpoint::Unix(p) => p,
     };
-    sapper_shared::sockdir::check_parent(path, own_uid)?;
+    crate::mgmt_socket::check_dir(sapper_shared::sockdir::parent_of(path), own_uid)?;
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)

@@ -9,7 +9,6 @@ pub mod egress;
 pub mod framing;
 pub mod handshake;
 pub mod latency;
-pub mod metrics_config;
 pub mod posture;
 pub mod proof;
 pub mod proto;
