@@ -37,8 +37,25 @@ async fn dial_once(
 }
 
 pub async fn connector(node: Arc<Node>, target: Target, tls: Arc<rustls::ClientConfig>) {
+    let stop = node.shutdown.clone();
+    connector_until(node, target, tls, stop).await
+}
+
+/// [`connector`] until `stop` is cancelled (a reload removed the entry).
+/// A link that is up is left to end on its own (the reload closes it
+/// through the core, so its end is reported like any other); `stop` is
+/// checked before every dial.
+pub async fn connector_until(
+    node: Arc<Node>,
+    target: Target,
+    tls: Arc<rustls::ClientConfig>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let mut backoff = Backoff::new(node.cfg.reconnect.min_ms(), node.cfg.reconnect.max_ms());
     loop {
+        if stop.is_cancelled() {
+            return;
+        }
         match dial_once(&node, &target, &tls).await {
             Ok(()) => backoff.reset(),
             Err(e) => {
@@ -48,7 +65,7 @@ pub async fn connector(node: Arc<Node>, target: Target, tls: Arc<rustls::ClientC
         let delay = backoff.next_delay(random_u32());
         tracing::debug!(peer = %target.address(), ?delay, "reconnecting after delay");
         tokio::select! {
-            _ = node.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
     }

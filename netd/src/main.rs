@@ -20,6 +20,7 @@ mod node;
 mod privs;
 mod quic;
 mod quic_tls;
+mod reload;
 mod reset_key;
 mod restarted;
 mod seccomp;
@@ -111,6 +112,7 @@ fn run(args: Args) -> Result<()> {
     // "%d/name" paths: files systemd's LoadCredential= put in place.
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     cfg.expand_credentials(&file, creds.as_deref())?;
+    let node_debug = format!("{:?}", cfg.node);
     let netd = cfg
         .netd
         .with_context(|| format!("{file}: no [netd] section"))?;
@@ -264,7 +266,8 @@ fn run(args: Args) -> Result<()> {
         .context("starting the async runtime")?;
     // Connect targets were parsed with the config: a bad one was an error
     // naming the file and key, not a retry loop later.
-    let targets = netd.connect.clone();
+    let running = (node_debug, netd.clone());
+    let config_file = args.config.clone();
     runtime.block_on(async move {
         let tun = match tun {
             Some(t) => Some(Arc::new(t()?)),
@@ -302,7 +305,7 @@ fn run(args: Args) -> Result<()> {
             driver_tx,
         ));
         tokio::spawn(driver::Driver::new(core, node.clone()).run(driver_rx));
-        serve(node, bound, targets, summary).await
+        serve(node, bound, running, config_file, summary).await
     })
 }
 
@@ -494,7 +497,8 @@ fn open_tun(path: &Path, privd_uid: Option<u32>) -> Result<impl FnOnce() -> Resu
 async fn serve(
     node: Arc<Node>,
     bound: Bound,
-    targets: Vec<target::Target>,
+    running: (String, sapper_shared::config::NetdConfig),
+    config_file: PathBuf,
     posture: String,
 ) -> Result<()> {
     for (sock, addr) in bound.quic {
@@ -503,10 +507,7 @@ async fn serve(
     for (sock, addr, path) in bound.ws {
         listen::ws(&node, sock, addr, path)?;
     }
-    for target in targets {
-        let tls = target::Dial::client_tls(&target, node.cfg.tls.key_exchange)?;
-        tokio::spawn(dial::connector(node.clone(), target, tls));
-    }
+    let mut running = reload::Running::start(&node, &running.0, &running.1)?;
     if let Some(l) = bound.metrics {
         tracing::info!(on = %l.describe(), "metrics endpoint serving");
         tokio::spawn(metrics_http::serve(node.clone(), l));
@@ -521,10 +522,22 @@ async fn serve(
     activation::ready(&node);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = node.shutdown.cancelled() => {}
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = node.shutdown.cancelled() => break,
+            _ = hup.recv() => {
+                activation::reloading();
+                match running.reload(&node, &config_file).await {
+                    Ok(()) => {}
+                    // The old configuration keeps running.
+                    Err(e) => tracing::error!(sapper_event = "config_refused", error = %format!("{e:#}"), "reload refused; the running configuration is unchanged"),
+                }
+                activation::reloaded();
+            }
+        }
     }
     activation::stopping();
     node.shutdown.cancel();

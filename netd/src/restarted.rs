@@ -5,11 +5,12 @@
 //! this node still holds for it: that stale link would keep its routes and
 //! take the return traffic until missed pings drop it (5 s by default).
 //! The new link has passed the same handshake (PSK proof, name), so an
-//! older *inbound* link from the same peer name and the same remote IP is
-//! the restarted peer's previous life: it is closed as soon as the new one
-//! is up. Links we dialled, and links from other addresses, are never
-//! touched (two distinct peers behind one address with one name would be a
-//! misconfiguration the log then shows).
+//! older *inbound* link from the same peer name, the same remote IP and
+//! over the same transport is the restarted peer's previous life: it is
+//! closed as soon as the new one is up. Links we dialled, links from other
+//! addresses and links over the other transport (a peer may dial both for
+//! redundancy) are never touched. So one peer should not dial this node
+//! twice over one transport: the later link would replace the earlier.
 
 use sapper_control::{Core, Direction, LinkUp};
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ pub fn replace_stale(core: &mut Core, up: &LinkUp) -> usize {
         .filter(|v| {
             !v.info.outbound
                 && v.info.name == *name
+                && v.info.transport == up.transport.as_str()
                 && v.info
                     .address
                     .parse::<SocketAddr>()

@@ -3,7 +3,7 @@
 //! reload. Real daemons in network namespaces; needs root.
 
 use sapper_tests::bins::bins;
-use sapper_tests::cmd::{run_timeout, WAIT};
+use sapper_tests::cmd::{run_timeout, wait_until, WAIT};
 use sapper_tests::topology::{EXIT_UNDERLAY, PRIVATE_HOST, PRIVATE_NET};
 use sapper_tests::{Node, Options, Topology, Transport};
 use serde_json::Value;
@@ -530,3 +530,139 @@ fn metrics(t: Transport) {
     );
 }
 per_transport!(metrics);
+
+/// SIGHUP to `node`'s netd.
+fn hup(topo: &Topology, node: Node) {
+    let pid = topo.netd(node).pid();
+    // SAFETY: kill has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    assert_eq!(rc, 0, "kill -HUP {pid}");
+}
+
+/// Reload, while a ping flows on the link no change touches: a listener
+/// added on the exit (SIGHUP) opens; a connect entry added on the entry
+/// starts dialling; a broken file is refused naming file and key, and the
+/// old config keeps running; the ping loses nothing. Then a connect entry
+/// to the exit's new listener brings up a second link over the other
+/// transport.
+fn reload(t: Transport) {
+    let mut topo = bare(t);
+    init_pair(&mut topo, t);
+    topo.wait_for_tunnel();
+    let other = if t == Transport::Quic {
+        Transport::Ws
+    } else {
+        Transport::Quic
+    };
+    let other_port = if other == Transport::Quic { 4433 } else { 8443 };
+
+    // A ping all along: 0.2 s apart for ~10 s.
+    let mut pinger = topo.entry.cmd("ping");
+    pinger
+        .args(["-n", "-q", "-i", "0.2", "-c", "50", "-W", "1", PRIVATE_HOST])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let pinger = pinger.spawn().expect("start ping");
+
+    // The exit gets a listener for the other transport.
+    let exit_cfg = topo.config_path(Node::Exit);
+    let mut text = std::fs::read_to_string(&exit_cfg).expect("exit config");
+    text = text.replacen(
+        "\n[privd]\n",
+        &format!(
+            "\n[[netd.listen]]\ntransport = \"{}\"\naddress = \"0.0.0.0:{other_port}\"\n\n[privd]\n",
+            other.as_str()
+        ),
+        1,
+    );
+    std::fs::write(&exit_cfg, &text).expect("write exit config");
+    hup(&topo, Node::Exit);
+    topo.wait_for_log("exit-netd", "reload: new listener", WAIT);
+
+    let fp = topo.ctl_json(Node::Exit, &["status"]).expect("exit status")["cert_fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_string();
+    let entry_cfg = topo.config_path(Node::Entry);
+    let good = std::fs::read_to_string(&entry_cfg).expect("entry config");
+    let with_connect = |address: &str| {
+        good.replacen(
+            "\n[privd]\n",
+            &format!(
+                "\n[[netd.connect]]\ntransport = \"{}\"\naddress = \"{address}\"\nserver_name = \"exit\"\nfingerprint = \"{fp}\"\n\n[privd]\n",
+                other.as_str()
+            ),
+            1,
+        )
+    };
+    // A connect entry to an address nobody serves: dialled (and failing).
+    let dead = format!("{EXIT_UNDERLAY}:9");
+    std::fs::write(&entry_cfg, with_connect(&dead)).expect("write entry config");
+    hup(&topo, Node::Entry);
+    topo.wait_for_log_line(
+        "entry-netd",
+        &["connection failed", &format!("peer={dead}")],
+        WAIT,
+    );
+
+    // A broken file: refused, naming file and key.
+    let broken = good.replacen("\n[netd]\n", "\n[netd]\nping_interval_ms = 1\n", 1);
+    std::fs::write(&entry_cfg, &broken).expect("write broken config");
+    hup(&topo, Node::Entry);
+    topo.wait_for_log("entry-netd", "config_refused", WAIT);
+    let log = topo.netd(Node::Entry).stderr_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("config_refused"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains(&entry_cfg.display().to_string()) && line.contains("netd.ping_interval_ms"),
+        "the refusal names neither the file nor the key: {line}"
+    );
+    topo.assert_daemons_alive();
+
+    let out = pinger.wait_with_output().expect("ping");
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        summary.contains("50 packets transmitted, 50 received"),
+        "the ping on the untouched link lost packets during the reloads:\n{summary}"
+    );
+    // The refused reload kept the dead entry dialling (the old config runs).
+    let failures = |topo: &Topology| {
+        topo.netd(Node::Entry)
+            .stderr_text()
+            .lines()
+            .filter(|l| l.contains("connection failed") && l.contains(&format!("peer={dead}")))
+            .count()
+    };
+    let before = failures(&topo);
+    wait_until("another dial of the kept entry", WAIT, || {
+        (failures(&topo) > before).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // A connect entry to the exit's new listener: a second link.
+    std::fs::write(
+        &entry_cfg,
+        with_connect(&format!("{EXIT_UNDERLAY}:{other_port}")),
+    )
+    .expect("write entry config");
+    hup(&topo, Node::Entry);
+    topo.wait_for_log("entry-netd", "reload: connect entry removed", WAIT);
+    let mut want = vec![t.as_str().to_string(), other.as_str().to_string()];
+    want.sort();
+    wait_until("links to the exit over both transports", WAIT, || {
+        let mut v: Vec<String> = topo
+            .peers(Node::Entry)
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p["name"] == "exit")
+            .map(|p| p["transport"].as_str().unwrap_or_default().to_string())
+            .collect();
+        v.sort();
+        (v == want).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+per_transport!(reload);
