@@ -108,8 +108,13 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), or write sapperctl.1 and one
+    /// sapperctl-COMMAND.1 per command into a directory.
+    Man {
+        /// Write the pages here instead of printing sapperctl.1.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Print a fresh random PSK (32 bytes as hex), or write it to a new
     /// file with mode 0600.
     Genpsk {
@@ -216,7 +221,26 @@ fn main() -> ExitCode {
             out!("{}", String::from_utf8_lossy(&buf).trim_end());
             return ExitCode::SUCCESS;
         }
-        Command::Man => {
+        Command::Man { out_dir: Some(dir) } => {
+            return match write_man_pages(&dir) {
+                Ok(n) => {
+                    if args.json {
+                        out!(
+                            "{}",
+                            serde_json::json!({"dir": dir.display().to_string(), "pages": n})
+                        );
+                    } else {
+                        out!("wrote {n} man pages to {}", dir.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sapperctl man: {e}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            };
+        }
+        Command::Man { out_dir: None } => {
             let mut buf = Vec::new();
             if let Err(e) = clap_mangen::Man::new(Args::command()).render(&mut buf) {
                 eprintln!("sapperctl: rendering the man page: {e}");
@@ -298,6 +322,26 @@ fn main() -> ExitCode {
         }
         Err(e) => fail(&e),
     }
+}
+
+/// sapperctl.1 and one page per command, as the package installs them.
+fn write_man_pages(dir: &std::path::Path) -> std::io::Result<usize> {
+    std::fs::create_dir_all(dir)?;
+    let cmd = Args::command();
+    let mut n = 0;
+    let mut write = |name: &str, c: clap::Command| -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c).title(name).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.1")), buf)?;
+        n += 1;
+        Ok(())
+    };
+    write("sapperctl", cmd.clone())?;
+    for sub in cmd.get_subcommands() {
+        let name = format!("sapperctl-{}", sub.get_name());
+        write(&name, sub.clone())?;
+    }
+    Ok(n)
 }
 
 fn genpsk(path: Option<&std::path::Path>, json: bool) -> ExitCode {
