@@ -203,7 +203,7 @@ const CONTROL_QUEUE: usize = 64;
 pub struct WsLink<S> {
     stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
     control: mpsc::Sender<ControlMessage>,
-    data: mpsc::Sender<Bytes>,
+    data: mpsc::Sender<Packet>,
     close: CancellationToken,
     writer: tokio::task::JoinHandle<()>,
     remote: SocketAddr,
@@ -243,12 +243,12 @@ where
     }
 }
 
-struct WsTx(mpsc::Sender<Bytes>);
+struct WsTx(mpsc::Sender<Packet>);
 
 impl PacketTx for WsTx {
     fn try_send(&self, pkt: Packet) -> bool {
-        // Tagged already (from the TUN or another WebSocket): no copy.
-        self.0.try_send(pkt.into_tagged()).is_ok()
+        // Tagged (if it was not already) by the writer, into its arena.
+        self.0.try_send(pkt).is_ok()
     }
 }
 
@@ -336,11 +336,13 @@ where
 async fn writer<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     mut control: mpsc::Receiver<ControlMessage>,
-    mut data: mpsc::Receiver<Bytes>,
+    mut data: mpsc::Receiver<Packet>,
     close: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Where packets from QUIC (no headroom) get their tag.
+    let mut arena = BytesMut::new();
     let mut ping = tokio::time::interval(WS_PING);
     ping.tick().await;
     loop {
@@ -355,8 +357,8 @@ async fn writer<S>(
                 return;
             }
             Some(c) = control.recv() => tagged(TAG_CONTROL, &c.encode_to_vec()),
-            // Queued with its tag in front (Packet::into_tagged).
-            Some(p) = data.recv() => Message::Binary(p),
+            // With its tag in front: no copy when it had headroom.
+            Some(p) = data.recv() => Message::Binary(p.into_tagged(&mut arena)),
             _ = ping.tick() => Message::Ping(Bytes::new()),
         };
         // Batch: queue without flushing while more packets are waiting.
