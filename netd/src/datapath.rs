@@ -231,8 +231,6 @@ impl DataPath {
     }
 }
 
-/// Largest packet read from the TUN.
-const MAX_TUN_PACKET: usize = 65535;
 /// One allocation holds many packets; it is reclaimed in place once the
 /// packets cut from it have been sent (BytesMut::reserve).
 const TUN_BUFFER: usize = 256 * 1024;
@@ -240,7 +238,7 @@ const TUN_BUFFER: usize = 256 * 1024;
 /// Reads the TUN and sends each packet to its link until shutdown.
 pub async fn tun_reader(data: Arc<DataPath>, shutdown: CancellationToken) {
     let Some(tun) = data.tun.clone() else { return };
-    let read_size = (tun.mtu as usize).clamp(576, MAX_TUN_PACKET);
+    let read_size = (tun.mtu as usize).clamp(576, routing::MAX_IP_PACKET);
     let mut buf = BytesMut::with_capacity(TUN_BUFFER);
     loop {
         // One byte of headroom for the WebSocket packet tag.

@@ -31,11 +31,17 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use sapper_shared::framing::MAX_CONTROL_FRAME;
 pub use sapper_shared::framing::{WS_TAG_CONTROL as TAG_CONTROL, WS_TAG_PACKET as TAG_PACKET};
+use sapper_shared::routing::MAX_IP_PACKET;
 
-/// One IP packet plus its tag, or one control message, fits; nothing larger
+/// One IP packet or one control frame, plus its tag, fits; nothing larger
 /// is buffered for a peer.
-const MAX_MESSAGE: usize = 1 + 65536;
+const MAX_MESSAGE: usize = 1 + if MAX_IP_PACKET > MAX_CONTROL_FRAME {
+    MAX_IP_PACKET
+} else {
+    MAX_CONTROL_FRAME
+};
 /// Interval of WebSocket-level pings.
 const WS_PING: Duration = Duration::from_secs(15);
 

@@ -145,7 +145,7 @@ impl Device for QueueDevice {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ip;
         // The entry's MSS decides segment sizes; this only caps them.
-        c.max_transmission_unit = 65535;
+        c.max_transmission_unit = sapper_shared::routing::MAX_IP_PACKET;
         c
     }
 }
