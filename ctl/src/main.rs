@@ -79,10 +79,15 @@ enum Command {
         #[arg(long)]
         ws_path: Option<String>,
     },
-    /// Close the link to a peer.
+    /// Close the link to a peer (a configured connector redials it unless
+    /// --stay).
     Disconnect {
         /// Unique prefix of the peer's name.
         peer: String,
+        /// Also stop redialling it, until netd restarts or a reload
+        /// (SIGHUP) that still lists its connect entry.
+        #[arg(long)]
+        stay: bool,
     },
     /// Add or remove a route on the TUN (privd checks its allow-list).
     Route {
@@ -302,7 +307,7 @@ fn main() -> ExitCode {
             transport,
             ws_path: ws_path.unwrap_or_default(),
         }),
-        Command::Disconnect { peer } => Req::Disconnect(DisconnectRequest { peer }),
+        Command::Disconnect { peer, stay } => Req::Disconnect(DisconnectRequest { peer, stay }),
         Command::Route { action } => Req::RouteChange(match action {
             RouteAction::Add { prefix } => RouteChangeRequest { prefix, add: true },
             RouteAction::Del { prefix } => RouteChangeRequest { prefix, add: false },

@@ -36,12 +36,8 @@ async fn dial_once(
     }
 }
 
-pub async fn connector(node: Arc<Node>, target: Target, tls: Arc<rustls::ClientConfig>) {
-    let stop = node.shutdown.clone();
-    connector_until(node, target, tls, stop).await
-}
-
-/// [`connector`] until `stop` is cancelled (a reload removed the entry).
+/// Dials `target` and redials it with backoff until `stop` is cancelled
+/// (shutdown, a reload that removed the entry, `disconnect --stay`).
 /// A link that is up is left to end on its own (the reload closes it
 /// through the core, so its end is reported like any other); `stop` is
 /// checked before every dial.

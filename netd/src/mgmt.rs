@@ -319,14 +319,44 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
             }))
         }
         Req::Disconnect(d) => {
-            node.inspect(move |core, _| {
-                let link = core.find_link(&d.peer)?;
-                core.disconnect(link, "disconnected by the operator");
-                Ok(())
-            })
-            .await
-            .map_err(internal)?
-            .map_err(operator)?;
+            let stay = d.stay;
+            let (link, address, outbound) = node
+                .inspect(move |core, _| {
+                    let link = core.find_link(&d.peer)?;
+                    let view = core.link(link);
+                    Ok((
+                        link,
+                        view.as_ref()
+                            .map(|v| v.info.address.clone())
+                            .unwrap_or_default(),
+                        view.is_some_and(|v| v.info.outbound),
+                    ))
+                })
+                .await
+                .map_err(internal)?
+                .map_err(operator)?;
+            if stay {
+                if !outbound {
+                    return Err((
+                        ErrorCode::InvalidArgument,
+                        format!("the peer at {address} dialled this node; --stay stops only this node's own connect entries (remove the peer's, or its PSK)"),
+                    ));
+                }
+                if crate::reload::stay_away(&address).await == 0 {
+                    return Err((
+                        ErrorCode::PeerNotFound,
+                        format!("no connect entry of this node dials {address}"),
+                    ));
+                }
+            }
+            let reason = if stay {
+                "disconnected by the operator (stays disconnected)"
+            } else {
+                "disconnected by the operator"
+            };
+            node.inspect(move |core, _| core.disconnect(link, reason))
+                .await
+                .map_err(internal)?;
             ok(Resp::Ok(MOk {}))
         }
         Req::Shutdown(_) => {
@@ -502,7 +532,8 @@ async fn connect(node: &Arc<Node>, c: ConnectRequest) -> Result<(), Failure> {
         .client_tls(node.cfg.tls.key_exchange)
         .map_err(|e| bad(format!("{e:#}")))?;
     let mut events = node.events.subscribe();
-    tokio::spawn(crate::dial::connector(node.clone(), target, tls));
+    drop(tls);
+    crate::reload::spawn_adhoc(node, &target).map_err(|e| bad(format!("{e:#}")))?;
     let wait = node.cfg.handshake_timeout.millis();
     let connected = tokio::time::timeout(wait, async {
         while let Ok(ev) = events.recv().await {

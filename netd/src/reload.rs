@@ -23,9 +23,63 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// Every connector running, with the token that stops it. Shared by the
+/// reload (entries from the file) and the management socket (`sapperctl
+/// connect` adds, `disconnect --stay` stops); never locked across an await.
+struct Connector {
+    target: Connect,
+    stop: CancellationToken,
+    /// From `[[netd.connect]]` (managed by reload) or `sapperctl connect`.
+    from_file: bool,
+}
+
+static CONNECTORS: std::sync::Mutex<Vec<Connector>> = std::sync::Mutex::new(Vec::new());
+
+fn connectors() -> std::sync::MutexGuard<'static, Vec<Connector>> {
+    CONNECTORS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts a connector for `sapperctl connect` (not part of the file, so a
+/// reload leaves it alone).
+pub fn spawn_adhoc(node: &Arc<Node>, c: &Connect) -> Result<()> {
+    let stop = start_connector(node, c)?;
+    connectors().push(Connector {
+        target: c.clone(),
+        stop,
+        from_file: false,
+    });
+    Ok(())
+}
+
+/// `disconnect --stay`: stops the connectors that dial `addr` (the remote
+/// address of an outbound link). Returns how many. A reload that still
+/// lists a stopped file entry starts it again.
+pub async fn stay_away(addr: &str) -> usize {
+    let all: Vec<Connect> = connectors().iter().map(|c| c.target.clone()).collect();
+    let mut hit = Vec::new();
+    for c in all {
+        if let Ok(a) = crate::target::Dial::resolve(&c).await {
+            if a.to_string() == addr {
+                hit.push(c);
+            }
+        }
+    }
+    let mut list = connectors();
+    let before = list.len();
+    list.retain(|c| {
+        if hit.contains(&c.target) {
+            c.stop.cancel();
+            tracing::info!(peer = %c.target.address(), "disconnect --stay: no longer dialling it");
+            false
+        } else {
+            true
+        }
+    });
+    before - list.len()
+}
+
 /// The configuration running now, as far as reload changes it.
 pub struct Running {
-    connectors: Vec<(Connect, CancellationToken)>,
     listeners: Vec<Listen>,
     /// The last accepted file's sections, to name what changed.
     netd: NetdConfig,
@@ -48,13 +102,15 @@ impl Running {
     /// Starts the configured connectors; `listeners` are those bound at
     /// start.
     pub fn start(node: &Arc<Node>, node_section: &str, netd: &NetdConfig) -> Result<Self> {
-        let connectors = netd
-            .connect
-            .iter()
-            .map(|c| Ok((c.clone(), start_connector(node, c)?)))
-            .collect::<Result<Vec<_>>>()?;
+        for c in &netd.connect {
+            let stop = start_connector(node, c)?;
+            connectors().push(Connector {
+                target: c.clone(),
+                stop,
+                from_file: true,
+            });
+        }
         Ok(Self {
-            connectors,
             listeners: netd.listen.clone(),
             netd: netd.clone(),
             node: node_section.to_string(),
@@ -94,12 +150,19 @@ impl Running {
     }
 
     async fn apply_connect(&mut self, node: &Arc<Node>, wanted: &[Connect]) {
-        let mut kept = Vec::new();
-        for (c, stop) in std::mem::take(&mut self.connectors) {
-            if wanted.contains(&c) {
-                kept.push((c, stop));
-                continue;
-            }
+        // Taken out under the lock; the closing below awaits.
+        let removed: Vec<Connector> = {
+            let mut list = connectors();
+            let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut *list)
+                .into_iter()
+                .partition(|c| c.from_file && !wanted.contains(&c.target));
+            *list = kept;
+            gone
+        };
+        for Connector {
+            target: c, stop, ..
+        } in removed
+        {
             stop.cancel();
             tracing::info!(peer = %c.address(), transport = c.transport().as_str(), "reload: connect entry removed; closing its link");
             // Its link is the outbound one to the address it resolves to.
@@ -121,20 +184,23 @@ impl Running {
             }
         }
         for c in wanted {
-            if kept.iter().any(|(k, _)| k == c) {
+            if connectors().iter().any(|k| k.from_file && k.target == *c) {
                 continue;
             }
             match start_connector(node, c) {
                 Ok(stop) => {
                     tracing::info!(peer = %c.address(), transport = c.transport().as_str(), "reload: new connect entry; dialling");
-                    kept.push((c.clone(), stop));
+                    connectors().push(Connector {
+                        target: c.clone(),
+                        stop,
+                        from_file: true,
+                    });
                 }
                 Err(e) => {
                     tracing::error!(peer = %c.address(), error = %format!("{e:#}"), "reload: cannot start the new connect entry")
                 }
             }
         }
-        self.connectors = kept;
     }
 
     fn apply_listen(&mut self, node: &Arc<Node>, wanted: &[Listen]) {

@@ -388,7 +388,8 @@ fn management_request() -> impl Strategy<Value = management::Request> {
             })
         }),
         prop::option::of(role_hint()).prop_map(|hint| Body::Hint(HintRequest { hint })),
-        text().prop_map(|peer| Body::Disconnect(DisconnectRequest { peer })),
+        (text(), any::<bool>())
+            .prop_map(|(peer, stay)| Body::Disconnect(DisconnectRequest { peer, stay })),
         Just(Body::Shutdown(ShutdownRequest {})),
         Just(Body::Subscribe(SubscribeRequest {})),
         (route(), any::<bool>())

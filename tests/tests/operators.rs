@@ -666,3 +666,56 @@ fn reload(t: Transport) {
     .unwrap_or_else(|e| panic!("{e}"));
 }
 per_transport!(reload);
+
+/// `disconnect --stay`: the entry closes its link to the exit and stops
+/// redialling it (no link at any look for 3 s); the exit, which was dialled,
+/// refuses --stay with a reason; a reload that still lists the connect entry
+/// brings the link back.
+fn disconnect_stay(t: Transport) {
+    let mut topo = bare(t);
+    init_pair(&mut topo, t);
+    topo.wait_for_tunnel();
+
+    let out = topo.ctl(Node::Exit, &["disconnect", "entry", "--stay"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "--stay on a dialled-in peer: {}",
+        show(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("dialled this node"),
+        "{}",
+        show(&out)
+    );
+
+    let out = topo.ctl(Node::Entry, &["disconnect", "exit", "--stay", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"ok":true}"#
+    );
+    // The link closes (a QUIC dialler drains its endpoint for up to 3 s
+    // first); from then on it stays closed.
+    wait_until("the entry's link to the exit to close", WAIT, || {
+        topo.peers(Node::Entry)
+            .ok()
+            .filter(|p| p.iter().all(|p| p["name"] != "exit"))
+            .map(|_| ())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let peers = topo.peers(Node::Entry).expect("peers");
+        assert!(
+            peers.iter().all(|p| p["name"] != "exit"),
+            "the entry redialled a peer disconnected with --stay: {peers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    topo.assert_daemons_alive();
+
+    hup(&topo, Node::Entry);
+    topo.wait_for_tunnel();
+}
+per_transport!(disconnect_stay);
