@@ -316,7 +316,7 @@ pub fn run(a: &InitArgs) -> Result<InitReport> {
     );
     let _ = writeln!(
         c,
-        "# every key is described in the README and shared/src/config.rs."
+        "# every key is described in the README and shared/src/config/."
     );
     let _ = writeln!(c);
     let _ = writeln!(c, "[node]");
