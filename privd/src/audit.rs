@@ -25,12 +25,7 @@ pub struct RateBound {
 impl RateBound {
     /// A full bucket.
     pub fn new(now: Instant) -> Self {
-        RateBound {
-            tokens: BURST,
-            last: now,
-            pending: 0,
-            total: 0,
-        }
+        RateBound { tokens: BURST, last: now, pending: 0, total: 0 }
     }
 
     /// `Some(n)`: write this line, after saying that `n` were left out since
@@ -134,7 +129,8 @@ pub fn emit(rec: &Record<'_>) {
 /// stream, marked `"audit": false` so they are never mistaken for decisions.
 pub fn log(level: &str, msg: &str) {
     let v = json!({ "ts": rfc3339(SystemTime::now()), "audit": false, "level": level, "msg": msg });
-    eprintln!("{v}");
+    // One write per line (Value's Display would write it piecemeal).
+    eprintln!("{}", v.to_string());
 }
 
 /// Shortens peer-supplied text for the log; the frame limit already bounds

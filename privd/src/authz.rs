@@ -234,9 +234,7 @@ mod tests {
             let mut installed = configured.clone();
             installed.insert("10.80.1.0/24".parse().unwrap());
             Fixture {
-                allowed: nets(&["10.78.0.0/16", "10.80.0.0/16", "fd80::/48"])
-                    .into_iter()
-                    .collect(),
+                allowed: nets(&["10.78.0.0/16", "10.80.0.0/16", "fd80::/48"]).into_iter().collect(),
                 configured,
                 installed,
                 max: 2,
@@ -251,20 +249,13 @@ mod tests {
                 installed: &self.installed,
                 max_routes: self.max,
             };
-            let caller = Caller {
-                uid,
-                open_own: 0,
-                open_others: 0,
-            };
+            let caller = Caller { uid, open_own: 0, open_others: 0 };
             decide(&state, &caller, &req)
         }
     }
 
     fn route(prefix: &str, add: bool) -> Request {
-        Request::RouteChange {
-            prefix: prefix.into(),
-            add,
-        }
+        Request::RouteChange { prefix: prefix.into(), add }
     }
 
     fn net(s: &str) -> IpNet {
@@ -298,43 +289,27 @@ mod tests {
             max_routes: f.max,
         };
         let at = |uid, open_own, open_others| {
-            let c = Caller {
-                uid,
-                open_own,
-                open_others,
-            };
+            let c = Caller { uid, open_own, open_others };
             decide(&state, &c, &Request::Connect)
         };
         // Others: two each, sixteen in all, one reply each.
         assert_eq!(at(4242, 0, 0), Ok(Action::Admit { one_reply: true }));
         assert_eq!(at(4242, 1, 5), Ok(Action::Admit { one_reply: true }));
         assert_eq!(at(4242, 2, 5), Err(Refusal::TooManyConnections(4242)));
-        assert_eq!(
-            at(4243, 0, OTHER_TOTAL),
-            Err(Refusal::TooManyConnections(4243))
-        );
+        assert_eq!(at(4243, 0, OTHER_TOTAL), Err(Refusal::TooManyConnections(4243)));
         // netd: its own slots, whatever the others hold, kept open.
         let netd_ok = Ok(Action::Admit { one_reply: false });
         assert_eq!(at(NETD, 0, OTHER_TOTAL), netd_ok);
         assert_eq!(at(NETD, NETD_CONNECTIONS - 1, OTHER_TOTAL), netd_ok);
-        assert_eq!(
-            at(NETD, NETD_CONNECTIONS, 0),
-            Err(Refusal::TooManyConnections(NETD))
-        );
+        assert_eq!(at(NETD, NETD_CONNECTIONS, 0), Err(Refusal::TooManyConnections(NETD)));
     }
 
     #[test]
     fn routes_inside_the_allow_list_are_granted() {
         let f = Fixture::new();
         let (a, b) = (net("10.80.2.0/24"), net("10.80.0.0/16"));
-        assert_eq!(
-            f.decide(NETD, route("10.80.2.0/24", true)),
-            Ok(Action::AddRoute(a, b))
-        );
-        assert_eq!(
-            f.decide(NETD, route(" 10.80.2.0/24 ", true)),
-            Ok(Action::AddRoute(a, b))
-        );
+        assert_eq!(f.decide(NETD, route("10.80.2.0/24", true)), Ok(Action::AddRoute(a, b)));
+        assert_eq!(f.decide(NETD, route(" 10.80.2.0/24 ", true)), Ok(Action::AddRoute(a, b)));
         let v6 = net("fd80:0:0:5::/64");
         assert_eq!(
             f.decide(NETD, route("fd80:0:0:5::/64", true)),
@@ -342,10 +317,7 @@ mod tests {
         );
         // Re-adding one privd holds is fine (netd restarted).
         let held = net("10.80.1.0/24");
-        assert_eq!(
-            f.decide(NETD, route("10.80.1.0/24", true)),
-            Ok(Action::AddRoute(held, b))
-        );
+        assert_eq!(f.decide(NETD, route("10.80.1.0/24", true)), Ok(Action::AddRoute(held, b)));
     }
 
     #[test]
@@ -358,14 +330,8 @@ mod tests {
         for p in ["10.0.0.1", "", "10.0.0.0/33", "eth0"] {
             assert_eq!(refused(p), Refusal::Unparsable, "{p}");
         }
-        assert_eq!(
-            refused("10.80.2.3/16"),
-            Refusal::HostBits(net("10.80.0.0/16"))
-        );
-        assert_eq!(
-            Refusal::HostBits(net("10.0.0.0/8")).code(),
-            ErrorCode::RouteNotAllowed
-        );
+        assert_eq!(refused("10.80.2.3/16"), Refusal::HostBits(net("10.80.0.0/16")));
+        assert_eq!(Refusal::HostBits(net("10.0.0.0/8")).code(), ErrorCode::RouteNotAllowed);
     }
 
     #[test]
@@ -375,10 +341,7 @@ mod tests {
             let r = f.decide(NETD, route("10.78.0.0/24", add));
             assert_eq!(r, Err(Refusal::Configured(net("10.78.0.0/24"))));
         }
-        assert_eq!(
-            Refusal::Configured(net("10.78.0.0/24")).code(),
-            ErrorCode::RouteConfigured
-        );
+        assert_eq!(Refusal::Configured(net("10.78.0.0/24")).code(), ErrorCode::RouteConfigured);
     }
 
     #[test]
@@ -392,10 +355,7 @@ mod tests {
         let other = net("10.80.9.0/24");
         let r = f.decide(NETD, route("10.80.9.0/24", false));
         assert_eq!(r, Err(Refusal::NotInstalled(other)));
-        assert_eq!(
-            Refusal::NotInstalled(other).code(),
-            ErrorCode::RouteNotInstalled
-        );
+        assert_eq!(Refusal::NotInstalled(other).code(), ErrorCode::RouteNotInstalled);
     }
 
     #[test]

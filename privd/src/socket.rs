@@ -57,10 +57,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, SocketErro
         let path = shown.clone();
         move |source| SocketError::Io { what, path, source }
     };
-    if let Some(dir) = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
