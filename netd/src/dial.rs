@@ -24,7 +24,7 @@ async fn dial_once(
     target: &Target,
     tls: &Arc<rustls::ClientConfig>,
 ) -> Result<()> {
-    match target.transport {
+    match target.transport() {
         Transport::Quic => {
             let link = quic::connect(&node.cfg, target, tls.clone()).await?;
             run_link(node.clone(), link, Direction::Outbound).await
@@ -37,16 +37,16 @@ async fn dial_once(
 }
 
 pub async fn connector(node: Arc<Node>, target: Target, tls: Arc<rustls::ClientConfig>) {
-    let mut backoff = Backoff::new(node.cfg.reconnect_min_ms, node.cfg.reconnect_max_ms);
+    let mut backoff = Backoff::new(node.cfg.reconnect.min_ms(), node.cfg.reconnect.max_ms());
     loop {
         match dial_once(&node, &target, &tls).await {
             Ok(()) => backoff.reset(),
             Err(e) => {
-                tracing::warn!(peer = %target.address, transport = target.transport.as_str(), error = %format!("{e:#}"), "connection failed")
+                tracing::warn!(peer = %target.address(), transport = target.transport().as_str(), error = %format!("{e:#}"), "connection failed")
             }
         }
         let delay = backoff.next_delay(random_u32());
-        tracing::debug!(peer = %target.address, ?delay, "reconnecting after delay");
+        tracing::debug!(peer = %target.address(), ?delay, "reconnecting after delay");
         tokio::select! {
             _ = node.shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}

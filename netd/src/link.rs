@@ -65,7 +65,7 @@ async fn handshake<L: Link>(node: &Node, link: &mut L, side: Side) -> Result<Acc
     let remote = link.remote();
     let local = node.inspect(|core, _| core.local_handshake()).await?;
     let mut hs = Handshaker::new(local, side, link.channel_binding(), node.psk.clone());
-    let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
+    let timeout = node.cfg.handshake_timeout.millis();
     let result = tokio::time::timeout(timeout, async {
         link.send_control(&hs.outgoing()).await?;
         let body = link.recv_control().await?;

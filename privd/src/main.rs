@@ -42,8 +42,10 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let shown = args.config.display().to_string();
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {shown}"))?;
-    let cfg = Config::parse(&text, &shown)?
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("loading {shown}: cannot read"))?;
+    let cfg = Config::parse(&text, &shown)
+        .with_context(|| format!("loading {shown}"))?
         .privd
         .with_context(|| format!("{shown}: no [privd] section"))?;
     privs::check_net_admin()?;

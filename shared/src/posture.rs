@@ -5,8 +5,8 @@
 //! automation back on explicitly. A node with no authentication at all must
 //! say `insecure_open`.
 
-use crate::config::{HintLevelName, NetdConfig, NodeConfig, RoleName};
-use crate::proto::data::{HintLevel, NodeRole, RoleHint};
+use crate::config::{NetdConfig, NodeConfig};
+use crate::proto::data::{NodeRole, RoleHint};
 
 /// What the node may do on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,41 +36,17 @@ pub enum PostureError {
     Unauthenticated,
 }
 
-fn role(r: RoleName) -> NodeRole {
-    match r {
-        RoleName::Entry => NodeRole::RoleEntry,
-        RoleName::Exit => NodeRole::RoleExit,
-        RoleName::Relay => NodeRole::RoleRelay,
-    }
-}
-
 /// Resolves the posture.
 pub fn resolve(node: &NodeConfig, netd: &NetdConfig) -> Result<Posture, PostureError> {
-    let has_psk = node.psk_file.is_some() || node.psk_env.is_some();
-    let pins = netd
-        .connect
-        .iter()
-        .any(|c| c.fingerprint.is_some() || c.ca_file.is_some());
+    let has_psk = node.psk.is_some();
+    // Every connect entry is pinned or CA-verified (the config says how).
+    let pins = !netd.connect.is_empty();
     let secure = has_psk || pins;
     if !has_psk && !node.insecure_open {
         return Err(PostureError::Unauthenticated);
     }
     let automatic = node.zero_config || !secure;
-    let hint = match (node.hint, node.role) {
-        (Some(h), _) => Some(RoleHint {
-            level: match h.level {
-                HintLevelName::Prefer => HintLevel::Prefer,
-                HintLevelName::Exclude => HintLevel::Exclude,
-                HintLevelName::Fixed => HintLevel::Fixed,
-            } as i32,
-            target: role(h.role) as i32,
-        }),
-        (None, Some(r)) => Some(RoleHint {
-            level: HintLevel::Fixed as i32,
-            target: role(r) as i32,
-        }),
-        (None, None) => None,
-    };
+    let hint = node.hint.map(|h| h.wire());
     Ok(Posture {
         secure,
         auto_negotiate: node.auto_negotiate.unwrap_or(automatic),
@@ -90,6 +66,7 @@ pub fn fixed_role(p: &Posture) -> Option<NodeRole> {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::proto::data::HintLevel;
 
     fn posture(toml: &str) -> Result<Posture, PostureError> {
         let c = Config::parse(toml, "t.toml").unwrap();

@@ -162,11 +162,10 @@ pub fn install(
         tracing::info!("userspace exit disabled (netd.exit.enable = false)");
         return Ok(None);
     }
-    let policy = cfg
-        .policy()
-        .map_err(|e| anyhow::anyhow!("netd.exit: {e}"))?;
     let stats = Arc::new(Stats::default());
-    stats.max_buffer_bytes.store(cfg.max_buffer_bytes, Relaxed);
+    stats
+        .max_buffer_bytes
+        .store(cfg.buffers.total_bytes(), Relaxed);
     let (tx, rx) = mpsc::channel(INBOUND_PACKETS);
     let queued = Arc::new(AtomicUsize::new(0));
     let exit = Arc::new(UserspaceExit {
@@ -175,25 +174,18 @@ pub fn install(
         stats: stats.clone(),
     });
     icmp::probe_ping_sockets();
-    let engine = engine::Engine::new(
-        data.clone(),
-        shutdown,
-        cfg.clone(),
-        policy,
-        stats,
-        rx,
-        queued,
-    )?;
+    let engine = engine::Engine::new(data.clone(), shutdown, cfg.clone(), stats, rx, queued)?;
     tokio::spawn(engine.run());
     if !data.set_terminus(exit.clone()) {
         anyhow::bail!("userspace exit installed twice");
     }
     tracing::info!(
-        max_tcp_flows = cfg.max_tcp_flows,
-        max_udp_flows = cfg.max_udp_flows,
-        max_icmp_flows = cfg.max_icmp_flows,
-        flow_buffer_bytes = cfg.flow_buffer_bytes,
-        max_buffer_bytes = cfg.max_buffer_bytes,
+        max_tcp_flows = cfg.max_tcp_flows.get(),
+        max_udp_flows = cfg.max_udp_flows.get(),
+        max_icmp_flows = cfg.max_icmp_flows.get(),
+        flow_buffer_bytes = cfg.buffers.flow_bytes(),
+        max_buffer_bytes = cfg.buffers.total_bytes(),
+        deny_local = cfg.deny_local,
         "userspace exit ready: tunnel traffic leaves through this host's own sockets"
     );
     Ok(Some(exit))
