@@ -514,18 +514,25 @@ fn an_operator_uid_cannot_lock_netd_out() {
 }
 
 #[test]
-fn config_without_privd_section_is_an_error() {
+fn config_errors_are_clear() {
     let dir = std::env::temp_dir().join(format!("sapt-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("sapper.toml");
-    std::fs::write(&cfg, "[node]\nname = \"x\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sapper-privd"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let run = |text: &str| {
+        std::fs::write(&cfg, text).unwrap();
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_sapper-privd")).arg("--config").arg(&cfg).output();
+        let out = out.unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run("[node]\nname = \"x\"\n");
     assert!(err.contains("no [privd] section"), "{err}");
+    // Started as root, privd refuses to go on without the user to become.
+    let err = run("[privd]\nnetd_uid = 0\nuser = \"sapt-nobody-here\"\n[privd.tun]\n");
+    assert!(
+        err.contains("privd.user \"sapt-nobody-here\" does not exist") && err.contains("useradd"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
