@@ -99,15 +99,20 @@ pub fn line(rec: &Record<'_>, now: SystemTime) -> String {
 
 /// Writes a record to stderr.
 pub fn emit(rec: &Record<'_>) {
-    eprintln!("{}", line(rec, SystemTime::now()));
+    write_line(line(rec, SystemTime::now()));
 }
 
 /// Operational messages (start, stop, warnings) in the same JSON-lines
 /// stream, marked `"audit": false` so they are never mistaken for decisions.
 pub fn log(level: &str, msg: &str) {
     let v = json!({ "ts": rfc3339(SystemTime::now()), "audit": false, "level": level, "msg": msg });
-    // One write per line (Value's Display would write it piecemeal).
-    eprintln!("{}", v.to_string());
+    write_line(v.to_string());
+}
+
+/// One write(2) per line, so lines never interleave or tear.
+fn write_line(mut line: String) {
+    line.push('\n');
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
 
 /// Shortens peer-supplied text for the log; the frame limit already bounds
