@@ -233,17 +233,22 @@ fn tun_info(fd: &OwnedFd) -> (String, i32) {
     (String::from_utf8_lossy(&req.name[..len]).into_owned(), i32::from(req.flags))
 }
 
-/// Sends raw bytes and returns whatever privd answers before closing or a
-/// short timeout.
+/// Sends raw bytes and returns privd's one reply frame (through the shared
+/// decoder) before it closes or a short timeout.
 fn raw_exchange(socket: &Path, bytes: &[u8]) -> Vec<u8> {
     let mut s = UnixStream::connect(socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     s.write_all(bytes).unwrap();
-    let mut header = [0u8; 4];
-    s.read_exact(&mut header).unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
-    s.read_exact(&mut body).unwrap();
-    body
+    let mut frames = sapper_shared::framing::FrameDecoder::new(1 << 16);
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(body) = frames.next_frame().unwrap() {
+            return body;
+        }
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "privd closed without a reply");
+        frames.push(&buf[..n]);
+    }
 }
 
 fn error_text(body: &[u8]) -> String {
@@ -511,6 +516,24 @@ fn an_operator_uid_cannot_lock_netd_out() {
     drop(hog.stdin.take());
     let _ = wait_bounded(&mut hog, Duration::from_secs(10));
     assert!(w.stop().success());
+}
+
+/// The nft teardown helper removes the table even when privd cannot: here
+/// privd is killed with SIGKILL.
+#[test]
+fn a_killed_privd_takes_its_nat_table_along() {
+    let cfg = "netd_uid = 0\n[privd.tun]\nname = \"sapt3\"\naddresses = [\"10.55.0.1/24\"]\n";
+    let mut w = World::new(&format!("{cfg}[privd.nat]\nenable = true\n"));
+    let table = |w: &World| w.in_ns(&["nft", "list", "table", "inet", "sapper"]).status.success();
+    assert!(table(&w), "table installed");
+    let mut child = w.privd.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while table(&w) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!table(&w), "table left behind by a killed privd: {:?}", w.lines());
 }
 
 #[test]
