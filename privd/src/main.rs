@@ -51,6 +51,11 @@ fn main() -> anyhow::Result<()> {
     privs::check_net_admin()?;
     let netd_uid = netd_uid(&cfg)?;
     let user = privs::resolve(cfg.user.as_deref())?;
+    // netd must not be able to signal or trace the process that holds its
+    // privilege, nor the other way round.
+    if user.as_ref().is_some_and(|u| u.uid.as_raw() == netd_uid) {
+        bail!("privd.user must not be netd's user (uid {netd_uid})");
+    }
     // SIGTERM and SIGINT arrive as a readable fd in the poll loop; blocked
     // from here on (the nft helper inherits that, and outlives a Ctrl-C).
     let mut mask = SigSet::empty();

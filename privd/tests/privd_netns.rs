@@ -58,6 +58,15 @@ fn outcome(r: Result<(), PrivdError>) -> String {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The user privd becomes (privd.user unset): created as a system user
+/// when this host has none yet, as the e2e harness does.
+fn ensure_privd_user() {
+    if nix::unistd::User::from_name("sapper-privd").ok().flatten().is_none() {
+        let args = ["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin"];
+        let _ = Command::new("useradd").args(args).arg("sapper-privd").status();
+    }
+}
+
 /// A namespace, a temp dir and a running privd; torn down in Drop so that a
 /// failed assertion leaves nothing behind.
 struct World {
@@ -76,6 +85,7 @@ impl World {
             "the privd integration tests need root (network namespaces, TUN devices): \
              run `sudo scripts/test.sh`"
         );
+        ensure_privd_user();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         // `sap<UPPER><pid>_<n>`, the harness's naming scheme, so that the
         // stale-namespace cleanup (sapper_tests::netns::cleanup_stale and
@@ -525,6 +535,8 @@ fn a_killed_privd_takes_its_nat_table_along() {
     let cfg = "netd_uid = 0\n[privd.tun]\nname = \"sapt3\"\naddresses = [\"10.55.0.1/24\"]\n";
     let mut w = World::new(&format!("{cfg}[privd.nat]\nenable = true\n"));
     let table = |w: &World| w.in_ns(&["nft", "list", "table", "inet", "sapper"]).status.success();
+    // The socket accepts from bind on; an answer means setup is over.
+    assert!(w.client().status().unwrap().nat_active);
     assert!(table(&w), "table installed");
     let mut child = w.privd.take().unwrap();
     child.kill().unwrap();
@@ -538,6 +550,7 @@ fn a_killed_privd_takes_its_nat_table_along() {
 
 #[test]
 fn config_errors_are_clear() {
+    ensure_privd_user();
     let dir = std::env::temp_dir().join(format!("sapt-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("sapper.toml");
@@ -557,5 +570,7 @@ fn config_errors_are_clear() {
         err.contains("privd.user \"sapt-nobody-here\" does not exist") && err.contains("useradd"),
         "{err}"
     );
+    let err = run("[privd]\nnetd_user = \"sapper-privd\"\n[privd.tun]\n");
+    assert!(err.contains("privd.user must not be netd's user"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
