@@ -53,6 +53,9 @@ pub trait Link: Send + 'static {
     async fn recv_control(&mut self) -> Result<Vec<u8>>;
     /// The sender the data path uses to queue packets to the peer.
     fn packet_tx(&mut self) -> Box<dyn PacketTx>;
+    /// The peer's proof verified: give back the pre-auth place and lift
+    /// the pre-auth limits.
+    fn authenticated(&mut self) {}
     /// After registration: start handing received packets to `inbound`.
     fn start(&mut self, inbound: Inbound);
     /// Closes the link (after a failed handshake too).
@@ -61,19 +64,39 @@ pub trait Link: Send + 'static {
 
 /// Runs the Sapper handshake over `link`. On rejection the peer is told why
 /// (typed code, no secrets) and an error is returned; the caller closes.
-async fn handshake<L: Link>(node: &Node, link: &mut L, side: Side) -> Result<Accepted> {
+async fn handshake<L: Link>(
+    node: &Node,
+    link: &mut L,
+    side: Side,
+    deadline: tokio::time::Instant,
+) -> Result<Accepted> {
     let remote = link.remote();
     let local = node.inspect(|core, _| core.local_handshake()).await?;
     let mut hs = Handshaker::new(local, side, link.channel_binding(), node.psk.clone());
-    let timeout = Duration::from_millis(node.cfg.handshake_timeout_ms);
-    let result = tokio::time::timeout(timeout, async {
-        link.send_control(&hs.outgoing()).await?;
+    // The ordering is the protocol's (see `sapper_shared::proof`): the
+    // dialler, which has already authenticated the listener by pin or CA
+    // in TLS, speaks first; the listener answers only once the dialler's
+    // proof verified, so an anonymous TLS client learns nothing.
+    let result = tokio::time::timeout_at(deadline, async {
+        if side == Side::Client {
+            link.send_control(&hs.outgoing()).await?;
+        }
         let body = link.recv_control().await?;
-        Ok::<_, anyhow::Error>(hs.receive(&body))
+        let verdict = hs.receive(&body);
+        if verdict.is_ok() {
+            link.authenticated();
+            if side == Side::Server {
+                link.send_control(&hs.outgoing()).await?;
+            }
+        }
+        Ok::<_, anyhow::Error>(verdict)
     })
     .await;
     let verdict = match result {
-        Err(_) => Err(anyhow!("timed out after {timeout:?}")),
+        Err(_) => Err(anyhow!(
+            "timed out ({} ms for TLS, upgrade and handshake together)",
+            node.cfg.handshake_timeout_ms
+        )),
         Ok(Err(e)) => Err(e.context("link failed during handshake")),
         Ok(Ok(Err(reject))) => {
             let msg = ControlMessage {
@@ -120,13 +143,20 @@ pub fn tls_refused(node: &Node, remote: SocketAddr, transport: &str, reason: &st
 }
 
 /// Supervises one link from the handshake to its end. Returns Err when the
-/// handshake fails, Ok when an established link ends.
-pub async fn run_link<L: Link>(node: Arc<Node>, mut link: L, direction: Direction) -> Result<()> {
+/// handshake fails, Ok when an established link ends. `deadline` is the one
+/// deadline for everything before the Sapper handshake passed (TLS and the
+/// WebSocket upgrade already ran against it).
+pub async fn run_link<L: Link>(
+    node: Arc<Node>,
+    mut link: L,
+    direction: Direction,
+    deadline: tokio::time::Instant,
+) -> Result<()> {
     let side = match direction {
         Direction::Outbound => Side::Client,
         Direction::Inbound => Side::Server,
     };
-    let accepted = match handshake(&node, &mut link, side).await {
+    let accepted = match handshake(&node, &mut link, side, deadline).await {
         Ok(a) => a,
         Err(e) => {
             link.close("handshake rejected").await;

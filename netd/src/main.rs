@@ -14,6 +14,7 @@ mod listen;
 mod logging;
 mod mgmt;
 mod node;
+mod preauth;
 mod privs;
 mod quic;
 mod quic_tls;
@@ -156,6 +157,16 @@ fn run(args: Args) -> Result<()> {
         }
     };
 
+    if let Some(p) = &psk {
+        if p.len() < sapper_shared::psk::RECOMMENDED_PSK_LEN {
+            tracing::warn!(
+                psk_bytes = p.len(),
+                "the PSK is shorter than {} bytes: use {} random bytes (e.g. `head -c 32 /dev/urandom | base64`)",
+                sapper_shared::psk::RECOMMENDED_PSK_LEN,
+                sapper_shared::psk::RECOMMENDED_PSK_LEN
+            );
+        }
+    }
     let posture = sapper_shared::posture::resolve(&cfg.node, &netd)
         .with_context(|| format!("{file}: [node]"))?;
     if !posture.secure {

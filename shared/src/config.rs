@@ -259,6 +259,9 @@ pub struct NetdConfig {
     /// TLS settings of every link (`[netd.tls]`).
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Bounds on what peers may make this node hold (`[netd.limits]`).
+    #[serde(default)]
+    pub limits: crate::peer_limits::PeerLimits,
 }
 
 /// Which key-exchange groups a node's links offer and accept
@@ -509,6 +512,9 @@ impl Config {
             }
             if n.worker_threads == 0 || n.worker_threads > 64 {
                 return Err(err("netd.worker_threads".into(), "must be 1..=64"));
+            }
+            if let Err((key, why)) = n.limits.check() {
+                return Err(err(key.into(), why));
             }
             if n.peer_queue == 0 || n.peer_queue > 65536 {
                 return Err(err("netd.peer_queue".into(), "must be 1..=65536"));

@@ -1,7 +1,10 @@
 //! The handshake state machine. It takes the local Handshake, this side's TLS
 //! role, the channel binding and the PSK, produces the first control message
 //! to send, and judges the first control message received. The caller moves
-//! bytes and enforces the timeout.
+//! bytes and enforces the timeout, and keeps the order the protocol fixes
+//! (`crate::proof`, "Who sends first"): the client sends
+//! [`Handshaker::outgoing`] first; the server sends it only after
+//! [`Handshaker::receive`] accepted the client's.
 
 use crate::framing::{self, FrameError};
 use crate::proof::{self, ChannelBinding, Side};
@@ -45,7 +48,19 @@ pub enum Reject {
     /// `receive` was called again after a verdict.
     #[error("handshake already finished")]
     AlreadyDone,
+    /// The peer answered with a ControlError (the listener refused our
+    /// proof, our version, …) instead of its Handshake.
+    #[error("the peer refused the handshake (code {code}): {message}")]
+    PeerRefused {
+        /// The peer's error code.
+        code: i32,
+        /// The peer's message, truncated to [`MAX_PEER_MESSAGE`] bytes.
+        message: String,
+    },
 }
+
+/// Longest part of a peer's error message kept.
+pub const MAX_PEER_MESSAGE: usize = 200;
 
 impl Reject {
     /// The control-channel error code to tell the peer before closing.
@@ -53,7 +68,7 @@ impl Reject {
         use crate::proto::control::ControlErrorCode as C;
         match self {
             Reject::Malformed(_) => C::Malformed,
-            Reject::Unexpected | Reject::AlreadyDone => C::Unexpected,
+            Reject::Unexpected | Reject::AlreadyDone | Reject::PeerRefused { .. } => C::Unexpected,
             Reject::VersionMismatch { .. } => C::VersionMismatch,
             Reject::MissingPsk | Reject::NoLocalPsk => C::MissingPsk,
             Reject::BadProof => C::BadProof,
@@ -135,6 +150,12 @@ impl Handshaker {
         let msg: ControlMessage = framing::decode(body)?;
         let peer = match msg.body {
             Some(Body::Handshake(h)) => h,
+            Some(Body::Error(e)) => {
+                return Err(Reject::PeerRefused {
+                    code: e.code,
+                    message: crate::text::sanitize(&e.message, MAX_PEER_MESSAGE),
+                })
+            }
             Some(_) => return Err(Reject::Unexpected),
             None => return Err(Reject::Malformed("empty control message".into())),
         };
