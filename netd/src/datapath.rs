@@ -84,6 +84,8 @@ pub struct Counters {
     pub packets_in: AtomicU64,
     pub packets_out: AtomicU64,
     pub drops: AtomicU64,
+    /// Packets whose source this link may not send from (also in `drops`).
+    pub source_drops: AtomicU64,
 }
 
 /// What the data path holds for one link.
@@ -173,6 +175,17 @@ impl DataPath {
         if !table.forwarding || table.link(from.id).is_none() || dst.is_none() {
             c.drops.fetch_add(1, Relaxed);
             return;
+        }
+        // Allowed sources: a link sends only from what it owns (its
+        // addresses and accepted routes), checked on the same immutable
+        // table, with no lock and no allocation.
+        match routing::source(&pkt) {
+            Some(src) if table.source_allowed(src, dst, from.id) => {}
+            _ => {
+                c.drops.fetch_add(1, Relaxed);
+                c.source_drops.fetch_add(1, Relaxed);
+                return;
+            }
         }
         if table.relay {
             // A relay has no TUN in the path: packets go on to the

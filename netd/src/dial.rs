@@ -24,16 +24,17 @@ async fn dial_once(
     target: &Target,
     tls: &Arc<rustls::ClientConfig>,
 ) -> Result<()> {
+    let allowed = target.allowed_sources.clone();
     let deadline = tokio::time::Instant::now()
         + std::time::Duration::from_millis(node.cfg.handshake_timeout_ms);
     match target.transport {
         Transport::Quic => {
             let link = quic::connect(&node.cfg, target, tls.clone()).await?;
-            run_link(node.clone(), link, Direction::Outbound, deadline).await
+            run_link(node.clone(), link, Direction::Outbound, deadline, allowed).await
         }
         Transport::Ws => {
             let link = ws::connect(&node.cfg, target, tls.clone()).await?;
-            run_link(node.clone(), link, Direction::Outbound, deadline).await
+            run_link(node.clone(), link, Direction::Outbound, deadline, allowed).await
         }
     }
 }

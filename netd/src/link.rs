@@ -151,6 +151,7 @@ pub async fn run_link<L: Link>(
     mut link: L,
     direction: Direction,
     deadline: tokio::time::Instant,
+    allowed_sources: Option<Vec<ipnet::IpNet>>,
 ) -> Result<()> {
     let side = match direction {
         Direction::Outbound => Side::Client,
@@ -176,6 +177,7 @@ pub async fn run_link<L: Link>(
         transport,
         direction,
         connected_at_unix_s: crate::node::unix_ms() / 1000,
+        allowed_sources,
     };
     let handle = LinkHandle {
         data: data.clone(),

@@ -229,6 +229,7 @@ fn peer_info(node: &Node, v: LinkView, links: &Links) -> PeerInfo {
         info.packets_in = c.packets_in.load(Relaxed);
         info.packets_out = c.packets_out.load(Relaxed);
         info.drops = c.drops.load(Relaxed);
+        info.source_drops = c.source_drops.load(Relaxed);
         info.tls = Some(sapper_shared::proto::management::LinkTls {
             version: l.data.tls.version.clone(),
             cipher_suite: l.data.tls.cipher_suite.clone(),
@@ -496,6 +497,7 @@ async fn connect(node: &Arc<Node>, c: ConnectRequest) -> Result<(), Failure> {
         } else {
             c.ws_path
         },
+        allowed_sources: None,
     };
     let target = Target::try_from(&cfg).map_err(|e| bad(e.to_string()))?;
     let addr = target.resolve().await.map_err(|e| bad(format!("{e:#}")))?;

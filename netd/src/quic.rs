@@ -137,7 +137,12 @@ pub fn server_endpoint(
     Ok((endpoint, Arc::new(QuicServer { tls, base: server })))
 }
 
-pub async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, server: Arc<QuicServer>) {
+pub async fn accept_loop(
+    node: Arc<Node>,
+    endpoint: quinn::Endpoint,
+    server: Arc<QuicServer>,
+    allowed: Option<Arc<Vec<ipnet::IpNet>>>,
+) {
     loop {
         let incoming = tokio::select! {
             _ = node.shutdown.cancelled() => break,
@@ -163,8 +168,9 @@ pub async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, server: Arc
         };
         let node = node.clone();
         let server = server.clone();
+        let allowed = allowed.as_deref().cloned();
         tokio::spawn(async move {
-            if let Err(e) = accept_one(node, incoming, &server, ticket).await {
+            if let Err(e) = accept_one(node, incoming, &server, ticket, allowed).await {
                 tracing::debug!(%remote, error = %format!("{e:#}"), "QUIC link ended");
             }
         });
@@ -177,6 +183,7 @@ async fn accept_one(
     incoming: quinn::Incoming,
     server: &QuicServer,
     ticket: crate::preauth::Ticket,
+    allowed: Option<Vec<ipnet::IpNet>>,
 ) -> Result<()> {
     let remote = incoming.remote_address();
     // One deadline for TLS, the control stream and the Sapper handshake.
@@ -205,7 +212,7 @@ async fn accept_one(
         .context("accepting the control stream")?;
     let mut link = QuicLink::new(conn, send, recv, None, node.cfg.peer_queue, tls)?;
     link.ticket = Some(ticket);
-    run_link(node, link, Direction::Inbound, deadline).await
+    run_link(node, link, Direction::Inbound, deadline, allowed).await
 }
 
 /// True when the peer closed the connection with TLS alert

@@ -27,6 +27,8 @@ pub struct Target {
     pub server_name: String,
     pub trust: PeerTrust,
     pub ws_path: String,
+    /// `allowed_sources` of the connect entry.
+    pub allowed_sources: Option<Vec<ipnet::IpNet>>,
 }
 
 impl TryFrom<&ConnectConfig> for Target {
@@ -60,6 +62,7 @@ impl TryFrom<&ConnectConfig> for Target {
             server_name,
             trust,
             ws_path: c.ws_path.clone(),
+            allowed_sources: c.allowed_sources.clone(),
         })
     }
 }
@@ -101,6 +104,7 @@ mod tests {
             fingerprint: fp.map(Into::into),
             ca_file: None,
             ws_path: "/sapper".into(),
+            allowed_sources: None,
         }
     }
 

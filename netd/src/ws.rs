@@ -51,6 +51,7 @@ pub async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     path: String,
+    allowed: Option<Arc<Vec<ipnet::IpNet>>>,
 ) {
     let path = Arc::new(path);
     loop {
@@ -75,8 +76,9 @@ pub async fn accept_loop(
             }
         };
         let (node, tls, path) = (node.clone(), tls.clone(), path.clone());
+        let allowed = allowed.as_deref().cloned();
         tokio::spawn(async move {
-            if let Err(e) = accept_one(node, tcp, remote, tls, &path, ticket).await {
+            if let Err(e) = accept_one(node, tcp, remote, tls, &path, ticket, allowed).await {
                 tracing::debug!(%remote, error = %format!("{e:#}"), "WebSocket link ended");
             }
         });
@@ -90,6 +92,7 @@ async fn accept_one(
     server: Arc<ServerTls>,
     path: &str,
     ticket: crate::preauth::Ticket,
+    allowed: Option<Vec<ipnet::IpNet>>,
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
     // One deadline for TLS, the upgrade and the Sapper handshake.
@@ -129,7 +132,7 @@ async fn accept_one(
     .context("WebSocket upgrade failed")?;
     let mut link = WsLink::new(ws, remote, binding, node.cfg.peer_queue, negotiated);
     link.ticket = Some(ticket);
-    run_link(node, link, Direction::Inbound, deadline).await
+    run_link(node, link, Direction::Inbound, deadline, allowed).await
 }
 
 /// The RFC 9266 tls-exporter value of a finished TLS 1.3 session.

@@ -143,6 +143,9 @@ pub struct ListenConfig {
     /// HTTP path for WebSocket upgrades.
     #[serde(default = "default_ws_path")]
     pub ws_path: String,
+    /// Peers on this listener may send from (and announce) only prefixes
+    /// inside these; absent: no restriction beyond the ownership rules.
+    pub allowed_sources: Option<Vec<IpNet>>,
 }
 
 /// `[[netd.connect]]`
@@ -162,6 +165,9 @@ pub struct ConnectConfig {
     /// HTTP path for WebSocket upgrades.
     #[serde(default = "default_ws_path")]
     pub ws_path: String,
+    /// This peer may send from (and announce) only prefixes inside these;
+    /// absent: no restriction beyond the ownership rules.
+    pub allowed_sources: Option<Vec<IpNet>>,
 }
 
 fn default_state_dir() -> PathBuf {

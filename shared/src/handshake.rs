@@ -89,7 +89,12 @@ pub struct Accepted {
     pub peer: Handshake,
     /// The peer's routes, parsed.
     pub routes: Vec<IpNet>,
+    /// The peer's tunnel addresses, as host prefixes.
+    pub addresses: Vec<IpNet>,
 }
+
+/// Most tunnel addresses one Handshake may carry.
+pub const MAX_ADDRESSES: usize = 16;
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
@@ -166,6 +171,7 @@ impl Handshaker {
             });
         }
         let routes = validate(&peer)?;
+        let addresses = parse_addresses(&peer.addresses)?;
         match (&self.psk, peer.psk_proof.is_empty()) {
             (Some(_), true) => return Err(Reject::MissingPsk),
             (None, false) => return Err(Reject::NoLocalPsk),
@@ -176,8 +182,32 @@ impl Handshaker {
                 }
             }
         }
-        Ok(Accepted { peer, routes })
+        Ok(Accepted {
+            peer,
+            routes,
+            addresses,
+        })
     }
+}
+
+/// A peer's tunnel addresses: bare addresses, at most [`MAX_ADDRESSES`].
+pub fn parse_addresses<S: AsRef<str>>(list: &[S]) -> Result<Vec<IpNet>, Reject> {
+    if list.len() > MAX_ADDRESSES {
+        return Err(Reject::Malformed(format!(
+            "{} addresses, at most {MAX_ADDRESSES}",
+            list.len()
+        )));
+    }
+    list.iter()
+        .map(|a| {
+            a.as_ref()
+                .parse::<std::net::IpAddr>()
+                .map(IpNet::from)
+                .map_err(|_| {
+                    Reject::Malformed(format!("address {:?} is not an IP address", a.as_ref()))
+                })
+        })
+        .collect()
 }
 
 /// Checks the fields a peer controls.
@@ -239,6 +269,7 @@ mod tests {
             },
             hint: None,
             software: "test".into(),
+            addresses: vec![],
         }
     }
 

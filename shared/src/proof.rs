@@ -155,6 +155,7 @@ mod tests {
             routes: vec!["10.200.0.0/24".into()],
             hint: None,
             software: "0.1.0".into(),
+            addresses: vec![],
         }
     }
 

@@ -299,6 +299,7 @@ fn handshake() -> impl Strategy<Value = Handshake> {
                 routes,
                 hint,
                 software,
+                addresses: vec![],
             },
         )
 }
@@ -320,6 +321,7 @@ fn valid_handshake() -> impl Strategy<Value = Handshake> {
             routes,
             hint,
             software,
+            addresses: vec![],
         })
 }
 
@@ -993,6 +995,7 @@ fn handshake_route_limit_boundary() {
                 .collect::<Vec<_>>(),
             hint: None,
             software: String::new(),
+            addresses: vec![],
         };
         let sender = Handshaker::new(hs, Side::Client, b, key());
         let frame_bytes = sender.outgoing_frame();
