@@ -1053,7 +1053,6 @@ impl Core {
     /// claim its sources), until the owner withdraws it or goes down. This
     /// node's own addresses and announced routes belong to no peer.
     fn refusal(&self, id: LinkId, p: &IpNet) -> Option<&'static str> {
-        let lim = &self.cfg.limits;
         let link = self.links.get(&id)?;
         if let Some(allowed) = &link.up.allowed_sources {
             if !allowed.iter().any(|a| a.contains(p)) {
@@ -1069,11 +1068,20 @@ impl Core {
         {
             return Some("it overlaps this node's own addresses or routes");
         }
-        if let Some(owner) = self.overlapping_owner(p, id) {
-            let _ = owner;
+        if let Some(w) = self.bound_reached(id) {
+            return Some(w);
+        }
+        if self.overlapping_owner(p, id).is_some() {
             return Some("it overlaps a prefix another link owns");
         }
-        if link.owned >= lim.max_routes_per_peer {
+        None
+    }
+
+    /// Whether `id` may own one more prefix.
+    fn bound_reached(&self, id: LinkId) -> Option<&'static str> {
+        let lim = &self.cfg.limits;
+        let owned = self.links.get(&id).map(|l| l.owned).unwrap_or(usize::MAX);
+        if owned >= lim.max_routes_per_peer {
             return Some("the link already owns netd.limits.max_routes_per_peer prefixes");
         }
         if self.routes.len() >= lim.max_routes {
@@ -1126,7 +1134,14 @@ impl Core {
         let mut learned = Vec::with_capacity(prefixes.len().min(64));
         let mut refused = 0usize;
         let mut why = "";
-        for p in prefixes {
+        for (i, p) in prefixes.iter().enumerate() {
+            // Past a bound the rest of the update is refused at once: a
+            // flood costs a counter, not a lookup per prefix.
+            if let Some(w) = self.bound_reached(id) {
+                refused += prefixes.len() - i;
+                why = w;
+                break;
+            }
             let p = p.trunc();
             if self.routes.get(&p).is_some_and(|r| r.link == id) {
                 continue;

@@ -86,6 +86,9 @@ pub struct Counters {
     pub drops: AtomicU64,
     /// Packets whose source this link may not send from (also in `drops`).
     pub source_drops: AtomicU64,
+    /// Control messages dropped by the link's rate limit before they reach
+    /// the driver.
+    pub control_drops: AtomicU64,
 }
 
 /// What the data path holds for one link.

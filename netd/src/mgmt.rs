@@ -230,6 +230,7 @@ fn peer_info(node: &Node, v: LinkView, links: &Links) -> PeerInfo {
         info.packets_out = c.packets_out.load(Relaxed);
         info.drops = c.drops.load(Relaxed);
         info.source_drops = c.source_drops.load(Relaxed);
+        info.control_drops += c.control_drops.load(Relaxed);
         info.tls = Some(sapper_shared::proto::management::LinkTls {
             version: l.data.tls.version.clone(),
             cipher_suite: l.data.tls.cipher_suite.clone(),
