@@ -17,7 +17,6 @@ use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,8 +31,6 @@ const TX_QUEUE: usize = 4096;
 const DENIED_CACHE: usize = 4096;
 /// How long a denied flow stays remembered.
 const DENIED_TTL: Duration = Duration::from_secs(120);
-/// Remembered source addresses (where replies for them go).
-const RETURN_PATHS: usize = 4096;
 /// The interface's own addresses: documentation prefixes no real
 /// destination uses; "any IP" mode accepts every other address too.
 const OWN_V4: Ipv4Address = Ipv4Address::new(192, 0, 2, 1);
@@ -200,7 +197,6 @@ pub struct Engine {
     pub(super) udp: HashMap<FlowKey, DgramFlow>,
     pub(super) icmp: HashMap<FlowKey, DgramFlow>,
     denied: HashMap<FlowKey, Instant>,
-    return_path: HashMap<IpAddr, u64>,
     per_peer: HashMap<u64, [u32; 3]>,
     per_peer_dirty: bool,
     next_gen: u64,
@@ -266,7 +262,6 @@ impl Engine {
             udp: HashMap::new(),
             icmp: HashMap::new(),
             denied: HashMap::new(),
-            return_path: HashMap::new(),
             per_peer: HashMap::new(),
             per_peer_dirty: false,
             next_gen: 1,
@@ -345,12 +340,14 @@ impl Engine {
         self.publish();
     }
 
-    /// Sends what smoltcp emitted to the peer each destination came from.
+    /// Sends what smoltcp emitted to the link that owns its destination.
+    /// The data path admitted the flow's packets only from the link that
+    /// owns their source (allowed sources, no two links overlapping), so
+    /// the forwarding table's owner of a reply's destination is the link
+    /// that opened the flow: no "last sender wins" table to poison.
     pub(super) fn flush_tx(&mut self) {
         for pkt in std::mem::take(&mut self.device.tx) {
-            let dst = sapper_shared::routing::destination(&pkt);
-            let peer = dst.and_then(|d| self.return_path.get(&d).copied());
-            if !self.ctx.sink.send_to(peer.map(LinkId), Bytes::from(pkt)) {
+            if !self.ctx.sink.send_to(None, Bytes::from(pkt)) {
                 self.ctx.stats.dropped.fetch_add(1, Relaxed);
             }
         }
@@ -369,12 +366,6 @@ impl Engine {
             self.ctx.stats.dropped.fetch_add(1, Relaxed);
             return;
         };
-        if self.return_path.get(&parsed.src) != Some(&peer) {
-            if self.return_path.len() >= RETURN_PATHS {
-                self.return_path.clear();
-            }
-            self.return_path.insert(parsed.src, peer);
-        }
         match parsed.kind {
             Kind::Tcp { .. } => self.tcp_packet(peer, &parsed, &pkt),
             Kind::Udp { payload, .. } => {

@@ -24,13 +24,50 @@ pub struct Limits {
     pub flow_buffer: u64,
 }
 
+/// Descriptors kept back from the userspace exit's flows: listeners,
+/// links, the management socket, pre-auth connections (capped by
+/// `netd.limits.max_preauth`, 256 by default) and some to spare.
+pub const FD_RESERVE: u64 = 512;
+
+/// This process's soft `RLIMIT_NOFILE`.
+pub fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+        r.rlim_cur
+    } else {
+        1024
+    }
+}
+
 impl Limits {
+    /// The configured ceilings, fitted to the descriptors the process may
+    /// open ([`nofile_limit`] less [`FD_RESERVE`]): every flow holds one
+    /// socket, so flow limits beyond that would fail as EMFILE instead of
+    /// as a clean refusal.
     pub fn from_config(c: &ExitConfig) -> Limits {
         Limits {
             max_flows: [c.max_tcp_flows, c.max_udp_flows, c.max_icmp_flows],
             max_bytes: c.max_buffer_bytes,
             flow_buffer: u64::from(c.flow_buffer_bytes),
         }
+        .fit_to_descriptors(nofile_limit())
+    }
+
+    /// Scales the flow limits down, in proportion, so that together they fit
+    /// in `nofile - FD_RESERVE` descriptors (at least one flow each).
+    pub fn fit_to_descriptors(mut self, nofile: u64) -> Limits {
+        let budget = nofile.saturating_sub(FD_RESERVE).max(3);
+        let total: u64 = self.max_flows.iter().map(|n| u64::from(*n)).sum();
+        if total > budget {
+            for n in &mut self.max_flows {
+                *n = ((u64::from(*n) * budget) / total).max(1) as u32;
+            }
+        }
+        self
     }
 
     /// Bytes one new flow of `proto` reserves: for TCP both smoltcp buffers
@@ -182,7 +219,22 @@ mod tests {
         // channels per TCP flow.
         assert_eq!(2 * CHANNEL_DEPTH * CHUNK, 131_072);
         // The defaults admit at least 500 TCP flows by memory.
-        let d = Limits::from_config(&ExitConfig::default());
+        let d = Limits::from_config(&ExitConfig::default()).fit_to_descriptors(1 << 20);
         assert!(d.max_bytes / d.cost(Proto::Tcp) >= 500);
+    }
+
+    #[test]
+    fn flow_limits_fit_in_the_descriptor_limit() {
+        let c = ExitConfig::default();
+        let l = Limits::from_config(&c).fit_to_descriptors(1 << 20);
+        assert_eq!(l.max_flows, [1024, 1024, 256]);
+        // systemd's default soft limit: 1024 - 512 = 512 descriptors.
+        let l = Limits::from_config(&c).fit_to_descriptors(1024);
+        assert!(
+            l.max_flows.iter().map(|n| u64::from(*n)).sum::<u64>() <= 512,
+            "{l:?}"
+        );
+        assert!(l.max_flows.iter().all(|n| *n >= 1));
+        assert!(l.max_flows[0] > l.max_flows[2]);
     }
 }

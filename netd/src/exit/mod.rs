@@ -188,10 +188,20 @@ pub fn install(
     if !data.set_terminus(exit.clone()) {
         anyhow::bail!("userspace exit installed twice");
     }
+    let fitted = limits::Limits::from_config(&cfg);
+    let nofile = limits::nofile_limit();
+    if fitted.max_flows != [cfg.max_tcp_flows, cfg.max_udp_flows, cfg.max_icmp_flows] {
+        tracing::warn!(
+            nofile,
+            reserve = limits::FD_RESERVE,
+            "the userspace exit's flow limits exceed the descriptor limit (RLIMIT_NOFILE) less a reserve; lowered to fit (raise LimitNOFILE= to keep them)"
+        );
+    }
     tracing::info!(
-        max_tcp_flows = cfg.max_tcp_flows,
-        max_udp_flows = cfg.max_udp_flows,
-        max_icmp_flows = cfg.max_icmp_flows,
+        max_tcp_flows = fitted.max_flows[0],
+        max_udp_flows = fitted.max_flows[1],
+        max_icmp_flows = fitted.max_flows[2],
+        nofile,
         flow_buffer_bytes = cfg.flow_buffer_bytes,
         max_buffer_bytes = cfg.max_buffer_bytes,
         "userspace exit ready: tunnel traffic leaves through this host's own sockets"
