@@ -839,3 +839,72 @@ fn ping_without_ping_sockets() {
     );
     ux.topo.assert_daemons_alive();
 }
+
+/// A second, hostile entry (right PSK, its own address 10.10.0.3) sends
+/// packets with the honest entry's tunnel source 10.99.0.1 while the honest
+/// entry has a TCP flow open through the userspace exit: the exit drops and
+/// counts every one of them against the rogue (`source_drops` in `peers`),
+/// and the honest flow carries on to the end intact.
+#[test]
+fn spoofed_sources_are_dropped_and_the_honest_flow_is_unaffected() {
+    let mut ux = Ux::start(Transport::Quic, &[], true);
+    ux.serve("tcp-echo-serve", "10.20.0.2:7001");
+    ux.wait_for_ping(PRIVATE_HOST);
+    let slow = ux.start_slow_flow("10.20.0.2:7001");
+    ux.topo
+        .entry
+        .ip(&["addr", "add", "10.10.0.3/24", "dev", "ve-x"]);
+    let mut fp = Command::new("setpriv");
+    fp.args(as_nobody())
+        .arg(&bins().netd)
+        .arg("--config")
+        .arg(ux.topo.config_path(Node::Exit))
+        .arg("--print-fingerprint");
+    let fp = run_ok(&mut fp, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    let fp = fp
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .expect("a fingerprint")
+        .to_string();
+    let psk = ux.topo.node_dir(Node::Exit).join("psk");
+    let mut rogue = ux.topo.entry.cmd(tool("sapper-rogue"));
+    rogue.args([
+        "peer",
+        "10.10.0.2:4433",
+        &fp,
+        &psk.display().to_string(),
+        "--bind",
+        "10.10.0.3",
+        "--name",
+        "rogue",
+        "--hint",
+        "entry",
+        "--address",
+        "10.99.0.9",
+        "spoof",
+        "10.99.0.1",
+        PRIVATE_HOST,
+        "3000",
+        "hold",
+        "2",
+    ]);
+    let out = run_timeout(&mut rogue, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "sapper-rogue: {}", show(&out));
+    let peers = ux.topo.peers(Node::Exit).unwrap_or_else(|e| panic!("{e}"));
+    let rogue = peers
+        .iter()
+        .find(|p| p["name"] == "rogue")
+        .unwrap_or_else(|| panic!("the exit does not list the rogue: {peers:?}"));
+    assert!(
+        rogue["source_drops"].as_u64().unwrap_or(0) >= 3000,
+        "spoofed packets not dropped and counted: {rogue}"
+    );
+    let entry = peers
+        .iter()
+        .find(|p| p["name"] == "entry")
+        .expect("the honest entry");
+    assert_eq!(entry["source_drops"], 0, "{entry}");
+    ux.finish_slow_flow(&slow);
+    ux.topo.assert_daemons_alive();
+}
