@@ -270,3 +270,61 @@ fn a_route_covering_the_underlay_is_not_installed() {
     assert!(out.status.success(), "ping through the tunnel failed");
     topo.assert_daemons_alive();
 }
+
+/// 2,000 TCP connections that never start TLS, from one address, against a
+/// WebSocket listener whose netd may open only 1,024 descriptors: the
+/// pre-auth gate (`netd.limits`) closes what is past its caps at once, so
+/// the honest entry, dropped and redialling, is back within 5 s.
+#[test]
+fn idle_preauth_connections_do_not_lock_out_an_honest_peer() {
+    let mut topo = Topology::start(Options::new(Transport::Ws));
+    topo.wait_for_tunnel();
+    // The exit's netd again, under systemd's default descriptor limit.
+    topo.kill("exit-netd");
+    let netd = topo.daemon_bins().netd.clone();
+    let cfg = topo.config_path(Node::Exit);
+    let args: Vec<&OsStr> = vec![
+        OsStr::new("--nofile=1024:1024"),
+        netd.as_os_str(),
+        OsStr::new("--config"),
+        cfg.as_os_str(),
+    ];
+    topo.spawn("exit-netd", Node::Exit, std::path::Path::new("prlimit"), &args);
+    wait_until("the entry to reconnect to the restarted exit", WAIT, || {
+        peer_named(&topo, Node::Exit, "entry")
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", netd_pid(&topo, Node::Exit)))
+        .unwrap_or_default();
+    assert!(
+        limits.lines().any(|l| l.starts_with("Max open files") && l.contains("1024")),
+        "{limits}"
+    );
+    topo.entry.ip(&["addr", "add", &format!("{ROGUE_UNDERLAY}/24"), "dev", "ve-x"]);
+    let target = format!("{EXIT_UNDERLAY}:8443");
+    let args = ["idle", target.as_str(), "2000", "40", "--bind", ROGUE_UNDERLAY];
+    let refs: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    topo.spawn("rogue-idle", Node::Entry, &tool("sapper-rogue"), &refs);
+    let opened = wait_until("the idle connections to be open", Duration::from_secs(60), || {
+        rogue_log(&topo, "rogue-idle")
+            .lines()
+            .find_map(|l| l.strip_prefix("opened=").map(str::to_string))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let opened: usize = opened.trim().parse().unwrap_or(0);
+    assert!(opened >= 1500, "only {opened} idle connections got through TCP");
+    // The honest entry loses its link and redials.
+    let out = topo.ctl(Node::Entry, &["disconnect", "exit"]);
+    assert!(out.status.success(), "disconnect: {out:?}");
+    std::thread::sleep(Duration::from_millis(50));
+    let back = wait_until("the entry to be back within 5 s", Duration::from_secs(5), || {
+        peer_named(&topo, Node::Exit, "entry").filter(|p| {
+            // A new link: connected after the disconnect.
+            p["connected_at"].as_u64().is_some()
+        })
+    });
+    let log = topo.netd(Node::Exit).stderr_text();
+    assert!(back.is_ok(), "the honest entry was locked out: {back:?}\n{log}");
+    assert!(!log.contains("Too many open files"), "netd ran out of descriptors:\n{log}");
+    topo.assert_daemons_alive();
+}
