@@ -289,7 +289,12 @@ fn idle_preauth_connections_do_not_lock_out_an_honest_peer() {
         OsStr::new("--config"),
         cfg.as_os_str(),
     ];
-    topo.spawn("exit-netd", Node::Exit, std::path::Path::new("prlimit"), &args);
+    topo.spawn(
+        "exit-netd",
+        Node::Exit,
+        std::path::Path::new("prlimit"),
+        &args,
+    );
     wait_until("the entry to reconnect to the restarted exit", WAIT, || {
         peer_named(&topo, Node::Exit, "entry")
     })
@@ -297,34 +302,100 @@ fn idle_preauth_connections_do_not_lock_out_an_honest_peer() {
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", netd_pid(&topo, Node::Exit)))
         .unwrap_or_default();
     assert!(
-        limits.lines().any(|l| l.starts_with("Max open files") && l.contains("1024")),
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.contains("1024")),
         "{limits}"
     );
-    topo.entry.ip(&["addr", "add", &format!("{ROGUE_UNDERLAY}/24"), "dev", "ve-x"]);
+    topo.entry.ip(&[
+        "addr",
+        "add",
+        &format!("{ROGUE_UNDERLAY}/24"),
+        "dev",
+        "ve-x",
+    ]);
     let target = format!("{EXIT_UNDERLAY}:8443");
-    let args = ["idle", target.as_str(), "2000", "40", "--bind", ROGUE_UNDERLAY];
+    let args = [
+        "idle",
+        target.as_str(),
+        "2000",
+        "40",
+        "--bind",
+        ROGUE_UNDERLAY,
+    ];
     let refs: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
     topo.spawn("rogue-idle", Node::Entry, &tool("sapper-rogue"), &refs);
-    let opened = wait_until("the idle connections to be open", Duration::from_secs(60), || {
-        rogue_log(&topo, "rogue-idle")
-            .lines()
-            .find_map(|l| l.strip_prefix("opened=").map(str::to_string))
-    })
+    let opened = wait_until(
+        "the idle connections to be open",
+        Duration::from_secs(60),
+        || {
+            rogue_log(&topo, "rogue-idle")
+                .lines()
+                .find_map(|l| l.strip_prefix("opened=").map(str::to_string))
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}"));
     let opened: usize = opened.trim().parse().unwrap_or(0);
-    assert!(opened >= 1500, "only {opened} idle connections got through TCP");
+    assert!(
+        opened >= 1500,
+        "only {opened} idle connections got through TCP"
+    );
     // The honest entry loses its link and redials.
     let out = topo.ctl(Node::Entry, &["disconnect", "exit"]);
     assert!(out.status.success(), "disconnect: {out:?}");
     std::thread::sleep(Duration::from_millis(50));
-    let back = wait_until("the entry to be back within 5 s", Duration::from_secs(5), || {
-        peer_named(&topo, Node::Exit, "entry").filter(|p| {
-            // A new link: connected after the disconnect.
-            p["connected_at"].as_u64().is_some()
-        })
-    });
+    let back = wait_until(
+        "the entry to be back within 5 s",
+        Duration::from_secs(5),
+        || {
+            peer_named(&topo, Node::Exit, "entry").filter(|p| {
+                // A new link: connected after the disconnect.
+                p["connected_at"].as_u64().is_some()
+            })
+        },
+    );
     let log = topo.netd(Node::Exit).stderr_text();
-    assert!(back.is_ok(), "the honest entry was locked out: {back:?}\n{log}");
-    assert!(!log.contains("Too many open files"), "netd ran out of descriptors:\n{log}");
+    assert!(
+        back.is_ok(),
+        "the honest entry was locked out: {back:?}\n{log}"
+    );
+    assert!(
+        !log.contains("Too many open files"),
+        "netd ran out of descriptors:\n{log}"
+    );
     topo.assert_daemons_alive();
+}
+
+/// `sapperctl routes` (JSON and table) with more than 5,000 routes: far
+/// more than one management frame holds, so it comes in pages.
+#[test]
+fn sapperctl_routes_lists_five_thousand_routes() {
+    let topo = entry_with_rogue(
+        &[],
+        &[
+            "[netd.limits]",
+            "max_routes = 10000",
+            "max_routes_per_peer = 10000",
+        ],
+        &["flood-routes", "5", "hold", "60"],
+    );
+    let routes = wait_until("5120 routes from the rogue", WAIT, || {
+        let v = topo.ctl_json(Node::Entry, &["routes"]).ok()?;
+        let r = v["routes"].as_array()?.clone();
+        (r.iter().filter(|x| x["peer"] == "rogue").count() >= 5120).then_some(r)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", topo.ctl_json(Node::Entry, &["routes"]).err()));
+    // Each once, and the exit's too.
+    let mut prefixes: Vec<&str> = routes.iter().filter_map(|r| r["prefix"].as_str()).collect();
+    let n = prefixes.len();
+    prefixes.sort();
+    prefixes.dedup();
+    assert_eq!(prefixes.len(), n, "a route listed twice");
+    assert!(prefixes.contains(&PRIVATE_NET));
+    let out = topo.ctl(Node::Entry, &["routes"]);
+    assert!(out.status.success(), "sapperctl routes: {out:?}");
+    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert!(lines > 5120, "the table has {lines} lines");
+    let out = topo.ctl(Node::Entry, &["peers"]);
+    assert!(out.status.success(), "sapperctl peers: {out:?}");
 }
