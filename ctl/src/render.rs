@@ -477,6 +477,7 @@ mod tests {
                 }),
                 ..Default::default()
             }],
+            ..Default::default()
         };
         let text = render(&Resp::Peers(peers.clone()), false);
         assert!(
@@ -493,6 +494,7 @@ mod tests {
         // A netd without the field: null in JSON, "-" in the table.
         let old = PeersResponse {
             peers: vec![PeerInfo::default()],
+            ..Default::default()
         };
         let v: Value = serde_json::from_str(&render(&Resp::Peers(old), true)).unwrap();
         assert!(v["peers"][0]["tls"].is_null());
@@ -536,6 +538,7 @@ mod tests {
                 }),
                 ..Default::default()
             }],
+            ..Default::default()
         };
         let text = render(&Resp::Peers(peers.clone()), false);
         assert!(text.contains("EXIT FLOWS"), "{text}");

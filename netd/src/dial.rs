@@ -24,10 +24,9 @@ async fn dial_once(
     target: &Target,
     tls: &Arc<rustls::ClientConfig>,
 ) -> Result<()> {
-    let allowed = target.allowed_sources.clone();
-    let deadline = tokio::time::Instant::now()
-        + std::time::Duration::from_millis(node.cfg.handshake_timeout_ms);
-    match target.transport {
+    let allowed = target.allowed_sources().map(<[_]>::to_vec);
+    let deadline = tokio::time::Instant::now() + node.cfg.handshake_timeout.millis();
+    match target.transport() {
         Transport::Quic => {
             let link = quic::connect(&node.cfg, target, tls.clone()).await?;
             run_link(node.clone(), link, Direction::Outbound, deadline, allowed).await
@@ -40,16 +39,16 @@ async fn dial_once(
 }
 
 pub async fn connector(node: Arc<Node>, target: Target, tls: Arc<rustls::ClientConfig>) {
-    let mut backoff = Backoff::new(node.cfg.reconnect_min_ms, node.cfg.reconnect_max_ms);
+    let mut backoff = Backoff::new(node.cfg.reconnect.min_ms(), node.cfg.reconnect.max_ms());
     loop {
         match dial_once(&node, &target, &tls).await {
             Ok(()) => backoff.reset(),
             Err(e) => {
-                tracing::warn!(peer = %target.address, transport = target.transport.as_str(), error = %format!("{e:#}"), "connection failed")
+                tracing::warn!(peer = %target.address(), transport = target.transport().as_str(), error = %format!("{e:#}"), "connection failed")
             }
         }
         let delay = backoff.next_delay(random_u32());
-        tracing::debug!(peer = %target.address, ?delay, "reconnecting after delay");
+        tracing::debug!(peer = %target.address(), ?delay, "reconnecting after delay");
         tokio::select! {
             _ = node.shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}

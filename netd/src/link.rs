@@ -95,7 +95,7 @@ async fn handshake<L: Link>(
     let verdict = match result {
         Err(_) => Err(anyhow!(
             "timed out ({} ms for TLS, upgrade and handshake together)",
-            node.cfg.handshake_timeout_ms
+            node.cfg.handshake_timeout.get()
         )),
         Ok(Err(e)) => Err(e.context("link failed during handshake")),
         Ok(Ok(Err(reject))) => {

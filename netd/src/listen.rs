@@ -31,7 +31,7 @@ fn allowed(node: &Node, addr: &str) -> Option<Arc<Vec<ipnet::IpNet>>> {
 
 /// Serves QUIC on a bound UDP socket.
 pub fn quic(node: &Arc<Node>, sock: std::net::UdpSocket, addr: String) -> Result<()> {
-    let kx = node.cfg.tls.key_exchange();
+    let kx = node.cfg.tls.key_exchange;
     let tls = tls::ServerTls::new(&node.identity, &[tls::ALPN_QUIC], kx)?;
     let (ep, server) = quic::server_endpoint(sock, &node.cfg, tls)?;
     tracing::info!(address = %addr, key_exchange = kx.as_str(), "listening (QUIC)");
@@ -43,7 +43,7 @@ pub fn quic(node: &Arc<Node>, sock: std::net::UdpSocket, addr: String) -> Result
 
 /// Serves WebSocket-over-TLS on a bound TCP listener.
 pub fn ws(node: &Arc<Node>, sock: std::net::TcpListener, addr: String, path: String) -> Result<()> {
-    let kx = node.cfg.tls.key_exchange();
+    let kx = node.cfg.tls.key_exchange;
     let tls = Arc::new(tls::ServerTls::new(&node.identity, &[b"http/1.1"], kx)?);
     let listener = tokio::net::TcpListener::from_std(sock).context("registering the listener")?;
     tracing::info!(address = %addr, %path, key_exchange = kx.as_str(), "listening (WebSocket)");

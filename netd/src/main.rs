@@ -13,6 +13,7 @@ mod link;
 mod listen;
 mod logging;
 mod mgmt;
+mod mgmt_socket;
 mod node;
 mod preauth;
 mod privs;
@@ -28,9 +29,8 @@ mod ws;
 use anyhow::{Context, Result};
 use clap::Parser;
 use node::Node;
-use sapper_shared::config::{format_fingerprint, Config, NetdConfig, Transport};
+use sapper_shared::config::{format_fingerprint, Config, NetdConfig, PskSource, Transport};
 use sapper_shared::psk::Psk;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -110,19 +110,15 @@ fn run(args: Args) -> Result<()> {
     let netd = cfg
         .netd
         .with_context(|| format!("{file}: no [netd] section"))?;
-    let name = match cfg.node.name.clone() {
-        Some(n) => n,
+    let name = match &cfg.node.name {
+        Some(n) => n.to_string(),
         None => nix::unistd::gethostname()
             .context("reading the host name for node.name")?
             .to_string_lossy()
             .into_owned(),
     };
-    let (identity, generated) = tls::load_or_generate(
-        netd.cert_file.as_deref(),
-        netd.key_file.as_deref(),
-        &netd.state_dir,
-        &name,
-    )?;
+    let (identity, generated) =
+        tls::load_or_generate(netd.identity.as_ref(), &netd.state_dir, &name)?;
     let fingerprint = format_fingerprint(&identity.fingerprint);
     if args.print_fingerprint {
         println!("{fingerprint}");
@@ -133,26 +129,26 @@ fn run(args: Args) -> Result<()> {
     }
     tracing::info!(%fingerprint, "certificate fingerprint (pin this on connecting peers)");
 
-    let psk_file = cfg.node.psk_file.clone();
+    let psk_file = cfg.node.psk_file().map(Path::to_path_buf);
     // No core dumps and no ptrace/proc access by the same uid: memory holds
     // the PSK and the TLS key. Set again after the uid change (which resets
     // the dumpable flag).
     privs::no_core_dumps()?;
-    let psk = match (&cfg.node.psk_file, &cfg.node.psk_env) {
+    let psk = match &cfg.node.psk {
         // systemd's credentials directory is private to the service.
-        (Some(f), _) if creds.as_deref().is_some_and(|c| f.starts_with(c)) => {
+        Some(PskSource::File(f)) if creds.as_deref().is_some_and(|c| f.starts_with(c)) => {
             Some(psk_from_file(f, false).with_context(|| format!("{file}: node.psk_file"))?)
         }
-        (Some(f), _) => {
+        Some(PskSource::File(f)) => {
             Some(psk_from_file(f, true).with_context(|| format!("{file}: node.psk_file"))?)
         }
-        (None, Some(v)) => {
+        Some(PskSource::Env(v)) => {
             let psk = psk_from_env(v).with_context(|| format!("{file}: node.psk_env"))?;
             // Out of /proc/PID/environ for the rest of the process's life.
             privs::scrub_env(v);
             Some(psk)
         }
-        (None, None) => {
+        None => {
             tracing::warn!("no PSK configured: peers are checked by certificate pin or CA only");
             None
         }
@@ -220,8 +216,9 @@ fn run(args: Args) -> Result<()> {
         );
     } else {
         let mut readable = vec![args.config.clone(), netd.state_dir.clone()];
-        readable.extend(netd.cert_file.iter().cloned());
-        readable.extend(netd.key_file.iter().cloned());
+        if let Some(id) = &netd.identity {
+            readable.extend([id.cert.clone(), id.key.clone()]);
+        }
         readable.extend(psk_file.iter().cloned());
         // The management socket is removed at shutdown unless systemd owns it.
         let remove_in = (!activation::mgmt_activated())
@@ -268,22 +265,15 @@ fn run(args: Args) -> Result<()> {
         );
     }
 
-    let netd_workers = netd.worker_threads;
+    let netd_workers = netd.worker_threads.as_usize();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(netd_workers)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // Connect targets parsed before anything starts: a bad one is an error
-    // now, naming the file, not a retry loop later.
-    let targets = netd
-        .connect
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            target::Target::try_from(c).with_context(|| format!("{file}: netd.connect[{i}]"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // Connect targets were parsed with the config: a bad one was an error
+    // naming the file and key, not a retry loop later.
+    let targets = netd.connect.clone();
     runtime.block_on(async move {
         let tun = match tun {
             Some(t) => Some(Arc::new(t()?)),
@@ -297,10 +287,10 @@ fn run(args: Args) -> Result<()> {
                 listening: !netd.listen.is_empty(),
                 connecting: !netd.connect.is_empty(),
             },
-            announce_routes: netd.announce_routes.clone(),
+            announce_routes: netd.announce_routes.as_slice().to_vec(),
             installs_routes: tun.is_some() && netd.privd_socket.is_some(),
-            ping_interval: Duration::from_millis(netd.ping_interval_ms),
-            ping_miss_limit: netd.ping_miss_limit,
+            ping_interval: netd.ping_interval.millis(),
+            ping_miss_limit: netd.ping_miss_limit.as_u32(),
             addresses: tun
                 .iter()
                 .flat_map(|t| t.addresses.iter())
@@ -311,7 +301,7 @@ fn run(args: Args) -> Result<()> {
                 // Connect targets given as literal addresses (names are
                 // resolved on every dial and covered by the gateway rule).
                 p.extend(netd.connect.iter().filter_map(|c| {
-                    c.address
+                    c.address()
                         .parse::<std::net::SocketAddr>()
                         .ok()
                         .map(|a| ipnet::IpNet::from(a.ip()))
@@ -438,7 +428,7 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
                         .with_context(|| format!("binding TCP {}", l.address))?,
                 };
                 s.set_nonblocking(true)?;
-                ws.push((s, l.address.to_string(), l.ws_path.clone()));
+                ws.push((s, l.address.to_string(), l.ws_path.as_str().to_string()));
             }
         }
     }
@@ -450,70 +440,19 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
     }
     for (s, addr) in more_ws {
         s.set_nonblocking(true)?;
-        let path = sapper_shared::config::default_ws_path();
-        ws.push((s, addr.to_string(), path));
+        let path = sapper_shared::config::WsPath::default();
+        ws.push((s, addr.to_string(), path.as_str().to_string()));
     }
     if let Some(mgmt) = mgmt_passed {
         // Mode, owner and group were set by the socket unit.
         mgmt.set_nonblocking(true)?;
         return Ok(Bound { quic, ws, mgmt });
     }
-    let path = &netd.management_socket;
-    if let Some(dir) = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // "Own user": the one netd runs as once it has dropped privileges.
-    let own = target.map_or(nix::unistd::geteuid().as_raw(), |t| t.uid.as_raw());
-    sapper_shared::sockdir::check_parent(path, own)?;
-    // Only a stale socket is ever removed, never a file someone put there.
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
-            .with_context(|| format!("removing stale {}", path.display()))?,
-        Ok(_) => anyhow::bail!(
-            "{} exists and is not a socket; refusing to remove it",
-            path.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
-    }
-    // Bound 0600 so nobody can connect before owner and mode are right.
-    // Owner and mode are then set by path: fchmod/fchown on a socket's fd
-    // change the sockfs inode, not the file connect(2) checks. The path is
-    // safe to use because the directory check above means only root or this
-    // user could have replaced it, and chown does not follow a symlink.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let mgmt =
-        bound.with_context(|| format!("binding the management socket {}", path.display()))?;
-    mgmt.set_nonblocking(true)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    let group = match &netd.management_group {
-        Some(g) => Some(
-            nix::unistd::Group::from_name(g)?
-                .with_context(|| format!("netd.management_group {g:?} does not exist"))?
-                .gid,
-        ),
-        None => target.map(|t| t.gid),
-    };
-    if target.is_some() || group.is_some() {
-        nix::unistd::fchownat(
-            None,
-            path,
-            target.map(|t| t.uid),
-            group,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .with_context(|| format!("chown {}", path.display()))?;
-    }
+    let mgmt = mgmt_socket::bind(
+        &netd.management_socket,
+        netd.management_group.as_deref(),
+        target,
+    )?;
     Ok(Bound { quic, ws, mgmt })
 }
 
@@ -573,7 +512,7 @@ async fn serve(
         listen::ws(&node, sock, addr, path)?;
     }
     for target in targets {
-        let tls = target.client_tls(node.cfg.tls.key_exchange())?;
+        let tls = target::Dial::client_tls(&target, node.cfg.tls.key_exchange)?;
         tokio::spawn(dial::connector(node.clone(), target, tls));
     }
     let mgmt = tokio::net::UnixListener::from_std(bound.mgmt)?;

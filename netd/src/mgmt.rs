@@ -6,10 +6,10 @@
 
 use crate::inputs::{Input, Links, PingFailure};
 use crate::node::Node;
-use crate::target::Target;
+use crate::target::{Dial, Target};
 use anyhow::{Context, Result};
 use sapper_control::{LinkView, OperatorError};
-use sapper_shared::config::{parse_fingerprint, ConnectConfig, Transport};
+use sapper_shared::config::{raw, Transport, WsPath};
 use sapper_shared::framing::{self, FrameDecoder, MAX_CONTROL_FRAME};
 use sapper_shared::proto::data::NodeRole;
 use sapper_shared::proto::management::{
@@ -493,12 +493,13 @@ fn exit_mode(node: &Node, role: NodeRole) -> &'static str {
 
 fn transport(s: &str) -> Result<Transport, Failure> {
     match s {
-        "quic" | "" => Ok(Transport::Quic),
-        "ws" => Ok(Transport::Ws),
-        other => Err((
-            ErrorCode::InvalidArgument,
-            format!("unknown transport {other:?}: use quic or ws"),
-        )),
+        "" => Ok(Transport::Quic),
+        other => Transport::parse(other).ok_or_else(|| {
+            (
+                ErrorCode::InvalidArgument,
+                format!("unknown transport {other:?}: use quic or ws"),
+            )
+        }),
     }
 }
 
@@ -507,32 +508,29 @@ fn transport(s: &str) -> Result<Transport, Failure> {
 async fn connect(node: &Arc<Node>, c: ConnectRequest) -> Result<(), Failure> {
     let bad = |m: String| (ErrorCode::InvalidArgument, m);
     let transport = transport(&c.transport)?;
-    if parse_fingerprint(&c.fingerprint).is_none() {
+    if c.fingerprint.is_empty() {
         return Err(bad(
             "a certificate fingerprint (64 hex digits) is required to connect".into(),
         ));
     }
-    let cfg = ConnectConfig {
+    // The same parsing as a [[netd.connect]] entry.
+    let fields = raw::Connect {
         transport,
-        address: c.address.clone(),
+        address: c.address,
         server_name: (!c.server_name.is_empty()).then_some(c.server_name),
         fingerprint: Some(c.fingerprint),
         ca_file: None,
-        ws_path: if c.ws_path.is_empty() {
-            sapper_shared::config::default_ws_path()
-        } else {
-            c.ws_path
-        },
+        ws_path: Some(c.ws_path),
         allowed_sources: None,
     };
-    let target = Target::try_from(&cfg).map_err(|e| bad(e.to_string()))?;
+    let target = Target::try_from(fields).map_err(|e| bad(e.to_string()))?;
     let addr = target.resolve().await.map_err(|e| bad(format!("{e:#}")))?;
     let tls = target
-        .client_tls(node.cfg.tls.key_exchange())
+        .client_tls(node.cfg.tls.key_exchange)
         .map_err(|e| bad(format!("{e:#}")))?;
     let mut events = node.events.subscribe();
     tokio::spawn(crate::dial::connector(node.clone(), target, tls));
-    let wait = Duration::from_millis(node.cfg.handshake_timeout_ms);
+    let wait = node.cfg.handshake_timeout.millis();
     let connected = tokio::time::timeout(wait, async {
         while let Ok(ev) = events.recv().await {
             if let Some(event::Body::PeerConnected(p)) = ev.body {
@@ -555,6 +553,12 @@ async fn connect(node: &Arc<Node>, c: ConnectRequest) -> Result<(), Failure> {
 
 fn listen(node: &Arc<Node>, l: ListenRequest) -> Result<(), Failure> {
     let transport = transport(&l.transport)?;
+    let path = WsPath::or_default(Some(&l.ws_path)).ok_or_else(|| {
+        (
+            ErrorCode::InvalidArgument,
+            format!("ws_path {:?} must start with '/'", l.ws_path),
+        )
+    })?;
     let addr: std::net::SocketAddr = l.address.parse().map_err(|_| {
         (
             ErrorCode::InvalidArgument,
@@ -579,12 +583,7 @@ fn listen(node: &Arc<Node>, l: ListenRequest) -> Result<(), Failure> {
         Transport::Ws => {
             let s = std::net::TcpListener::bind(addr).map_err(bind_err)?;
             s.set_nonblocking(true).map_err(bind_err)?;
-            let path = if l.ws_path.is_empty() {
-                sapper_shared::config::default_ws_path()
-            } else {
-                l.ws_path
-            };
-            crate::listen::ws(node, s, addr.to_string(), path).map_err(failed)
+            crate::listen::ws(node, s, addr.to_string(), path.as_str().into()).map_err(failed)
         }
     }
 }

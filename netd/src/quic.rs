@@ -8,7 +8,7 @@ use crate::datapath::{Packet, PacketTx};
 use crate::link::{run_link, Inbound, Link};
 use crate::node::Node;
 use crate::quic_tls::{Probe, ProbedClient, ProbedServer};
-use crate::target::Target;
+use crate::target::{Dial, Target};
 use crate::tls::{Negotiated, ServerTls};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -31,14 +31,14 @@ fn base_transport(node_cfg: &NetdConfig) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // Our own pings detect dead peers; QUIC's idle timeout is a backstop a
     // little beyond the point where keepalive would have given up.
-    let idle = Duration::from_millis(
-        node_cfg.ping_interval_ms * (u64::from(node_cfg.ping_miss_limit) + 2),
-    )
-    .max(Duration::from_secs(5));
+    // At most a day times u32::MAX + 2: no overflow (typed bounds).
+    let idle =
+        Duration::from_millis(node_cfg.ping_interval.get() * (node_cfg.ping_miss_limit.get() + 2))
+            .max(Duration::from_secs(5));
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }
-    t.keep_alive_interval(Some(Duration::from_millis(node_cfg.ping_interval_ms)));
+    t.keep_alive_interval(Some(node_cfg.ping_interval.millis()));
     // Bounded buffers: a peer can fill them, so they have limits.
     t.datagram_receive_buffer_size(Some(4 << 20));
     t.datagram_send_buffer_size(4 << 20);
@@ -187,8 +187,7 @@ async fn accept_one(
 ) -> Result<()> {
     let remote = incoming.remote_address();
     // One deadline for TLS, the control stream and the Sapper handshake.
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(node.cfg.handshake_timeout_ms);
+    let deadline = tokio::time::Instant::now() + node.cfg.handshake_timeout.millis();
     let (cfg, offered, probe) = server.for_connection()?;
     let failed = |e: quinn::ConnectionError| {
         if let Some(why) = offered.kx_refusal(server.tls.key_exchange) {
@@ -210,7 +209,7 @@ async fn accept_one(
         .await
         .context("peer opened no control stream")?
         .context("accepting the control stream")?;
-    let mut link = QuicLink::new(conn, send, recv, None, node.cfg.peer_queue, tls)?;
+    let mut link = QuicLink::new(conn, send, recv, None, node.cfg.peer_queue.as_usize(), tls)?;
     link.ticket = Some(ticket);
     run_link(node, link, Direction::Inbound, deadline, allowed).await
 }
@@ -249,16 +248,16 @@ pub async fn connect(
         probe: probe.clone(),
     }));
     client.transport_config(transport_config(cfg));
-    let timeout = Duration::from_millis(cfg.handshake_timeout_ms);
+    let timeout = cfg.handshake_timeout.millis();
     let conn = match tokio::time::timeout(
         timeout,
-        endpoint.connect_with(client, addr, &target.server_name)?,
+        endpoint.connect_with(client, addr, target.server_name())?,
     )
     .await
     {
         Err(_) => bail!("QUIC connect timed out"),
         Ok(Err(e)) if closed_by_handshake_failure(&e) => {
-            let why = crate::tls::client_refusal(cfg.tls.key_exchange());
+            let why = crate::tls::client_refusal(cfg.tls.key_exchange);
             bail!("QUIC connect to {addr}: {why}: {e}");
         }
         Ok(Err(e)) => return Err(anyhow!(e).context(format!("QUIC connect to {addr}"))),
@@ -269,7 +268,14 @@ pub async fn connect(
         .await
         .context("opening the control stream timed out")?
         .context("opening the control stream")?;
-    QuicLink::new(conn, send, recv, Some(endpoint), cfg.peer_queue, tls)
+    QuicLink::new(
+        conn,
+        send,
+        recv,
+        Some(endpoint),
+        cfg.peer_queue.as_usize(),
+        tls,
+    )
 }
 
 /// A QUIC link: control frames on the bidirectional stream, packets in

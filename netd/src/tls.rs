@@ -257,17 +257,16 @@ pub fn client_refusal(kx: KeyExchange) -> String {
 /// Loads the configured cert/key, or the generated pair in `state_dir`,
 /// generating it (mode 0600) when absent. Returns whether it was generated.
 pub fn load_or_generate(
-    cert_file: Option<&Path>,
-    key_file: Option<&Path>,
+    configured: Option<&sapper_shared::config::IdentityFiles>,
     state_dir: &Path,
     name: &str,
 ) -> Result<(Identity, bool)> {
-    let (cert_path, key_path) = match (cert_file, key_file) {
-        (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
-        _ => (state_dir.join("cert.pem"), state_dir.join("key.pem")),
+    let (cert_path, key_path) = match configured {
+        Some(id) => (id.cert.clone(), id.key.clone()),
+        None => (state_dir.join("cert.pem"), state_dir.join("key.pem")),
     };
     let mut generated = false;
-    if cert_file.is_none() && !cert_path.exists() {
+    if configured.is_none() && !cert_path.exists() {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating state_dir {}", state_dir.display()))?;
         let ck = rcgen::generate_simple_self_signed(vec![name.to_string()])
@@ -322,13 +321,7 @@ fn server_config(
     Ok(cfg)
 }
 
-/// How a dialler authenticates the server.
-pub enum PeerTrust {
-    /// SHA-256 of the end-entity certificate.
-    Pinned([u8; 32]),
-    /// A CA certificate file (PEM).
-    Ca(std::path::PathBuf),
-}
+pub use sapper_shared::config::PeerTrust;
 
 /// Client side config for one dial target.
 pub fn client_config(

@@ -8,7 +8,7 @@
 use crate::datapath::{Packet, PacketTx};
 use crate::link::{run_link, Inbound, Link};
 use crate::node::Node;
-use crate::target::Target;
+use crate::target::{Dial, Target};
 use crate::tls::{Negotiated, ServerTls};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -96,8 +96,7 @@ async fn accept_one(
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
     // One deadline for TLS, the upgrade and the Sapper handshake.
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(node.cfg.handshake_timeout_ms);
+    let deadline = tokio::time::Instant::now() + node.cfg.handshake_timeout.millis();
     let (cfg, offered) = server.for_connection();
     let tls = match tokio::time::timeout_at(deadline, TlsAcceptor::from(cfg).accept(tcp)).await {
         Err(_) => bail!("TLS handshake timed out"),
@@ -130,7 +129,13 @@ async fn accept_one(
     .await
     .context("WebSocket upgrade timed out")?
     .context("WebSocket upgrade failed")?;
-    let mut link = WsLink::new(ws, remote, binding, node.cfg.peer_queue, negotiated);
+    let mut link = WsLink::new(
+        ws,
+        remote,
+        binding,
+        node.cfg.peer_queue.as_usize(),
+        negotiated,
+    );
     link.ticket = Some(ticket);
     run_link(node, link, Direction::Inbound, deadline, allowed).await
 }
@@ -149,19 +154,19 @@ pub async fn connect(
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<WsLink<tokio_rustls::client::TlsStream<TcpStream>>> {
     let addr = target.resolve().await?;
-    let timeout = Duration::from_millis(cfg.handshake_timeout_ms);
+    let timeout = cfg.handshake_timeout.millis();
     let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .context("TCP connect timed out")?
         .with_context(|| format!("TCP connect to {addr}"))?;
     let _ = tcp.set_nodelay(true);
-    let name = rustls_pki_types::ServerName::try_from(target.server_name.clone())
+    let name = rustls_pki_types::ServerName::try_from(target.server_name().to_string())
         .context("invalid TLS server name")?;
     let tls = match tokio::time::timeout(timeout, TlsConnector::from(tls).connect(name, tcp)).await
     {
         Err(_) => bail!("TLS handshake timed out"),
         Ok(Err(e)) if refused_by_handshake_failure(&e) => {
-            let why = crate::tls::client_refusal(cfg.tls.key_exchange());
+            let why = crate::tls::client_refusal(cfg.tls.key_exchange);
             bail!("TLS handshake failed: {why}: {e}");
         }
         Ok(Err(e)) => return Err(anyhow!(e).context("TLS handshake failed")),
@@ -169,7 +174,7 @@ pub async fn connect(
     };
     let binding = channel_binding(tls.get_ref().1)?;
     let negotiated = Negotiated::from_rustls(tls.get_ref().1)?;
-    let url = format!("wss://{}{}", target.address, target.ws_path);
+    let url = format!("wss://{}{}", target.address(), target.ws_path().as_str());
     let (ws, _) = tokio::time::timeout(
         timeout,
         tokio_tungstenite::client_async_with_config(url, tls, Some(ws_config())),
@@ -177,7 +182,13 @@ pub async fn connect(
     .await
     .context("WebSocket upgrade timed out")?
     .context("WebSocket upgrade failed")?;
-    Ok(WsLink::new(ws, addr, binding, cfg.peer_queue, negotiated))
+    Ok(WsLink::new(
+        ws,
+        addr,
+        binding,
+        cfg.peer_queue.as_usize(),
+        negotiated,
+    ))
 }
 
 /// True when the listener ended the TLS handshake with alert

@@ -36,8 +36,11 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cfg = Config::load(&args.config)
-        .with_context(|| format!("loading {}", args.config.display()))?
+    let file = args.config.display().to_string();
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("loading {file}: cannot read"))?;
+    let cfg = Config::parse(&text, &file)
+        .with_context(|| format!("loading {file}"))?
         .privd
         .with_context(|| format!("{}: no [privd] section", args.config.display()))?;
     privs::check_net_admin()?;

@@ -71,7 +71,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, SocketErro
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
             .map_err(io_err("chmod directory for"))?;
     }
-    sapper_shared::sockdir::check_parent(path, nix::unistd::geteuid().as_raw())?;
+    check_dir(path, nix::unistd::geteuid().as_raw())?;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
@@ -103,4 +103,21 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, SocketErro
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(io_err("chmod"))?;
     Ok(listener)
+}
+
+/// Reads the facts of the socket's directory for the shared rule.
+fn check_dir(socket: &Path, own: u32) -> Result<(), sapper_shared::sockdir::SocketDirError> {
+    use sapper_shared::sockdir::{judge, parent_of, DirFacts, SocketDirError};
+    use std::os::unix::fs::MetadataExt;
+    let dir = parent_of(socket);
+    let m = std::fs::metadata(dir).map_err(|e| SocketDirError::Inspect {
+        path: dir.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    let facts = DirFacts {
+        owner: m.uid(),
+        mode: m.mode(),
+        is_dir: m.is_dir(),
+    };
+    judge(dir, facts, own)
 }

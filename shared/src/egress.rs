@@ -199,6 +199,18 @@ impl Verdict {
     }
 }
 
+/// A rule that does not parse: which list, which entry, why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{list}[{index}]: {message}")]
+pub struct RuleError {
+    /// `allow` or `deny`.
+    pub list: &'static str,
+    /// Position in the list.
+    pub index: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
 /// The compiled policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -218,13 +230,18 @@ impl Policy {
         Policy { allow, deny, local }
     }
 
-    /// Parses rule strings; the error names the list and index
-    /// (`allow[2]: ...`).
-    pub fn parse(allow: &[String], deny: &[String], deny_local: bool) -> Result<Policy, String> {
-        let parse_all = |list: &[String], name: &str| {
+    /// Parses rule strings; the error names the list and index.
+    pub fn parse(allow: &[String], deny: &[String], deny_local: bool) -> Result<Policy, RuleError> {
+        let parse_all = |list: &[String], name: &'static str| {
             list.iter()
                 .enumerate()
-                .map(|(i, s)| Rule::parse(s).map_err(|e| format!("{name}[{i}]: {e}")))
+                .map(|(index, s)| {
+                    Rule::parse(s).map_err(|message| RuleError {
+                        list: name,
+                        index,
+                        message,
+                    })
+                })
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(Policy::new(
@@ -425,6 +442,7 @@ mod tests {
         let e = Policy::parse(&[], &["ok 1.2.3.4".into(), "bad/99".into()], true);
         assert!(e.is_err());
         let e = Policy::parse(&[], &["1.2.3.4".into(), "bad/99".into()], true).unwrap_err();
-        assert!(e.starts_with("deny[1]:"), "{e}");
+        assert_eq!((e.list, e.index), ("deny", 1));
+        assert!(e.to_string().starts_with("deny[1]:"), "{e}");
     }
 }

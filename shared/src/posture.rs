@@ -6,8 +6,8 @@
 //! `auto_routes`) turns the automation on explicitly. A node without a PSK
 //! must say `insecure_open`, which switches nothing else on.
 
-use crate::config::{HintLevelName, NetdConfig, NodeConfig, RoleName};
-use crate::proto::data::{HintLevel, NodeRole, RoleHint};
+use crate::config::{NetdConfig, NodeConfig};
+use crate::proto::data::{NodeRole, RoleHint};
 
 /// What the node may do on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,18 +37,10 @@ pub enum PostureError {
     Unauthenticated,
 }
 
-fn role(r: RoleName) -> NodeRole {
-    match r {
-        RoleName::Entry => NodeRole::RoleEntry,
-        RoleName::Exit => NodeRole::RoleExit,
-        RoleName::Relay => NodeRole::RoleRelay,
-    }
-}
-
 /// Resolves the posture.
 pub fn resolve(node: &NodeConfig, netd: &NetdConfig) -> Result<Posture, PostureError> {
     let _ = netd;
-    let has_psk = node.psk_file.is_some() || node.psk_env.is_some();
+    let has_psk = node.psk.is_some();
     // Only a PSK authenticates the peers that dial in: pins and CAs check
     // the listeners this node dials, and a listener without a PSK accepts
     // anyone. So only a PSK makes the posture secure.
@@ -58,21 +50,7 @@ pub fn resolve(node: &NodeConfig, netd: &NetdConfig) -> Result<Posture, PostureE
     }
     // Automation is asked for explicitly; `insecure_open` turns nothing on.
     let automatic = node.zero_config;
-    let hint = match (node.hint, node.role) {
-        (Some(h), _) => Some(RoleHint {
-            level: match h.level {
-                HintLevelName::Prefer => HintLevel::Prefer,
-                HintLevelName::Exclude => HintLevel::Exclude,
-                HintLevelName::Fixed => HintLevel::Fixed,
-            } as i32,
-            target: role(h.role) as i32,
-        }),
-        (None, Some(r)) => Some(RoleHint {
-            level: HintLevel::Fixed as i32,
-            target: role(r) as i32,
-        }),
-        (None, None) => None,
-    };
+    let hint = node.hint.map(|h| h.wire());
     Ok(Posture {
         secure,
         auto_negotiate: node.auto_negotiate.unwrap_or(automatic),
@@ -92,6 +70,7 @@ pub fn fixed_role(p: &Posture) -> Option<NodeRole> {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::proto::data::HintLevel;
 
     fn posture(toml: &str) -> Result<Posture, PostureError> {
         let c = Config::parse(toml, "t.toml").unwrap();

@@ -99,6 +99,75 @@ pub fn is_relay(caps: &Capabilities) -> bool {
     caps.listening && caps.connecting
 }
 
+/// A role a node can be told to take (config `node.role`, `[node.hint]`
+/// and `sapperctl hint`); Indeterminate is an outcome, never asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleName {
+    /// Traffic enters here.
+    Entry,
+    /// Traffic leaves here.
+    Exit,
+    /// Forwards between neighbours.
+    Relay,
+}
+
+impl RoleName {
+    /// The wire role.
+    pub fn role(self) -> NodeRole {
+        match self {
+            RoleName::Entry => NodeRole::RoleEntry,
+            RoleName::Exit => NodeRole::RoleExit,
+            RoleName::Relay => NodeRole::RoleRelay,
+        }
+    }
+}
+
+/// How strong a hint is, as written in the config file and by sapperctl.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HintLevelName {
+    /// Take the role if negotiation is ambiguous.
+    Prefer,
+    /// Never take the role.
+    Exclude,
+    /// This role or Indeterminate.
+    Fixed,
+}
+
+/// A hint as an operator states it; [`Hint::wire`] is the one encoding into
+/// the Handshake's `RoleHint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hint {
+    /// Strength.
+    pub level: HintLevelName,
+    /// The role it is about.
+    pub role: RoleName,
+}
+
+impl Hint {
+    /// `node.role = R`: the fixed hint for R.
+    pub fn fixed(role: RoleName) -> Hint {
+        Hint {
+            level: HintLevelName::Fixed,
+            role,
+        }
+    }
+
+    /// The wire form.
+    pub fn wire(self) -> RoleHint {
+        let level = match self.level {
+            HintLevelName::Prefer => HintLevel::Prefer,
+            HintLevelName::Exclude => HintLevel::Exclude,
+            HintLevelName::Fixed => HintLevel::Fixed,
+        };
+        RoleHint {
+            level: level as i32,
+            target: self.role.role() as i32,
+        }
+    }
+}
+
 /// The one spelling of each role, for logs, status and sapperctl.
 pub fn role_name(r: NodeRole) -> &'static str {
     match r {

@@ -367,9 +367,9 @@ fn management_request() -> impl Strategy<Value = management::Request> {
     use management::*;
     let body = prop_oneof![
         Just(Body::Status(StatusRequest {})),
-        Just(Body::Peers(PeersRequest {})),
+        Just(Body::Peers(PeersRequest::default())),
         Just(Body::Stats(StatsRequest {})),
-        Just(Body::Routes(RoutesRequest {})),
+        Just(Body::Routes(RoutesRequest::default())),
         text().prop_map(|peer| Body::Ping(PingRequest { peer })),
         (text(), text(), text(), text(), text()).prop_map(
             |(address, transport, fingerprint, server_name, ws_path)| {
@@ -447,7 +447,7 @@ fn management_response() -> impl Strategy<Value = management::Response> {
             })
         }),
         prop::collection::vec(peer.clone(), 0..3)
-            .prop_map(|peers| Body::Peers(PeersResponse { peers })),
+            .prop_map(|peers| Body::Peers(PeersResponse { peers, total: 0 })),
         (any::<f64>(), text()).prop_map(|(rtt_ms, peer)| Body::Ping(PingResponse { rtt_ms, peer })),
         (any::<u64>(), peer).prop_map(|(timestamp_ms, p)| Body::Event(Event {
             timestamp_ms,
@@ -1618,27 +1618,28 @@ fn check_config(text: &str) -> Result<(), TestCaseError> {
             prop_assert!(!e.to_string().is_empty());
         }
         Ok(c) => {
-            // Whatever parses has passed validation.
+            // Whatever parses is typed: the values are what the types allow.
             if let Some(name) = &c.node.name {
-                prop_assert!(!name.is_empty() && name.len() <= MAX_NAME_LEN);
+                prop_assert!(!name.as_str().is_empty() && name.as_str().len() <= MAX_NAME_LEN);
             }
-            prop_assert!(c.node.psk_file.is_none() || c.node.psk_env.is_none());
             if let Some(n) = &c.netd {
-                prop_assert!(n.ping_interval_ms >= 50);
-                prop_assert!(n.ping_miss_limit >= 1);
-                prop_assert!(0 < n.reconnect_min_ms && n.reconnect_min_ms <= n.reconnect_max_ms);
-                prop_assert!((1..=65536).contains(&n.peer_queue));
+                prop_assert!(n.ping_interval.get() >= 50);
+                prop_assert!(n.ping_miss_limit.get() >= 1);
+                let r = n.reconnect;
+                prop_assert!(0 < r.min_ms() && r.min_ms() <= r.max_ms());
+                prop_assert!((1..=65536).contains(&n.peer_queue.get()));
+                prop_assert!((100..=60_000).contains(&n.handshake_timeout.get()));
                 for l in &n.listen {
-                    prop_assert!(l.ws_path.starts_with('/'));
+                    prop_assert!(l.ws_path.as_str().starts_with('/'));
                     let _ = l.transport.as_str();
                 }
                 for c in &n.connect {
-                    prop_assert!(c.fingerprint.is_some() || c.ca_file.is_some());
-                    prop_assert!(matches!(c.transport, Transport::Quic | Transport::Ws));
+                    prop_assert!(c.ws_path().as_str().starts_with('/'));
+                    prop_assert!(!c.server_name().is_empty());
+                    prop_assert!(matches!(c.transport(), Transport::Quic | Transport::Ws));
                 }
-                prop_assert!(n.exit.check().is_ok());
-                // Rules that passed validation build a policy.
-                prop_assert!(n.exit.policy().is_ok(), "{:?}", n.exit.policy());
+                let b = n.exit.buffers;
+                prop_assert!(b.total_bytes() >= 2 * u64::from(b.flow_bytes()) + 131_072);
             }
             if let Some(p) = &c.privd {
                 prop_assert!(!p.tun.name.is_empty() && p.tun.name.len() <= 15);
@@ -1655,16 +1656,11 @@ fn check_config(text: &str) -> Result<(), TestCaseError> {
 /// directory, or are refused; never a path outside it.
 fn check_credentials(text: &str, mut c: Config) -> Result<(), TestCaseError> {
     let paths = |c: &Config| {
+        let id = c.netd.as_ref().and_then(|n| n.identity.as_ref());
         [
-            ("node.psk_file", c.node.psk_file.clone()),
-            (
-                "netd.cert_file",
-                c.netd.as_ref().and_then(|n| n.cert_file.clone()),
-            ),
-            (
-                "netd.key_file",
-                c.netd.as_ref().and_then(|n| n.key_file.clone()),
-            ),
+            ("node.psk_file", c.node.psk_file().map(Path::to_path_buf)),
+            ("netd.cert_file", id.map(|i| i.cert.clone())),
+            ("netd.key_file", id.map(|i| i.key.clone())),
         ]
     };
     let before = paths(&c);

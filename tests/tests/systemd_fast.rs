@@ -604,7 +604,7 @@ fn packaged_example_config_is_valid() {
     cfg.expand_credentials("x", Some(Path::new("/run/credentials/sapper-netd.service")))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        cfg.node.psk_file.as_deref(),
+        cfg.node.psk_file(),
         Some(Path::new("/run/credentials/sapper-netd.service/psk"))
     );
     let netd = cfg.netd.expect("[netd] in the example");

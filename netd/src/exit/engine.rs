@@ -12,7 +12,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use sapper_control::LinkId;
 use sapper_shared::config::ExitConfig;
-use sapper_shared::egress::{Policy, Proto, Verdict};
+use sapper_shared::egress::{Proto, Verdict};
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
@@ -183,7 +183,6 @@ impl DgramFlow {
 pub struct Engine {
     pub(super) ctx: Arc<Ctx>,
     pub(super) cfg: ExitConfig,
-    policy: Policy,
     pub(super) limits: Limits,
     pub(super) usage: Usage,
     inbound: mpsc::Receiver<(u64, Bytes)>,
@@ -208,7 +207,6 @@ impl Engine {
         sink: Arc<DataPath>,
         shutdown: CancellationToken,
         cfg: ExitConfig,
-        policy: Policy,
         stats: Arc<Stats>,
         inbound: mpsc::Receiver<(u64, Bytes)>,
         queued: Arc<AtomicUsize>,
@@ -249,7 +247,6 @@ impl Engine {
             limits: Limits::from_config(&cfg),
             ctx,
             cfg,
-            policy,
             usage: Usage::default(),
             inbound,
             queued,
@@ -418,7 +415,10 @@ impl Engine {
     /// Policy and limits for a new flow. On refusal answers the entry (RST
     /// or ICMP), counts and logs once per flow, and returns false.
     pub(super) fn admit(&mut self, peer: u64, key: FlowKey, pkt: &[u8]) -> bool {
-        let verdict = self.policy.check(key.proto, key.dst.ip(), key.dst.port());
+        let verdict = self
+            .cfg
+            .policy
+            .check(key.proto, key.dst.ip(), key.dst.port());
         let refusal = match verdict {
             Verdict::Allow => None,
             v => Some(v),
@@ -428,7 +428,7 @@ impl Engine {
             if self.first_denial(key) {
                 self.ctx.stats.denied_flows.fetch_add(1, Relaxed);
                 let why = match v {
-                    Verdict::DenyRule(i) => match self.policy.deny_rules().get(i) {
+                    Verdict::DenyRule(i) => match self.cfg.policy.deny_rules().get(i) {
                         Some(r) => format!("deny rule {i} ({r})"),
                         None => format!("deny rule {i}"),
                     },

@@ -73,7 +73,7 @@ pub fn packet(e: &mut Engine, peer: u64, key: FlowKey, parsed: &Parsed<'_>, pkt:
     let gen = e.gen();
     let (flow, rx) = DgramFlow::new(gen, peer, cost, QUEUE);
     let _ = flow.offer(msg, ICMP_FLOW_BYTES as usize);
-    let idle = Duration::from_millis(e.cfg.icmp_idle_timeout_ms);
+    let idle = e.cfg.icmp_idle_timeout.millis();
     tokio::spawn(run(
         sock,
         key,

@@ -50,9 +50,13 @@ impl Limits {
     /// as a clean refusal.
     pub fn from_config(c: &ExitConfig) -> Limits {
         Limits {
-            max_flows: [c.max_tcp_flows, c.max_udp_flows, c.max_icmp_flows],
-            max_bytes: c.max_buffer_bytes,
-            flow_buffer: u64::from(c.flow_buffer_bytes),
+            max_flows: [
+                c.max_tcp_flows.as_u32(),
+                c.max_udp_flows.as_u32(),
+                c.max_icmp_flows.as_u32(),
+            ],
+            max_bytes: c.buffers.total_bytes(),
+            flow_buffer: u64::from(c.buffers.flow_bytes()),
         }
         .fit_to_descriptors(nofile_limit())
     }
@@ -205,7 +209,7 @@ mod tests {
     #[test]
     fn costs_follow_the_flow_buffer() {
         let c = ExitConfig {
-            flow_buffer_bytes: 65536,
+            buffers: sapper_shared::config::ExitBuffers::new(65536, 1 << 20).unwrap(),
             ..Default::default()
         };
         let l = Limits::from_config(&c);
@@ -215,9 +219,12 @@ mod tests {
         );
         assert_eq!(l.cost(Proto::Udp), 65536);
         assert_eq!(l.cost(Proto::Icmp), ICMP_FLOW_BYTES);
-        // The config check (netd.exit.max_buffer_bytes) assumes 128 KiB of
-        // channels per TCP flow.
-        assert_eq!(2 * CHANNEL_DEPTH * CHUNK, 131_072);
+        // The config's rule for netd.exit.max_buffer_bytes assumes this many
+        // bytes of channels per TCP flow.
+        assert_eq!(
+            (2 * CHANNEL_DEPTH * CHUNK) as u64,
+            sapper_shared::config::ExitBuffers::TCP_CHANNEL_BYTES
+        );
         // The defaults admit at least 500 TCP flows by memory.
         let d = Limits::from_config(&ExitConfig::default()).fit_to_descriptors(1 << 20);
         assert!(d.max_bytes / d.cost(Proto::Tcp) >= 500);

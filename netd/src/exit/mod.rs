@@ -162,11 +162,10 @@ pub fn install(
         tracing::info!("userspace exit disabled (netd.exit.enable = false)");
         return Ok(None);
     }
-    let policy = cfg
-        .policy()
-        .map_err(|e| anyhow::anyhow!("netd.exit: {e}"))?;
     let stats = Arc::new(Stats::default());
-    stats.max_buffer_bytes.store(cfg.max_buffer_bytes, Relaxed);
+    stats
+        .max_buffer_bytes
+        .store(cfg.buffers.total_bytes(), Relaxed);
     let (tx, rx) = mpsc::channel(INBOUND_PACKETS);
     let queued = Arc::new(AtomicUsize::new(0));
     let exit = Arc::new(UserspaceExit {
@@ -175,22 +174,20 @@ pub fn install(
         stats: stats.clone(),
     });
     icmp::probe_ping_sockets();
-    let engine = engine::Engine::new(
-        data.clone(),
-        shutdown,
-        cfg.clone(),
-        policy,
-        stats,
-        rx,
-        queued,
-    )?;
+    let engine = engine::Engine::new(data.clone(), shutdown, cfg.clone(), stats, rx, queued)?;
     tokio::spawn(engine.run());
     if !data.set_terminus(exit.clone()) {
         anyhow::bail!("userspace exit installed twice");
     }
     let fitted = limits::Limits::from_config(&cfg);
     let nofile = limits::nofile_limit();
-    if fitted.max_flows != [cfg.max_tcp_flows, cfg.max_udp_flows, cfg.max_icmp_flows] {
+    if fitted.max_flows
+        != [
+            cfg.max_tcp_flows.as_u32(),
+            cfg.max_udp_flows.as_u32(),
+            cfg.max_icmp_flows.as_u32(),
+        ]
+    {
         tracing::warn!(
             nofile,
             reserve = limits::FD_RESERVE,
@@ -202,8 +199,9 @@ pub fn install(
         max_udp_flows = fitted.max_flows[1],
         max_icmp_flows = fitted.max_flows[2],
         nofile,
-        flow_buffer_bytes = cfg.flow_buffer_bytes,
-        max_buffer_bytes = cfg.max_buffer_bytes,
+        flow_buffer_bytes = cfg.buffers.flow_bytes(),
+        max_buffer_bytes = cfg.buffers.total_bytes(),
+        deny_local = cfg.deny_local,
         "userspace exit ready: tunnel traffic leaves through this host's own sockets"
     );
     Ok(Some(exit))

@@ -197,7 +197,7 @@ pub fn reap(e: &mut Engine) {
 pub fn start_connect(e: &mut Engine, peer: u64, key: FlowKey, syn: Bytes) {
     let gen = e.gen();
     let ctx = e.ctx.clone();
-    let timeout = Duration::from_millis(e.cfg.connect_timeout_ms);
+    let timeout = e.cfg.connect_timeout.millis();
     let task = tokio::spawn(async move {
         let result = match tokio::time::timeout(timeout, TcpStream::connect(key.dst)).await {
             Ok(r) => r,
@@ -272,7 +272,7 @@ pub fn connected(e: &mut Engine, key: FlowKey, gen: u64, result: std::io::Result
     // this flow's SYN.
     let now = e.now();
     e.iface.poll(now, &mut e.device, &mut e.sockets);
-    let buf = e.cfg.flow_buffer_bytes as usize;
+    let buf = e.cfg.buffers.flow_bytes() as usize;
     let mut sock = stcp::Socket::new(
         SocketBuffer::new(vec![0u8; buf]),
         SocketBuffer::new(vec![0u8; buf]),

@@ -56,7 +56,7 @@ pub fn packet(e: &mut Engine, peer: u64, key: FlowKey, payload: Bytes, pkt: &[u8
     let gen = e.gen();
     let (flow, rx) = DgramFlow::new(gen, peer, cost, QUEUE);
     let _ = flow.offer(payload, cap);
-    let idle = Duration::from_millis(e.cfg.udp_idle_timeout_ms);
+    let idle = e.cfg.udp_idle_timeout.millis();
     tokio::spawn(run(
         sock,
         key,
