@@ -1149,7 +1149,7 @@ impl Core {
             if let Some(w) = self.refusal(id, &p) {
                 // Another link announcing the same prefix is the normal
                 // case in a loop of relays: refused, not reported.
-                if self.routes.get(&p).is_none() {
+                if !self.routes.contains_key(&p) {
                     refused += 1;
                     why = w;
                 }

@@ -152,11 +152,12 @@ pub async fn accept_loop(
         // more; near the cap an unvalidated address is asked to Retry (one
         // round trip, no state kept here) before it gets any.
         let remote = incoming.remote_address();
-        if node.preauth.under_pressure() && !incoming.remote_address_validated() {
-            if incoming.may_retry() {
-                let _ = incoming.retry();
-                continue;
-            }
+        if node.preauth.under_pressure()
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            let _ = incoming.retry();
+            continue;
         }
         let ticket = match node.preauth.admit(remote.ip()) {
             Ok(t) => t,
