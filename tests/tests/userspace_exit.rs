@@ -908,3 +908,34 @@ fn spoofed_sources_are_dropped_and_the_honest_flow_is_unaffected() {
     ux.finish_slow_flow(&slow);
     ux.topo.assert_daemons_alive();
 }
+
+/// `deny_local` covers the exit host's own addresses, not only loopback:
+/// a service listening on the exit's private-side address 10.20.0.1 (reached
+/// over `lo` from the exit's own sockets) is refused like a closed port and
+/// counted, while the private host behind it stays reachable.
+#[test]
+fn deny_local_covers_the_exit_hosts_own_addresses() {
+    let mut ux = Ux::start(Transport::Quic, &[], true);
+    ux.serve("tcp-echo-serve", "10.20.0.2:7001");
+    ux.wait_for_ping(PRIVATE_HOST);
+    // A service of the exit host itself.
+    let args = ["tcp-echo-serve", "10.20.0.1:7009", "--timeout", "120"];
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    ux.topo
+        .spawn("exit-service", Node::Exit, &tool("sapper-probe"), &refs);
+    let r = wait_until("the exit's own service to listen", WAIT, || {
+        ux.topo
+            .daemon("exit-service")
+            .stdout_text()
+            .contains("listening")
+            .then_some(())
+    });
+    r.unwrap_or_else(|e| panic!("{e}"));
+    let denied = ux.stat("denied_flows");
+    let (r, _) = ux.connect("10.20.0.1:7009");
+    assert_eq!(r, "refused", "the exit's own address was reachable");
+    assert!(ux.stat("denied_flows") > denied, "{}", ux.exit_stats());
+    let (r, _) = ux.connect("10.20.0.2:7001");
+    assert_eq!(r, "connected", "the private host behind the exit");
+    ux.topo.assert_daemons_alive();
+}

@@ -415,10 +415,13 @@ impl Engine {
     /// Policy and limits for a new flow. On refusal answers the entry (RST
     /// or ICMP), counts and logs once per flow, and returns false.
     pub(super) fn admit(&mut self, peer: u64, key: FlowKey, pkt: &[u8]) -> bool {
-        let verdict = self
+        let mut verdict = self
             .cfg
             .policy
             .check(key.proto, key.dst.ip(), key.dst.port());
+        if verdict == Verdict::Allow && self.cfg.deny_local && is_this_host(key.dst.ip()) {
+            verdict = Verdict::DenyLocal;
+        }
         let refusal = match verdict {
             Verdict::Allow => None,
             v => Some(v),
@@ -606,5 +609,39 @@ impl Engine {
         for (k, f) in std::mem::take(&mut self.icmp) {
             self.flow_closed(f.peer, k.proto, f.cost);
         }
+    }
+}
+
+/// Whether `dst` is one of this host's own addresses, as the kernel sees it
+/// now: a UDP socket connected to it (no packet is sent) gets `dst` itself
+/// as its source address only when the route is local. Asked per new flow,
+/// so addresses added or removed later are covered too.
+fn is_this_host(dst: std::net::IpAddr) -> bool {
+    let dst = match dst {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(dst),
+        v4 => v4,
+    };
+    let any: std::net::SocketAddr = match dst {
+        std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let Ok(s) = std::net::UdpSocket::bind(any) else {
+        // No socket: assume the worst for a local-deny check.
+        return true;
+    };
+    match s.connect((dst, 9)) {
+        Ok(()) => s.local_addr().is_ok_and(|l| l.ip() == dst),
+        // Unreachable from here: not this host.
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    #[test]
+    fn loopback_is_this_host_and_documentation_addresses_are_not() {
+        assert!(super::is_this_host("127.0.0.1".parse().unwrap()));
+        assert!(super::is_this_host("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!super::is_this_host("192.0.2.1".parse().unwrap()));
     }
 }
