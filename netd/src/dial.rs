@@ -44,7 +44,7 @@ pub async fn connector(node: Arc<Node>, target: Target, tls: Arc<rustls::ClientC
         match dial_once(&node, &target, &tls).await {
             Ok(()) => backoff.reset(),
             Err(e) => {
-                tracing::warn!(peer = %target.address(), transport = target.transport().as_str(), error = %format!("{e:#}"), "connection failed")
+                tracing::warn!(peer = %target.address(), transport = target.transport().as_str(), error = %sapper_shared::text::sanitize(&format!("{e:#}"), sapper_shared::text::MAX_PEER_STRING), "connection failed")
             }
         }
         let delay = backoff.next_delay(random_u32());

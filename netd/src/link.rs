@@ -128,7 +128,7 @@ async fn handshake<L: Link>(
         }
         Err(e) => {
             node.data.stats.handshake_failures.fetch_add(1, Relaxed);
-            tracing::warn!(sapper_event = "handshake_refused", %remote, reason = %format!("{e:#}"), "handshake rejected");
+            tracing::warn!(sapper_event = "handshake_refused", %remote, reason = %sapper_shared::text::sanitize(&format!("{e:#}"), sapper_shared::text::MAX_PEER_STRING), "handshake rejected");
         }
     }
     verdict
@@ -221,7 +221,7 @@ pub async fn run_link<L: Link>(
             m = control_rx.recv() => match m {
                 Some(m) => {
                     if let Err(e) = link.send_control(&m).await {
-                        break format!("{e:#}");
+                        break sapper_shared::text::sanitize(&format!("{e:#}"), sapper_shared::text::MAX_PEER_STRING);
                     }
                 }
                 None => break "closed".to_string(),
@@ -248,7 +248,7 @@ pub async fn run_link<L: Link>(
                     }
                 },
                 Err(e) => {
-                    tracing::debug!(peer = %name, error = %format!("{e:#}"), "control channel ended");
+                    tracing::debug!(peer = %name, error = %sapper_shared::text::sanitize(&format!("{e:#}"), sapper_shared::text::MAX_PEER_STRING), "control channel ended");
                     break "link task ended".to_string();
                 }
             },

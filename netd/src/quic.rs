@@ -172,7 +172,7 @@ pub async fn accept_loop(
         let allowed = allowed.as_deref().cloned();
         tokio::spawn(async move {
             if let Err(e) = accept_one(node, incoming, &server, ticket, allowed).await {
-                tracing::debug!(%remote, error = %format!("{e:#}"), "QUIC link ended");
+                tracing::debug!(%remote, error = %sapper_shared::text::sanitize(&format!("{e:#}"), sapper_shared::text::MAX_PEER_STRING), "QUIC link ended");
             }
         });
     }
