@@ -939,3 +939,22 @@ fn deny_local_covers_the_exit_hosts_own_addresses() {
     assert_eq!(r, "connected", "the private host behind the exit");
     ux.topo.assert_daemons_alive();
 }
+
+/// `max_flows_per_peer = 1`: while the entry's one TCP flow is open, its
+/// next is refused (a RST, counted in `refused_limit`) though the global
+/// limit has room; once the first ends there is room again.
+#[test]
+fn per_peer_flow_quota() {
+    let mut ux = Ux::start(Transport::Quic, &["max_flows_per_peer = 1"], true);
+    ux.serve("tcp-echo-serve", "10.20.0.2:7001");
+    let slow = ux.start_slow_flow("10.20.0.2:7001");
+    let before = ux.stat("refused_limit");
+    let (r, _) = ux.connect("10.20.0.2:7001");
+    assert_eq!(r, "refused", "a second flow past the per-peer quota");
+    assert!(ux.stat("refused_limit") > before, "{}", ux.exit_stats());
+    let log = ux.topo.netd(Node::Exit).stderr_text();
+    assert!(log.contains("per-peer quota"), "refusal logged: {log}");
+    ux.finish_slow_flow(&slow);
+    ux.assert_room_again("10.20.0.2:7001");
+    ux.topo.assert_daemons_alive();
+}

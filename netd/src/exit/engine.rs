@@ -444,6 +444,21 @@ impl Engine {
             self.refuse(peer, key.proto, pkt);
             return false;
         }
+        // The per-peer quota beside the global limits.
+        let i = proto_index(key.proto);
+        let quota = self
+            .limits
+            .per_peer(i, self.cfg.max_flows_per_peer.map(|n| n.as_u32()));
+        if quota < self.limits.max_flows[i]
+            && self.per_peer.get(&peer).map(|c| c[i]).unwrap_or(0) >= quota
+        {
+            self.ctx.stats.refused_limit.fetch_add(1, Relaxed);
+            if self.first_denial(key) {
+                tracing::warn!(flow = %key, quota, "userspace exit: new flow refused by the per-peer quota (netd.exit.max_flows_per_peer)");
+            }
+            self.refuse(peer, key.proto, pkt);
+            return false;
+        }
         let cost = self.limits.cost(key.proto);
         if let Err(r) = self.usage.admit(&self.limits, key.proto, cost) {
             self.ctx.stats.refused_limit.fetch_add(1, Relaxed);

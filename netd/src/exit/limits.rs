@@ -61,6 +61,17 @@ impl Limits {
         .fit_to_descriptors(nofile_limit())
     }
 
+    /// Most flows of protocol index `i` one peer may hold: the configured
+    /// quota, else half the limit but never fewer than min(limit, 64), so
+    /// that one peer cannot take every flow from the others.
+    pub fn per_peer(&self, i: usize, configured: Option<u32>) -> u32 {
+        let limit = self.max_flows[i];
+        match configured {
+            Some(n) => n.min(limit),
+            None => (limit / 2).max(limit.min(64)),
+        }
+    }
+
     /// Scales the flow limits down, in proportion, so that together they fit
     /// in `nofile - FD_RESERVE` descriptors (at least one flow each).
     pub fn fit_to_descriptors(mut self, nofile: u64) -> Limits {
@@ -243,5 +254,19 @@ mod tests {
         );
         assert!(l.max_flows.iter().all(|n| *n >= 1));
         assert!(l.max_flows[0] > l.max_flows[2]);
+    }
+
+    #[test]
+    fn per_peer_quota_is_half_but_not_below_a_small_floor() {
+        let l = Limits::from_config(&ExitConfig::default()).fit_to_descriptors(1 << 20);
+        assert_eq!(l.per_peer(0, None), 512);
+        assert_eq!(l.per_peer(0, Some(10)), 10);
+        assert_eq!(l.per_peer(0, Some(5000)), 1024);
+        let small = Limits {
+            max_flows: [4, 2, 1],
+            ..l
+        };
+        assert_eq!(small.per_peer(0, None), 4);
+        assert_eq!(small.per_peer(2, None), 1);
     }
 }

@@ -796,6 +796,9 @@ pub struct ExitConfig {
     pub max_udp_flows: Bounded<1, 1_000_000>,
     /// Most ICMP echo flows at once.
     pub max_icmp_flows: Bounded<1, 100_000>,
+    /// Most flows of each protocol one peer may hold; `None`: half of the
+    /// protocol's limit, but never fewer than min(limit, 64).
+    pub max_flows_per_peer: Option<Bounded<1, 1_000_000>>,
     /// Per-flow and total buffer bytes.
     pub buffers: ExitBuffers,
     /// Time allowed for the exit's connect() to a TCP destination.
@@ -817,6 +820,7 @@ impl Default for ExitConfig {
             max_tcp_flows: Bounded::new_const(1024),
             max_udp_flows: Bounded::new_const(1024),
             max_icmp_flows: Bounded::new_const(256),
+            max_flows_per_peer: None,
             buffers: ExitBuffers::default(),
             connect_timeout: Bounded::new_const(10_000),
             udp_idle_timeout: Bounded::new_const(60_000),
@@ -836,6 +840,10 @@ impl TryFrom<raw::Exit> for ExitConfig {
             max_tcp_flows: bounded("max_tcp_flows", x.max_tcp_flows, "")?,
             max_udp_flows: bounded("max_udp_flows", x.max_udp_flows, "")?,
             max_icmp_flows: bounded("max_icmp_flows", x.max_icmp_flows, "")?,
+            max_flows_per_peer: x
+                .max_flows_per_peer
+                .map(|n| bounded("max_flows_per_peer", n, ""))
+                .transpose()?,
             buffers: ExitBuffers::new(x.flow_buffer_bytes, x.max_buffer_bytes)?,
             connect_timeout: bounded("connect_timeout_ms", x.connect_timeout_ms, MS)?,
             udp_idle_timeout: bounded("udp_idle_timeout_ms", x.udp_idle_timeout_ms, MS)?,

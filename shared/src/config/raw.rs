@@ -190,6 +190,7 @@ pub struct Exit {
     pub max_udp_flows: u64,
     #[serde(default = "default_max_icmp_flows")]
     pub max_icmp_flows: u64,
+    pub max_flows_per_peer: Option<u64>,
     #[serde(default = "default_flow_buffer")]
     pub flow_buffer_bytes: u64,
     #[serde(default = "default_max_buffer")]
@@ -215,6 +216,7 @@ impl Default for Exit {
             max_tcp_flows: default_max_tcp_flows(),
             max_udp_flows: default_max_udp_flows(),
             max_icmp_flows: default_max_icmp_flows(),
+            max_flows_per_peer: None,
             flow_buffer_bytes: default_flow_buffer(),
             max_buffer_bytes: default_max_buffer(),
             connect_timeout_ms: default_connect_timeout(),
