@@ -139,23 +139,27 @@ enum RoleArg {
 }
 
 fn hint_request(action: HintAction) -> HintRequest {
-    use sapper_shared::proto::data::{HintLevel, NodeRole, RoleHint};
-    let make = |level: HintLevel, role: RoleArg| {
-        let target = match role {
-            RoleArg::Entry => NodeRole::RoleEntry,
-            RoleArg::Relay => NodeRole::RoleRelay,
-            RoleArg::Exit => NodeRole::RoleExit,
-        };
-        Some(RoleHint {
-            level: level as i32,
-            target: target as i32,
-        })
+    use sapper_shared::roles::{Hint, HintLevelName, RoleName};
+    let role = |r: RoleArg| match r {
+        RoleArg::Entry => RoleName::Entry,
+        RoleArg::Relay => RoleName::Relay,
+        RoleArg::Exit => RoleName::Exit,
+    };
+    // Encoded as netd encodes node.role / [node.hint] (roles::Hint::wire).
+    let make = |level, r| {
+        Some(
+            Hint {
+                level,
+                role: role(r),
+            }
+            .wire(),
+        )
     };
     HintRequest {
         hint: match action {
-            HintAction::Prefer { role } => make(HintLevel::Prefer, role),
-            HintAction::Exclude { role } => make(HintLevel::Exclude, role),
-            HintAction::Fixed { role } => make(HintLevel::Fixed, role),
+            HintAction::Prefer { role } => make(HintLevelName::Prefer, role),
+            HintAction::Exclude { role } => make(HintLevelName::Exclude, role),
+            HintAction::Fixed { role } => make(HintLevelName::Fixed, role),
             HintAction::Clear => None,
         },
     }
@@ -397,5 +401,34 @@ fn privd_status(path: &std::path::Path, json: bool) -> ExitCode {
                 ExitCode::from(EXIT_FAILED)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sapper_shared::proto::data::{HintLevel, NodeRole, RoleHint};
+
+    /// `sapperctl hint fixed exit` asks for exactly what `node.role = "exit"`
+    /// configures: one encoding of hints, in sapper_shared::roles.
+    #[test]
+    fn hints_encode_as_the_config_does() {
+        let cfg = sapper_shared::config::Config::parse("[node]\nrole = \"exit\"\n", "t.toml")
+            .expect("config");
+        let fixed = hint_request(HintAction::Fixed {
+            role: RoleArg::Exit,
+        });
+        assert_eq!(fixed.hint, cfg.node.hint.map(|h| h.wire()));
+        assert_eq!(
+            hint_request(HintAction::Prefer {
+                role: RoleArg::Relay
+            })
+            .hint,
+            Some(RoleHint {
+                level: HintLevel::Prefer as i32,
+                target: NodeRole::RoleRelay as i32
+            })
+        );
+        assert_eq!(hint_request(HintAction::Clear).hint, None);
     }
 }

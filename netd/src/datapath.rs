@@ -6,7 +6,7 @@
 
 use crate::tun::Tun;
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use sapper_control::{ForwardingTable, LinkId};
 use sapper_shared::framing::WS_TAG_PACKET;
 use sapper_shared::routing;
@@ -45,18 +45,26 @@ impl Packet {
         }
     }
 
-    /// The packet behind a WebSocket packet tag; copies only a packet that
-    /// came without headroom (from QUIC or the userspace exit).
-    pub fn into_tagged(self) -> Bytes {
+    /// The packet behind a WebSocket packet tag. A packet that came without
+    /// headroom (from QUIC) is copied into `arena`, which the WebSocket
+    /// writer keeps: one allocation serves many packets and is reclaimed
+    /// in place once they are written (as the TUN reader's buffer is).
+    pub fn into_tagged(self, arena: &mut BytesMut) -> Bytes {
         if self.tagged {
             return self.buf;
         }
-        let mut b = BytesMut::with_capacity(1 + self.buf.len());
-        b.extend_from_slice(&[WS_TAG_PACKET]);
-        b.extend_from_slice(&self.buf);
-        b.freeze()
+        if arena.capacity() < 1 + self.buf.len() {
+            arena.reserve(ARENA.max(1 + self.buf.len()));
+        }
+        arena.put_u8(WS_TAG_PACKET);
+        arena.extend_from_slice(&self.buf);
+        arena.split().freeze()
     }
 }
+
+/// Size of the buffers that hold many packets (the WebSocket writer's
+/// tagging arena, the userspace exit's transmit arena).
+pub const ARENA: usize = 64 * 1024;
 
 impl std::ops::Deref for Packet {
     type Target = [u8];
@@ -221,8 +229,7 @@ impl DataPath {
     /// Sends a packet this node originated (the userspace exit's answers)
     /// to link `to`, or wherever the table says if that link is gone.
     /// `false` when it could go nowhere.
-    pub fn send_to(&self, to: Option<LinkId>, pkt: Bytes) -> bool {
-        let pkt = Packet::plain(pkt);
+    pub fn send_to(&self, to: Option<LinkId>, pkt: Packet) -> bool {
         let table = self.table.load();
         let link = match to.and_then(|id| table.link(id)) {
             Some(l) => Some(l),
@@ -240,8 +247,6 @@ impl DataPath {
     }
 }
 
-/// Largest packet read from the TUN.
-const MAX_TUN_PACKET: usize = 65535;
 /// One allocation holds many packets; it is reclaimed in place once the
 /// packets cut from it have been sent (BytesMut::reserve).
 const TUN_BUFFER: usize = 256 * 1024;
@@ -249,7 +254,7 @@ const TUN_BUFFER: usize = 256 * 1024;
 /// Reads the TUN and sends each packet to its link until shutdown.
 pub async fn tun_reader(data: Arc<DataPath>, shutdown: CancellationToken) {
     let Some(tun) = data.tun.clone() else { return };
-    let read_size = (tun.mtu as usize).clamp(576, MAX_TUN_PACKET);
+    let read_size = (tun.mtu as usize).clamp(576, routing::MAX_IP_PACKET);
     let mut buf = BytesMut::with_capacity(TUN_BUFFER);
     loop {
         // One byte of headroom for the WebSocket packet tag.
@@ -293,12 +298,28 @@ mod tests {
         let p = Packet::tagged(framed.clone());
         assert_eq!(&p[..], &[0x45, 1, 2]);
         // Over WebSocket: the very same buffer.
-        assert_eq!(p.clone().into_tagged().as_ptr(), framed.as_ptr());
+        let mut arena = BytesMut::new();
+        assert_eq!(p.clone().into_tagged(&mut arena).as_ptr(), framed.as_ptr());
         // Over QUIC: a slice of it.
         assert_eq!(p.into_bytes().as_ptr(), framed[1..].as_ptr());
-        // A bare packet gains its tag by a copy.
+        // A bare packet gains its tag by a copy into the arena...
         let bare = Packet::plain(Bytes::from_static(&[0x45, 9]));
         assert_eq!(&bare[..], &[0x45, 9]);
-        assert_eq!(&bare.into_tagged()[..], &[WS_TAG_PACKET, 0x45, 9]);
+        let first = bare.clone().into_tagged(&mut arena);
+        assert_eq!(&first[..], &[WS_TAG_PACKET, 0x45, 9]);
+        // ...where the next one follows it in the same allocation...
+        let second = bare.clone().into_tagged(&mut arena);
+        assert_eq!(second.as_ptr(), first[first.len()..].as_ptr());
+        // ...and once both are written (dropped) the space is reused.
+        let base = first.as_ptr();
+        drop((first, second));
+        let mut n = 0;
+        while arena.capacity() >= 3 {
+            drop(bare.clone().into_tagged(&mut arena));
+            n += 1;
+        }
+        assert!(n > 1000, "{n} packets fit one arena");
+        let again = bare.into_tagged(&mut arena);
+        assert_eq!(again.as_ptr(), base, "reclaimed in place, not reallocated");
     }
 }

@@ -27,8 +27,6 @@ use tokio::net::{UnixListener, UnixStream};
 
 /// Management connections open at once; more wait in the listen backlog.
 const MAX_CLIENTS: usize = 32;
-/// How long a client may sit between requests, and take over one request.
-const READ_DEADLINE: Duration = Duration::from_secs(60);
 /// First and longest pause after a failed accept (EMFILE and the like).
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
@@ -71,13 +69,15 @@ pub async fn serve(node: Arc<Node>, listener: UnixListener) {
     }
 }
 
-/// Reads one request within [`READ_DEADLINE`]; `None` at a clean end of
-/// stream between requests.
+/// Reads one request within `deadline` (`netd.management_read_timeout_ms`,
+/// how long a client may sit between requests and take over one); `None`
+/// at a clean end of stream between requests.
 async fn read_request(
     stream: &mut UnixStream,
     decoder: &mut FrameDecoder,
+    deadline: Duration,
 ) -> Result<Option<Request>> {
-    tokio::time::timeout(READ_DEADLINE, read_frame(stream, decoder))
+    tokio::time::timeout(deadline, read_frame(stream, decoder))
         .await
         .context("no complete request within the read deadline")?
 }
@@ -150,7 +150,8 @@ async fn client(node: Arc<Node>, mut stream: UnixStream) -> Result<()> {
         &groups,
     );
     let mut decoder = FrameDecoder::new(MAX_CONTROL_FRAME);
-    while let Some(req) = read_request(&mut stream, &mut decoder).await? {
+    let deadline = node.cfg.management_read_timeout.millis();
+    while let Some(req) = read_request(&mut stream, &mut decoder, deadline).await? {
         let id = req.id;
         let Some(body) = req.body else {
             let r = error(id, ErrorCode::InvalidArgument, "empty request");

@@ -448,8 +448,6 @@ impl Link for QuicLink {
     }
 }
 
-/// Largest IP packet accepted on the big-packet stream.
-const MAX_PACKET: usize = 65535;
 /// Big-packet streams read at once per link.
 const MAX_BIG_STREAMS: usize = 16;
 
@@ -464,7 +462,7 @@ async fn big_reader(conn: quinn::Connection, inbound: Inbound) {
         }
         let inbound = inbound.clone();
         readers.spawn(async move {
-            let mut decoder = FrameDecoder::new(MAX_PACKET);
+            let mut decoder = FrameDecoder::new(sapper_shared::routing::MAX_IP_PACKET);
             while let Ok(pkt) = next_frame(&mut recv, &mut decoder).await {
                 inbound.packet(Packet::plain(Bytes::from(pkt)));
             }

@@ -31,11 +31,17 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use sapper_shared::framing::MAX_CONTROL_FRAME;
 pub use sapper_shared::framing::{WS_TAG_CONTROL as TAG_CONTROL, WS_TAG_PACKET as TAG_PACKET};
+use sapper_shared::routing::MAX_IP_PACKET;
 
-/// One IP packet plus its tag, or one control message, fits; nothing larger
+/// One IP packet or one control frame, plus its tag, fits; nothing larger
 /// is buffered for a peer.
-const MAX_MESSAGE: usize = 1 + 65536;
+const MAX_MESSAGE: usize = 1 + if MAX_IP_PACKET > MAX_CONTROL_FRAME {
+    MAX_IP_PACKET
+} else {
+    MAX_CONTROL_FRAME
+};
 /// Interval of WebSocket-level pings.
 const WS_PING: Duration = Duration::from_secs(15);
 
@@ -218,7 +224,7 @@ const CONTROL_QUEUE: usize = 64;
 pub struct WsLink<S> {
     stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
     control: mpsc::Sender<ControlMessage>,
-    data: mpsc::Sender<Bytes>,
+    data: mpsc::Sender<Packet>,
     close: CancellationToken,
     writer: tokio::task::JoinHandle<()>,
     remote: SocketAddr,
@@ -261,12 +267,12 @@ where
     }
 }
 
-struct WsTx(mpsc::Sender<Bytes>);
+struct WsTx(mpsc::Sender<Packet>);
 
 impl PacketTx for WsTx {
     fn try_send(&self, pkt: Packet) -> bool {
-        // Tagged already (from the TUN or another WebSocket): no copy.
-        self.0.try_send(pkt.into_tagged()).is_ok()
+        // Tagged (if it was not already) by the writer, into its arena.
+        self.0.try_send(pkt).is_ok()
     }
 }
 
@@ -358,11 +364,13 @@ where
 async fn writer<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     mut control: mpsc::Receiver<ControlMessage>,
-    mut data: mpsc::Receiver<Bytes>,
+    mut data: mpsc::Receiver<Packet>,
     close: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Where packets from QUIC (no headroom) get their tag.
+    let mut arena = BytesMut::new();
     let mut ping = tokio::time::interval(WS_PING);
     ping.tick().await;
     loop {
@@ -377,8 +385,8 @@ async fn writer<S>(
                 return;
             }
             Some(c) = control.recv() => tagged(TAG_CONTROL, &c.encode_to_vec()),
-            // Queued with its tag in front (Packet::into_tagged).
-            Some(p) = data.recv() => Message::Binary(p),
+            // With its tag in front: no copy when it had headroom.
+            Some(p) = data.recv() => Message::Binary(p.into_tagged(&mut arena)),
             _ = ping.tick() => Message::Ping(Bytes::new()),
         };
         // Batch: queue without flushing while more packets are waiting.

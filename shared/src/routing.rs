@@ -36,6 +36,11 @@ pub fn source(packet: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// Largest IP packet the data path carries anywhere (TUN reads, QUIC's
+/// big-packet stream, WebSocket messages, the userspace exit): the limit of
+/// the IPv4 total-length and IPv6 payload-length fields.
+pub const MAX_IP_PACKET: usize = 65535;
+
 /// Most prefixes one announcement (Handshake or RouteUpdate) may carry.
 pub const MAX_ROUTES: usize = 1024;
 

@@ -148,6 +148,18 @@ impl HandNetd {
     /// As [`HandNetd::start`], inside `ns` when given (`ip netns exec`
     /// execs netd, so the child's pid is netd's).
     fn start_in(tag: &str, env: &[(&str, &str)], ns: Option<&Netns>) -> HandNetd {
+        HandNetd::start_with(tag, env, ns, None, "")
+    }
+
+    /// As [`HandNetd::start_in`]; `psk_env` names the variable the PSK comes
+    /// from instead of the file, and `netd_extra` is added to `[netd]`.
+    fn start_with(
+        tag: &str,
+        env: &[(&str, &str)],
+        ns: Option<&Netns>,
+        psk_env: Option<&str>,
+        netd_extra: &str,
+    ) -> HandNetd {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("sapper-hand-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -161,12 +173,15 @@ impl HandNetd {
         std::fs::write(&psk, "hardening-test-psk-0123456789abcdef\n").expect("psk");
         std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).expect("chmod psk");
         let config = dir.join("netd.toml");
+        let psk_line = match psk_env {
+            Some(var) => format!("psk_env = \"{var}\""),
+            None => format!("psk_file = \"{}\"", psk.display()),
+        };
         std::fs::write(
             &config,
             format!(
-                "[node]\nname = \"hand\"\npsk_file = \"{}\"\n\n[netd]\nuser = \"nobody\"\n\
-                 group = \"nogroup\"\nstate_dir = \"{}\"\nmanagement_socket = \"{}\"\n",
-                psk.display(),
+                "[node]\nname = \"hand\"\n{psk_line}\n\n[netd]\nuser = \"nobody\"\n\
+                 group = \"nogroup\"\nstate_dir = \"{}\"\nmanagement_socket = \"{}\"\n{netd_extra}\n",
                 dir.join("state").display(),
                 dir.join("netd.sock").display()
             ),
@@ -470,4 +485,158 @@ fn netd_credentials_cannot_create_a_tun_or_change_a_route() {
         "netd exited:\n{}",
         hand.log()
     );
+}
+
+/// A management request frame (status) as sapperctl sends it.
+fn status_request() -> Vec<u8> {
+    use sapper_shared::proto::management::{request::Body, Request, StatusRequest};
+    sapper_shared::framing::encode(&Request {
+        id: 1,
+        body: Some(Body::Status(StatusRequest {})),
+    })
+}
+
+/// Whether `s` delivers at least one byte within `wait` (`Some(0)`: EOF).
+fn read_within(s: &mut std::os::unix::net::UnixStream, wait: Duration) -> Option<usize> {
+    use std::io::Read;
+    s.set_read_timeout(Some(wait)).expect("read timeout");
+    let mut b = [0u8; 512];
+    match s.read(&mut b) {
+        Ok(n) => Some(n),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("management read: {e}"),
+    }
+}
+
+/// The management socket serves 32 connections at once: with 32 idle
+/// clients holding every slot, a 33rd is not answered; the read deadline
+/// (`netd.management_read_timeout_ms`, 5 s here) closes the idle ones, and
+/// then the 33rd gets its answer.
+#[test]
+fn management_connection_cap_and_read_deadline() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    sapper_tests::require_root();
+    let mut hand = HandNetd::start_with(
+        "mgmtcap",
+        &[],
+        None,
+        None,
+        "management_read_timeout_ms = 5000",
+    );
+    hand.ready_lines();
+    let sock = hand.dir.join("netd.sock");
+    // A served connection answers: the socket works at all.
+    let mut probe = UnixStream::connect(&sock).expect("connect");
+    probe.write_all(&status_request()).expect("send");
+    assert!(
+        read_within(&mut probe, Duration::from_secs(10)).is_some_and(|n| n > 0),
+        "no answer to a lone status request"
+    );
+    drop(probe);
+    std::thread::sleep(Duration::from_millis(200));
+    let idle: Vec<UnixStream> = (0..32)
+        .map(|_| UnixStream::connect(&sock).expect("connect idle"))
+        .collect();
+    let started = std::time::Instant::now();
+    let mut extra = UnixStream::connect(&sock).expect("connect 33rd (backlog)");
+    extra.write_all(&status_request()).expect("send");
+    let early = read_within(&mut extra, Duration::from_millis(1500));
+    assert!(
+        started.elapsed() < Duration::from_millis(4500),
+        "the machine is too slow for this check"
+    );
+    assert_eq!(
+        early, None,
+        "a 33rd connection was served while 32 held every slot"
+    );
+    // Every idle client is hung up on by the deadline (liveness bound 20 s).
+    for (i, mut s) in idle.into_iter().enumerate() {
+        assert_eq!(
+            read_within(&mut s, Duration::from_secs(20)),
+            Some(0),
+            "idle connection {i} was not closed by the read deadline"
+        );
+    }
+    assert!(
+        read_within(&mut extra, Duration::from_secs(20)).is_some_and(|n| n > 0),
+        "the waiting client was not served once slots were free"
+    );
+}
+
+/// With the PSK in `node.psk_env`, the value is gone from
+/// /proc/PID/environ once netd runs; netd is not dumpable, so its /proc
+/// files belong to root although it runs as nobody; and RLIMIT_CORE is 0
+/// (soft and hard).
+#[test]
+fn psk_env_scrubbed_and_netd_not_dumpable() {
+    use std::os::unix::fs::MetadataExt;
+    sapper_tests::require_root();
+    const SECRET: &str = "env-psk-value-0123456789abcdef";
+    let mut hand = HandNetd::start_with(
+        "pskenv",
+        &[("SAPPER_TEST_PSK", SECRET)],
+        None,
+        Some("SAPPER_TEST_PSK"),
+        "",
+    );
+    hand.ready_lines();
+    let pid = hand.child.id();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains(SECRET),
+        "the PSK is still in /proc/{pid}/environ"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|u| u.split_whitespace().next())
+        .expect("Uid line");
+    assert_eq!(uid, "65534", "netd runs as nobody");
+    // A dumpable process's /proc files are owned by its own uid.
+    let owner = std::fs::metadata(format!("/proc/{pid}/status"))
+        .expect("stat")
+        .uid();
+    assert_eq!(
+        owner, 0,
+        "netd is dumpable (its /proc files belong to uid {owner})"
+    );
+    // And no core file, not even by raising the soft limit: hard limit 0.
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let core: Vec<&str> = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max core file size"))
+        .expect("core limit line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(&core[..2], ["0", "0"], "RLIMIT_CORE of netd: {core:?}");
+}
+
+/// `handshake_timeout_ms` outside 100..=60000 stops netd at start with the
+/// file, the key and the range.
+#[test]
+fn handshake_timeout_out_of_range_is_refused() {
+    sapper_tests::require_root();
+    let dir = scratch("hstimeout", 0o755);
+    for v in ["99", "60001"] {
+        let err = netd_refuses(&dir, 0o600, &format!("handshake_timeout_ms = {v}"));
+        let config = dir.join("netd.toml");
+        assert!(
+            err.contains(&format!(
+                "{}: netd.handshake_timeout_ms: must be 100..=60000 (milliseconds)",
+                config.display()
+            )),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

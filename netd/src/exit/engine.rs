@@ -7,12 +7,13 @@
 use super::limits::{proto_index, Limits, Refusal, Usage};
 use super::packet::{self, FlowKey, Kind, Parsed, Unreachable};
 use super::{icmp, tcp, udp, Stats};
-use crate::datapath::DataPath;
+use crate::datapath::{DataPath, Packet, ARENA};
 use anyhow::Result;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use sapper_control::LinkId;
 use sapper_shared::config::ExitConfig;
 use sapper_shared::egress::{Proto, Verdict};
+use sapper_shared::framing::WS_TAG_PACKET;
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
@@ -62,7 +63,10 @@ impl Ctx {
     /// Sends a packet the exit originated to peer `peer`, or wherever the
     /// routing table says if that peer is gone (it may have reconnected).
     pub fn send_to_peer(&self, peer: u64, pkt: Vec<u8>) {
-        if !self.sink.send_to(Some(LinkId(peer)), Bytes::from(pkt)) {
+        if !self
+            .sink
+            .send_to(Some(LinkId(peer)), Packet::plain(Bytes::from(pkt)))
+        {
             self.stats.dropped.fetch_add(1, Relaxed);
         }
     }
@@ -71,11 +75,19 @@ impl Ctx {
 /// smoltcp's view of the tunnel: a queue in, a queue out.
 pub struct QueueDevice {
     pub(super) rx: VecDeque<Bytes>,
-    pub(super) tx: Vec<Vec<u8>>,
+    /// Packets smoltcp emitted, each behind a WebSocket packet tag.
+    pub(super) tx: Vec<Bytes>,
+    arena: BytesMut,
 }
 
 pub struct Rx(Bytes);
-pub struct Tx<'a>(&'a mut Vec<Vec<u8>>);
+/// A transmit slot: packets are written into one shared arena with a byte of
+/// headroom for the WebSocket packet tag, so that in the steady state
+/// neither building nor forwarding them allocates.
+pub struct Tx<'a> {
+    queue: &'a mut Vec<Bytes>,
+    arena: &'a mut BytesMut,
+}
 
 impl RxToken for Rx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
@@ -85,9 +97,14 @@ impl RxToken for Rx {
 
 impl TxToken for Tx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0u8; len];
-        let r = f(&mut buf);
-        self.0.push(buf);
+        if self.arena.capacity() < 1 + len {
+            // Reclaimed in place once the packets cut from it were sent.
+            self.arena.reserve(ARENA.max(1 + len));
+        }
+        self.arena.put_u8(WS_TAG_PACKET);
+        self.arena.resize(1 + len, 0);
+        let r = f(&mut self.arena[1..]);
+        self.queue.push(self.arena.split().freeze());
         r
     }
 }
@@ -101,12 +118,21 @@ impl Device for QueueDevice {
         _t: smoltcp::time::Instant,
     ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let p = self.rx.pop_front()?;
-        Some((Rx(p), Tx(&mut self.tx)))
+        Some((
+            Rx(p),
+            Tx {
+                queue: &mut self.tx,
+                arena: &mut self.arena,
+            },
+        ))
     }
 
     fn transmit(&mut self, _t: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
         if self.tx.len() < TX_QUEUE {
-            Some(Tx(&mut self.tx))
+            Some(Tx {
+                queue: &mut self.tx,
+                arena: &mut self.arena,
+            })
         } else {
             None
         }
@@ -116,7 +142,7 @@ impl Device for QueueDevice {
         let mut c = DeviceCapabilities::default();
         c.medium = Medium::Ip;
         // The entry's MSS decides segment sizes; this only caps them.
-        c.max_transmission_unit = 65535;
+        c.max_transmission_unit = sapper_shared::routing::MAX_IP_PACKET;
         c
     }
 }
@@ -222,6 +248,7 @@ impl Engine {
         let mut device = QueueDevice {
             rx: VecDeque::new(),
             tx: Vec::new(),
+            arena: BytesMut::new(),
         };
         let mut config = Config::new(HardwareAddress::Ip);
         let mut seed = [0u8; 8];
@@ -343,8 +370,10 @@ impl Engine {
     /// the forwarding table's owner of a reply's destination is the link
     /// that opened the flow: no "last sender wins" table to poison.
     pub(super) fn flush_tx(&mut self) {
-        for pkt in std::mem::take(&mut self.device.tx) {
-            if !self.ctx.sink.send_to(None, Bytes::from(pkt)) {
+        // Drained in place: the queue's own allocation is kept for the next round.
+        for pkt in self.device.tx.drain(..) {
+            let pkt = Packet::tagged(pkt);
+            if !self.ctx.sink.send_to(None, pkt) {
                 self.ctx.stats.dropped.fetch_add(1, Relaxed);
             }
         }
@@ -353,7 +382,11 @@ impl Engine {
     /// Sends a packet the engine built (RST, ICMP error) to `peer`.
     pub(super) fn reply(&mut self, peer: u64, pkt: Option<Vec<u8>>) {
         let Some(pkt) = pkt else { return };
-        if !self.ctx.sink.send_to(Some(LinkId(peer)), Bytes::from(pkt)) {
+        if !self
+            .ctx
+            .sink
+            .send_to(Some(LinkId(peer)), Packet::plain(Bytes::from(pkt)))
+        {
             self.ctx.stats.dropped.fetch_add(1, Relaxed);
         }
     }
@@ -367,7 +400,8 @@ impl Engine {
             Kind::Tcp { .. } => self.tcp_packet(peer, &parsed, &pkt),
             Kind::Udp { payload, .. } => {
                 let Some(key) = parsed.key() else { return };
-                let payload = Bytes::copy_from_slice(payload);
+                // A slice of the packet's own buffer, not a copy.
+                let payload = pkt.slice_ref(payload);
                 udp::packet(self, peer, key, payload, &pkt);
             }
             Kind::Echo { .. } => {

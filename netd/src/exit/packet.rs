@@ -4,6 +4,7 @@
 //! and bounds-checked, so a malformed packet is `None`, never a panic.
 
 use sapper_shared::egress::Proto;
+use sapper_shared::routing::MAX_IP_PACKET;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable,
@@ -224,7 +225,7 @@ fn ip_packet(
                 hop_limit: HOP_LIMIT,
             };
             let hl = repr.buffer_len();
-            if hl + payload_len > usize::from(u16::MAX) {
+            if hl + payload_len > MAX_IP_PACKET {
                 return None;
             }
             let mut buf = vec![0u8; hl + payload_len];
@@ -233,7 +234,7 @@ fn ip_packet(
             Some(buf)
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            if payload_len > usize::from(u16::MAX) {
+            if payload_len > MAX_IP_PACKET {
                 return None;
             }
             let repr = Ipv6Repr {
@@ -256,7 +257,7 @@ fn ip_packet(
 /// A UDP datagram `src -> dst` carrying `payload`.
 pub fn udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
     let len = 8 + payload.len();
-    if len > usize::from(u16::MAX) {
+    if len > MAX_IP_PACKET {
         return None;
     }
     ip_packet(src.ip(), dst.ip(), IpProtocol::Udp, len, |buf| {

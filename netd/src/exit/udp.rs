@@ -24,7 +24,7 @@ const QUEUE: usize = 256;
 thread_local! {
     /// Receive buffer shared by all flows on a thread: a datagram is copied
     /// out of it into its packet at once, so flows hold no buffer of their own.
-    pub static RECV_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; 65536]);
+    pub static RECV_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; sapper_shared::routing::MAX_IP_PACKET]);
 }
 
 /// A UDP datagram from the entry.

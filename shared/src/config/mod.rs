@@ -506,6 +506,9 @@ pub type PingInterval = Bounded<50, 86_400_000>;
 pub type PingMissLimit = Bounded<1, { u32::MAX as u64 }>;
 /// `netd.handshake_timeout_ms`: time allowed for TLS plus the Sapper handshake.
 pub type HandshakeTimeout = Bounded<100, 60_000>;
+/// `netd.management_read_timeout_ms`: how long a management client may sit
+/// between requests, and take over one.
+pub type ManagementReadTimeout = Bounded<1000, 3_600_000>;
 /// `netd.peer_queue`: packets queued per peer before new ones are dropped.
 pub type PeerQueue = Bounded<1, 65_536>;
 /// `netd.worker_threads`.
@@ -533,6 +536,8 @@ pub struct NetdConfig {
     pub management_group: Option<String>,
     /// Group whose members may also change things.
     pub operator_group: Option<String>,
+    /// Read deadline of a management connection.
+    pub management_read_timeout: ManagementReadTimeout,
     /// privd's socket; absent on a node without a TUN.
     pub privd_socket: Option<PathBuf>,
     /// Interval between control-channel pings.
@@ -573,6 +578,7 @@ impl Default for NetdConfig {
             management_socket: PathBuf::from(DEFAULT_MGMT_SOCKET),
             management_group: None,
             operator_group: None,
+            management_read_timeout: Bounded::new_const(60_000),
             privd_socket: None,
             ping_interval: Bounded::new_const(1000),
             ping_miss_limit: Bounded::new_const(5),
@@ -650,6 +656,11 @@ impl TryFrom<raw::Netd> for NetdConfig {
             management_socket: n.management_socket,
             management_group: n.management_group,
             operator_group: n.operator_group,
+            management_read_timeout: bounded(
+                "management_read_timeout_ms",
+                n.management_read_timeout_ms,
+                MS,
+            )?,
             privd_socket: n.privd_socket,
             ping_interval: bounded("ping_interval_ms", n.ping_interval_ms, MS)?,
             ping_miss_limit: bounded("ping_miss_limit", u64::from(n.ping_miss_limit), "")?,
@@ -1260,6 +1271,7 @@ allowed_routes = ["10.0.0.0/8"]
             (netd("ping_miss_limit = 0"), "netd.ping_miss_limit", "must be 1..="),
             (netd("peer_queue = 65537"), "netd.peer_queue", "must be 1..=65536"),
             (netd("worker_threads = 0"), "netd.worker_threads", "must be 1..=64"),
+            (netd("management_read_timeout_ms = 999"), "netd.management_read_timeout_ms", "must be 1000..=3600000 (milliseconds)"),
             (netd("reconnect_min_ms = 5000\nreconnect_max_ms = 10"), "netd.reconnect_max_ms", "reconnect_min_ms <= reconnect_max_ms"),
             (netd("cert_file = \"/c.pem\""), "netd.key_file", "go together"),
             (netd("announce_routes = [\"10.0.0.0/33\"]").replace("announce_routes = [\"10.200.0.0/24\"]\n", ""), "netd.announce_routes", "is not a CIDR prefix"),

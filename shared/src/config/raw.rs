@@ -91,6 +91,9 @@ fn default_reconnect_max() -> u64 {
 fn default_handshake_timeout() -> u64 {
     10_000
 }
+fn default_mgmt_read_timeout() -> u64 {
+    60_000
+}
 fn default_queue() -> u64 {
     1024
 }
@@ -113,6 +116,8 @@ pub struct Netd {
     pub management_socket: PathBuf,
     pub management_group: Option<String>,
     pub operator_group: Option<String>,
+    #[serde(default = "default_mgmt_read_timeout")]
+    pub management_read_timeout_ms: u64,
     pub privd_socket: Option<PathBuf>,
     #[serde(default = "default_ping_interval")]
     pub ping_interval_ms: u64,
