@@ -572,3 +572,39 @@ fn a_route_covering_the_underlay_is_learned_but_never_installed() {
     s.connect("entry", "exit");
     assert!(s.nodes[s.idx("entry")].tun_routes.is_empty());
 }
+
+#[test]
+fn allowed_sources_restrict_what_a_link_may_own() {
+    let mut s = Sim::new(vec![
+        Spec::new("entry")
+            .tun()
+            .connects()
+            .address("10.99.0.1")
+            .posture(secure(Some(RoleEntry))),
+        Spec::new("exit")
+            .listens()
+            .address("10.99.0.2")
+            .posture(secure(Some(RoleExit))),
+        Spec::new("other")
+            .tun()
+            .connects()
+            .address("10.98.0.1")
+            .posture(secure(Some(RoleEntry))),
+    ]);
+    let w = s.connect_restricted("entry", "exit", Some(vec![net("10.99.0.0/24")]));
+    let w2 = s.connect_restricted("other", "exit", Some(vec![net("10.99.0.0/24")]));
+    // Inside the restriction: owned. Outside: refused and counted.
+    assert_eq!(
+        owner(&s, "exit", "10.99.0.1/32"),
+        Some(s.link_at(w, "exit"))
+    );
+    assert_eq!(owner(&s, "exit", "10.98.0.1/32"), None);
+    assert_eq!(refused(&s, "exit", w2), 1);
+    // The forwarding table then lets the link send only from what it owns.
+    let f = s.core("exit").forwarding();
+    let t = sapper_control::ForwardingTable::build(&f, |id| Some(id.0));
+    let ip = |a: &str| a.parse::<std::net::IpAddr>().unwrap();
+    assert!(t.source_allowed(ip("10.99.0.1"), None, s.link_at(w, "exit")));
+    assert!(!t.source_allowed(ip("10.99.0.1"), None, s.link_at(w2, "exit")));
+    assert!(!t.source_allowed(ip("10.98.0.1"), None, s.link_at(w2, "exit")));
+}

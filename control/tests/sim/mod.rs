@@ -215,6 +215,17 @@ impl Sim {
 
     /// `dialer` connects to `listener`; both pass the handshake.
     pub fn connect(&mut self, dialer: &str, listener: &str) -> usize {
+        self.connect_restricted(dialer, listener, None)
+    }
+
+    /// [`Sim::connect`], with the listener's `allowed_sources` for the
+    /// dialler set to `allowed`.
+    pub fn connect_restricted(
+        &mut self,
+        dialer: &str,
+        listener: &str,
+        allowed: Option<Vec<IpNet>>,
+    ) -> usize {
         let (d, l) = (self.idx(dialer), self.idx(listener));
         assert!(self.nodes[d].alive && self.nodes[l].alive);
         let (ld, ll) = (LinkId(self.next_link), LinkId(self.next_link + 1));
@@ -241,9 +252,9 @@ impl Sim {
         self.nodes[d]
             .core
             .handle_link_up(now, ld, up(hl, Self::addr(l), Direction::Outbound));
-        self.nodes[l]
-            .core
-            .handle_link_up(now, ll, up(hd, Self::addr(d), Direction::Inbound));
+        let mut inbound = up(hd, Self::addr(d), Direction::Inbound);
+        inbound.allowed_sources = allowed;
+        self.nodes[l].core.handle_link_up(now, ll, inbound);
         self.wires.push(Wire {
             a: (d, ld),
             b: (l, ll),
