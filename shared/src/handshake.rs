@@ -424,6 +424,29 @@ mod tests {
         );
     }
 
+    /// The listener answers a bad proof with a ControlError, never its
+    /// Handshake: the dialler reports the listener's refusal, bounded and
+    /// escaped.
+    #[test]
+    fn a_refusal_instead_of_a_handshake_is_reported() {
+        use crate::proto::control::ControlError;
+        let mut c = Handshaker::new(hs("entry", true), Side::Client, B, psk(K));
+        let refusal = ControlMessage {
+            body: Some(Body::Error(ControlError {
+                code: 3,
+                message: format!("bad\nproof{}", "x".repeat(1000)),
+            })),
+        };
+        match c.receive(&prost::Message::encode_to_vec(&refusal)) {
+            Err(Reject::PeerRefused { code, message }) => {
+                assert_eq!(code, 3);
+                assert!(!message.contains('\n'), "{message}");
+                assert!(message.len() <= MAX_PEER_MESSAGE + 16, "{}", message.len());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn debug_output_has_no_psk() {
         let secret = b"super secret psk material 12345";
