@@ -320,7 +320,10 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    match client.call(req) {
+    match client
+        .call(req)
+        .and_then(|first| more_pages(&mut client, first))
+    {
         Ok(Resp::Error(e)) => {
             eprintln!("sapperctl: {} ({})", e.message, render::error_code(e.code));
             ExitCode::from(EXIT_FAILED)
@@ -382,6 +385,49 @@ fn genpsk(path: Option<&std::path::Path>, json: bool) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `peers` and `routes` come one frame-sized page at a time: asks for the
+/// rest from where the last page ended, until `total` (or an empty page,
+/// or a bound on the number of pages) is reached.
+fn more_pages(client: &mut Client, first: Resp) -> Result<Resp, client::ClientError> {
+    const MAX_PAGES: usize = 100_000;
+    match first {
+        Resp::Routes(mut r) => {
+            for _ in 0..MAX_PAGES {
+                if r.routes.len() >= r.total as usize {
+                    break;
+                }
+                let next = client.call(Req::Routes(
+                    sapper_shared::proto::management::RoutesRequest {
+                        offset: r.routes.len() as u32,
+                    },
+                ))?;
+                match next {
+                    Resp::Routes(p) if !p.routes.is_empty() => r.routes.extend(p.routes),
+                    _ => break,
+                }
+            }
+            Ok(Resp::Routes(r))
+        }
+        Resp::Peers(mut r) => {
+            for _ in 0..MAX_PAGES {
+                if r.peers.len() >= r.total as usize {
+                    break;
+                }
+                let next =
+                    client.call(Req::Peers(sapper_shared::proto::management::PeersRequest {
+                        offset: r.peers.len() as u32,
+                    }))?;
+                match next {
+                    Resp::Peers(p) if !p.peers.is_empty() => r.peers.extend(p.peers),
+                    _ => break,
+                }
+            }
+            Ok(Resp::Peers(r))
+        }
+        other => Ok(other),
+    }
 }
 
 fn ping(socket: &std::path::Path, peer: String, count: u32, json: bool) -> ExitCode {

@@ -24,14 +24,16 @@ async fn dial_once(
     target: &Target,
     tls: &Arc<rustls::ClientConfig>,
 ) -> Result<()> {
+    let allowed = target.allowed_sources().map(<[_]>::to_vec);
+    let deadline = tokio::time::Instant::now() + node.cfg.handshake_timeout.millis();
     match target.transport() {
         Transport::Quic => {
             let link = quic::connect(&node.cfg, target, tls.clone()).await?;
-            run_link(node.clone(), link, Direction::Outbound).await
+            run_link(node.clone(), link, Direction::Outbound, deadline, allowed).await
         }
         Transport::Ws => {
             let link = ws::connect(&node.cfg, target, tls.clone()).await?;
-            run_link(node.clone(), link, Direction::Outbound).await
+            run_link(node.clone(), link, Direction::Outbound, deadline, allowed).await
         }
     }
 }
@@ -55,7 +57,7 @@ pub async fn connector_until(
         match dial_once(&node, &target, &tls).await {
             Ok(()) => backoff.reset(),
             Err(e) => {
-                tracing::warn!(peer = %target.address(), transport = target.transport().as_str(), error = %format!("{e:#}"), "connection failed")
+                tracing::warn!(peer = %target.address(), transport = target.transport().as_str(), error = %sapper_shared::text::sanitize(&format!("{e:#}"), sapper_shared::text::MAX_PEER_STRING), "connection failed")
             }
         }
         let delay = backoff.next_delay(random_u32());

@@ -17,6 +17,7 @@ mod metrics_http;
 mod mgmt;
 mod mgmt_socket;
 mod node;
+mod preauth;
 mod privs;
 mod quic;
 mod quic_tls;
@@ -27,6 +28,7 @@ mod seccomp;
 mod target;
 mod tls;
 mod tun;
+mod underlay;
 mod ws;
 
 use anyhow::{Context, Result};
@@ -162,6 +164,16 @@ fn run(args: Args) -> Result<()> {
         }
     };
 
+    if let Some(p) = &psk {
+        if p.len() < sapper_shared::psk::RECOMMENDED_PSK_LEN {
+            tracing::warn!(
+                psk_bytes = p.len(),
+                "the PSK is shorter than {} bytes: use {} random bytes (e.g. `head -c 32 /dev/urandom | base64`)",
+                sapper_shared::psk::RECOMMENDED_PSK_LEN,
+                sapper_shared::psk::RECOMMENDED_PSK_LEN
+            );
+        }
+    }
     let posture = sapper_shared::posture::resolve(&cfg.node, &netd)
         .with_context(|| format!("{file}: [node]"))?;
     if !posture.secure {
@@ -192,10 +204,15 @@ fn run(args: Args) -> Result<()> {
     privs::no_core_dumps()?;
     tracing::info!(uid = %nix::unistd::getuid(), "dropped privileges; no capabilities held");
 
-    let tun = match &netd.privd_socket {
-        Some(path) => Some(open_tun(path, privd_uid)?),
-        None => None,
+    let (tun, tun_name) = match &netd.privd_socket {
+        Some(path) => {
+            let (t, name) = open_tun(path, privd_uid)?;
+            (Some(t), Some(name))
+        }
+        None => (None, None),
     };
+    // Read now: the sandbox closes /proc/net below.
+    let protected = underlay::protected(tun_name.as_deref());
 
     // Setup is done: sockets bound, secrets read, privileges dropped, the
     // TUN in hand. Both are applied before the runtime starts so that every
@@ -285,6 +302,24 @@ fn run(args: Args) -> Result<()> {
             installs_routes: tun.is_some() && netd.privd_socket.is_some(),
             ping_interval: netd.ping_interval.millis(),
             ping_miss_limit: netd.ping_miss_limit.as_u32(),
+            addresses: tun
+                .iter()
+                .flat_map(|t| t.addresses.iter())
+                .filter_map(|a| a.parse::<ipnet::IpNet>().ok().map(|n| n.addr()))
+                .collect(),
+            protected: {
+                let mut p = protected.clone();
+                // Connect targets given as literal addresses (names are
+                // resolved on every dial and covered by the gateway rule).
+                p.extend(netd.connect.iter().filter_map(|c| {
+                    c.address()
+                        .parse::<std::net::SocketAddr>()
+                        .ok()
+                        .map(|a| ipnet::IpNet::from(a.ip()))
+                }));
+                p
+            },
+            limits: netd.limits.clone(),
         };
         let core = sapper_control::Core::new(core_cfg, Instant::now());
         let summary = core.posture_summary();
@@ -461,7 +496,10 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
 /// Asks privd for the TUN, waiting a while for privd to come up (both are
 /// often started together). Returns a constructor to run inside the runtime,
 /// where the fd can be registered with the reactor.
-fn open_tun(path: &Path, privd_uid: Option<u32>) -> Result<impl FnOnce() -> Result<tun::Tun>> {
+fn open_tun(
+    path: &Path,
+    privd_uid: Option<u32>,
+) -> Result<(impl FnOnce() -> Result<tun::Tun>, String)> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut client = loop {
         match sapper_privd_client::PrivdClient::connect(path) {
@@ -489,9 +527,13 @@ fn open_tun(path: &Path, privd_uid: Option<u32>) -> Result<impl FnOnce() -> Resu
     }
     let (fd, info) = client.open_tun().context("asking privd for the TUN")?;
     tracing::info!(tun = %info.name, mtu = info.mtu, "received the TUN from privd");
-    Ok(move || {
-        tun::Tun::new(fd, info.name, info.mtu, info.addresses).context("registering the TUN")
-    })
+    let name = info.name.clone();
+    Ok((
+        move || {
+            tun::Tun::new(fd, info.name, info.mtu, info.addresses).context("registering the TUN")
+        },
+        name,
+    ))
 }
 
 async fn serve(
