@@ -19,6 +19,7 @@ mod mgmt_socket;
 mod node;
 mod preauth;
 mod privs;
+mod proxy;
 mod quic;
 mod quic_tls;
 mod reload;
@@ -114,10 +115,13 @@ fn run(args: Args) -> Result<()> {
     // "%d/name" paths: files systemd's LoadCredential= put in place.
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     cfg.expand_credentials(&file, creds.as_deref())?;
+    proxy::set_credentials_dir(creds.clone());
+    proxy::read_env()?;
     let node_debug = format!("{:?}", cfg.node);
-    let netd = cfg
+    let mut netd = cfg
         .netd
         .with_context(|| format!("{file}: no [netd] section"))?;
+    netd.connect = proxy::with_env(std::mem::take(&mut netd.connect));
     let name = match &cfg.node.name {
         Some(n) => n.to_string(),
         None => nix::unistd::gethostname()
@@ -139,6 +143,8 @@ fn run(args: Args) -> Result<()> {
     }
     tracing::info!(%fingerprint, "certificate fingerprint (pin this on connecting peers)");
 
+    // Like the PSK: read now, as root, before the sandbox.
+    proxy::load_all(&file, &netd.connect)?;
     let psk_file = cfg.node.psk_file().map(Path::to_path_buf);
     // No core dumps and no ptrace/proc access by the same uid: memory holds
     // the PSK and the TLS key. Set again after the uid change (which resets

@@ -553,6 +553,8 @@ async fn connect(node: &Arc<Node>, c: ConnectRequest) -> Result<(), Failure> {
         ca_file: None,
         ws_path: Some(c.ws_path),
         allowed_sources: None,
+        proxy: None,
+        proxy_credentials_file: None,
     };
     let target = Target::try_from(fields).map_err(|e| bad(e.to_string()))?;
     let addr = target.resolve().await.map_err(|e| bad(format!("{e:#}")))?;
