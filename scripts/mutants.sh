@@ -54,6 +54,8 @@ MUTANTS=(
     'metrics-loses-peer-bytes|netd/src/metrics.rs|s/inc_by\(p\.bytes_in\)/inc_by(0)/|-p sapper-tests --test operators metrics::quic'
     'reload-ignores-connect|netd/src/reload.rs|s/self\.apply_connect\(node, &new\.connect\)\.await;//|-p sapper-tests --test operators reload::quic'
     'stay-keeps-dialling|netd/src/reload.rs|s/c\.stop\.cancel\(\);//|-p sapper-tests --test operators disconnect_stay::ws'
+    'proxy-ignored|netd/src/ws.rs|s/match target\.proxy\(\) \{/match None::<\&sapper_shared::config::Proxy> {/|-p sapper-tests --test operators ws_through_http_proxy'
+    'proxy-refusal-unclassified|netd/src/proxy.rs|s/        403 => Err\(ProxyError::Forbidden \{/        4030 => Err(ProxyError::Forbidden {/|-p sapper-tests --test operators ws_through_http_proxy'
     # The egress deny list.
     'deny-list-loses-broadcast|shared/src/egress.rs|s/\n    v4\(255, 255, 255, 255, 32\),//|-p sapper-shared --lib egress'
     'deny-list-narrows-multicast|shared/src/egress.rs|s/v4\(224, 0, 0, 0, 4\)/v4(224, 0, 0, 0, 8)/|-p sapper-shared --lib egress'
