@@ -292,7 +292,7 @@ for c in exit entry; do
     # CAP_NET_ADMIN is bit 12.
     net_admin=0000000000001000
     check_tasks "$c" "$ppid" privd "Uid=$puid $puid $puid $puid" \
-        "CapPrm=$net_admin" "CapEff=$net_admin" "CapBnd=$net_admin" NoNewPrivs=1
+        "CapPrm=$net_admin" "CapEff=$net_admin" "CapBnd=$net_admin" NoNewPrivs=1 Seccomp=2
     log "$c: netd uid $uid; privd uid $puid CapEff=CapBnd=CAP_NET_ADMIN Seccomp $(field Seccomp <<<"$pst")"
     # In netd's own namespaces (its PrivateDevices= /dev, its mounts) and as
     # its uid, which nsenter gives without any capability: no TUN, no route.

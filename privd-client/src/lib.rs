@@ -7,9 +7,9 @@
 //! [`PrivdError::Io`] or [`PrivdError::Protocol`] the connection is in an
 //! unknown state: drop it and [`PrivdClient::connect`] again.
 
-use sapper_shared::framing::{self, HEADER_LEN};
+use sapper_shared::framing::{self, FrameDecoder};
 use sapper_shared::proto::privd::{priv_request, priv_response, PrivRequest, PrivResponse};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -165,8 +165,7 @@ impl PrivdClient {
     ) -> Result<(priv_response::Body, Vec<OwnedFd>), PrivdError> {
         let frame = framing::encode(&PrivRequest { body: Some(body) });
         self.stream.write_all(&frame).map_err(|e| self.io(e))?;
-        let mut header = [0u8; HEADER_LEN];
-        let fds = self.recv_with_fds(&mut header)?;
+        let (body, fds) = self.recv_frame()?;
         if fds.len() > max_fds {
             let n = fds.len();
             drop(fds);
@@ -174,12 +173,8 @@ impl PrivdClient {
                 "reply carried {n} file descriptors, expected at most {max_fds}; closed them"
             )));
         }
-        let len = framing::body_len(header, MAX_REPLY)
-            .map_err(|e| PrivdError::Protocol(e.to_string()))?;
-        let mut buf = vec![0u8; len];
-        self.stream.read_exact(&mut buf).map_err(|e| self.io(e))?;
         let reply: PrivResponse =
-            framing::decode(&buf).map_err(|e| PrivdError::Protocol(e.to_string()))?;
+            framing::decode(&body).map_err(|e| PrivdError::Protocol(e.to_string()))?;
         match reply.body {
             Some(priv_response::Body::Refused(r)) => match r.code() {
                 ErrorCode::PermissionDenied => Err(PrivdError::PermissionDenied {
@@ -196,23 +191,33 @@ impl PrivdClient {
         }
     }
 
-    /// Fills `buf` completely, collecting SCM_RIGHTS fds. privd attaches an
-    /// fd to the first bytes of a reply, so it arrives with the header.
-    /// MSG_CMSG_CLOEXEC makes every received fd close-on-exec atomically (no
-    /// window in which a concurrent fork+exec could inherit it). Ancillary
-    /// data the kernel had to truncate (MSG_CTRUNC) means fds were lost or
-    /// the reply is not what privd sends: the whole reply is refused and the
-    /// fds that did arrive are closed.
-    fn recv_with_fds(&mut self, buf: &mut [u8]) -> Result<Vec<OwnedFd>, PrivdError> {
+    /// Reads one reply frame through the shared [`FrameDecoder`] (which
+    /// checks the length against [`MAX_REPLY`] before any body is kept),
+    /// collecting SCM_RIGHTS fds. privd attaches an fd to the first bytes of
+    /// a reply. MSG_CMSG_CLOEXEC makes every received fd close-on-exec
+    /// atomically (no window in which a concurrent fork+exec could inherit
+    /// it). Ancillary data the kernel had to truncate (MSG_CTRUNC) means fds
+    /// were lost or the reply is not what privd sends: the whole reply is
+    /// refused and the fds that did arrive are closed. privd sends exactly
+    /// one reply per request, so bytes after it are a protocol error.
+    fn recv_frame(&mut self) -> Result<(Vec<u8>, Vec<OwnedFd>), PrivdError> {
+        let mut frames = FrameDecoder::new(MAX_REPLY);
         let mut fds = Vec::new();
-        let mut filled = 0;
-        while filled < buf.len() {
-            let (n, truncated) =
-                match recv_once(self.stream.as_raw_fd(), &mut buf[filled..], &mut fds) {
-                    Ok(r) => r,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(self.io(e)),
-                };
+        let mut buf = [0u8; 4096];
+        loop {
+            match frames.next_frame() {
+                Ok(Some(_)) if !frames.is_empty() => {
+                    return Err(PrivdError::Protocol("bytes after the reply".into()))
+                }
+                Ok(Some(body)) => return Ok((body, fds)),
+                Ok(None) => {}
+                Err(e) => return Err(PrivdError::Protocol(e.to_string())),
+            }
+            let (n, truncated) = match recv_once(self.stream.as_raw_fd(), &mut buf, &mut fds) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io(e)),
+            };
             if truncated {
                 // `fds` drops here: what did arrive is closed.
                 return Err(PrivdError::Protocol(
@@ -226,9 +231,8 @@ impl PrivdClient {
                     "privd closed the connection",
                 )));
             }
-            filled += n;
+            frames.push(&buf[..n]);
         }
-        Ok(fds)
     }
 
     fn io(&self, source: io::Error) -> PrivdError {
@@ -308,6 +312,7 @@ fn unexpected(wanted: &str, got: &priv_response::Body) -> PrivdError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::os::unix::net::UnixListener;
 
     fn temp_socket(tag: &str) -> PathBuf {
@@ -332,14 +337,25 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         let handle = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            let mut header = [0u8; 4];
-            s.read_exact(&mut header).unwrap();
-            let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
-            s.read_exact(&mut body).unwrap();
+            let body = read_request(&mut s);
             s.write_all(&framing::encode(&reply)).unwrap();
             body
         });
         (path, handle)
+    }
+
+    /// One request frame, through the shared decoder.
+    fn read_request(s: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
+        let mut frames = FrameDecoder::new(MAX_REPLY);
+        let mut buf = [0u8; 512];
+        loop {
+            if let Some(body) = frames.next_frame().unwrap() {
+                return body;
+            }
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "client closed before a whole request");
+            frames.push(&buf[..n]);
+        }
     }
 
     fn refusal(code: ErrorCode, detail: &str) -> PrivResponse {
@@ -442,10 +458,7 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         let handle = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            let mut header = [0u8; 4];
-            s.read_exact(&mut header).unwrap();
-            let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
-            s.read_exact(&mut body).unwrap();
+            let _ = read_request(&mut s);
             let frame = framing::encode(&reply);
             let raw: Vec<std::os::fd::RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
             let iov = [IoSlice::new(&frame)];

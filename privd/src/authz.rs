@@ -214,206 +214,146 @@ fn check_route(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Refusal::*;
 
     const NETD: u32 = 998;
-
-    fn nets(list: &[&str]) -> BTreeSet<IpNet> {
-        list.iter().map(|s| s.parse().unwrap()).collect()
-    }
-
-    struct Fixture {
-        allowed: Vec<IpNet>,
-        configured: BTreeSet<IpNet>,
-        installed: BTreeSet<IpNet>,
-        max: usize,
-    }
-
-    impl Fixture {
-        fn new() -> Self {
-            let configured = nets(&["10.78.0.0/24"]);
-            let mut installed = configured.clone();
-            installed.insert("10.80.1.0/24".parse().unwrap());
-            Fixture {
-                allowed: nets(&["10.78.0.0/16", "10.80.0.0/16", "fd80::/48"])
-                    .into_iter()
-                    .collect(),
-                configured,
-                installed,
-                max: 2,
-            }
-        }
-
-        fn decide(&self, uid: u32, req: Request) -> Result<Action, Refusal> {
-            let state = State {
-                netd_uid: NETD,
-                allowed: &self.allowed,
-                configured: &self.configured,
-                installed: &self.installed,
-                max_routes: self.max,
-            };
-            let caller = Caller {
-                uid,
-                open_own: 0,
-                open_others: 0,
-            };
-            decide(&state, &caller, &req)
-        }
-    }
-
-    fn route(prefix: &str, add: bool) -> Request {
-        Request::RouteChange {
-            prefix: prefix.into(),
-            add,
-        }
-    }
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 
+    fn nets(list: &[&str]) -> BTreeSet<IpNet> {
+        list.iter().map(|s| net(s)).collect()
+    }
+
+    /// Allowed 10.78/16, 10.80/16, fd80::/48; the operator's 10.78.0.0/24;
+    /// netd holds 10.80.1.0/24 of at most `max`.
+    fn decide_with(
+        max: usize,
+        installed: &[&str],
+        uid: u32,
+        req: Request,
+    ) -> Result<Action, Refusal> {
+        let allowed: Vec<IpNet> =
+            nets(&["10.78.0.0/16", "10.80.0.0/16", "fd80::/48"]).into_iter().collect();
+        let configured = nets(&["10.78.0.0/24"]);
+        let mut held = configured.clone();
+        held.extend(nets(installed));
+        let state = State {
+            netd_uid: NETD,
+            allowed: &allowed,
+            configured: &configured,
+            installed: &held,
+            max_routes: max,
+        };
+        decide(&state, &Caller { uid, open_own: 0, open_others: 0 }, &req)
+    }
+
+    fn route(uid: u32, prefix: &str, add: bool) -> Result<Action, Refusal> {
+        decide_with(2, &["10.80.1.0/24"], uid, Request::RouteChange { prefix: prefix.into(), add })
+    }
+
     #[test]
     fn only_netd_changes_anything_and_status_is_open() {
-        let f = Fixture::new();
         for uid in [0, NETD, 4242] {
-            assert_eq!(f.decide(uid, Request::Status), Ok(Action::Status));
-            assert_eq!(f.decide(uid, Request::Unknown), Err(Refusal::Malformed));
+            assert_eq!(decide_with(2, &[], uid, Request::Status), Ok(Action::Status));
+            assert_eq!(decide_with(2, &[], uid, Request::Unknown), Err(Malformed));
         }
-        assert_eq!(f.decide(NETD, Request::OpenTun), Ok(Action::OpenTun));
+        assert_eq!(decide_with(2, &[], NETD, Request::OpenTun), Ok(Action::OpenTun));
         for uid in [0, 4242] {
-            assert_eq!(f.decide(uid, Request::OpenTun), Err(Refusal::NotNetd));
-            let r = f.decide(uid, route("10.80.2.0/24", true));
-            assert_eq!(r, Err(Refusal::NotNetd), "root is not netd");
+            assert_eq!(decide_with(2, &[], uid, Request::OpenTun), Err(NotNetd));
+            assert_eq!(route(uid, "10.80.2.0/24", true), Err(NotNetd), "root is not netd");
+            assert_eq!(route(uid, "10.80.1.0/24", false), Err(NotNetd));
         }
-        assert_eq!(Refusal::NotNetd.code(), ErrorCode::PermissionDenied);
+        assert_eq!(NotNetd.code(), ErrorCode::PermissionDenied);
+        assert_eq!(Malformed.code(), ErrorCode::Malformed);
     }
 
     #[test]
     fn connection_slots_keep_netd_served() {
-        let f = Fixture::new();
+        let (allowed, none) = (vec![], BTreeSet::new());
         let state = State {
             netd_uid: NETD,
-            allowed: &f.allowed,
-            configured: &f.configured,
-            installed: &f.installed,
-            max_routes: f.max,
+            allowed: &allowed,
+            configured: &none,
+            installed: &none,
+            max_routes: 0,
         };
         let at = |uid, open_own, open_others| {
-            let c = Caller {
-                uid,
-                open_own,
-                open_others,
-            };
-            decide(&state, &c, &Request::Connect)
+            decide(&state, &Caller { uid, open_own, open_others }, &Request::Connect)
         };
         // Others: two each, sixteen in all, one reply each.
         assert_eq!(at(4242, 0, 0), Ok(Action::Admit { one_reply: true }));
-        assert_eq!(at(4242, 1, 5), Ok(Action::Admit { one_reply: true }));
-        assert_eq!(at(4242, 2, 5), Err(Refusal::TooManyConnections(4242)));
-        assert_eq!(
-            at(4243, 0, OTHER_TOTAL),
-            Err(Refusal::TooManyConnections(4243))
-        );
+        assert_eq!(at(4242, 1, OTHER_TOTAL - 1), Ok(Action::Admit { one_reply: true }));
+        assert_eq!(at(4242, OTHER_PER_UID, 5), Err(TooManyConnections(4242)));
+        assert_eq!(at(4243, 0, OTHER_TOTAL), Err(TooManyConnections(4243)));
         // netd: its own slots, whatever the others hold, kept open.
-        let netd_ok = Ok(Action::Admit { one_reply: false });
-        assert_eq!(at(NETD, 0, OTHER_TOTAL), netd_ok);
-        assert_eq!(at(NETD, NETD_CONNECTIONS - 1, OTHER_TOTAL), netd_ok);
         assert_eq!(
-            at(NETD, NETD_CONNECTIONS, 0),
-            Err(Refusal::TooManyConnections(NETD))
+            at(NETD, NETD_CONNECTIONS - 1, OTHER_TOTAL),
+            Ok(Action::Admit { one_reply: false })
         );
+        assert_eq!(at(NETD, NETD_CONNECTIONS, 0), Err(TooManyConnections(NETD)));
+        assert_eq!(TooManyConnections(1).code(), ErrorCode::PermissionDenied);
     }
 
     #[test]
     fn routes_inside_the_allow_list_are_granted() {
-        let f = Fixture::new();
-        let (a, b) = (net("10.80.2.0/24"), net("10.80.0.0/16"));
-        assert_eq!(
-            f.decide(NETD, route("10.80.2.0/24", true)),
-            Ok(Action::AddRoute(a, b))
-        );
-        assert_eq!(
-            f.decide(NETD, route(" 10.80.2.0/24 ", true)),
-            Ok(Action::AddRoute(a, b))
-        );
-        let v6 = net("fd80:0:0:5::/64");
-        assert_eq!(
-            f.decide(NETD, route("fd80:0:0:5::/64", true)),
-            Ok(Action::AddRoute(v6, net("fd80::/48")))
-        );
+        let (a, within) = (net("10.80.2.0/24"), net("10.80.0.0/16"));
+        assert_eq!(route(NETD, "10.80.2.0/24", true), Ok(Action::AddRoute(a, within)));
+        assert_eq!(route(NETD, " 10.80.2.0/24 ", true), Ok(Action::AddRoute(a, within)));
+        let v6 = Action::AddRoute(net("fd80:0:0:5::/64"), net("fd80::/48"));
+        assert_eq!(route(NETD, "fd80:0:0:5::/64", true), Ok(v6));
         // Re-adding one privd holds is fine (netd restarted).
-        let held = net("10.80.1.0/24");
         assert_eq!(
-            f.decide(NETD, route("10.80.1.0/24", true)),
-            Ok(Action::AddRoute(held, b))
+            route(NETD, "10.80.1.0/24", true),
+            Ok(Action::AddRoute(net("10.80.1.0/24"), within))
         );
     }
 
     #[test]
     fn routes_outside_or_malformed_are_refused() {
-        let f = Fixture::new();
-        let refused = |p: &str| f.decide(NETD, route(p, true)).unwrap_err();
         for p in ["0.0.0.0/0", "10.0.0.0/8", "11.0.0.0/8", "::/0"] {
-            assert_eq!(refused(p), Refusal::NotAllowed(net(p)), "{p}");
+            assert_eq!(route(NETD, p, true), Err(NotAllowed(net(p))), "{p}");
         }
         for p in ["10.0.0.1", "", "10.0.0.0/33", "eth0"] {
-            assert_eq!(refused(p), Refusal::Unparsable, "{p}");
+            assert_eq!(route(NETD, p, true), Err(Unparsable), "{p}");
         }
-        assert_eq!(
-            refused("10.80.2.3/16"),
-            Refusal::HostBits(net("10.80.0.0/16"))
-        );
-        assert_eq!(
-            Refusal::HostBits(net("10.0.0.0/8")).code(),
-            ErrorCode::RouteNotAllowed
-        );
+        assert_eq!(route(NETD, "10.80.2.3/16", true), Err(HostBits(net("10.80.0.0/16"))));
+        for r in [Unparsable, HostBits(net("10.0.0.0/8")), NotAllowed(net("11.0.0.0/8"))] {
+            assert_eq!(r.code(), ErrorCode::RouteNotAllowed);
+        }
     }
 
     #[test]
     fn configured_routes_stay_the_operators() {
-        let f = Fixture::new();
         for add in [true, false] {
-            let r = f.decide(NETD, route("10.78.0.0/24", add));
-            assert_eq!(r, Err(Refusal::Configured(net("10.78.0.0/24"))));
+            assert_eq!(route(NETD, "10.78.0.0/24", add), Err(Configured(net("10.78.0.0/24"))));
         }
-        assert_eq!(
-            Refusal::Configured(net("10.78.0.0/24")).code(),
-            ErrorCode::RouteConfigured
-        );
+        assert_eq!(Configured(net("10.78.0.0/24")).code(), ErrorCode::RouteConfigured);
     }
 
     #[test]
     fn netd_removes_only_what_privd_added() {
-        let f = Fixture::new();
-        let held = net("10.80.1.0/24");
-        assert_eq!(
-            f.decide(NETD, route("10.80.1.0/24", false)),
-            Ok(Action::DelRoute(held, net("10.80.0.0/16")))
-        );
-        let other = net("10.80.9.0/24");
-        let r = f.decide(NETD, route("10.80.9.0/24", false));
-        assert_eq!(r, Err(Refusal::NotInstalled(other)));
-        assert_eq!(
-            Refusal::NotInstalled(other).code(),
-            ErrorCode::RouteNotInstalled
-        );
+        let del = Action::DelRoute(net("10.80.1.0/24"), net("10.80.0.0/16"));
+        assert_eq!(route(NETD, "10.80.1.0/24", false), Ok(del));
+        assert_eq!(route(NETD, "10.80.9.0/24", false), Err(NotInstalled(net("10.80.9.0/24"))));
+        assert_eq!(NotInstalled(net("10.80.9.0/24")).code(), ErrorCode::RouteNotInstalled);
     }
 
     #[test]
     fn netd_holds_at_most_max_routes() {
-        let mut f = Fixture::new();
-        // One of netd's held, max two: one more fits.
-        assert!(f.decide(NETD, route("10.80.2.0/24", true)).is_ok());
-        f.installed.insert(net("10.80.2.0/24"));
-        let r = f.decide(NETD, route("10.80.3.0/24", true));
-        assert_eq!(r, Err(Refusal::RouteLimit(2)));
-        assert_eq!(Refusal::RouteLimit(2).code(), ErrorCode::RouteLimit);
+        let add = |held: &[&str], max, p: &str, add| {
+            decide_with(max, held, NETD, Request::RouteChange { prefix: p.into(), add })
+        };
+        let full = ["10.80.1.0/24", "10.80.2.0/24"];
+        assert!(add(&full[..1], 2, "10.80.3.0/24", true).is_ok());
+        assert_eq!(add(&full, 2, "10.80.3.0/24", true), Err(RouteLimit(2)));
+        assert_eq!(RouteLimit(2).code(), ErrorCode::RouteLimit);
         // Re-adding and removing still work at the cap.
-        assert!(f.decide(NETD, route("10.80.2.0/24", true)).is_ok());
-        assert!(f.decide(NETD, route("10.80.2.0/24", false)).is_ok());
+        assert!(add(&full, 2, "10.80.2.0/24", true).is_ok());
+        assert!(add(&full, 2, "10.80.2.0/24", false).is_ok());
         // Configured routes do not count against netd's cap.
-        f.max = 0;
-        f.installed = f.configured.clone();
-        let r = f.decide(NETD, route("10.80.3.0/24", true));
-        assert_eq!(r, Err(Refusal::RouteLimit(0)));
+        assert!(add(&[], 1, "10.80.3.0/24", true).is_ok());
+        assert_eq!(add(&[], 0, "10.80.3.0/24", true), Err(RouteLimit(0)));
     }
 }

@@ -2,6 +2,11 @@
 //! the TUN, its addresses and routes, and (on an exit node) forwarding and
 //! NAT, and it answers a handful of typed requests from netd's uid over a
 //! Unix socket. Every decision is written to stderr as one JSON line.
+//!
+//! Like the parent of an OpenBSD daemon it does all that needs root first
+//! (socket, TUN, routes, NAT), then restricts itself (its own uid, only
+//! CAP_NET_ADMIN, no_new_privs, a seccomp allow-list) and only then serves:
+//! one thread, one poll loop, blocking netlink, every length checked.
 
 mod audit;
 mod authz;
@@ -9,20 +14,20 @@ mod nat;
 mod netlink;
 mod privs;
 mod sd;
+mod seccomp;
 mod server;
 mod socket;
 mod tun;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sapper_shared::config::{Config, PrivdConfig};
-use server::Privd;
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-use tokio::signal::unix::{signal, SignalKind};
 
 /// Sapper's privileged helper: opens the TUN, sets addresses and routes, and
 /// hands the TUN to sapper-netd. Accepts only typed requests from netd's uid.
@@ -36,15 +41,29 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let file = args.config.display().to_string();
+    let shown = args.config.display().to_string();
     let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("loading {file}: cannot read"))?;
-    let cfg = Config::parse(&text, &file)
-        .with_context(|| format!("loading {file}"))?
+        .with_context(|| format!("loading {shown}: cannot read"))?;
+    let cfg = Config::parse(&text, &shown)
+        .with_context(|| format!("loading {shown}"))?
         .privd
-        .with_context(|| format!("{}: no [privd] section", args.config.display()))?;
+        .with_context(|| format!("{shown}: no [privd] section"))?;
     privs::check_net_admin()?;
     let netd_uid = netd_uid(&cfg)?;
+    let user = privs::resolve(cfg.user.as_deref())?;
+    // netd must not be able to signal or trace the process that holds its
+    // privilege, nor the other way round.
+    if user.as_ref().is_some_and(|u| u.uid.as_raw() == netd_uid) {
+        bail!("privd.user must not be netd's user (uid {netd_uid})");
+    }
+    // SIGTERM and SIGINT arrive as a readable fd in the poll loop; blocked
+    // from here on (the nft helper inherits that, and outlives a Ctrl-C).
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    mask.thread_block().context("blocking SIGTERM/SIGINT")?;
+    let stop = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .context("signalfd")?;
     // Under systemd: the socket of sapper-privd.socket, and the TUN that a
     // previous privd left in the fd store (named "tun").
     let (stored, sockets): (Vec<_>, Vec<_>) = sd::listen_fds()
@@ -53,28 +72,22 @@ fn main() -> anyhow::Result<()> {
         .partition(|(_, name)| name == "tun");
     let activated = !sockets.is_empty();
     let mut sockets = sockets.into_iter();
-    let std_listener = match (sockets.next(), sockets.next()) {
+    let listener = match (sockets.next(), sockets.next()) {
         (None, _) => socket::bind(&cfg.socket, cfg.socket_group.as_deref())
             .context("setting up the privd socket")?,
         (Some((fd, _)), None) => socket::activated(fd).context("the socket systemd passed")?,
         (Some(_), Some(_)) => bail!("systemd passed more than one socket; privd serves one"),
     };
+    // The loop's accept must never block (set here: the filter has no ioctl).
+    listener.set_nonblocking(true).context("non-blocking privd socket")?;
     let stored_tun = stored.into_iter().next().map(|(fd, _)| fd);
-    // From here on only CAP_NET_ADMIN is left; everything below was checked
-    // to need no more (see privs.rs).
-    privs::drop_to_net_admin().context("dropping capabilities")?;
-    audit::log("info", &format!("capabilities: {}", privs::describe()));
-
-    // Built only now so that every runtime thread inherits the reduced sets.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let result = rt.block_on(run(&cfg, netd_uid, std_listener, stored_tun));
-    // An activated socket is systemd's: it must outlive this process.
+    let result = run(&cfg, netd_uid, user.as_ref(), &listener, stored_tun, &stop);
+    // An activated socket is systemd's: it must outlive this process. One
+    // bound by hand sits in a directory privd's own uid may not write to;
+    // then the next start replaces it (it answers nobody).
     if !activated {
         if let Err(e) = std::fs::remove_file(&cfg.socket) {
-            audit::log("warn", &format!("removing {}: {e}", cfg.socket.display()));
+            audit::log("info", &format!("leaving {}: {e}", cfg.socket.display()));
         }
     }
     match &result {
@@ -96,17 +109,15 @@ fn netd_uid(cfg: &PrivdConfig) -> anyhow::Result<u32> {
     }
 }
 
-async fn run(
+fn run(
     cfg: &PrivdConfig,
     netd_uid: u32,
-    std_listener: std::os::unix::net::UnixListener,
+    user: Option<&nix::unistd::User>,
+    listener: &UnixListener,
     stored_tun: Option<OwnedFd>,
+    stop: &SignalFd,
 ) -> anyhow::Result<()> {
-    // Signal handlers first, so a SIGTERM during setup is not lost.
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-
-    let net = netlink::Netlink::connect()?;
+    let mut net = netlink::Netlink::connect()?;
     let t = &cfg.tun;
     let adopted = match stored_tun.map(tun::adopt).transpose()? {
         Some((fd, name)) if name == t.name => Some((fd, name)),
@@ -114,13 +125,8 @@ async fn run(
             // Dropping our copy and systemd's lets that interface go once
             // netd lets go, and makes room in the store for the new one.
             let _ = sd::notify("FDSTOREREMOVE=1\nFDNAME=tun", None);
-            audit::log(
-                "warn",
-                &format!(
-                    "fd store held TUN {name}, config says {}: creating anew",
-                    t.name
-                ),
-            );
+            let msg = format!("fd store held TUN {name}, config says {}: creating anew", t.name);
+            audit::log("warn", &msg);
             None
         }
         None => None,
@@ -133,52 +139,17 @@ async fn run(
     let ifindex = nix::net::if_::if_nametoindex(tun_name.as_str())
         .with_context(|| format!("interface index of {tun_name}"))?;
     net.configure_link(ifindex, t.mtu, &t.addresses)
-        .await
         .with_context(|| format!("configuring {tun_name}"))?;
-    let mut routes = BTreeSet::new();
-    for r in &t.routes {
-        let r = r.trunc();
-        match net.add_route(ifindex, r).await {
+    let mut configured = BTreeSet::new();
+    for r in t.routes.iter().map(ipnet::IpNet::trunc) {
+        match net.add_route(ifindex, r) {
             // A TUN from the fd store still has the routes the last privd set.
             Err(netlink::NetlinkError::Exists(_)) if from_store => {}
             other => other.with_context(|| format!("privd.tun.routes: {r}"))?,
         }
-        routes.insert(r);
+        configured.insert(r);
     }
-    let configured = routes.clone();
-    if from_store {
-        // Routes netd had the previous privd add are still on this TUN; they
-        // stay netd's to remove (only inside allowed_routes, as before).
-        match net.static_routes_via(ifindex).await {
-            Ok(found) => routes.extend(
-                found
-                    .into_iter()
-                    .filter(|r| sapper_shared::config::prefix_allowed(r, &t.allowed_routes)),
-            ),
-            Err(e) => audit::log("warn", &format!("listing the routes of {tun_name}: {e}")),
-        }
-    }
-    // Into systemd's fd store (FileDescriptorStoreMax= in the unit), so the
-    // next privd takes the interface back instead of creating it anew. A TUN
-    // that came from the store is still in it: storing it again would only
-    // overflow FileDescriptorStoreMax=1.
-    if !from_store {
-        match sd::notify("FDSTORE=1\nFDNAME=tun", Some(tun_fd.as_fd())) {
-            Ok(true) => audit::log(
-                "info",
-                &format!("TUN {tun_name} fd kept in systemd's fd store"),
-            ),
-            Ok(false) => {}
-            Err(e) => audit::log("warn", &format!("fd store: {e}")),
-        }
-    }
-
-    std_listener.set_nonblocking(true)?;
-    let listener = tokio::net::UnixListener::from_std(std_listener)?;
-    // Last fallible step before serving, so that once the table exists the
-    // only way out is through the teardown below.
-    let nat_active = setup_nat(cfg, &tun_name).await?;
-    let privd = Arc::new(Privd {
+    let mut privd = server::Privd {
         tun_name: tun_name.clone(),
         tun_mtu: t.mtu,
         tun_addresses: t.addresses.clone(),
@@ -188,62 +159,90 @@ async fn run(
         max_routes: t.max_routes,
         netd_uid,
         net,
-        conns: Default::default(),
-        audit: std::sync::Mutex::new(audit::RateBound::new(std::time::Instant::now())),
+        routes: configured.clone(),
         configured_routes: configured,
-        routes: tokio::sync::Mutex::new(routes),
-        nat_active,
-        granted: AtomicU64::new(0),
-        refused: AtomicU64::new(0),
-    });
+        nat_active: false,
+        audit: audit::RateBound::new(std::time::Instant::now()),
+        counts: [0; 2],
+    };
+    if from_store {
+        // Routes netd had the previous privd add are still on this TUN; they
+        // are netd's again exactly when netd could add them now.
+        match privd.net.static_routes_via(ifindex) {
+            Ok(found) => found.into_iter().for_each(|r| {
+                let req = authz::Request::RouteChange { prefix: r.to_string(), add: true };
+                let netd = authz::Caller { uid: netd_uid, open_own: 0, open_others: 0 };
+                let d = authz::decide(&privd.state(), &netd, &req);
+                if matches!(d, Ok(authz::Action::AddRoute(..))) {
+                    privd.routes.insert(r);
+                }
+            }),
+            Err(e) => audit::log("warn", &format!("listing the routes of {tun_name}: {e}")),
+        }
+    }
+    // Into systemd's fd store (FileDescriptorStoreMax= in the unit), so the
+    // next privd takes the interface back instead of creating it anew. A TUN
+    // that came from the store is still in it: storing it again would only
+    // overflow FileDescriptorStoreMax=1.
+    if !from_store {
+        match sd::notify("FDSTORE=1\nFDNAME=tun", Some(privd.tun_fd.as_fd())) {
+            Ok(true) => {
+                audit::log("info", &format!("TUN {tun_name} fd kept in systemd's fd store"))
+            }
+            Ok(false) => {}
+            Err(e) => audit::log("warn", &format!("fd store: {e}")),
+        }
+    }
+    privd.nat_active = setup_nat(cfg, &tun_name)?;
+    // From here on the table exists: any way out removes it.
+    let restricted = restrict(user, privd.nat_active);
+    let teardown = match restricted {
+        Ok(t) => t,
+        Err(e) => {
+            if privd.nat_active {
+                let _ = nat::apply(&nat::teardown());
+            }
+            return Err(e);
+        }
+    };
     let state = format!(
         "tun {tun_name} (index {ifindex}, {}), nat {}, forwarding {}",
-        if from_store {
-            "from the fd store"
-        } else {
-            "created"
-        },
-        if nat_active { "on" } else { "off" },
-        if nat::forwarding_enabled() {
-            "on"
-        } else {
-            "off"
-        },
+        if from_store { "from the fd store" } else { "created" },
+        if privd.nat_active { "on" } else { "off" },
+        if nat::forwarding_enabled() { "on" } else { "off" },
     );
-    audit::log(
-        "info",
-        &format!(
-            "serving {} for uid {netd_uid}: {state}",
-            cfg.socket.display()
-        ),
-    );
-    // Ready: the socket is listening and the TUN is configured.
+    audit::log("info", &format!("serving {} for uid {netd_uid}: {state}", cfg.socket.display()));
+    // Ready: the socket is listening, the TUN configured, privd restricted.
     if let Err(e) = sd::notify(&format!("READY=1\nSTATUS={state}"), None) {
         audit::log("warn", &format!("sd_notify READY: {e}"));
     }
-    let shutdown = async {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    };
-    let served = privd.serve(listener, shutdown).await;
+    let served = privd.serve(listener, stop.as_fd());
     let _ = sd::notify("STOPPING=1", None);
-    if nat_active {
-        match nat::apply(&nat::teardown()).await {
+    if let Some(t) = teardown {
+        match t.run() {
             Ok(()) => audit::log("info", &format!("removed nft table {}", nat::TABLE)),
             Err(e) => audit::log("error", &format!("removing nft table {}: {e}", nat::TABLE)),
         }
     }
-    served.context("accepting connections")
+    served.context("serving")
+}
+
+/// privd's pledge: its own uid with only CAP_NET_ADMIN, the nft teardown
+/// helper forked while that is still possible, then the seccomp filter.
+fn restrict(user: Option<&nix::unistd::User>, nat: bool) -> anyhow::Result<Option<nat::Teardown>> {
+    privs::drop_to_net_admin(user).context("dropping privileges")?;
+    audit::log("info", &format!("privileges: {}", privs::describe()));
+    let teardown = nat.then(nat::Teardown::fork).transpose().context("forking the nft helper")?;
+    seccomp::install()?;
+    Ok(teardown)
 }
 
 /// Installs forwarding and the NAT table when `[privd.nat] enable = true`;
 /// otherwise removes a table a previous run may have left.
-async fn setup_nat(cfg: &PrivdConfig, tun_name: &str) -> anyhow::Result<bool> {
+fn setup_nat(cfg: &PrivdConfig, tun_name: &str) -> anyhow::Result<bool> {
     let Some(nat_cfg) = cfg.nat.as_ref().filter(|n| n.enable) else {
         // Best effort: without nft there can be no stale table to worry about.
-        let _ = nat::apply(&nat::teardown()).await;
+        let _ = nat::apply(&nat::teardown());
         return Ok(false);
     };
     let sources = nat::sources(&nat_cfg.sources, &cfg.tun.addresses);
@@ -258,18 +257,12 @@ async fn setup_nat(cfg: &PrivdConfig, tun_name: &str) -> anyhow::Result<bool> {
             "forwarding off: /proc/sys is read-only here; set net.ipv4.ip_forward=1 (sysctl.d/60-sapper.conf)",
         );
     }
-    nat::apply(&ruleset)
-        .await
-        .with_context(|| format!("installing nft table {}", nat::TABLE))?;
+    nat::apply(&ruleset).with_context(|| format!("installing nft table {}", nat::TABLE))?;
     let shown: Vec<String> = sources.iter().map(ToString::to_string).collect();
+    let fwd = if forwarding { "on" } else { "off" };
     audit::log(
         "info",
-        &format!(
-            "forwarding {}; masquerading {} via table {}",
-            if forwarding { "on" } else { "off" },
-            shown.join(", "),
-            nat::TABLE
-        ),
+        &format!("forwarding {fwd}; masquerading {} via table {}", shown.join(", "), nat::TABLE),
     );
     Ok(true)
 }

@@ -5,14 +5,19 @@
 //! written into it, so nothing a peer sends can reach nft.
 
 use ipnet::IpNet;
+use nix::libc;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 
 /// The table privd owns; nothing else in it is touched.
 pub const TABLE: &str = "inet sapper";
+const TABLE_FAMILY: &str = "inet";
+const TABLE_NAME: &str = "sapper";
 
 const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
@@ -59,10 +64,8 @@ pub fn sources(configured: &[IpNet], tun_addresses: &[IpNet]) -> Vec<IpNet> {
 /// Builds the ruleset. It first declares and deletes the table so that a
 /// stale table from an earlier run is replaced in the same atomic batch.
 pub fn ruleset(tun: &str, sources: &[IpNet]) -> Result<String, NatError> {
-    let name_ok = !tun.is_empty()
-        && tun
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let name_ok =
+        !tun.is_empty() && tun.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !name_ok {
         return Err(NatError::BadName(tun.to_string()));
     }
@@ -98,44 +101,96 @@ pub fn teardown() -> String {
     format!("table {TABLE}\ndelete table {TABLE}\n")
 }
 
-/// Feeds `script` to `nft -f -`.
-///
-/// nft inherits CAP_NET_ADMIN through the ambient set (see privs.rs); it
-/// gets nothing else because the bounding set has nothing else.
-pub async fn apply(script: &str) -> Result<(), NatError> {
-    let mut child = Command::new("nft")
+/// Feeds `script` to `nft -f -` (at start, before the seccomp filter).
+/// A fixed PATH and an empty environment, so the environment privd was
+/// started with cannot pick a different `nft`.
+pub fn apply(script: &str) -> Result<(), NatError> {
+    use std::io::{Read, Write};
+    let mut child = nft()
         .args(["-f", "-"])
-        // A fixed PATH so the environment privd was started with cannot pick
-        // a different `nft`.
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .map_err(NatError::Spawn)?;
-    let run = async {
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(script.as_bytes())
-                .await
-                .map_err(NatError::Spawn)?;
-        }
-        child.wait_with_output().await.map_err(NatError::Spawn)
-    };
-    let out = tokio::time::timeout(NFT_TIMEOUT, run)
-        .await
-        .map_err(|_| NatError::Nft(format!("no answer within {NFT_TIMEOUT:?}")))??;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(NatError::Nft(format!(
-            "{}: {}",
-            out.status,
-            err.trim().replace('\n', " | ")
-        )));
+    let wrote = child.stdin.take().map(|mut i| i.write_all(script.as_bytes()));
+    let status = wait(&mut child).map_err(NatError::Nft)?;
+    let mut err = String::new();
+    let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+    match (status.success(), wrote) {
+        (true, None | Some(Ok(()))) => Ok(()),
+        (_, Some(Err(e))) => Err(NatError::Spawn(e)),
+        (false, _) => Err(NatError::Nft(format!("{status}: {}", err.trim().replace('\n', " | ")))),
     }
-    Ok(())
+}
+
+fn nft() -> Command {
+    let mut c = Command::new("nft");
+    c.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").stdout(Stdio::null());
+    c
+}
+
+/// Waits for `child`, at most [`NFT_TIMEOUT`] (then kills it).
+fn wait(child: &mut Child) -> Result<std::process::ExitStatus, String> {
+    let deadline = std::time::Instant::now() + NFT_TIMEOUT;
+    while std::time::Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(s)) => return Ok(s),
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(format!("nft gave no answer within {NFT_TIMEOUT:?}"))
+}
+
+/// The one process privd starts after setup: forked before the seccomp
+/// filter (which refuses fork and exec), holding no fd but the read end of a
+/// pipe, it waits for that pipe to close (privd exiting, however it exits)
+/// and then runs `nft delete table inet sapper`, with privd's uid and
+/// CAP_NET_ADMIN only. So the running privd never needs to exec anything,
+/// and the table goes with privd even when privd is killed.
+pub struct Teardown {
+    pipe: Option<OwnedFd>,
+    pid: Pid,
+}
+
+impl Teardown {
+    /// Forks the helper. privd must be single-threaded here.
+    pub fn fork() -> Result<Self, NatError> {
+        let spawn = |e: nix::Error| NatError::Spawn(e.into());
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(spawn)?;
+        // SAFETY: privd has one thread, so the child may run any code; it
+        // only waits on the pipe and then execs.
+        match unsafe { nix::unistd::fork() }.map_err(spawn)? {
+            ForkResult::Parent { child } => Ok(Teardown { pipe: Some(w), pid: child }),
+            ForkResult::Child => {
+                drop(w);
+                // Nothing of privd's but the pipe: no TUN, socket or netlink.
+                let _ = nix::unistd::dup2(r.as_raw_fd(), 0);
+                // SAFETY: closes fds by number in a process that uses none.
+                unsafe { libc::close_range(3, libc::c_uint::MAX, 0) };
+                let _ = nix::unistd::read(0, &mut [0u8; 1]);
+                let err = nft().args(["delete", "table", TABLE_FAMILY, TABLE_NAME]).exec();
+                eprintln!("sapper-privd teardown helper: nft: {err}");
+                std::process::exit(1)
+            }
+        }
+    }
+
+    /// Lets the helper run and waits (bounded) for its verdict.
+    pub fn run(mut self) -> Result<(), NatError> {
+        drop(self.pipe.take());
+        let deadline = std::time::Instant::now() + NFT_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(20)),
+                Ok(WaitStatus::Exited(_, 0)) => return Ok(()),
+                other => return Err(NatError::Nft(format!("teardown helper: {other:?}"))),
+            }
+        }
+        Err(NatError::Nft(format!("teardown helper: no answer within {NFT_TIMEOUT:?}")))
+    }
 }
 
 /// Turns on forwarding and returns whether IPv4 forwarding is on afterwards.
@@ -179,19 +234,13 @@ mod tests {
     fn sources_default_to_tun_networks() {
         let addrs = nets(&["10.99.0.1/24", "fd99::1/64", "10.99.0.2/24"]);
         assert_eq!(sources(&[], &addrs), nets(&["10.99.0.0/24", "fd99::/64"]));
-        assert_eq!(
-            sources(&nets(&["192.168.5.7/16"]), &addrs),
-            nets(&["192.168.0.0/16"])
-        );
+        assert_eq!(sources(&nets(&["192.168.5.7/16"]), &addrs), nets(&["192.168.0.0/16"]));
     }
 
     #[test]
     fn ruleset_text() {
-        let text = ruleset(
-            "sapper0",
-            &nets(&["10.99.0.0/24", "10.98.0.0/24", "fd99::/64"]),
-        )
-        .unwrap();
+        let text =
+            ruleset("sapper0", &nets(&["10.99.0.0/24", "10.98.0.0/24", "fd99::/64"])).unwrap();
         assert_eq!(
             text,
             "table inet sapper\n\
@@ -213,10 +262,7 @@ mod tests {
     fn ruleset_refuses_bad_input() {
         let src = nets(&["10.0.0.0/8"]);
         for bad in ["", "a\"b", "x;y", "tun 0", "t\n", "t}"] {
-            assert!(
-                matches!(ruleset(bad, &src), Err(NatError::BadName(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(ruleset(bad, &src), Err(NatError::BadName(_))), "{bad:?}");
         }
         assert!(matches!(ruleset("sapper0", &[]), Err(NatError::NoSources)));
         assert_eq!(teardown(), "table inet sapper\ndelete table inet sapper\n");

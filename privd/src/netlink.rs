@@ -1,177 +1,177 @@
-//! Interface, address and route changes over rtnetlink. privd never runs
-//! `ip`: a netlink message built from typed values cannot be turned into a
-//! different command by odd characters in a prefix or name.
+//! Interface, address and route changes over a blocking rtnetlink socket
+//! (the message types of `netlink-packet-route`, no runtime). privd never
+//! runs `ip`: a netlink message built from typed values cannot be turned
+//! into a different command by odd characters in a prefix or name.
 
 use ipnet::IpNet;
-use nix::libc::{EEXIST, ENOENT, ESRCH};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
-use rtnetlink::packet_route::link::LinkAttribute;
-use rtnetlink::packet_route::route::RouteScope;
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use netlink_packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rt};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::errno::Errno;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Transmit queue of the TUN (packets waiting for netd to read them).
 const TUN_TXQUEUELEN: u32 = 2000;
+/// Bounds how long one change may hold up privd's loop (the kernel answers
+/// at once; this is for the impossible case).
+const NETLINK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Netlink failures.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    /// The rtnetlink socket could not be opened.
-    #[error("cannot open rtnetlink socket: {0}")]
-    Connect(std::io::Error),
+    /// The socket failed (open, send, receive or the deadline).
+    #[error("{0}: rtnetlink socket: {1}")]
+    Io(String, std::io::Error),
     /// The kernel already has a route for the prefix.
     #[error("a route for {0} already exists")]
     Exists(IpNet),
     /// The kernel has no such route.
     #[error("no route for {0} on the TUN")]
     NotFound(IpNet),
-    /// No answer in time (should not happen; bounds how long a route
-    /// change can hold privd's route lock).
-    #[error("{0}: no answer from the kernel within {NETLINK_TIMEOUT:?}")]
-    Timeout(String),
     /// Any other refusal from the kernel.
-    #[error("{what}: {source}")]
-    Kernel {
-        /// What was being done.
-        what: String,
-        /// The netlink error.
-        source: rtnetlink::Error,
-    },
+    #[error("{0}: {1}")]
+    Kernel(String, Errno),
+    /// An answer that does not parse.
+    #[error("{0}: bad answer from the kernel: {1}")]
+    Decode(String, String),
 }
 
-const NETLINK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A handle on the rtnetlink socket; cheap to clone.
-#[derive(Clone)]
+/// One rtnetlink socket; requests are answered in order.
 pub struct Netlink {
-    handle: Handle,
-}
-
-fn errno(e: &rtnetlink::Error) -> i32 {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => -m.raw_code(),
-        _ => 0,
-    }
-}
-
-fn kernel(what: String) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
-    move |source| NetlinkError::Kernel { what, source }
+    sock: Socket,
+    seq: u32,
 }
 
 impl Netlink {
-    /// Opens the socket and spawns its I/O task; needs a tokio runtime.
+    /// Opens the socket, with a receive timeout on every answer.
     pub fn connect() -> Result<Self, NetlinkError> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
-        tokio::spawn(conn);
-        Ok(Self { handle })
+        let io = |e| NetlinkError::Io("open".into(), e);
+        let mut sock = Socket::new(NETLINK_ROUTE).map_err(io)?;
+        sock.bind_auto().map_err(io)?;
+        sock.connect(&SocketAddr::new(0, 0)).map_err(io)?;
+        let tv = nix::sys::time::TimeVal::new(NETLINK_TIMEOUT.as_secs() as i64, 0);
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+            .map_err(|e| io(e.into()))?;
+        Ok(Self { sock, seq: 0 })
     }
 
-    /// Sets the MTU, adds the addresses and brings the link up.
-    pub async fn configure_link(
-        &self,
+    /// Sends one request and collects the answers up to the ACK or the end
+    /// of a dump; every length comes from the parser, which checks it.
+    fn call(&mut self, msg: Rt, flags: u16, what: &str) -> Result<Vec<Rt>, NetlinkError> {
+        let io = |e| NetlinkError::Io(what.into(), e);
+        let bad = |e: String| NetlinkError::Decode(what.into(), e);
+        self.seq = self.seq.wrapping_add(1);
+        let mut req = NetlinkMessage::from(msg);
+        req.header.flags = NLM_F_REQUEST | flags;
+        req.header.sequence_number = self.seq;
+        req.finalize();
+        let mut buf = vec![0u8; req.buffer_len()];
+        req.serialize(&mut buf);
+        self.sock.send(&buf, 0).map_err(io)?;
+        let (deadline, mut out) = (Instant::now() + NETLINK_TIMEOUT, Vec::new());
+        while Instant::now() < deadline {
+            let (data, _) = self.sock.recv_from_full().map_err(io)?;
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let m = NetlinkMessage::<Rt>::deserialize(rest).map_err(|e| bad(e.to_string()))?;
+                let len = (m.header.length as usize + 3) & !3;
+                rest = rest.get(len.max(16)..).unwrap_or_default();
+                if m.header.sequence_number != self.seq {
+                    continue;
+                }
+                match m.payload {
+                    NetlinkPayload::InnerMessage(i) => out.push(i),
+                    NetlinkPayload::Error(e) => match e.code {
+                        None => return Ok(out),
+                        Some(c) => {
+                            return Err(NetlinkError::Kernel(
+                                what.into(),
+                                Errno::from_raw(-c.get()),
+                            ))
+                        }
+                    },
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    _ => {}
+                }
+            }
+        }
+        Err(io(std::io::ErrorKind::TimedOut.into()))
+    }
+
+    /// Sets the MTU and queue length, adds the addresses, brings the link up.
+    pub fn configure_link(
+        &mut self,
         index: u32,
         mtu: u32,
-        addresses: &[IpNet],
+        addrs: &[IpNet],
     ) -> Result<(), NetlinkError> {
-        self.handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .mtu(mtu)
-                    // netd drains the TUN in bursts; the default 500-packet
-                    // queue overflows (each overflow a lost packet) at a few
-                    // hundred Mbit/s.
-                    .append_extra_attribute(LinkAttribute::TxQueueLen(TUN_TXQUEUELEN))
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(kernel(format!("set MTU {mtu}")))?;
-        for a in addresses {
-            let mut req = self
-                .handle
-                .address()
-                .add(index, a.addr(), a.prefix_len())
-                // Replace so that re-adding after a privd restart that found
-                // the interface still present is not an error.
-                .replace();
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        // netd drains the TUN in bursts; the default 500-packet queue
+        // overflows (each overflow a lost packet) at a few hundred Mbit/s.
+        link.attributes = vec![LinkAttribute::Mtu(mtu), LinkAttribute::TxQueueLen(TUN_TXQUEUELEN)];
+        self.call(Rt::SetLink(link.clone()), NLM_F_ACK, &format!("set MTU {mtu}"))?;
+        for a in addrs {
+            let mut m = AddressMessage::default();
+            m.header.family = family(a);
+            m.header.prefix_len = a.prefix_len();
+            m.header.index = index;
+            m.attributes =
+                vec![AddressAttribute::Address(a.addr()), AddressAttribute::Local(a.addr())];
             if a.addr().is_ipv6() {
-                // Skip duplicate address detection: the TUN is point-to-point
-                // with nobody to collide with, and DAD would leave the address
-                // "tentative" (unusable as a source) for a second or more.
-                let msg = req.message_mut();
-                msg.header.flags |= AddressHeaderFlags::Nodad;
-                msg.attributes
-                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+                // No duplicate address detection: the TUN is point-to-point
+                // with nobody to collide with, and DAD would leave the
+                // address "tentative" (unusable as a source) for a second.
+                m.header.flags = AddressHeaderFlags::Nodad;
+                m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
             }
-            req.execute()
-                .await
-                .map_err(kernel(format!("add address {a}")))?;
+            // Replace, so that re-adding on a TUN from the fd store is fine.
+            let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+            self.call(Rt::NewAddress(m), flags, &format!("add address {a}"))?;
         }
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(kernel("set link up".into()))?;
+        link.attributes.clear();
+        link.header.flags = LinkFlags::Up;
+        link.header.change_mask = LinkFlags::Up;
+        self.call(Rt::SetLink(link), NLM_F_ACK, "set link up")?;
         Ok(())
-    }
-
-    fn route_message(index: u32, net: &IpNet) -> rtnetlink::packet_route::route::RouteMessage {
-        match net.addr() {
-            IpAddr::V4(a) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .destination_prefix(a, net.prefix_len())
-                // What `ip route add PREFIX dev IF` uses for a gateway-less
-                // route.
-                .scope(RouteScope::Link)
-                .output_interface(index)
-                .build(),
-            IpAddr::V6(a) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .destination_prefix(a, net.prefix_len())
-                .output_interface(index)
-                .build(),
-        }
     }
 
     /// Adds a route to `net` through interface `index`; refuses to replace
     /// an existing one (which might belong to another interface).
-    pub async fn add_route(&self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
-        let req = self.handle.route().add(Self::route_message(index, &net));
-        tokio::time::timeout(NETLINK_TIMEOUT, req.execute())
-            .await
-            .map_err(|_| NetlinkError::Timeout(format!("add route {net}")))?
-            .map_err(|e| match errno(&e) {
-                EEXIST => NetlinkError::Exists(net),
-                _ => kernel(format!("add route {net}"))(e),
-            })
+    pub fn add_route(&mut self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
+        let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+        let r = self.call(Rt::NewRoute(route(index, &net)), flags, &format!("add route {net}"));
+        r.map(drop).map_err(|e| typed(e, &[Errno::EEXIST], NetlinkError::Exists(net)))
+    }
+
+    /// Deletes the route to `net` through interface `index`.
+    pub fn del_route(&mut self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
+        let r =
+            self.call(Rt::DelRoute(route(index, &net)), NLM_F_ACK, &format!("delete route {net}"));
+        let not_found = [Errno::ESRCH, Errno::ENOENT];
+        r.map(drop).map_err(|e| typed(e, &not_found, NetlinkError::NotFound(net)))
     }
 
     /// The prefixes of the static routes (privd's kind) in the main table
     /// that leave through interface `index`: on a TUN taken back from the fd
-    /// store, what the previous privd installed. Kernel routes (the address
-    /// prefixes, link-local) are not included.
-    pub async fn static_routes_via(&self, index: u32) -> Result<Vec<IpNet>, NetlinkError> {
-        use futures_util::TryStreamExt;
-        use rtnetlink::packet_route::route::{
-            RouteAddress, RouteAttribute, RouteHeader, RouteProtocol,
-        };
+    /// store, what the previous privd installed.
+    pub fn static_routes_via(&mut self, index: u32) -> Result<Vec<IpNet>, NetlinkError> {
         let mut out = Vec::new();
-        for query in [
-            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
-        ] {
-            let list = self
-                .handle
-                .route()
-                .get(query)
-                .execute()
-                .try_collect::<Vec<_>>();
-            let msgs = tokio::time::timeout(NETLINK_TIMEOUT, list)
-                .await
-                .map_err(|_| NetlinkError::Timeout("list routes".into()))?
-                .map_err(kernel("list routes".into()))?;
-            for m in msgs {
+        for af in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut q = RouteMessage::default();
+            q.header.address_family = af;
+            for m in self.call(Rt::GetRoute(q), NLM_F_DUMP, "list routes")? {
+                let Rt::NewRoute(m) = m else { continue };
                 let ours = m.header.protocol == RouteProtocol::Static
                     && m.header.table == RouteHeader::RT_TABLE_MAIN
                     && m.attributes
@@ -182,25 +182,42 @@ impl Netlink {
                     RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
                     _ => None,
                 });
-                if let (true, Some(addr)) = (ours, dst) {
-                    if let Ok(net) = IpNet::new(addr, m.header.destination_prefix_length) {
-                        out.push(net);
-                    }
-                }
+                let len = m.header.destination_prefix_length;
+                out.extend(dst.filter(|_| ours).and_then(|a| IpNet::new(a, len).ok()));
             }
         }
         Ok(out)
     }
+}
 
-    /// Deletes the route to `net` through interface `index`.
-    pub async fn del_route(&self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
-        let req = self.handle.route().del(Self::route_message(index, &net));
-        tokio::time::timeout(NETLINK_TIMEOUT, req.execute())
-            .await
-            .map_err(|_| NetlinkError::Timeout(format!("delete route {net}")))?
-            .map_err(|e| match errno(&e) {
-                ESRCH | ENOENT => NetlinkError::NotFound(net),
-                _ => kernel(format!("delete route {net}"))(e),
-            })
+fn family(net: &IpNet) -> AddressFamily {
+    match net {
+        IpNet::V4(_) => AddressFamily::Inet,
+        IpNet::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// What `ip route add PREFIX dev IF` sends for a gateway-less route.
+fn route(index: u32, net: &IpNet) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = family(net);
+    m.header.destination_prefix_length = net.prefix_len();
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.protocol = RouteProtocol::Static;
+    m.header.kind = RouteType::Unicast;
+    m.header.scope = if net.addr().is_ipv4() { RouteScope::Link } else { RouteScope::Universe };
+    let dst = match net.addr() {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    };
+    m.attributes = vec![RouteAttribute::Destination(dst), RouteAttribute::Oif(index)];
+    m
+}
+
+/// `t` when the kernel answered `e` with one of `errnos`, else `e`.
+fn typed(e: NetlinkError, errnos: &[Errno], t: NetlinkError) -> NetlinkError {
+    match e {
+        NetlinkError::Kernel(_, n) if errnos.contains(&n) => t,
+        e => e,
     }
 }

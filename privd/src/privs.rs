@@ -1,47 +1,37 @@
-//! Shedding privilege. After startup privd keeps exactly CAP_NET_ADMIN,
-//! which is all that its remaining jobs need:
-//!
-//! - TUNSETIFF, link/address/route changes over rtnetlink: CAP_NET_ADMIN.
-//! - Writing /proc/sys/net/*/forwarding: the net sysctls grant the owner's
-//!   write bit to CAP_NET_ADMIN in the namespace (see nat.rs).
-//! - Running `nft`: CAP_NET_ADMIN is kept in the inheritable and ambient
-//!   sets so the child gets it even when privd is not uid 0; as uid 0 the
-//!   child would otherwise get "all" capabilities, which the bounding set
-//!   limits to CAP_NET_ADMIN as well.
-//! - Removing the socket at exit: privd still runs as uid 0, which owns the
-//!   socket directory, so plain DAC allows it.
-//!
-//! no_new_privs makes sure no exec (setuid binary or file capabilities) can
-//! raise anything again.
+//! Shedding privilege. After setup privd keeps exactly CAP_NET_ADMIN, which
+//! is all its remaining jobs need (handing out TUN duplicates needs none;
+//! routes over rtnetlink need CAP_NET_ADMIN), and, started as root, it
+//! becomes its own user (`privd.user`), so root-owned files are out of reach.
+//! CAP_NET_ADMIN stays in the inheritable and ambient sets so the nft
+//! teardown helper (nat.rs) gets it too, and no_new_privs makes sure no exec
+//! (setuid binary or file capabilities) can raise anything again.
 
 use caps::{CapSet, Capability, CapsHashSet};
+use nix::unistd::{Uid, User};
 
 const KEEP: Capability = Capability::CAP_NET_ADMIN;
+/// `privd.user` when unset.
+pub const DEFAULT_USER: &str = "sapper-privd";
 
-/// Capability errors.
+/// Privilege errors.
 #[derive(Debug, thiserror::Error)]
 pub enum PrivError {
     /// Started without the one capability privd needs.
     #[error("sapper-privd must run as root or with CAP_NET_ADMIN")]
     NoNetAdmin,
+    /// The user to become is missing or root.
+    #[error("privd.user {0:?} {1}: create it (useradd --system --no-create-home --shell /usr/sbin/nologin {0}) or set privd.user")]
+    User(String, &'static str),
     /// The kernel refused a change.
-    #[error("{what}: {msg}")]
-    Caps {
-        /// What was being changed.
-        what: &'static str,
-        /// The caps crate's message.
-        msg: String,
-    },
+    #[error("{0}: {1}")]
+    Kernel(&'static str, String),
 }
 
-fn caps_err(what: &'static str) -> impl FnOnce(caps::errors::CapsError) -> PrivError {
-    move |e| PrivError::Caps {
-        what,
-        msg: e.to_string(),
-    }
+fn kernel<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> PrivError {
+    move |e| PrivError::Kernel(what, e.to_string())
 }
 
-/// Fails early with a clear message when privd cannot do its job.
+/// Fails unless CAP_NET_ADMIN is effective (i.e. root or granted it).
 pub fn check_net_admin() -> Result<(), PrivError> {
     match caps::has_cap(None, CapSet::Effective, KEEP) {
         Ok(true) => Ok(()),
@@ -49,63 +39,72 @@ pub fn check_net_admin() -> Result<(), PrivError> {
     }
 }
 
-/// Drops every capability but CAP_NET_ADMIN from every set and sets
-/// no_new_privs. Must run before any other thread exists: capabilities are
-/// per thread and new threads copy their creator's.
-pub fn drop_to_net_admin() -> Result<(), PrivError> {
-    // The bounding set can only shrink, and only with CAP_SETPCAP; without it
-    // (privd started non-root with just CAP_NET_ADMIN) the bounding set does
-    // not matter because no_new_privs below stops any exec from gaining.
+/// The user to become: `None` unless started as root (under systemd privd
+/// already is its own user).
+pub fn resolve(name: Option<&str>) -> Result<Option<User>, PrivError> {
+    if !Uid::effective().is_root() {
+        return Ok(None);
+    }
+    let name = name.unwrap_or(DEFAULT_USER);
+    match User::from_name(name) {
+        Ok(Some(u)) if u.uid.is_root() => Err(PrivError::User(name.into(), "is root")),
+        Ok(Some(u)) => Ok(Some(u)),
+        _ => Err(PrivError::User(name.into(), "does not exist")),
+    }
+}
+
+/// Becomes `user` (if any), keeping CAP_NET_ADMIN across the switch, then
+/// leaves exactly CAP_NET_ADMIN in every set and sets no_new_privs. privd is
+/// single-threaded, so this covers the whole process.
+pub fn drop_to_net_admin(user: Option<&User>) -> Result<(), PrivError> {
+    // The bounding set can only shrink, and only with CAP_SETPCAP; without
+    // it (started non-root) no_new_privs below stops any exec from gaining.
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
-        for cap in caps::all() {
-            if cap != KEEP && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-                caps::drop(None, CapSet::Bounding, cap).map_err(caps_err("trim bounding set"))?;
-            }
+        for cap in caps::all().into_iter().filter(|c| *c != KEEP) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(kernel("trim bounding set"))?;
         }
+    }
+    if let Some(u) = user {
+        // Without keepcaps setresuid() away from 0 empties the permitted set.
+        nix::sys::prctl::set_keepcaps(true).map_err(kernel("PR_SET_KEEPCAPS"))?;
+        nix::unistd::setgroups(&[u.gid]).map_err(kernel("setgroups"))?;
+        nix::unistd::setresgid(u.gid, u.gid, u.gid).map_err(kernel("setresgid"))?;
+        nix::unistd::setresuid(u.uid, u.uid, u.uid).map_err(kernel("setresuid"))?;
+        nix::sys::prctl::set_keepcaps(false).map_err(kernel("PR_SET_KEEPCAPS"))?;
     }
     let keep: CapsHashSet = [KEEP].into_iter().collect();
     let is_keep = |set| caps::read(None, set).is_ok_and(|s| s == keep);
-    // Started by systemd with AmbientCapabilities=CAP_NET_ADMIN the sets are
-    // already exactly `keep`, and the unit's SystemCallFilter= denies
-    // capset(2); so change only what differs.
-    if !is_keep(CapSet::Ambient) {
-        caps::clear(None, CapSet::Ambient).map_err(caps_err("clear ambient set"))?;
-    }
-    // Effective before permitted: the kernel refuses an effective set that is
-    // larger than the permitted one.
-    for (set, what) in [
-        (CapSet::Effective, "set effective set"),
-        (CapSet::Permitted, "set permitted set"),
-        (CapSet::Inheritable, "set inheritable set"),
-    ] {
+    // Under systemd the sets are already exactly `keep` and the unit denies
+    // capset(2), so change only what differs. Effective first: the kernel
+    // refuses a permitted set smaller than the effective one. Ambient last
+    // (it needs the cap permitted and inheritable).
+    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
         if !is_keep(set) {
-            caps::set(None, set, &keep).map_err(caps_err(what))?;
+            caps::set(None, set, &keep).map_err(kernel("set capabilities"))?;
         }
     }
     if !is_keep(CapSet::Ambient) {
-        caps::raise(None, CapSet::Ambient, KEEP)
-            .map_err(caps_err("raise ambient CAP_NET_ADMIN"))?;
+        caps::clear(None, CapSet::Ambient).map_err(kernel("clear ambient set"))?;
+        caps::raise(None, CapSet::Ambient, KEEP).map_err(kernel("raise ambient set"))?;
     }
-    nix::sys::prctl::set_no_new_privs().map_err(|e| PrivError::Caps {
-        what: "set no_new_privs",
-        msg: e.to_string(),
-    })?;
+    nix::sys::prctl::set_no_new_privs().map_err(kernel("set no_new_privs"))?;
+    if user.is_some() && Uid::effective().is_root() || !is_keep(CapSet::Effective) {
+        return Err(PrivError::Kernel("privilege drop", "did not take effect".into()));
+    }
     Ok(())
 }
 
-/// The capabilities left, for the startup log line.
+/// Who privd is now, for the startup log line.
 pub fn describe() -> String {
     let show = |set| {
-        let mut v: Vec<String> = caps::read(None, set)
-            .unwrap_or_default()
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
+        let mut v: Vec<String> =
+            caps::read(None, set).unwrap_or_default().iter().map(|c| c.to_string()).collect();
         v.sort();
         v.join(",")
     };
     format!(
-        "effective={} permitted={} bounding={} ambient={}",
+        "uid={} effective={} permitted={} bounding={} ambient={}",
+        Uid::effective(),
         show(CapSet::Effective),
         show(CapSet::Permitted),
         show(CapSet::Bounding),

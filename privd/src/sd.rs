@@ -58,10 +58,7 @@ pub fn listen_fds() -> Result<Vec<(OwnedFd, String)>, SdError> {
         None => vec!["unknown".into(); n],
     };
     if names.len() != n {
-        return Err(SdError::Env(format!(
-            "LISTEN_FDNAMES has {} names for {n} fds",
-            names.len()
-        )));
+        return Err(SdError::Env(format!("LISTEN_FDNAMES has {} names for {n} fds", names.len())));
     }
     let mut out = Vec::with_capacity(n);
     for (i, name) in names.into_iter().enumerate() {
@@ -89,25 +86,12 @@ pub fn notify(state: &str, fd: Option<BorrowedFd<'_>>) -> nix::Result<bool> {
         Some(name) => UnixAddr::new_abstract(name)?,
         None => UnixAddr::new(bytes)?,
     };
-    let sock = socket::socket(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let sock =
+        socket::socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
     let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
-    let cmsg: Vec<ControlMessage> = if fds.is_empty() {
-        Vec::new()
-    } else {
-        vec![ControlMessage::ScmRights(&fds)]
-    };
+    let cmsg: Vec<ControlMessage> =
+        if fds.is_empty() { Vec::new() } else { vec![ControlMessage::ScmRights(&fds)] };
     let iov = [IoSlice::new(state.as_bytes())];
-    sendmsg(
-        sock.as_raw_fd(),
-        &iov,
-        &cmsg,
-        MsgFlags::MSG_NOSIGNAL,
-        Some(&addr),
-    )?;
+    sendmsg(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, Some(&addr))?;
     Ok(true)
 }

@@ -1,39 +1,41 @@
-//! The request loop: one task per connection, one audited decision per
-//! request. A connection is identified only by SO_PEERCRED, which the kernel
-//! fills in at connect time and the peer cannot forge. What is allowed is
-//! decided in authz.rs; this file only carries it out.
+//! The loop: one thread, one poll(2) over the stop signal, the listening
+//! socket and the clients, one audited decision per request. A connection is
+//! identified only by SO_PEERCRED, which the kernel fills in at connect time
+//! and the peer cannot forge. What is allowed is decided in authz.rs; this
+//! file only carries it out. Nothing here blocks: sockets are non-blocking,
+//! netlink answers at once (with a deadline), and a client that does not
+//! read its reply is hung up on.
 
 use crate::audit::{self, Outcome, RateBound, Record};
 use crate::authz::{self, Action, Caller, Refusal, Request, State};
 use crate::nat;
 use crate::netlink::{Netlink, NetlinkError};
 use ipnet::IpNet;
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-use sapper_shared::framing::{self, HEADER_LEN};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{self, sendmsg, sockopt, ControlMessage, MsgFlags, SockFlag};
+use sapper_shared::framing::{self, FrameDecoder};
 use sapper_shared::proto::privd::{
     priv_request, priv_response, ErrorCode, PrivRequest, PrivResponse, PrivStatus, RouteChange,
     TunOpened,
 };
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::io::{self, IoSlice, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Mutex;
 
 /// Requests are tiny (the largest is a prefix string); anything bigger is
 /// not a privd client.
 pub const MAX_REQUEST: usize = 4 * 1024;
-/// Deadline for every read and write: a whole request from anyone but
-/// netd, the rest of a request whose header has arrived, a reply.
+/// How long anyone but netd may take for its one request, and netd for the
+/// rest of a request it has begun.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long netd's own connection may sit idle between requests.
 const NETD_IDLE: Duration = Duration::from_secs(60);
+/// Pause after an accept error (EMFILE and friends) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The status reply lists at most this many routes, so that it stays within
 /// the client's 64 KiB frame (config validation keeps the count below it).
 const STATUS_ROUTES: usize = sapper_shared::config::MAX_TUN_ROUTES;
@@ -56,29 +58,33 @@ pub struct Privd {
     pub max_routes: usize,
     /// The uid netd runs as.
     pub netd_uid: u32,
-    /// The rtnetlink handle.
+    /// The rtnetlink socket.
     pub net: Netlink,
-    /// Routes privd installed. The lock also serialises requests so that
-    /// the set, the policy's view of it and the kernel agree.
-    pub routes: Mutex<BTreeSet<IpNet>>,
+    /// Routes privd installed (configured ones included).
+    pub routes: BTreeSet<IpNet>,
     /// Routes from privd.tun.routes: the operator's.
     pub configured_routes: BTreeSet<IpNet>,
     /// True when the nft table was installed at start.
     pub nat_active: bool,
-    /// Open connections per uid.
-    pub conns: std::sync::Mutex<BTreeMap<u32, usize>>,
     /// The audit rate bound.
-    pub audit: std::sync::Mutex<RateBound>,
-    /// Requests granted since start.
-    pub granted: AtomicU64,
-    /// Requests refused or failed since start.
-    pub refused: AtomicU64,
+    pub audit: RateBound,
+    /// Requests granted, and refused or failed, since start.
+    pub counts: [u64; 2],
 }
 
 #[derive(Clone, Copy)]
 struct Peer {
     uid: u32,
-    pid: Option<i32>,
+    pid: i32,
+}
+
+/// One client: who, its bytes so far, when it is hung up on.
+struct Conn {
+    stream: UnixStream,
+    peer: Peer,
+    frames: FrameDecoder,
+    deadline: Instant,
+    one_reply: bool,
 }
 
 /// What a handler decided, before it is audited and sent.
@@ -91,12 +97,8 @@ struct Reply {
 
 impl Reply {
     fn granted(body: priv_response::Body, reason: impl Into<String>) -> Self {
-        Reply {
-            body,
-            fd: None,
-            outcome: Outcome::Granted,
-            reason: reason.into(),
-        }
+        let reason = reason.into();
+        Reply { body, fd: None, outcome: Outcome::Granted, reason }
     }
 
     fn refused(r: &Refusal) -> Self {
@@ -108,334 +110,273 @@ impl Reply {
     }
 
     fn not_granted(outcome: Outcome, code: ErrorCode, reason: String) -> Self {
-        let body = priv_response::Body::Refused(sapper_shared::proto::privd::Refusal {
-            code: code as i32,
-            detail: reason.clone(),
-        });
-        Reply {
-            body,
-            fd: None,
-            outcome,
-            reason,
-        }
+        let detail = reason.clone();
+        let refusal = sapper_shared::proto::privd::Refusal { code: code as i32, detail };
+        Reply { body: priv_response::Body::Refused(refusal), fd: None, outcome, reason }
     }
 }
 
 fn request(body: &[u8]) -> (Request, Value) {
-    let req = framing::decode::<PrivRequest>(body)
-        .ok()
-        .and_then(|r| r.body);
-    match req {
+    match framing::decode::<PrivRequest>(body).ok().and_then(|r| r.body) {
         Some(priv_request::Body::OpenTun(_)) => (Request::OpenTun, json!({})),
         Some(priv_request::Body::RouteChange(rc)) => {
             let params = json!({ "prefix": audit::clip(&rc.prefix), "add": rc.add });
-            let (prefix, add) = (rc.prefix, rc.add);
-            (Request::RouteChange { prefix, add }, params)
+            (Request::RouteChange { prefix: rc.prefix, add: rc.add }, params)
         }
         Some(priv_request::Body::Status(_)) => (Request::Status, json!({})),
         None => (Request::Unknown, json!({ "len": body.len() })),
     }
 }
 
-/// Gives a connection slot back when its task ends.
-struct Slot {
-    privd: Arc<Privd>,
-    uid: u32,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        if let Ok(mut conns) = self.privd.conns.lock() {
-            if let Some(n) = conns.get_mut(&self.uid) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    conns.remove(&self.uid);
-                }
-            }
-        }
-    }
-}
-
 impl Privd {
-    fn state<'a>(&'a self, installed: &'a BTreeSet<IpNet>) -> State<'a> {
+    /// What the policy sees.
+    pub fn state(&self) -> State<'_> {
         State {
             netd_uid: self.netd_uid,
             allowed: &self.allowed_routes,
             configured: &self.configured_routes,
-            installed,
+            installed: &self.routes,
             max_routes: self.max_routes,
         }
     }
 
-    /// Accepts connections until `shutdown` resolves.
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: UnixListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> io::Result<()> {
-        tokio::pin!(shutdown);
+    /// Serves until `stop` (the signalfd) becomes readable.
+    pub fn serve(&mut self, listener: &UnixListener, stop: BorrowedFd<'_>) -> io::Result<()> {
+        let mut conns: Vec<Conn> = Vec::new();
+        let mut paused: Option<Instant> = None;
         loop {
-            tokio::select! {
-                _ = &mut shutdown => return Ok(()),
-                accepted = listener.accept() => {
-                    let (stream, _) = match accepted {
-                        Ok(s) => s,
-                        Err(e) => {
-                            // EMFILE and friends are transient; back off
-                            // instead of spinning or exiting.
-                            audit::log("warn", &format!("accept: {e}"));
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    if let Some((slot, one_reply)) = self.admit(&stream).await {
-                        tokio::spawn(async move {
-                            slot.privd.clone().connection(stream, one_reply, slot.uid).await;
-                            drop(slot);
-                        });
-                    }
+            let now = Instant::now();
+            // Idle, stalled or too slow: hung up on.
+            conns.retain(|c| c.deadline > now);
+            paused = paused.filter(|t| *t > now);
+            let next = conns.iter().map(|c| c.deadline).chain(paused).min();
+            let ms = next.map_or(60_000, |t| t.saturating_duration_since(now).as_millis() + 1);
+            let accepting = if paused.is_some() { PollFlags::empty() } else { PollFlags::POLLIN };
+            let mut fds = vec![
+                PollFd::new(stop, PollFlags::POLLIN),
+                PollFd::new(listener.as_fd(), accepting),
+            ];
+            fds.extend(conns.iter().map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)));
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX),
+            ) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let ready: Vec<bool> =
+                fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+            drop(fds);
+            if ready[0] {
+                return Ok(());
+            }
+            let polled = conns.len();
+            if ready[1] && !self.accept(listener, &mut conns) {
+                paused = Some(now + ACCEPT_BACKOFF);
+            }
+            // Backwards, so swap_remove only moves clients already handled
+            // (or accepted just now, which were not polled).
+            for i in (0..polled).rev() {
+                if ready[i + 2] && !self.readable(&mut conns[i]) {
+                    conns.swap_remove(i);
                 }
             }
         }
     }
 
-    /// Asks the policy for a slot; a refused connection is audited and
-    /// closed at once.
-    async fn admit(self: &Arc<Self>, stream: &UnixStream) -> Option<(Slot, bool)> {
-        let peer = match stream.peer_cred() {
-            Ok(c) => Peer {
-                uid: c.uid(),
-                pid: c.pid(),
-            },
-            Err(e) => {
-                audit::log("warn", &format!("SO_PEERCRED failed, closing: {e}"));
-                return None;
-            }
-        };
-        let decision = {
-            let mut conns = self.conns.lock().ok()?;
+    /// Admits what is waiting (a bounded batch); false after an accept error.
+    fn accept(&mut self, listener: &UnixListener, conns: &mut Vec<Conn>) -> bool {
+        for _ in 0..16 {
+            let fd = match socket::accept4(
+                listener.as_raw_fd(),
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            ) {
+                Ok(fd) => fd,
+                Err(Errno::EAGAIN) => return true,
+                Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
+                Err(e) => {
+                    audit::log("warn", &format!("accept: {e}"));
+                    return false;
+                }
+            };
+            // SAFETY: accept4 just returned this fd; nothing else owns it.
+            let stream =
+                UnixStream::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            let peer = match socket::getsockopt(&stream, sockopt::PeerCredentials) {
+                Ok(c) => Peer { uid: c.uid(), pid: c.pid() },
+                Err(e) => {
+                    audit::log("warn", &format!("SO_PEERCRED failed, closing: {e}"));
+                    continue;
+                }
+            };
             let caller = Caller {
                 uid: peer.uid,
-                open_own: conns.get(&peer.uid).copied().unwrap_or(0),
-                open_others: conns
-                    .iter()
-                    .filter(|(uid, _)| **uid != self.netd_uid)
-                    .map(|(_, n)| n)
-                    .sum(),
+                open_own: conns.iter().filter(|c| c.peer.uid == peer.uid).count(),
+                open_others: conns.iter().filter(|c| c.peer.uid != self.netd_uid).count(),
             };
-            let empty = BTreeSet::new();
-            let d = authz::decide(&self.state(&empty), &caller, &Request::Connect);
-            if d.is_ok() {
-                *conns.entry(peer.uid).or_insert(0) += 1;
-            }
-            d
-        };
-        match decision {
-            Ok(Action::Admit { one_reply }) => Some((
-                Slot {
-                    privd: self.clone(),
-                    uid: peer.uid,
-                },
-                one_reply,
-            )),
-            Ok(_) => None,
-            Err(r) => {
-                self.record(peer, "connect", json!({}), &Reply::refused(&r));
-                None
+            match authz::decide(&self.state(), &caller, &Request::Connect) {
+                Ok(Action::Admit { one_reply }) => conns.push(Conn {
+                    stream,
+                    peer,
+                    frames: FrameDecoder::new(MAX_REQUEST),
+                    deadline: Instant::now() + if one_reply { IO_TIMEOUT } else { NETD_IDLE },
+                    one_reply,
+                }),
+                Ok(_) => {}
+                Err(r) => self.record(peer, "connect", json!({}), &Reply::refused(&r)),
             }
         }
+        true
     }
 
-    async fn connection(&self, mut stream: UnixStream, one_reply: bool, uid: u32) {
-        let peer = Peer {
-            uid,
-            pid: stream.peer_cred().ok().and_then(|c| c.pid()),
-        };
-        let idle = if one_reply { IO_TIMEOUT } else { NETD_IDLE };
-        loop {
-            let mut header = [0u8; HEADER_LEN];
-            match tokio::time::timeout(idle, stream.read_exact(&mut header)).await {
-                Ok(Ok(_)) => {}
-                _ => return,
+    /// Reads what `c` sent and answers every whole request; false when the
+    /// connection is done (closed, failed, framing lost, or its one reply).
+    fn readable(&mut self, c: &mut Conn) -> bool {
+        let mut buf = [0u8; 4096];
+        match c.stream.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => c.frames.push(&buf[..n]),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                return true
             }
-            let len = match framing::body_len(header, MAX_REQUEST) {
-                Ok(len) => len,
+            Err(_) => return false,
+        }
+        loop {
+            let reply = match c.frames.next_frame() {
+                Ok(None) => break,
+                Ok(Some(body)) => self.answer(c.peer, &body),
                 Err(e) => {
                     // Framing is lost, so the connection cannot go on.
                     let reply =
                         Reply::not_granted(Outcome::Refused, ErrorCode::Malformed, e.to_string());
-                    let params = json!({ "len": u32::from_be_bytes(header) });
-                    self.record(peer, "unknown", params, &reply);
-                    let _ = self.send(&mut stream, reply).await;
-                    return;
+                    self.record(c.peer, "unknown", json!({ "error": e.to_string() }), &reply);
+                    let _ = send(&c.stream, reply);
+                    return false;
                 }
             };
-            let mut body = vec![0u8; len];
-            match tokio::time::timeout(IO_TIMEOUT, stream.read_exact(&mut body)).await {
-                Ok(Ok(_)) => {}
-                _ => return,
-            }
-            let reply = self.answer(peer, &body).await;
-            if self.send(&mut stream, reply).await.is_err() || one_reply {
-                return;
+            if send(&c.stream, reply).is_err() || c.one_reply {
+                return false;
             }
         }
+        if !c.one_reply {
+            let idle = if c.frames.is_empty() { NETD_IDLE } else { IO_TIMEOUT };
+            c.deadline = Instant::now() + idle;
+        }
+        true
     }
 
-    async fn answer(&self, peer: Peer, body: &[u8]) -> Reply {
+    fn answer(&mut self, peer: Peer, body: &[u8]) -> Reply {
         let (req, params) = request(body);
-        let caller = Caller {
-            uid: peer.uid,
-            open_own: 0,
-            open_others: 0,
-        };
-        let mut routes = self.routes.lock().await;
-        let reply = match authz::decide(&self.state(&routes), &caller, &req) {
+        let caller = Caller { uid: peer.uid, open_own: 0, open_others: 0 };
+        let reply = match authz::decide(&self.state(), &caller, &req) {
             Err(r) => Reply::refused(&r),
             Ok(Action::OpenTun) => self.open_tun(),
-            Ok(Action::AddRoute(net, within)) => {
-                match self.net.add_route(self.ifindex, net).await {
-                    // Re-adding a route privd already holds (netd restarted
-                    // and re-announces) is not an error.
-                    Err(NetlinkError::Exists(_)) if routes.contains(&net) => Ok(()),
-                    r => r.map(|()| {
-                        routes.insert(net);
-                    }),
+            Ok(Action::AddRoute(net, within)) => match self.net.add_route(self.ifindex, net) {
+                // Re-adding a route privd already holds (netd restarted
+                // and re-announces) is not an error.
+                Err(NetlinkError::Exists(_)) if self.routes.contains(&net) => {
+                    route_ok(net, true, within)
                 }
-                .map_or_else(
-                    |e| Reply::failed(e.to_string()),
-                    |()| route_ok(net, true, within),
-                )
-            }
-            Ok(Action::DelRoute(net, within)) => {
-                let r = self.net.del_route(self.ifindex, net).await;
-                if matches!(r, Ok(()) | Err(NetlinkError::NotFound(_))) {
-                    routes.remove(&net);
+                Err(e) => Reply::failed(e.to_string()),
+                Ok(()) => {
+                    self.routes.insert(net);
+                    route_ok(net, true, within)
                 }
-                r.map_or_else(
-                    |e| Reply::failed(e.to_string()),
-                    |()| route_ok(net, false, within),
-                )
-            }
-            Ok(Action::Status) => self.status(&routes),
+            },
+            Ok(Action::DelRoute(net, within)) => match self.net.del_route(self.ifindex, net) {
+                r @ (Ok(()) | Err(NetlinkError::NotFound(_))) => {
+                    self.routes.remove(&net);
+                    r.map_or_else(
+                        |e| Reply::failed(e.to_string()),
+                        |()| route_ok(net, false, within),
+                    )
+                }
+                Err(e) => Reply::failed(e.to_string()),
+            },
+            Ok(Action::Status) => self.status(),
             // decide() admits only for Request::Connect.
             Ok(Action::Admit { .. }) => Reply::refused(&Refusal::Malformed),
         };
-        drop(routes);
         self.record(peer, req.as_str(), params, &reply);
         reply
     }
 
-    fn record(&self, peer: Peer, request: &'static str, params: Value, reply: &Reply) {
-        let counter = match reply.outcome {
-            Outcome::Granted => &self.granted,
-            Outcome::Refused | Outcome::Failed => &self.refused,
+    fn record(&mut self, peer: Peer, request: &'static str, params: Value, reply: &Reply) {
+        self.counts[usize::from(reply.outcome != Outcome::Granted)] += 1;
+        let Some(left_out) = self.audit.admit(Instant::now()) else {
+            return;
         };
-        counter.fetch_add(1, Ordering::Relaxed);
-        let admitted = self
-            .audit
-            .lock()
-            .ok()
-            .and_then(|mut b| b.admit(Instant::now()));
-        match admitted {
-            None => {}
-            Some(0) => {}
-            Some(n) => audit::log("warn", &format!("rate bound: {n} audit lines suppressed")),
+        if left_out > 0 {
+            audit::log("warn", &format!("rate bound: {left_out} audit lines suppressed"));
         }
-        if admitted.is_some() {
-            audit::emit(&Record {
-                peer_uid: peer.uid,
-                peer_pid: peer.pid,
-                request,
-                params,
-                outcome: reply.outcome,
-                reason: &reply.reason,
-            });
-        }
+        audit::emit(&Record {
+            peer_uid: peer.uid,
+            peer_pid: Some(peer.pid).filter(|p| *p > 0),
+            request,
+            params,
+            outcome: reply.outcome,
+            reason: &reply.reason,
+        });
     }
 
     fn open_tun(&self) -> Reply {
+        let opened = TunOpened {
+            name: self.tun_name.clone(),
+            mtu: self.tun_mtu,
+            addresses: self.tun_addresses.iter().map(ToString::to_string).collect(),
+        };
         match self.tun_fd.try_clone() {
-            Ok(fd) => Reply {
-                fd: Some(fd),
-                ..Reply::granted(
-                    priv_response::Body::TunOpened(TunOpened {
-                        name: self.tun_name.clone(),
-                        mtu: self.tun_mtu,
-                        addresses: self.tun_addresses.iter().map(ToString::to_string).collect(),
-                    }),
-                    format!("fd for {}", self.tun_name),
-                )
-            },
+            Ok(fd) => {
+                let reason = format!("fd for {}", self.tun_name);
+                Reply {
+                    fd: Some(fd),
+                    ..Reply::granted(priv_response::Body::TunOpened(opened), reason)
+                }
+            }
             Err(e) => Reply::failed(format!("cannot duplicate TUN fd: {e}")),
         }
     }
 
-    fn status(&self, routes: &BTreeSet<IpNet>) -> Reply {
-        let suppressed = self.audit.lock().map_or(0, |b| b.suppressed());
-        Reply::granted(
-            priv_response::Body::Status(status_body(
-                &self.tun_name,
-                routes,
-                self.nat_active,
-                [
-                    self.granted.load(Ordering::Relaxed),
-                    self.refused.load(Ordering::Relaxed),
-                    suppressed,
-                ],
-            )),
-            "ok",
-        )
-    }
-
-    /// Writes one reply frame; a TUN fd rides on the same sendmsg as the
-    /// frame's first bytes so the client receives both in one recvmsg.
-    async fn send(&self, stream: &mut UnixStream, reply: Reply) -> io::Result<()> {
-        let frame = framing::encode(&PrivResponse {
-            body: Some(reply.body),
-        });
-        let mut sent = 0;
-        if let Some(fd) = reply.fd {
-            let raw_sock = stream.as_raw_fd();
-            let fds = [fd.as_raw_fd()];
-            let io = stream.async_io(Interest::WRITABLE, || {
-                let iov = [IoSlice::new(&frame)];
-                let cmsg = [ControlMessage::ScmRights(&fds)];
-                sendmsg::<()>(raw_sock, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
-                    .map_err(io::Error::from)
-            });
-            sent = tokio::time::timeout(IO_TIMEOUT, io)
-                .await
-                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-            // The kernel took its own reference; ours closes here.
-            drop(fd);
-        }
-        let rest = frame.get(sent..).unwrap_or_default();
-        tokio::time::timeout(IO_TIMEOUT, stream.write_all(rest))
-            .await
-            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+    fn status(&self) -> Reply {
+        let [granted, refused] = self.counts;
+        let counts = [granted, refused, self.audit.suppressed()];
+        let body = status_body(&self.tun_name, &self.routes, self.nat_active, counts);
+        Reply::granted(priv_response::Body::Status(body), "ok")
     }
 }
 
+/// Writes one reply frame without blocking; a TUN fd rides on the first
+/// sendmsg so the client receives both in one recvmsg. A reply fits the
+/// socket buffer of a client that reads: one that does not is hung up on.
+fn send(stream: &UnixStream, reply: Reply) -> io::Result<()> {
+    let frame = framing::encode(&PrivResponse { body: Some(reply.body) });
+    let fds: Vec<i32> = reply.fd.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut sent = 0;
+    while sent < frame.len() {
+        let cmsg: Vec<ControlMessage> = match sent {
+            0 if !fds.is_empty() => vec![ControlMessage::ScmRights(&fds)],
+            _ => vec![],
+        };
+        let iov = [IoSlice::new(&frame[sent..])];
+        sent += sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)?;
+    }
+    // The kernel took its own reference to the fd; ours closes here.
+    Ok(())
+}
+
 fn route_ok(net: IpNet, add: bool, within: IpNet) -> Reply {
-    Reply::granted(
-        priv_response::Body::RouteChanged(RouteChange {
-            prefix: net.to_string(),
-            add,
-        }),
-        format!("inside allowed {within}"),
-    )
+    let body = priv_response::Body::RouteChanged(RouteChange { prefix: net.to_string(), add });
+    Reply::granted(body, format!("inside allowed {within}"))
 }
 
 /// The status reply; `counts` is granted, refused, audit lines suppressed.
 fn status_body(tun: &str, routes: &BTreeSet<IpNet>, nat: bool, counts: [u64; 3]) -> PrivStatus {
     PrivStatus {
         tun_name: tun.to_string(),
-        routes: routes
-            .iter()
-            .take(STATUS_ROUTES)
-            .map(ToString::to_string)
-            .collect(),
+        routes: routes.iter().take(STATUS_ROUTES).map(ToString::to_string).collect(),
         nat_active: nat,
         granted: counts[0],
         refused: counts[1],
@@ -457,10 +398,6 @@ mod tests {
         let frame = sapper_shared::framing::encode(&super::PrivResponse {
             body: Some(super::priv_response::Body::Status(body)),
         });
-        assert!(
-            frame.len() <= sapper_shared::framing::MAX_CONTROL_FRAME,
-            "{}",
-            frame.len()
-        );
+        assert!(frame.len() <= sapper_shared::framing::MAX_CONTROL_FRAME, "{}", frame.len());
     }
 }

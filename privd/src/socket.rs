@@ -57,10 +57,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, SocketErro
         let path = shown.clone();
         move |source| SocketError::Io { what, path, source }
     };
-    if let Some(dir) = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
@@ -114,10 +111,6 @@ fn check_dir(socket: &Path, own: u32) -> Result<(), sapper_shared::sockdir::Sock
         path: dir.display().to_string(),
         detail: e.to_string(),
     })?;
-    let facts = DirFacts {
-        owner: m.uid(),
-        mode: m.mode(),
-        is_dir: m.is_dir(),
-    };
+    let facts = DirFacts { owner: m.uid(), mode: m.mode(), is_dir: m.is_dir() };
     judge(dir, facts, own)
 }

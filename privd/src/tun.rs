@@ -54,11 +54,8 @@ pub fn create(name: &str) -> Result<(OwnedFd, String), TunError> {
     if name.len() >= libc::IFNAMSIZ {
         return Err(TunError::NameTooLong(name.to_string()));
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .map_err(TunError::Open)?;
+    let file =
+        OpenOptions::new().read(true).write(true).open("/dev/net/tun").map_err(TunError::Open)?;
     let mut req = IfReq {
         name: [0; libc::IFNAMSIZ],
         flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
@@ -68,17 +65,9 @@ pub fn create(name: &str) -> Result<(OwnedFd, String), TunError> {
     // SAFETY: `req` is a live, correctly sized ifreq for the duration of the
     // call and the fd is open; the kernel writes back at most IFNAMSIZ bytes
     // of name into it.
-    unsafe { tunsetiff(file.as_raw_fd(), &mut req as *mut IfReq as libc::c_ulong) }.map_err(
-        |source| TunError::SetIff {
-            name: name.to_string(),
-            source,
-        },
-    )?;
-    let len = req
-        .name
-        .iter()
-        .position(|b| *b == 0)
-        .unwrap_or(req.name.len());
+    unsafe { tunsetiff(file.as_raw_fd(), &mut req as *mut IfReq as libc::c_ulong) }
+        .map_err(|source| TunError::SetIff { name: name.to_string(), source })?;
+    let len = req.name.iter().position(|b| *b == 0).unwrap_or(req.name.len());
     let actual = String::from_utf8_lossy(&req.name[..len]).into_owned();
     Ok((OwnedFd::from(file), actual))
 }
@@ -87,18 +76,10 @@ pub fn create(name: &str) -> Result<(OwnedFd, String), TunError> {
 /// there): the interface, its addresses and its routes never went away.
 /// TUNGETIFF both proves the fd is a TUN and tells its name.
 pub fn adopt(fd: OwnedFd) -> Result<(OwnedFd, String), TunError> {
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _pad: [0; 22],
-    };
+    let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: 0, _pad: [0; 22] };
     // SAFETY: `req` is a live, correctly sized ifreq; the kernel writes at
     // most sizeof(struct ifreq) bytes into it, or fails on a non-TUN fd.
     unsafe { tungetiff(fd.as_raw_fd(), &mut req) }.map_err(TunError::NotTun)?;
-    let len = req
-        .name
-        .iter()
-        .position(|b| *b == 0)
-        .unwrap_or(req.name.len());
+    let len = req.name.iter().position(|b| *b == 0).unwrap_or(req.name.len());
     Ok((fd, String::from_utf8_lossy(&req.name[..len]).into_owned()))
 }

@@ -34,9 +34,8 @@ fn probe_child() {
         .unwrap_or_else(|_| panic!("probe_child runs only under probe_as ({PROBE_ENV} unset)"));
     if std::env::var_os(HOLD_ENV).is_some() {
         // The lock-out attempt: 64 idle connections, held until stdin closes.
-        let held: Vec<UnixStream> = (0..64)
-            .filter_map(|_| UnixStream::connect(&path).ok())
-            .collect();
+        let held: Vec<UnixStream> =
+            (0..64).filter_map(|_| UnixStream::connect(&path).ok()).collect();
         println!("PROBE held {}", held.len());
         let _ = std::io::stdout().flush();
         let _ = std::io::stdin().read(&mut [0u8; 1]);
@@ -59,6 +58,15 @@ fn outcome(r: Result<(), PrivdError>) -> String {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The user privd becomes (privd.user unset): created as a system user
+/// when this host has none yet, as the e2e harness does.
+fn ensure_privd_user() {
+    if nix::unistd::User::from_name("sapper-privd").ok().flatten().is_none() {
+        let args = ["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin"];
+        let _ = Command::new("useradd").args(args).arg("sapper-privd").status();
+    }
+}
+
 /// A namespace, a temp dir and a running privd; torn down in Drop so that a
 /// failed assertion leaves nothing behind.
 struct World {
@@ -77,6 +85,7 @@ impl World {
             "the privd integration tests need root (network namespaces, TUN devices): \
              run `sudo scripts/test.sh`"
         );
+        ensure_privd_user();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         // `sap<UPPER><pid>_<n>`, the harness's naming scheme, so that the
         // stale-namespace cleanup (sapper_tests::netns::cleanup_stale and
@@ -87,13 +96,7 @@ impl World {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.join("run/privd.sock");
-        let mut world = World {
-            ns,
-            dir,
-            socket,
-            privd: None,
-            stderr: Arc::default(),
-        };
+        let mut world = World { ns, dir, socket, privd: None, stderr: Arc::default() };
         run("ip", &["netns", "add", &world.ns]);
         let config = format!(
             "[privd]\nsocket = {:?}\nsocket_group = \"nogroup\"\n{config_tail}",
@@ -107,12 +110,7 @@ impl World {
 
     fn start(&mut self, cfg: &Path) {
         let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                env!("CARGO_BIN_EXE_sapper-privd"),
-            ])
+            .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_sapper-privd")])
             .arg("--config")
             .arg(cfg)
             .stdin(Stdio::null())
@@ -138,11 +136,7 @@ impl World {
             if UnixStream::connect(&self.socket).is_ok() {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "privd did not come up: {:?}",
-                self.lines()
-            );
+            assert!(Instant::now() < deadline, "privd did not come up: {:?}", self.lines());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -222,11 +216,7 @@ fn output(cmd: &str, args: &[&str]) -> Output {
 
 fn run(cmd: &str, args: &[&str]) -> Output {
     let out = output(cmd, args);
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -247,30 +237,28 @@ fn tun_info(fd: &OwnedFd) -> (String, i32) {
         nix::request_code_read!(b'T', 210, std::mem::size_of::<libc::c_uint>()),
         IfReq
     );
-    let mut req = IfReq {
-        name: [0; 16],
-        flags: 0,
-        _pad: [0; 22],
-    };
+    let mut req = IfReq { name: [0; 16], flags: 0, _pad: [0; 22] };
     unsafe { tungetiff(fd.as_raw_fd(), &mut req) }.expect("TUNGETIFF on the received fd");
     let len = req.name.iter().position(|b| *b == 0).unwrap_or(16);
-    (
-        String::from_utf8_lossy(&req.name[..len]).into_owned(),
-        i32::from(req.flags),
-    )
+    (String::from_utf8_lossy(&req.name[..len]).into_owned(), i32::from(req.flags))
 }
 
-/// Sends raw bytes and returns whatever privd answers before closing or a
-/// short timeout.
+/// Sends raw bytes and returns privd's one reply frame (through the shared
+/// decoder) before it closes or a short timeout.
 fn raw_exchange(socket: &Path, bytes: &[u8]) -> Vec<u8> {
     let mut s = UnixStream::connect(socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     s.write_all(bytes).unwrap();
-    let mut header = [0u8; 4];
-    s.read_exact(&mut header).unwrap();
-    let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
-    s.read_exact(&mut body).unwrap();
-    body
+    let mut frames = sapper_shared::framing::FrameDecoder::new(1 << 16);
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(body) = frames.next_frame().unwrap() {
+            return body;
+        }
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "privd closed without a reply");
+        frames.push(&buf[..n]);
+    }
 }
 
 fn error_text(body: &[u8]) -> String {
@@ -292,13 +280,7 @@ fn probe_as(world: &World, uid: u32, gid: u32) -> String {
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let mut child = Command::new(&exe)
-        .args([
-            "--ignored",
-            "--exact",
-            "probe_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--ignored", "--exact", "probe_child", "--nocapture", "--test-threads=1"])
         .env(PROBE_ENV, &world.socket)
         .uid(uid)
         .gid(gid)
@@ -309,12 +291,7 @@ fn probe_as(world: &World, uid: u32, gid: u32) -> String {
         .unwrap();
     let status = wait_bounded(&mut child, Duration::from_secs(30)).expect("probe hung");
     let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     assert!(status.success(), "probe failed: {out}");
     out
 }
@@ -350,26 +327,18 @@ fn privd_end_to_end() {
     assert_eq!(flags & libc::IFF_TUN, libc::IFF_TUN);
     assert_eq!(flags & libc::IFF_NO_PI, libc::IFF_NO_PI);
     let fdflags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
-    assert_ne!(
-        fdflags & libc::FD_CLOEXEC,
-        0,
-        "received fd is close-on-exec"
-    );
+    assert_ne!(fdflags & libc::FD_CLOEXEC, 0, "received fd is close-on-exec");
     let addr = w.ip(&["addr", "show", "dev", "sapt0"]);
     for want in ["mtu 1400", "inet 10.77.0.1/24", "inet6 fd77::1/64", ",UP"] {
         assert!(addr.contains(want), "{want:?} missing in:\n{addr}");
     }
-    assert!(
-        !addr.contains("tentative"),
-        "v6 address usable at once:\n{addr}"
-    );
+    assert!(!addr.contains("tentative"), "v6 address usable at once:\n{addr}");
     assert!(w.ip(&["route"]).contains("10.78.0.0/24 dev sapt0"));
 
     // Routes inside the allow-list are applied, on the same connection.
     c.route_change("10.80.1.0/24", true).unwrap();
     c.route_change("10.80.2.0/24", true).unwrap();
-    c.route_change("10.80.2.0/24", true)
-        .expect("re-adding a route privd holds is idempotent");
+    c.route_change("10.80.2.0/24", true).expect("re-adding a route privd holds is idempotent");
     c.route_change("fd80:0:0:5::/64", true).unwrap();
     let routes = w.ip(&["route"]);
     assert!(routes.contains("10.80.1.0/24 dev sapt0"), "{routes}");
@@ -380,10 +349,9 @@ fn privd_end_to_end() {
     // Outside the allow-list, or not privd's: refused, nothing changes.
     for bad in ["10.81.0.0/24", "0.0.0.0/0", "fd81::/64"] {
         match c.route_change(bad, true) {
-            Err(PrivdError::Refused {
-                code: ErrorCode::RouteNotAllowed,
-                detail,
-            }) => assert!(detail.contains("allowed_routes"), "{detail}"),
+            Err(PrivdError::Refused { code: ErrorCode::RouteNotAllowed, detail }) => {
+                assert!(detail.contains("allowed_routes"), "{detail}")
+            }
             other => panic!("{bad}: expected a refusal, got {other:?}"),
         }
     }
@@ -391,28 +359,19 @@ fn privd_end_to_end() {
     assert!(
         matches!(c.route_change("10.80.1.7/24", true), Err(PrivdError::Refused { detail, .. }) if detail.contains("host bits"))
     );
-    assert!(matches!(
-        c.route_change("not a prefix", true),
-        Err(PrivdError::Refused { .. })
-    ));
+    assert!(matches!(c.route_change("not a prefix", true), Err(PrivdError::Refused { .. })));
 
     // Removal: only routes privd installed, and only once.
     c.route_change("10.80.1.0/24", false).unwrap();
     assert!(!w.ip(&["route"]).contains("10.80.1.0/24"));
     assert!(matches!(
         c.route_change("10.80.1.0/24", false),
-        Err(PrivdError::Refused {
-            code: ErrorCode::RouteNotInstalled,
-            ..
-        })
+        Err(PrivdError::Refused { code: ErrorCode::RouteNotInstalled, .. })
     ));
     // The operator's routes are not netd's to remove.
     assert!(matches!(
         c.route_change("10.78.0.0/24", false),
-        Err(PrivdError::Refused {
-            code: ErrorCode::RouteConfigured,
-            ..
-        })
+        Err(PrivdError::Refused { code: ErrorCode::RouteConfigured, .. })
     ));
     assert!(w.ip(&["route"]).contains("10.78.0.0/24 dev sapt0"));
 
@@ -421,10 +380,7 @@ fn privd_end_to_end() {
     stalled.write_all(&[0, 0]).unwrap();
     let status = w.client().status().unwrap();
     assert_eq!(status.tun_name, "sapt0");
-    assert_eq!(
-        status.routes,
-        ["10.78.0.0/24", "10.80.2.0/24", "fd80:0:0:5::/64"]
-    );
+    assert_eq!(status.routes, ["10.78.0.0/24", "10.80.2.0/24", "fd80:0:0:5::/64"]);
     assert!(status.nat_active);
     assert!(status.forwarding);
     assert!(status.granted >= 6, "{status:?}");
@@ -442,11 +398,7 @@ fn privd_end_to_end() {
     }
     // An oversize frame is refused before its body is read, then closed.
     let reply = raw_exchange(&w.socket, &(1u32 << 20).to_be_bytes());
-    assert!(
-        error_text(&reply).contains("exceeds"),
-        "{}",
-        error_text(&reply)
-    );
+    assert!(error_text(&reply).contains("exceeds"), "{}", error_text(&reply));
 
     // Another uid in the socket group reaches privd and is refused, audited.
     let out = probe_as(&w, PROBE_UID, NOGROUP);
@@ -468,15 +420,9 @@ fn privd_end_to_end() {
         .unwrap_or_else(|| panic!("no audit record for uid {PROBE_UID}: {audit:#?}"));
     assert_eq!(refused_probe["outcome"], "refused");
     assert!(refused_probe["peer_pid"].as_i64().unwrap() > 0);
-    assert!(refused_probe["reason"]
-        .as_str()
-        .unwrap()
-        .starts_with("permission denied"));
+    assert!(refused_probe["reason"].as_str().unwrap().starts_with("permission denied"));
     assert!(refused_probe["ts"].as_str().unwrap().ends_with('Z'));
-    assert!(
-        !audit.iter().any(|v| v["peer_uid"] == PROBE_UID + 1),
-        "never connected"
-    );
+    assert!(!audit.iter().any(|v| v["peer_uid"] == PROBE_UID + 1), "never connected");
     let granted_route = audit
         .iter()
         .find(|v| v["request"] == "route_change" && v["params"]["prefix"] == "10.80.1.0/24")
@@ -487,22 +433,13 @@ fn privd_end_to_end() {
     assert!(audit.iter().any(|v| v["request"] == "route_change"
         && v["params"]["prefix"] == "10.81.0.0/24"
         && v["outcome"] == "refused"));
-    assert!(audit
-        .iter()
-        .any(|v| v["request"] == "unknown" && v["outcome"] == "refused"));
+    assert!(audit.iter().any(|v| v["request"] == "unknown" && v["outcome"] == "refused"));
 
     // NAT: the table exists while privd runs, and goes with it.
     let table = w.in_ns(&["nft", "list", "table", "inet", "sapper"]);
-    assert!(
-        table.status.success(),
-        "{}",
-        String::from_utf8_lossy(&table.stderr)
-    );
+    assert!(table.status.success(), "{}", String::from_utf8_lossy(&table.stderr));
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
-    assert!(
-        table.contains("masquerade") && table.contains("10.77.0.0/24"),
-        "{table}"
-    );
+    assert!(table.contains("masquerade") && table.contains("10.77.0.0/24"), "{table}");
     assert!(table.contains("oifname != \"sapt0\""), "{table}");
     let fwd = stdout(w.in_ns(&["cat", "/proc/sys/net/ipv4/ip_forward"]));
     assert_eq!(fwd.trim(), "1");
@@ -511,15 +448,11 @@ fn privd_end_to_end() {
     drop(fd);
     let status = w.stop();
     assert!(status.success(), "privd exit: {status}");
-    assert!(!w
-        .in_ns(&["nft", "list", "table", "inet", "sapper"])
-        .status
-        .success());
-    assert!(!w.socket.exists(), "socket removed on shutdown");
-    assert!(
-        !w.ip(&["link"]).contains("sapt0"),
-        "TUN gone with privd's fd"
-    );
+    assert!(!w.in_ns(&["nft", "list", "table", "inet", "sapper"]).status.success());
+    // privd's own uid may not write to the root-owned directory: the socket
+    // stays behind, answering nobody, and the next start replaces it.
+    assert!(UnixStream::connect(&w.socket).is_err(), "nobody listens after shutdown");
+    assert!(!w.ip(&["link"]).contains("sapt0"), "TUN gone with privd's fd");
 }
 
 #[test]
@@ -528,10 +461,7 @@ fn root_is_refused_when_netd_is_someone_else() {
         "netd_uid = {PROBE_UID}\n[privd.tun]\nname = \"sapt1\"\naddresses = [\"10.66.0.1/24\"]\n"
     ));
     let mut c = w.client();
-    assert!(matches!(
-        c.open_tun(),
-        Err(PrivdError::PermissionDenied { .. })
-    ));
+    assert!(matches!(c.open_tun(), Err(PrivdError::PermissionDenied { .. })));
     // Anyone but netd gets one reply per connection.
     assert!(matches!(c.status(), Err(PrivdError::Io { .. })));
     // Read-only status answers root like any reader.
@@ -541,10 +471,7 @@ fn root_is_refused_when_netd_is_someone_else() {
     assert!(out.contains("PROBE open_tun: ok"), "{out}");
     assert!(out.contains("PROBE status: ok"), "{out}");
     // NAT is off: no table.
-    assert!(!w
-        .in_ns(&["nft", "list", "table", "inet", "sapper"])
-        .status
-        .success());
+    assert!(!w.in_ns(&["nft", "list", "table", "inet", "sapper"]).status.success());
     let audit = w.audit();
     assert!(audit
         .iter()
@@ -565,13 +492,7 @@ fn an_operator_uid_cannot_lock_netd_out() {
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut hog = Command::new(&exe)
-        .args([
-            "--ignored",
-            "--exact",
-            "probe_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--ignored", "--exact", "probe_child", "--nocapture", "--test-threads=1"])
         .env(PROBE_ENV, &w.socket)
         .env(HOLD_ENV, "1")
         .uid(PROBE_UID)
@@ -595,10 +516,7 @@ fn an_operator_uid_cannot_lock_netd_out() {
     // Two admitted (closed after one reply or 5 s idle), 62 turned away; the
     // stderr reader may lag, so wait (bounded) for the lines.
     let refused = |w: &World| {
-        w.audit()
-            .iter()
-            .filter(|v| v["peer_uid"] == PROBE_UID && v["request"] == "connect")
-            .count()
+        w.audit().iter().filter(|v| v["peer_uid"] == PROBE_UID && v["request"] == "connect").count()
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while refused(&w) < 62 && Instant::now() < deadline {
@@ -610,19 +528,49 @@ fn an_operator_uid_cannot_lock_netd_out() {
     assert!(w.stop().success());
 }
 
+/// The nft teardown helper removes the table even when privd cannot: here
+/// privd is killed with SIGKILL.
 #[test]
-fn config_without_privd_section_is_an_error() {
+fn a_killed_privd_takes_its_nat_table_along() {
+    let cfg = "netd_uid = 0\n[privd.tun]\nname = \"sapt3\"\naddresses = [\"10.55.0.1/24\"]\n";
+    let mut w = World::new(&format!("{cfg}[privd.nat]\nenable = true\n"));
+    let table = |w: &World| w.in_ns(&["nft", "list", "table", "inet", "sapper"]).status.success();
+    // The socket accepts from bind on; an answer means setup is over.
+    assert!(w.client().status().unwrap().nat_active);
+    assert!(table(&w), "table installed");
+    let mut child = w.privd.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while table(&w) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!table(&w), "table left behind by a killed privd: {:?}", w.lines());
+}
+
+#[test]
+fn config_errors_are_clear() {
+    ensure_privd_user();
     let dir = std::env::temp_dir().join(format!("sapt-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("sapper.toml");
-    std::fs::write(&cfg, "[node]\nname = \"x\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sapper-privd"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let run = |text: &str| {
+        std::fs::write(&cfg, text).unwrap();
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_sapper-privd")).arg("--config").arg(&cfg).output();
+        let out = out.unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run("[node]\nname = \"x\"\n");
     assert!(err.contains("no [privd] section"), "{err}");
+    // Started as root, privd refuses to go on without the user to become.
+    let err = run("[privd]\nnetd_uid = 0\nuser = \"sapt-nobody-here\"\n[privd.tun]\n");
+    assert!(
+        err.contains("privd.user \"sapt-nobody-here\" does not exist") && err.contains("useradd"),
+        "{err}"
+    );
+    let err = run("[privd]\nnetd_user = \"sapper-privd\"\n[privd.tun]\n");
+    assert!(err.contains("privd.user must not be netd's user"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

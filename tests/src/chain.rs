@@ -445,6 +445,7 @@ impl Chain {
 
     fn start_daemons(&mut self) {
         let names: Vec<String> = self.spec.nodes.iter().map(|n| n.name.clone()).collect();
+        crate::privd_user();
         for (k, name) in names.iter().enumerate() {
             if self.spec.nodes[k].privd {
                 let cfg = self.config_path(name);

@@ -61,6 +61,28 @@ pub fn gid_of(group: &str) -> u32 {
         .unwrap_or_else(|| panic!("group {group} missing from /etc/group"))
 }
 
+/// The user a hand-started privd becomes (`privd.user` unset means
+/// `sapper-privd`), created as a system user when this host has none yet.
+/// Returns its uid and primary gid.
+pub fn privd_user() -> (u32, u32) {
+    const NAME: &str = "sapper-privd";
+    let lookup = || {
+        let text = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[0] == NAME).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
+        })
+    };
+    if lookup().is_none() {
+        // Another test may create it at the same moment: look again after.
+        let _ = std::process::Command::new("useradd")
+            .args(["--system", "--user-group", "--no-create-home"])
+            .args(["--shell", "/usr/sbin/nologin", NAME])
+            .status();
+    }
+    lookup().unwrap_or_else(|| panic!("no user {NAME}, and useradd could not create it"))
+}
+
 /// Fails the calling test with a clear message unless it runs as root.
 ///
 /// The end-to-end tests create network namespaces, TUN devices and nftables

@@ -645,7 +645,7 @@ impl Topology {
         self.write_node_files(listener, None);
         let fp = self.fingerprint(listener);
         self.write_node_files(connector, Some(&fp));
-
+        crate::privd_user();
         for node in [listener, connector] {
             let cfg = self.config_path(node);
             self.spawn(

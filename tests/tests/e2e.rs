@@ -111,14 +111,13 @@ fn entry_listens(t: Transport) {
 per_transport!(entry_listens);
 
 /// (b) netd runs as nobody:nogroup with no capability, no other group,
-/// no_new_privs and its seccomp filter, in every thread; privd keeps exactly
-/// CAP_NET_ADMIN in every thread.
+/// no_new_privs and its seccomp filter, in every thread; privd is its own
+/// user with exactly CAP_NET_ADMIN and its own seccomp filter.
 fn netd_unprivileged(t: Transport) {
     let mut topo = Topology::start(Options::new(t));
     // Once peers are up netd is long past its privilege drop.
     topo.wait_for_peers();
     let nogroup = gid_of("nogroup");
-    let own = privs::tasks(std::process::id())[0].1.clone();
     for node in [Node::Entry, Node::Exit] {
         let what = format!("{} netd", node.as_str());
         let n = privs::assert_privileges(
@@ -127,18 +126,19 @@ fn netd_unprivileged(t: Transport) {
             &what,
         );
         eprintln!("{what}: {n} threads checked");
-        // privd is started by hand as root: it stays uid 0 (with the test's
-        // groups), sheds every capability but CAP_NET_ADMIN and sets
-        // no_new_privs; it installs no seccomp filter of its own.
+        // privd is started by hand as root: once set up it is its own user
+        // (privd.user, here the default sapper-privd) with exactly
+        // CAP_NET_ADMIN, no_new_privs and its own seccomp filter.
         let what = format!("{} privd", node.as_str());
+        let (uid, gid) = sapper_tests::privd_user();
         let want = privs::Expected {
-            uid: 0,
-            gid: 0,
-            groups: own.groups.clone(),
+            uid,
+            gid,
+            groups: vec![gid],
             caps: privs::CAP_NET_ADMIN,
             bounding: Some(privs::CAP_NET_ADMIN),
             no_new_privs: true,
-            seccomp: 0,
+            seccomp: 2,
         };
         let n = privs::assert_privileges(topo.privd(node).pid(), &want, &what);
         eprintln!("{what}: {n} threads checked");

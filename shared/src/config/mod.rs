@@ -896,6 +896,9 @@ pub struct PrivdConfig {
     pub socket: PathBuf,
     /// Group owning the socket (netd's group).
     pub socket_group: Option<String>,
+    /// The user a privd started as root becomes once set up (default
+    /// `sapper-privd`).
+    pub user: Option<String>,
     /// The only uid allowed to make requests, by name.
     pub netd_user: Option<String>,
     /// The only uid allowed to make requests, by number.

@@ -1,0 +1,134 @@
+//! privd's pledge: once set up (socket bound, TUN open, NAT applied, uid
+//! switched) privd needs only what its poll loop does: accept, read and
+//! answer on Unix sockets, pass fds, talk rtnetlink on the socket it already
+//! has, read /proc/sys, write its log. No new process or thread, no exec,
+//! no new socket but a Unix datagram one (sd_notify), no executable memory.
+//! Anything else fails with EPERM, so a missed syscall is a logged error on
+//! one path, not a dead privd. Under systemd the unit's SystemCallFilter=
+//! applies too; the stricter answer wins.
+
+use nix::libc;
+use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op};
+use seccompiler::{SeccompCondition, SeccompFilter, SeccompRule};
+use std::collections::BTreeMap;
+
+/// Filter errors.
+#[derive(Debug, thiserror::Error)]
+#[error("seccomp: {0}")]
+pub struct SeccompError(String);
+
+fn err<E: std::fmt::Display>(e: E) -> SeccompError {
+    SeccompError(e.to_string())
+}
+
+const PLAIN: &[libc::c_long] = &[
+    // The loop: poll, accept, read, answer (with SCM_RIGHTS), netlink.
+    libc::SYS_ppoll,
+    libc::SYS_accept4,
+    libc::SYS_getsockopt, // SO_PEERCRED
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_close,
+    libc::SYS_fcntl, // duplicating the TUN fd (F_DUPFD_CLOEXEC)
+    // /proc/sys/net/ipv4/ip_forward for the status; the socket at exit.
+    libc::SYS_openat,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_lseek,
+    libc::SYS_unlinkat,
+    // Memory (mmap and mprotect are below), time, the teardown helper.
+    libc::SYS_brk,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_futex,
+    libc::SYS_getrandom,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_wait4,
+    // Signals (signalfd's mask, a panic's abort) and exit.
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_tgkill,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_poll,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_unlink,
+];
+
+/// The allow-list, compiled.
+pub fn program() -> Result<BpfProgram, SeccompError> {
+    let arch = std::env::consts::ARCH.try_into().map_err(err)?;
+    let cond = |arg, op, v| SeccompCondition::new(arg, Len::Qword, op, v).map_err(err);
+    let mut m: BTreeMap<i64, Vec<SeccompRule>> = PLAIN.iter().map(|n| (*n, vec![])).collect();
+    let no_exec =
+        || SeccompRule::new(vec![cond(2, Op::MaskedEq(libc::PROT_EXEC as u64), 0)?]).map_err(err);
+    m.insert(libc::SYS_mmap, vec![no_exec()?]);
+    m.insert(libc::SYS_mprotect, vec![no_exec()?]);
+    let unix = SeccompRule::new(vec![cond(0, Op::Eq, libc::AF_UNIX as u64)?]).map_err(err)?;
+    m.insert(libc::SYS_socket, vec![unix]);
+    let eperm = SeccompAction::Errno(libc::EPERM as u32);
+    let filter = SeccompFilter::new(m, eperm, SeccompAction::Allow, arch).map_err(err)?;
+    filter.try_into().map_err(err)
+}
+
+/// Installs the allow-list (no_new_privs must be set; privs.rs does).
+pub fn install() -> Result<(), SeccompError> {
+    seccompiler::apply_filter(&program()?).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::libc;
+    use nix::sys::wait::{waitpid, WaitStatus};
+
+    /// In a forked child (so the test runner keeps its syscalls): with the
+    /// filter on, a process, an IP or netlink socket, exec and ptrace are
+    /// refused with EPERM, while what the loop needs still works.
+    #[test]
+    fn the_filter_refuses_what_privd_never_needs() {
+        let prog = super::program().unwrap();
+        // SAFETY: the child makes raw syscalls only, then _exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => unsafe {
+                let on = libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+                    && seccompiler::apply_filter(&prog).is_ok();
+                let probes = [
+                    libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_DGRAM, 0),
+                    libc::syscall(libc::SYS_socket, libc::AF_NETLINK, libc::SOCK_RAW, 0),
+                    libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0),
+                    libc::syscall(libc::SYS_execve, c"/bin/true".as_ptr(), 0, 0),
+                    libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0),
+                    libc::syscall(libc::SYS_setuid, 0),
+                ];
+                let eperm = *libc::__errno_location() == libc::EPERM;
+                let allowed = probes.iter().position(|r| *r >= 0).map_or(0, |i| 10 + i as i32);
+                let unix = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) >= 0;
+                libc::_exit(match (on, allowed, eperm, unix) {
+                    (false, ..) => 1,
+                    (_, 0, true, true) => 0,
+                    (_, 0, false, _) => 2,
+                    (_, 0, _, false) => 3,
+                    (_, n, ..) => n,
+                })
+            },
+            nix::unistd::ForkResult::Parent { child } => {
+                // 10 + i: probe i was allowed; 2: not EPERM; 3: AF_UNIX refused.
+                assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+}
