@@ -25,7 +25,12 @@ pub struct RateBound {
 impl RateBound {
     /// A full bucket.
     pub fn new(now: Instant) -> Self {
-        RateBound { tokens: BURST, last: now, pending: 0, total: 0 }
+        RateBound {
+            tokens: BURST,
+            last: now,
+            pending: 0,
+            total: 0,
+        }
     }
 
     /// `Some(n)`: write this line, after saying that `n` were left out since
@@ -94,7 +99,12 @@ struct Line<'a> {
 /// Renders a record as one line (no trailing newline).
 pub fn line(rec: &Record<'_>, now: SystemTime) -> String {
     // Serializing plain strings, numbers and a Value cannot fail.
-    serde_json::to_string(&Line { ts: rfc3339(now), audit: true, rec }).unwrap_or_default()
+    serde_json::to_string(&Line {
+        ts: rfc3339(now),
+        audit: true,
+        rec,
+    })
+    .unwrap_or_default()
 }
 
 /// Writes a record to stderr.
@@ -179,7 +189,10 @@ mod tests {
         assert!(l.starts_with(r#"{"ts":"2024-05-01T12:00:00.123Z","audit":true,"peer_uid":4242,"#));
         (rec.peer_pid, rec.outcome) = (None, Outcome::Granted);
         let v: Value = serde_json::from_str(&line(&rec, UNIX_EPOCH)).unwrap();
-        assert_eq!((&v["outcome"], &v["peer_pid"]), (&json!("granted"), &Value::Null));
+        assert_eq!(
+            (&v["outcome"], &v["peer_pid"]),
+            (&json!("granted"), &Value::Null)
+        );
         assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
         rec.outcome = Outcome::Failed;
         assert!(line(&rec, UNIX_EPOCH).contains(r#""outcome":"failed""#));

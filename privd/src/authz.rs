@@ -234,8 +234,9 @@ mod tests {
         uid: u32,
         req: Request,
     ) -> Result<Action, Refusal> {
-        let allowed: Vec<IpNet> =
-            nets(&["10.78.0.0/16", "10.80.0.0/16", "fd80::/48"]).into_iter().collect();
+        let allowed: Vec<IpNet> = nets(&["10.78.0.0/16", "10.80.0.0/16", "fd80::/48"])
+            .into_iter()
+            .collect();
         let configured = nets(&["10.78.0.0/24"]);
         let mut held = configured.clone();
         held.extend(nets(installed));
@@ -246,23 +247,49 @@ mod tests {
             installed: &held,
             max_routes: max,
         };
-        decide(&state, &Caller { uid, open_own: 0, open_others: 0 }, &req)
+        decide(
+            &state,
+            &Caller {
+                uid,
+                open_own: 0,
+                open_others: 0,
+            },
+            &req,
+        )
     }
 
     fn route(uid: u32, prefix: &str, add: bool) -> Result<Action, Refusal> {
-        decide_with(2, &["10.80.1.0/24"], uid, Request::RouteChange { prefix: prefix.into(), add })
+        decide_with(
+            2,
+            &["10.80.1.0/24"],
+            uid,
+            Request::RouteChange {
+                prefix: prefix.into(),
+                add,
+            },
+        )
     }
 
     #[test]
     fn only_netd_changes_anything_and_status_is_open() {
         for uid in [0, NETD, 4242] {
-            assert_eq!(decide_with(2, &[], uid, Request::Status), Ok(Action::Status));
+            assert_eq!(
+                decide_with(2, &[], uid, Request::Status),
+                Ok(Action::Status)
+            );
             assert_eq!(decide_with(2, &[], uid, Request::Unknown), Err(Malformed));
         }
-        assert_eq!(decide_with(2, &[], NETD, Request::OpenTun), Ok(Action::OpenTun));
+        assert_eq!(
+            decide_with(2, &[], NETD, Request::OpenTun),
+            Ok(Action::OpenTun)
+        );
         for uid in [0, 4242] {
             assert_eq!(decide_with(2, &[], uid, Request::OpenTun), Err(NotNetd));
-            assert_eq!(route(uid, "10.80.2.0/24", true), Err(NotNetd), "root is not netd");
+            assert_eq!(
+                route(uid, "10.80.2.0/24", true),
+                Err(NotNetd),
+                "root is not netd"
+            );
             assert_eq!(route(uid, "10.80.1.0/24", false), Err(NotNetd));
         }
         assert_eq!(NotNetd.code(), ErrorCode::PermissionDenied);
@@ -280,11 +307,22 @@ mod tests {
             max_routes: 0,
         };
         let at = |uid, open_own, open_others| {
-            decide(&state, &Caller { uid, open_own, open_others }, &Request::Connect)
+            decide(
+                &state,
+                &Caller {
+                    uid,
+                    open_own,
+                    open_others,
+                },
+                &Request::Connect,
+            )
         };
         // Others: two each, sixteen in all, one reply each.
         assert_eq!(at(4242, 0, 0), Ok(Action::Admit { one_reply: true }));
-        assert_eq!(at(4242, 1, OTHER_TOTAL - 1), Ok(Action::Admit { one_reply: true }));
+        assert_eq!(
+            at(4242, 1, OTHER_TOTAL - 1),
+            Ok(Action::Admit { one_reply: true })
+        );
         assert_eq!(at(4242, OTHER_PER_UID, 5), Err(TooManyConnections(4242)));
         assert_eq!(at(4243, 0, OTHER_TOTAL), Err(TooManyConnections(4243)));
         // netd: its own slots, whatever the others hold, kept open.
@@ -299,8 +337,14 @@ mod tests {
     #[test]
     fn routes_inside_the_allow_list_are_granted() {
         let (a, within) = (net("10.80.2.0/24"), net("10.80.0.0/16"));
-        assert_eq!(route(NETD, "10.80.2.0/24", true), Ok(Action::AddRoute(a, within)));
-        assert_eq!(route(NETD, " 10.80.2.0/24 ", true), Ok(Action::AddRoute(a, within)));
+        assert_eq!(
+            route(NETD, "10.80.2.0/24", true),
+            Ok(Action::AddRoute(a, within))
+        );
+        assert_eq!(
+            route(NETD, " 10.80.2.0/24 ", true),
+            Ok(Action::AddRoute(a, within))
+        );
         let v6 = Action::AddRoute(net("fd80:0:0:5::/64"), net("fd80::/48"));
         assert_eq!(route(NETD, "fd80:0:0:5::/64", true), Ok(v6));
         // Re-adding one privd holds is fine (netd restarted).
@@ -318,8 +362,15 @@ mod tests {
         for p in ["10.0.0.1", "", "10.0.0.0/33", "eth0"] {
             assert_eq!(route(NETD, p, true), Err(Unparsable), "{p}");
         }
-        assert_eq!(route(NETD, "10.80.2.3/16", true), Err(HostBits(net("10.80.0.0/16"))));
-        for r in [Unparsable, HostBits(net("10.0.0.0/8")), NotAllowed(net("11.0.0.0/8"))] {
+        assert_eq!(
+            route(NETD, "10.80.2.3/16", true),
+            Err(HostBits(net("10.80.0.0/16")))
+        );
+        for r in [
+            Unparsable,
+            HostBits(net("10.0.0.0/8")),
+            NotAllowed(net("11.0.0.0/8")),
+        ] {
             assert_eq!(r.code(), ErrorCode::RouteNotAllowed);
         }
     }
@@ -327,23 +378,43 @@ mod tests {
     #[test]
     fn configured_routes_stay_the_operators() {
         for add in [true, false] {
-            assert_eq!(route(NETD, "10.78.0.0/24", add), Err(Configured(net("10.78.0.0/24"))));
+            assert_eq!(
+                route(NETD, "10.78.0.0/24", add),
+                Err(Configured(net("10.78.0.0/24")))
+            );
         }
-        assert_eq!(Configured(net("10.78.0.0/24")).code(), ErrorCode::RouteConfigured);
+        assert_eq!(
+            Configured(net("10.78.0.0/24")).code(),
+            ErrorCode::RouteConfigured
+        );
     }
 
     #[test]
     fn netd_removes_only_what_privd_added() {
         let del = Action::DelRoute(net("10.80.1.0/24"), net("10.80.0.0/16"));
         assert_eq!(route(NETD, "10.80.1.0/24", false), Ok(del));
-        assert_eq!(route(NETD, "10.80.9.0/24", false), Err(NotInstalled(net("10.80.9.0/24"))));
-        assert_eq!(NotInstalled(net("10.80.9.0/24")).code(), ErrorCode::RouteNotInstalled);
+        assert_eq!(
+            route(NETD, "10.80.9.0/24", false),
+            Err(NotInstalled(net("10.80.9.0/24")))
+        );
+        assert_eq!(
+            NotInstalled(net("10.80.9.0/24")).code(),
+            ErrorCode::RouteNotInstalled
+        );
     }
 
     #[test]
     fn netd_holds_at_most_max_routes() {
         let add = |held: &[&str], max, p: &str, add| {
-            decide_with(max, held, NETD, Request::RouteChange { prefix: p.into(), add })
+            decide_with(
+                max,
+                held,
+                NETD,
+                Request::RouteChange {
+                    prefix: p.into(),
+                    add,
+                },
+            )
         };
         let full = ["10.80.1.0/24", "10.80.2.0/24"];
         assert!(add(&full[..1], 2, "10.80.3.0/24", true).is_ok());

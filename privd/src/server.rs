@@ -9,15 +9,16 @@
 use crate::audit::{self, Outcome, RateBound, Record};
 use crate::authz::{self, Action, Caller, Refusal, Request, State};
 use crate::nat;
-use crate::netlink::{Netlink, NetlinkError};
+use crate::netlink::Netlink;
 use ipnet::IpNet;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self, sendmsg, sockopt, ControlMessage, MsgFlags, SockFlag};
+use sapper_shared::config::TunConfig;
 use sapper_shared::framing::{self, FrameDecoder};
 use sapper_shared::proto::privd::{
-    priv_request, priv_response, ErrorCode, PrivRequest, PrivResponse, PrivStatus, RouteChange,
-    TunOpened,
+    priv_request, priv_response, ErrorCode, PrivRequest, PrivResponse, PrivStatus,
+    Refusal as Refused, RouteChange, TunOpened,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -42,20 +43,14 @@ const STATUS_ROUTES: usize = sapper_shared::config::MAX_TUN_ROUTES;
 
 /// Everything privd holds. The TUN facts come from the config only.
 pub struct Privd {
+    /// privd.tun as configured.
+    pub tun: TunConfig,
     /// Interface name as the kernel reported it.
     pub tun_name: String,
-    /// Configured MTU.
-    pub tun_mtu: u32,
-    /// Configured addresses.
-    pub tun_addresses: Vec<IpNet>,
     /// Kernel interface index of the TUN.
     pub ifindex: u32,
     /// privd's own TUN fd; callers get duplicates.
     pub tun_fd: OwnedFd,
-    /// Prefixes netd may route into the TUN.
-    pub allowed_routes: Vec<IpNet>,
-    /// privd.tun.max_routes.
-    pub max_routes: usize,
     /// The uid netd runs as.
     pub netd_uid: u32,
     /// The rtnetlink socket.
@@ -96,32 +91,53 @@ struct Reply {
 }
 
 impl Reply {
-    fn granted(body: priv_response::Body, reason: impl Into<String>) -> Self {
-        let reason = reason.into();
-        Reply { body, fd: None, outcome: Outcome::Granted, reason }
+    fn granted(body: priv_response::Body, reason: String) -> Self {
+        Reply {
+            body,
+            fd: None,
+            outcome: Outcome::Granted,
+            reason,
+        }
     }
 
     fn refused(r: &Refusal) -> Self {
         Self::not_granted(Outcome::Refused, r.code(), r.to_string())
     }
 
-    fn failed(reason: impl Into<String>) -> Self {
-        Self::not_granted(Outcome::Failed, ErrorCode::Failed, reason.into())
+    fn failed(reason: String) -> Self {
+        Self::not_granted(Outcome::Failed, ErrorCode::Failed, reason)
     }
 
     fn not_granted(outcome: Outcome, code: ErrorCode, reason: String) -> Self {
         let detail = reason.clone();
-        let refusal = sapper_shared::proto::privd::Refusal { code: code as i32, detail };
-        Reply { body: priv_response::Body::Refused(refusal), fd: None, outcome, reason }
+        let body = priv_response::Body::Refused(Refused {
+            code: code as i32,
+            detail,
+        });
+        Reply {
+            body,
+            fd: None,
+            outcome,
+            reason,
+        }
     }
 }
 
 fn request(body: &[u8]) -> (Request, Value) {
-    match framing::decode::<PrivRequest>(body).ok().and_then(|r| r.body) {
+    match framing::decode::<PrivRequest>(body)
+        .ok()
+        .and_then(|r| r.body)
+    {
         Some(priv_request::Body::OpenTun(_)) => (Request::OpenTun, json!({})),
         Some(priv_request::Body::RouteChange(rc)) => {
             let params = json!({ "prefix": audit::clip(&rc.prefix), "add": rc.add });
-            (Request::RouteChange { prefix: rc.prefix, add: rc.add }, params)
+            (
+                Request::RouteChange {
+                    prefix: rc.prefix,
+                    add: rc.add,
+                },
+                params,
+            )
         }
         Some(priv_request::Body::Status(_)) => (Request::Status, json!({})),
         None => (Request::Unknown, json!({ "len": body.len() })),
@@ -133,10 +149,10 @@ impl Privd {
     pub fn state(&self) -> State<'_> {
         State {
             netd_uid: self.netd_uid,
-            allowed: &self.allowed_routes,
+            allowed: &self.tun.allowed_routes,
             configured: &self.configured_routes,
             installed: &self.routes,
-            max_routes: self.max_routes,
+            max_routes: self.tun.max_routes,
         }
     }
 
@@ -151,12 +167,20 @@ impl Privd {
             paused = paused.filter(|t| *t > now);
             let next = conns.iter().map(|c| c.deadline).chain(paused).min();
             let ms = next.map_or(60_000, |t| t.saturating_duration_since(now).as_millis() + 1);
-            let accepting = if paused.is_some() { PollFlags::empty() } else { PollFlags::POLLIN };
+            let accepting = if paused.is_some() {
+                PollFlags::empty()
+            } else {
+                PollFlags::POLLIN
+            };
             let mut fds = vec![
                 PollFd::new(stop, PollFlags::POLLIN),
                 PollFd::new(listener.as_fd(), accepting),
             ];
-            fds.extend(conns.iter().map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)));
+            fds.extend(
+                conns
+                    .iter()
+                    .map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)),
+            );
             match poll(
                 &mut fds,
                 PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX),
@@ -164,8 +188,10 @@ impl Privd {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
-            let ready: Vec<bool> =
-                fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
             drop(fds);
             if ready[0] {
                 return Ok(());
@@ -203,7 +229,10 @@ impl Privd {
             let stream =
                 UnixStream::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
             let peer = match socket::getsockopt(&stream, sockopt::PeerCredentials) {
-                Ok(c) => Peer { uid: c.uid(), pid: c.pid() },
+                Ok(c) => Peer {
+                    uid: c.uid(),
+                    pid: c.pid(),
+                },
                 Err(e) => {
                     audit::log("warn", &format!("SO_PEERCRED failed, closing: {e}"));
                     continue;
@@ -262,7 +291,11 @@ impl Privd {
             }
         }
         if !c.one_reply {
-            let idle = if c.frames.is_empty() { NETD_IDLE } else { IO_TIMEOUT };
+            let idle = if c.frames.is_empty() {
+                NETD_IDLE
+            } else {
+                IO_TIMEOUT
+            };
             c.deadline = Instant::now() + idle;
         }
         true
@@ -270,32 +303,16 @@ impl Privd {
 
     fn answer(&mut self, peer: Peer, body: &[u8]) -> Reply {
         let (req, params) = request(body);
-        let caller = Caller { uid: peer.uid, open_own: 0, open_others: 0 };
+        let caller = Caller {
+            uid: peer.uid,
+            open_own: 0,
+            open_others: 0,
+        };
         let reply = match authz::decide(&self.state(), &caller, &req) {
             Err(r) => Reply::refused(&r),
             Ok(Action::OpenTun) => self.open_tun(),
-            Ok(Action::AddRoute(net, within)) => match self.net.add_route(self.ifindex, net) {
-                // Re-adding a route privd already holds (netd restarted
-                // and re-announces) is not an error.
-                Err(NetlinkError::Exists(_)) if self.routes.contains(&net) => {
-                    route_ok(net, true, within)
-                }
-                Err(e) => Reply::failed(e.to_string()),
-                Ok(()) => {
-                    self.routes.insert(net);
-                    route_ok(net, true, within)
-                }
-            },
-            Ok(Action::DelRoute(net, within)) => match self.net.del_route(self.ifindex, net) {
-                r @ (Ok(()) | Err(NetlinkError::NotFound(_))) => {
-                    self.routes.remove(&net);
-                    r.map_or_else(
-                        |e| Reply::failed(e.to_string()),
-                        |()| route_ok(net, false, within),
-                    )
-                }
-                Err(e) => Reply::failed(e.to_string()),
-            },
+            Ok(Action::AddRoute(net, within)) => self.change_route(net, true, within),
+            Ok(Action::DelRoute(net, within)) => self.change_route(net, false, within),
             Ok(Action::Status) => self.status(),
             // decide() admits only for Request::Connect.
             Ok(Action::Admit { .. }) => Reply::refused(&Refusal::Malformed),
@@ -304,13 +321,43 @@ impl Privd {
         reply
     }
 
+    /// Carries out a route change authz granted. Re-adding a route privd
+    /// holds (netd restarted and re-announces) is not an error; a route the
+    /// kernel no longer has is no longer privd's.
+    fn change_route(&mut self, net: IpNet, add: bool, within: IpNet) -> Reply {
+        let r = match add {
+            true => self.net.add_route(self.ifindex, net),
+            false => self.net.del_route(self.ifindex, net),
+        };
+        let errno = r.as_ref().err().map(|e| e.errno);
+        let ok =
+            errno.is_none() || add && errno == Some(Errno::EEXIST) && self.routes.contains(&net);
+        if add && ok {
+            self.routes.insert(net);
+        }
+        if !add && (ok || matches!(errno, Some(Errno::ESRCH | Errno::ENOENT))) {
+            self.routes.remove(&net);
+        }
+        let body = priv_response::Body::RouteChanged(RouteChange {
+            prefix: net.to_string(),
+            add,
+        });
+        match r {
+            Err(e) if !ok => Reply::failed(e.to_string()),
+            _ => Reply::granted(body, format!("inside allowed {within}")),
+        }
+    }
+
     fn record(&mut self, peer: Peer, request: &'static str, params: Value, reply: &Reply) {
         self.counts[usize::from(reply.outcome != Outcome::Granted)] += 1;
         let Some(left_out) = self.audit.admit(Instant::now()) else {
             return;
         };
         if left_out > 0 {
-            audit::log("warn", &format!("rate bound: {left_out} audit lines suppressed"));
+            audit::log(
+                "warn",
+                &format!("rate bound: {left_out} audit lines suppressed"),
+            );
         }
         audit::emit(&Record {
             peer_uid: peer.uid,
@@ -325,17 +372,17 @@ impl Privd {
     fn open_tun(&self) -> Reply {
         let opened = TunOpened {
             name: self.tun_name.clone(),
-            mtu: self.tun_mtu,
-            addresses: self.tun_addresses.iter().map(ToString::to_string).collect(),
+            mtu: self.tun.mtu,
+            addresses: self.tun.addresses.iter().map(ToString::to_string).collect(),
         };
         match self.tun_fd.try_clone() {
-            Ok(fd) => {
-                let reason = format!("fd for {}", self.tun_name);
-                Reply {
-                    fd: Some(fd),
-                    ..Reply::granted(priv_response::Body::TunOpened(opened), reason)
-                }
-            }
+            Ok(fd) => Reply {
+                fd: Some(fd),
+                ..Reply::granted(
+                    priv_response::Body::TunOpened(opened),
+                    format!("fd for {}", self.tun_name),
+                )
+            },
             Err(e) => Reply::failed(format!("cannot duplicate TUN fd: {e}")),
         }
     }
@@ -344,7 +391,7 @@ impl Privd {
         let [granted, refused] = self.counts;
         let counts = [granted, refused, self.audit.suppressed()];
         let body = status_body(&self.tun_name, &self.routes, self.nat_active, counts);
-        Reply::granted(priv_response::Body::Status(body), "ok")
+        Reply::granted(priv_response::Body::Status(body), "ok".into())
     }
 }
 
@@ -352,7 +399,9 @@ impl Privd {
 /// sendmsg so the client receives both in one recvmsg. A reply fits the
 /// socket buffer of a client that reads: one that does not is hung up on.
 fn send(stream: &UnixStream, reply: Reply) -> io::Result<()> {
-    let frame = framing::encode(&PrivResponse { body: Some(reply.body) });
+    let frame = framing::encode(&PrivResponse {
+        body: Some(reply.body),
+    });
     let fds: Vec<i32> = reply.fd.iter().map(AsRawFd::as_raw_fd).collect();
     let mut sent = 0;
     while sent < frame.len() {
@@ -361,22 +410,27 @@ fn send(stream: &UnixStream, reply: Reply) -> io::Result<()> {
             _ => vec![],
         };
         let iov = [IoSlice::new(&frame[sent..])];
-        sent += sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)?;
+        sent += sendmsg::<()>(
+            stream.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
     }
     // The kernel took its own reference to the fd; ours closes here.
     Ok(())
-}
-
-fn route_ok(net: IpNet, add: bool, within: IpNet) -> Reply {
-    let body = priv_response::Body::RouteChanged(RouteChange { prefix: net.to_string(), add });
-    Reply::granted(body, format!("inside allowed {within}"))
 }
 
 /// The status reply; `counts` is granted, refused, audit lines suppressed.
 fn status_body(tun: &str, routes: &BTreeSet<IpNet>, nat: bool, counts: [u64; 3]) -> PrivStatus {
     PrivStatus {
         tun_name: tun.to_string(),
-        routes: routes.iter().take(STATUS_ROUTES).map(ToString::to_string).collect(),
+        routes: routes
+            .iter()
+            .take(STATUS_ROUTES)
+            .map(ToString::to_string)
+            .collect(),
         nat_active: nat,
         granted: counts[0],
         refused: counts[1],
@@ -398,6 +452,10 @@ mod tests {
         let frame = sapper_shared::framing::encode(&super::PrivResponse {
             body: Some(super::priv_response::Body::Status(body)),
         });
-        assert!(frame.len() <= sapper_shared::framing::MAX_CONTROL_FRAME, "{}", frame.len());
+        assert!(
+            frame.len() <= sapper_shared::framing::MAX_CONTROL_FRAME,
+            "{}",
+            frame.len()
+        );
     }
 }
