@@ -214,9 +214,12 @@ fn check_route(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Action::*;
+    use ErrorCode as C;
     use Refusal::*;
 
     const NETD: u32 = 998;
+    const OTHER: u32 = 4242;
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
@@ -226,13 +229,20 @@ mod tests {
         list.iter().map(|s| net(s)).collect()
     }
 
+    fn rc(prefix: &str, add: bool) -> Request {
+        Request::RouteChange {
+            prefix: prefix.into(),
+            add,
+        }
+    }
+
     /// Allowed 10.78/16, 10.80/16, fd80::/48; the operator's 10.78.0.0/24;
-    /// netd holds 10.80.1.0/24 of at most `max`.
+    /// netd holds `installed` of at most `max`.
     fn decide_with(
         max: usize,
         installed: &[&str],
-        uid: u32,
-        req: Request,
+        c: Caller,
+        req: &Request,
     ) -> Result<Action, Refusal> {
         let allowed: Vec<IpNet> = nets(&["10.78.0.0/16", "10.80.0.0/16", "fd80::/48"])
             .into_iter()
@@ -247,69 +257,108 @@ mod tests {
             installed: &held,
             max_routes: max,
         };
-        decide(
-            &state,
-            &Caller {
-                uid,
-                open_own: 0,
-                open_others: 0,
-            },
-            &req,
-        )
+        decide(&state, &c, req)
     }
 
-    fn route(uid: u32, prefix: &str, add: bool) -> Result<Action, Refusal> {
-        decide_with(
-            2,
-            &["10.80.1.0/24"],
+    fn by(uid: u32) -> Caller {
+        Caller {
             uid,
-            Request::RouteChange {
-                prefix: prefix.into(),
-                add,
-            },
-        )
+            open_own: 0,
+            open_others: 0,
+        }
+    }
+
+    /// Each case: `WHO REQUEST => Debug of the decision`, where WHO is
+    /// root, netd or other and REQUEST is status, tun, junk, +PREFIX (add)
+    /// or -PREFIX (remove).
+    fn check(max: usize, installed: &[&str], cases: &[&str]) {
+        for case in cases {
+            let (asked, want) = case.split_once(" => ").unwrap();
+            let (who, what) = asked.split_once(' ').unwrap();
+            let uid = match who {
+                "root" => 0,
+                "netd" => NETD,
+                _ => OTHER,
+            };
+            let req = match what {
+                "status" => Request::Status,
+                "tun" => Request::OpenTun,
+                "junk" => Request::Unknown,
+                p => rc(&p[1..], p.starts_with('+')),
+            };
+            let got = decide_with(max, installed, by(uid), &req);
+            assert_eq!(format!("{got:?}"), want, "{case}");
+        }
     }
 
     #[test]
-    fn only_netd_changes_anything_and_status_is_open() {
-        for uid in [0, NETD, 4242] {
-            assert_eq!(
-                decide_with(2, &[], uid, Request::Status),
-                Ok(Action::Status)
-            );
-            assert_eq!(decide_with(2, &[], uid, Request::Unknown), Err(Malformed));
-        }
-        assert_eq!(
-            decide_with(2, &[], NETD, Request::OpenTun),
-            Ok(Action::OpenTun)
+    fn every_rule() {
+        check(
+            2,
+            &["10.80.1.0/24"],
+            &[
+                // Status is read-only and open to anyone who reached the socket.
+                "root status => Ok(Status)",
+                "netd status => Ok(Status)",
+                "other status => Ok(Status)",
+                "netd junk => Err(Malformed)",
+                "other junk => Err(Malformed)",
+                // Everything else is netd's alone; root is not netd.
+                "netd tun => Ok(OpenTun)",
+                "root tun => Err(NotNetd)",
+                "other tun => Err(NotNetd)",
+                "root +10.80.2.0/24 => Err(NotNetd)",
+                "other -10.80.1.0/24 => Err(NotNetd)",
+                // Inside the allow-list: granted (re-adding one privd holds too).
+                "netd +10.80.2.0/24 => Ok(AddRoute(10.80.2.0/24, 10.80.0.0/16))",
+                "netd + 10.80.2.0/24  => Ok(AddRoute(10.80.2.0/24, 10.80.0.0/16))",
+                "netd +fd80:0:0:5::/64 => Ok(AddRoute(fd80:0:0:5::/64, fd80::/48))",
+                "netd +10.80.1.0/24 => Ok(AddRoute(10.80.1.0/24, 10.80.0.0/16))",
+                // Outside or malformed: refused.
+                "netd +0.0.0.0/0 => Err(NotAllowed(0.0.0.0/0))",
+                "netd +10.0.0.0/8 => Err(NotAllowed(10.0.0.0/8))",
+                "netd +11.0.0.0/8 => Err(NotAllowed(11.0.0.0/8))",
+                "netd +::/0 => Err(NotAllowed(::/0))",
+                "netd +10.0.0.1 => Err(Unparsable)",
+                "netd + => Err(Unparsable)",
+                "netd +10.0.0.0/33 => Err(Unparsable)",
+                "netd +eth0 => Err(Unparsable)",
+                "netd +10.80.2.3/16 => Err(HostBits(10.80.0.0/16))",
+                // The operator's routes stay the operator's.
+                "netd +10.78.0.0/24 => Err(Configured(10.78.0.0/24))",
+                "netd -10.78.0.0/24 => Err(Configured(10.78.0.0/24))",
+                // netd removes only what privd added.
+                "netd -10.80.1.0/24 => Ok(DelRoute(10.80.1.0/24, 10.80.0.0/16))",
+                "netd -10.80.9.0/24 => Err(NotInstalled(10.80.9.0/24))",
+                "netd +10.80.3.0/24 => Ok(AddRoute(10.80.3.0/24, 10.80.0.0/16))",
+            ],
         );
-        for uid in [0, 4242] {
-            assert_eq!(decide_with(2, &[], uid, Request::OpenTun), Err(NotNetd));
-            assert_eq!(
-                route(uid, "10.80.2.0/24", true),
-                Err(NotNetd),
-                "root is not netd"
-            );
-            assert_eq!(route(uid, "10.80.1.0/24", false), Err(NotNetd));
-        }
-        assert_eq!(NotNetd.code(), ErrorCode::PermissionDenied);
-        assert_eq!(Malformed.code(), ErrorCode::Malformed);
+        // At most max_routes; re-adding and removing still work at the cap.
+        check(
+            2,
+            &["10.80.1.0/24", "10.80.2.0/24"],
+            &[
+                "netd +10.80.3.0/24 => Err(RouteLimit(2))",
+                "netd +10.80.2.0/24 => Ok(AddRoute(10.80.2.0/24, 10.80.0.0/16))",
+                "netd -10.80.2.0/24 => Ok(DelRoute(10.80.2.0/24, 10.80.0.0/16))",
+            ],
+        );
+        // Configured routes do not count against netd's cap.
+        check(
+            1,
+            &[],
+            &["netd +10.80.3.0/24 => Ok(AddRoute(10.80.3.0/24, 10.80.0.0/16))"],
+        );
+        check(0, &[], &["netd +10.80.3.0/24 => Err(RouteLimit(0))"]);
     }
 
     #[test]
     fn connection_slots_keep_netd_served() {
-        let (allowed, none) = (vec![], BTreeSet::new());
-        let state = State {
-            netd_uid: NETD,
-            allowed: &allowed,
-            configured: &none,
-            installed: &none,
-            max_routes: 0,
-        };
         let at = |uid, open_own, open_others| {
-            decide(
-                &state,
-                &Caller {
+            decide_with(
+                0,
+                &[],
+                Caller {
                     uid,
                     open_own,
                     open_others,
@@ -318,113 +367,34 @@ mod tests {
             )
         };
         // Others: two each, sixteen in all, one reply each.
-        assert_eq!(at(4242, 0, 0), Ok(Action::Admit { one_reply: true }));
-        assert_eq!(
-            at(4242, 1, OTHER_TOTAL - 1),
-            Ok(Action::Admit { one_reply: true })
-        );
-        assert_eq!(at(4242, OTHER_PER_UID, 5), Err(TooManyConnections(4242)));
+        assert_eq!(at(OTHER, 0, 0), Ok(Admit { one_reply: true }));
+        assert_eq!(at(OTHER, 1, OTHER_TOTAL - 1), Ok(Admit { one_reply: true }));
+        assert_eq!(at(OTHER, OTHER_PER_UID, 5), Err(TooManyConnections(OTHER)));
         assert_eq!(at(4243, 0, OTHER_TOTAL), Err(TooManyConnections(4243)));
         // netd: its own slots, whatever the others hold, kept open.
         assert_eq!(
             at(NETD, NETD_CONNECTIONS - 1, OTHER_TOTAL),
-            Ok(Action::Admit { one_reply: false })
+            Ok(Admit { one_reply: false })
         );
         assert_eq!(at(NETD, NETD_CONNECTIONS, 0), Err(TooManyConnections(NETD)));
-        assert_eq!(TooManyConnections(1).code(), ErrorCode::PermissionDenied);
     }
 
     #[test]
-    fn routes_inside_the_allow_list_are_granted() {
-        let (a, within) = (net("10.80.2.0/24"), net("10.80.0.0/16"));
-        assert_eq!(
-            route(NETD, "10.80.2.0/24", true),
-            Ok(Action::AddRoute(a, within))
-        );
-        assert_eq!(
-            route(NETD, " 10.80.2.0/24 ", true),
-            Ok(Action::AddRoute(a, within))
-        );
-        let v6 = Action::AddRoute(net("fd80:0:0:5::/64"), net("fd80::/48"));
-        assert_eq!(route(NETD, "fd80:0:0:5::/64", true), Ok(v6));
-        // Re-adding one privd holds is fine (netd restarted).
-        assert_eq!(
-            route(NETD, "10.80.1.0/24", true),
-            Ok(Action::AddRoute(net("10.80.1.0/24"), within))
-        );
-    }
-
-    #[test]
-    fn routes_outside_or_malformed_are_refused() {
-        for p in ["0.0.0.0/0", "10.0.0.0/8", "11.0.0.0/8", "::/0"] {
-            assert_eq!(route(NETD, p, true), Err(NotAllowed(net(p))), "{p}");
+    fn refusals_carry_their_codes() {
+        let n = net("10.0.0.0/8");
+        let codes = [
+            (NotNetd, C::PermissionDenied),
+            (TooManyConnections(1), C::PermissionDenied),
+            (Malformed, C::Malformed),
+            (Unparsable, C::RouteNotAllowed),
+            (HostBits(n), C::RouteNotAllowed),
+            (NotAllowed(n), C::RouteNotAllowed),
+            (Configured(n), C::RouteConfigured),
+            (NotInstalled(n), C::RouteNotInstalled),
+            (RouteLimit(2), C::RouteLimit),
+        ];
+        for (r, code) in codes {
+            assert_eq!(r.code(), code, "{r}");
         }
-        for p in ["10.0.0.1", "", "10.0.0.0/33", "eth0"] {
-            assert_eq!(route(NETD, p, true), Err(Unparsable), "{p}");
-        }
-        assert_eq!(
-            route(NETD, "10.80.2.3/16", true),
-            Err(HostBits(net("10.80.0.0/16")))
-        );
-        for r in [
-            Unparsable,
-            HostBits(net("10.0.0.0/8")),
-            NotAllowed(net("11.0.0.0/8")),
-        ] {
-            assert_eq!(r.code(), ErrorCode::RouteNotAllowed);
-        }
-    }
-
-    #[test]
-    fn configured_routes_stay_the_operators() {
-        for add in [true, false] {
-            assert_eq!(
-                route(NETD, "10.78.0.0/24", add),
-                Err(Configured(net("10.78.0.0/24")))
-            );
-        }
-        assert_eq!(
-            Configured(net("10.78.0.0/24")).code(),
-            ErrorCode::RouteConfigured
-        );
-    }
-
-    #[test]
-    fn netd_removes_only_what_privd_added() {
-        let del = Action::DelRoute(net("10.80.1.0/24"), net("10.80.0.0/16"));
-        assert_eq!(route(NETD, "10.80.1.0/24", false), Ok(del));
-        assert_eq!(
-            route(NETD, "10.80.9.0/24", false),
-            Err(NotInstalled(net("10.80.9.0/24")))
-        );
-        assert_eq!(
-            NotInstalled(net("10.80.9.0/24")).code(),
-            ErrorCode::RouteNotInstalled
-        );
-    }
-
-    #[test]
-    fn netd_holds_at_most_max_routes() {
-        let add = |held: &[&str], max, p: &str, add| {
-            decide_with(
-                max,
-                held,
-                NETD,
-                Request::RouteChange {
-                    prefix: p.into(),
-                    add,
-                },
-            )
-        };
-        let full = ["10.80.1.0/24", "10.80.2.0/24"];
-        assert!(add(&full[..1], 2, "10.80.3.0/24", true).is_ok());
-        assert_eq!(add(&full, 2, "10.80.3.0/24", true), Err(RouteLimit(2)));
-        assert_eq!(RouteLimit(2).code(), ErrorCode::RouteLimit);
-        // Re-adding and removing still work at the cap.
-        assert!(add(&full, 2, "10.80.2.0/24", true).is_ok());
-        assert!(add(&full, 2, "10.80.2.0/24", false).is_ok());
-        // Configured routes do not count against netd's cap.
-        assert!(add(&[], 1, "10.80.3.0/24", true).is_ok());
-        assert_eq!(add(&[], 0, "10.80.3.0/24", true), Err(RouteLimit(0)));
     }
 }

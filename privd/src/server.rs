@@ -13,7 +13,9 @@ use crate::netlink::Netlink;
 use ipnet::IpNet;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{self, sendmsg, sockopt, ControlMessage, MsgFlags, SockFlag};
+use nix::sys::socket::{
+    self, sendmsg, sockopt, ControlMessage, MsgFlags, SockFlag, UnixCredentials,
+};
 use sapper_shared::config::TunConfig;
 use sapper_shared::framing::{self, FrameDecoder};
 use sapper_shared::proto::privd::{
@@ -23,7 +25,7 @@ use sapper_shared::proto::privd::{
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::{self, IoSlice, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
@@ -67,24 +69,19 @@ pub struct Privd {
     pub counts: [u64; 2],
 }
 
-#[derive(Clone, Copy)]
-struct Peer {
-    uid: u32,
-    pid: i32,
-}
-
 /// One client: who, its bytes so far, when it is hung up on.
 struct Conn {
     stream: UnixStream,
-    peer: Peer,
+    peer: UnixCredentials,
     frames: FrameDecoder,
     deadline: Instant,
     one_reply: bool,
 }
 
-/// What a handler decided, before it is audited and sent.
+/// What a handler decided, before it is audited and sent: the body when
+/// granted, else the error code (the reason is the refusal's detail).
 struct Reply {
-    body: priv_response::Body,
+    body: Result<priv_response::Body, ErrorCode>,
     fd: Option<OwnedFd>,
     outcome: Outcome,
     reason: String,
@@ -92,30 +89,29 @@ struct Reply {
 
 impl Reply {
     fn granted(body: priv_response::Body, reason: String) -> Self {
+        let outcome = Outcome::Granted;
         Reply {
-            body,
+            body: Ok(body),
             fd: None,
-            outcome: Outcome::Granted,
+            outcome,
             reason,
         }
     }
 
     fn refused(r: &Refusal) -> Self {
-        Self::not_granted(Outcome::Refused, r.code(), r.to_string())
+        let (code, outcome) = (r.code(), Outcome::Refused);
+        Reply {
+            body: Err(code),
+            fd: None,
+            outcome,
+            reason: r.to_string(),
+        }
     }
 
     fn failed(reason: String) -> Self {
-        Self::not_granted(Outcome::Failed, ErrorCode::Failed, reason)
-    }
-
-    fn not_granted(outcome: Outcome, code: ErrorCode, reason: String) -> Self {
-        let detail = reason.clone();
-        let body = priv_response::Body::Refused(Refused {
-            code: code as i32,
-            detail,
-        });
+        let (code, outcome) = (ErrorCode::Failed, Outcome::Failed);
         Reply {
-            body,
+            body: Err(code),
             fd: None,
             outcome,
             reason,
@@ -123,21 +119,16 @@ impl Reply {
     }
 }
 
+/// The request and its audit parameters.
 fn request(body: &[u8]) -> (Request, Value) {
     match framing::decode::<PrivRequest>(body)
         .ok()
         .and_then(|r| r.body)
     {
         Some(priv_request::Body::OpenTun(_)) => (Request::OpenTun, json!({})),
-        Some(priv_request::Body::RouteChange(rc)) => {
-            let params = json!({ "prefix": audit::clip(&rc.prefix), "add": rc.add });
-            (
-                Request::RouteChange {
-                    prefix: rc.prefix,
-                    add: rc.add,
-                },
-                params,
-            )
+        Some(priv_request::Body::RouteChange(RouteChange { prefix, add })) => {
+            let params = json!({ "prefix": audit::clip(&prefix), "add": add });
+            (Request::RouteChange { prefix, add }, params)
         }
         Some(priv_request::Body::Status(_)) => (Request::Status, json!({})),
         None => (Request::Unknown, json!({ "len": body.len() })),
@@ -167,15 +158,9 @@ impl Privd {
             paused = paused.filter(|t| *t > now);
             let next = conns.iter().map(|c| c.deadline).chain(paused).min();
             let ms = next.map_or(60_000, |t| t.saturating_duration_since(now).as_millis() + 1);
-            let accepting = if paused.is_some() {
-                PollFlags::empty()
-            } else {
-                PollFlags::POLLIN
-            };
-            let mut fds = vec![
-                PollFd::new(stop, PollFlags::POLLIN),
-                PollFd::new(listener.as_fd(), accepting),
-            ];
+            let accepting = [PollFlags::POLLIN, PollFlags::empty()][usize::from(paused.is_some())];
+            let mut fds = vec![PollFd::new(stop, PollFlags::POLLIN)];
+            fds.push(PollFd::new(listener.as_fd(), accepting));
             fds.extend(
                 conns
                     .iter()
@@ -213,11 +198,10 @@ impl Privd {
     /// Admits what is waiting (a bounded batch); false after an accept error.
     fn accept(&mut self, listener: &UnixListener, conns: &mut Vec<Conn>) -> bool {
         for _ in 0..16 {
-            let fd = match socket::accept4(
-                listener.as_raw_fd(),
-                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            ) {
-                Ok(fd) => fd,
+            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+            let stream = match socket::accept4(listener.as_raw_fd(), flags) {
+                // SAFETY: accept4 just returned this fd; nothing else owns it.
+                Ok(fd) => UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) }),
                 Err(Errno::EAGAIN) => return true,
                 Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
                 Err(e) => {
@@ -225,23 +209,20 @@ impl Privd {
                     return false;
                 }
             };
-            // SAFETY: accept4 just returned this fd; nothing else owns it.
-            let stream =
-                UnixStream::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
             let peer = match socket::getsockopt(&stream, sockopt::PeerCredentials) {
-                Ok(c) => Peer {
-                    uid: c.uid(),
-                    pid: c.pid(),
-                },
+                Ok(c) => c,
                 Err(e) => {
                     audit::log("warn", &format!("SO_PEERCRED failed, closing: {e}"));
                     continue;
                 }
             };
             let caller = Caller {
-                uid: peer.uid,
-                open_own: conns.iter().filter(|c| c.peer.uid == peer.uid).count(),
-                open_others: conns.iter().filter(|c| c.peer.uid != self.netd_uid).count(),
+                uid: peer.uid(),
+                open_own: conns.iter().filter(|c| c.peer.uid() == peer.uid()).count(),
+                open_others: conns
+                    .iter()
+                    .filter(|c| c.peer.uid() != self.netd_uid)
+                    .count(),
             };
             match authz::decide(&self.state(), &caller, &Request::Connect) {
                 Ok(Action::Admit { one_reply }) => conns.push(Conn {
@@ -265,13 +246,12 @@ impl Privd {
         match c.stream.read(&mut buf) {
             Ok(0) => return false,
             Ok(n) => c.frames.push(&buf[..n]),
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.kind() == io::ErrorKind::Interrupted =>
-            {
-                return true
+            Err(e) => {
+                return matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                )
             }
-            Err(_) => return false,
         }
         loop {
             let reply = match c.frames.next_frame() {
@@ -279,8 +259,13 @@ impl Privd {
                 Ok(Some(body)) => self.answer(c.peer, &body),
                 Err(e) => {
                     // Framing is lost, so the connection cannot go on.
-                    let reply =
-                        Reply::not_granted(Outcome::Refused, ErrorCode::Malformed, e.to_string());
+                    let (code, reason) = (Err(ErrorCode::Malformed), e.to_string());
+                    let reply = Reply {
+                        body: code,
+                        fd: None,
+                        outcome: Outcome::Refused,
+                        reason,
+                    };
                     self.record(c.peer, "unknown", json!({ "error": e.to_string() }), &reply);
                     let _ = send(&c.stream, reply);
                     return false;
@@ -291,20 +276,20 @@ impl Privd {
             }
         }
         if !c.one_reply {
-            let idle = if c.frames.is_empty() {
-                NETD_IDLE
-            } else {
-                IO_TIMEOUT
-            };
-            c.deadline = Instant::now() + idle;
+            c.deadline = Instant::now()
+                + if c.frames.is_empty() {
+                    NETD_IDLE
+                } else {
+                    IO_TIMEOUT
+                };
         }
         true
     }
 
-    fn answer(&mut self, peer: Peer, body: &[u8]) -> Reply {
+    fn answer(&mut self, peer: UnixCredentials, body: &[u8]) -> Reply {
         let (req, params) = request(body);
         let caller = Caller {
-            uid: peer.uid,
+            uid: peer.uid(),
             open_own: 0,
             open_others: 0,
         };
@@ -313,7 +298,11 @@ impl Privd {
             Ok(Action::OpenTun) => self.open_tun(),
             Ok(Action::AddRoute(net, within)) => self.change_route(net, true, within),
             Ok(Action::DelRoute(net, within)) => self.change_route(net, false, within),
-            Ok(Action::Status) => self.status(),
+            Ok(Action::Status) => {
+                let counts = [self.counts[0], self.counts[1], self.audit.suppressed()];
+                let body = status_body(&self.tun_name, &self.routes, self.nat_active, counts);
+                Reply::granted(priv_response::Body::Status(body), "ok".into())
+            }
             // decide() admits only for Request::Connect.
             Ok(Action::Admit { .. }) => Reply::refused(&Refusal::Malformed),
         };
@@ -348,7 +337,14 @@ impl Privd {
         }
     }
 
-    fn record(&mut self, peer: Peer, request: &'static str, params: Value, reply: &Reply) {
+    /// Counts the outcome and writes its audit line, within the rate bound.
+    fn record(
+        &mut self,
+        peer: UnixCredentials,
+        request: &'static str,
+        params: Value,
+        reply: &Reply,
+    ) {
         self.counts[usize::from(reply.outcome != Outcome::Granted)] += 1;
         let Some(left_out) = self.audit.admit(Instant::now()) else {
             return;
@@ -359,39 +355,33 @@ impl Privd {
                 &format!("rate bound: {left_out} audit lines suppressed"),
             );
         }
+        let peer_pid = Some(peer.pid()).filter(|p| *p > 0);
+        let (outcome, reason) = (reply.outcome, reply.reason.as_str());
         audit::emit(&Record {
-            peer_uid: peer.uid,
-            peer_pid: Some(peer.pid).filter(|p| *p > 0),
+            peer_uid: peer.uid(),
+            peer_pid,
             request,
             params,
-            outcome: reply.outcome,
-            reason: &reply.reason,
+            outcome,
+            reason,
         });
     }
 
     fn open_tun(&self) -> Reply {
-        let opened = TunOpened {
-            name: self.tun_name.clone(),
+        let name = self.tun_name.clone();
+        let addresses = self.tun.addresses.iter().map(ToString::to_string).collect();
+        let opened = priv_response::Body::TunOpened(TunOpened {
+            name,
             mtu: self.tun.mtu,
-            addresses: self.tun.addresses.iter().map(ToString::to_string).collect(),
-        };
+            addresses,
+        });
         match self.tun_fd.try_clone() {
             Ok(fd) => Reply {
                 fd: Some(fd),
-                ..Reply::granted(
-                    priv_response::Body::TunOpened(opened),
-                    format!("fd for {}", self.tun_name),
-                )
+                ..Reply::granted(opened, format!("fd for {}", self.tun_name))
             },
             Err(e) => Reply::failed(format!("cannot duplicate TUN fd: {e}")),
         }
-    }
-
-    fn status(&self) -> Reply {
-        let [granted, refused] = self.counts;
-        let counts = [granted, refused, self.audit.suppressed()];
-        let body = status_body(&self.tun_name, &self.routes, self.nat_active, counts);
-        Reply::granted(priv_response::Body::Status(body), "ok".into())
     }
 }
 
@@ -399,24 +389,24 @@ impl Privd {
 /// sendmsg so the client receives both in one recvmsg. A reply fits the
 /// socket buffer of a client that reads: one that does not is hung up on.
 fn send(stream: &UnixStream, reply: Reply) -> io::Result<()> {
-    let frame = framing::encode(&PrivResponse {
-        body: Some(reply.body),
+    let body = reply.body.unwrap_or_else(|code| {
+        priv_response::Body::Refused(Refused {
+            code: code as i32,
+            detail: reply.reason,
+        })
     });
+    let frame = framing::encode(&PrivResponse { body: Some(body) });
     let fds: Vec<i32> = reply.fd.iter().map(AsRawFd::as_raw_fd).collect();
     let mut sent = 0;
     while sent < frame.len() {
-        let cmsg: Vec<ControlMessage> = match sent {
-            0 if !fds.is_empty() => vec![ControlMessage::ScmRights(&fds)],
-            _ => vec![],
+        let rights = [ControlMessage::ScmRights(&fds)];
+        let cmsg = if sent == 0 && !fds.is_empty() {
+            &rights[..]
+        } else {
+            &[]
         };
         let iov = [IoSlice::new(&frame[sent..])];
-        sent += sendmsg::<()>(
-            stream.as_raw_fd(),
-            &iov,
-            &cmsg,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )?;
+        sent += sendmsg::<()>(stream.as_raw_fd(), &iov, cmsg, MsgFlags::MSG_NOSIGNAL, None)?;
     }
     // The kernel took its own reference to the fd; ours closes here.
     Ok(())
