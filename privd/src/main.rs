@@ -21,7 +21,6 @@ mod tun;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sapper_shared::config::{Config, PrivdConfig};
 use std::collections::BTreeSet;
@@ -57,10 +56,8 @@ fn main() -> anyhow::Result<()> {
         bail!("privd.user must not be netd's user (uid {netd_uid})");
     }
     // SIGTERM and SIGINT arrive as a readable fd in the poll loop; blocked
-    // from here on (the nft helper inherits that, and outlives a Ctrl-C).
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGTERM);
-    mask.add(Signal::SIGINT);
+    // from here on (and in the nft helper, which outlives them).
+    let mask = nat::stop_signals();
     mask.thread_block().context("blocking SIGTERM/SIGINT")?;
     let stop = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("signalfd")?;
@@ -143,9 +140,9 @@ fn run(
         .with_context(|| format!("configuring {tun_name}"))?;
     let configured: BTreeSet<_> = t.routes.iter().map(ipnet::IpNet::trunc).collect();
     for r in &configured {
-        match net.add_route(ifindex, *r) {
+        match net.route(ifindex, *r, true) {
             // A TUN from the fd store still has the routes the last privd set.
-            Err(e) if from_store && e.errno == nix::errno::Errno::EEXIST => {}
+            Err(e) if from_store && e.1 == nix::errno::Errno::EEXIST => {}
             other => other.with_context(|| format!("privd.tun.routes: {r}"))?,
         }
     }

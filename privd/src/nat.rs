@@ -6,6 +6,7 @@
 
 use anyhow::{bail, ensure, Context};
 use ipnet::IpNet;
+use nix::sys::signal::{SigSet, Signal};
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -73,21 +74,29 @@ pub fn teardown() -> String {
 /// environment, so the environment privd was started with cannot pick a
 /// different `nft`.
 fn spawn(script: &str) -> anyhow::Result<(Child, ChildStdin)> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+    let mut cmd = Command::new("nft");
+    cmd.args(["-f", "-"])
         .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        // Its own process group: a Ctrl-C meant for privd must not reach it.
-        .process_group(0)
-        .spawn()
-        .context("cannot run nft")?;
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+    // std unblocks every signal in the child; the helper must outlive the
+    // SIGTERM of `systemctl stop` (sent to the whole cgroup) and a Ctrl-C.
+    // SAFETY: only pthread_sigmask runs between fork and exec.
+    unsafe { cmd.pre_exec(|| Ok(stop_signals().thread_block()?)) };
+    let mut child = cmd.spawn().context("cannot run nft")?;
     let mut stdin = child.stdin.take().context("nft's stdin")?;
     stdin
         .write_all(script.as_bytes())
         .context("writing to nft")?;
     Ok((child, stdin))
+}
+
+/// The signals privd takes as "stop", blocked in privd and its helper.
+pub fn stop_signals() -> SigSet {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGTERM);
+    mask.add(Signal::SIGINT);
+    mask
 }
 
 /// Waits for `child`, at most [`NFT_TIMEOUT`] (then kills it).

@@ -30,13 +30,8 @@ const NETLINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// A netlink failure: what was being done and the errno (the kernel's
 /// answer, or the socket's; EBADMSG for an answer that does not parse).
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {errno}")]
-pub struct NetlinkError {
-    /// What was being done.
-    pub what: String,
-    /// Why.
-    pub errno: Errno,
-}
+#[error("{0}: {1}")]
+pub struct NetlinkError(pub String, pub Errno);
 
 fn io_errno(e: std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
@@ -51,29 +46,20 @@ pub struct Netlink {
 impl Netlink {
     /// Opens the socket, with a receive timeout on every answer.
     pub fn connect() -> Result<Self, NetlinkError> {
-        let io = |e| NetlinkError {
-            what: "open rtnetlink".into(),
-            errno: io_errno(e),
-        };
+        let io = |e| NetlinkError("open rtnetlink".into(), io_errno(e));
         let mut sock = Socket::new(NETLINK_ROUTE).map_err(io)?;
         sock.bind_auto().map_err(io)?;
         sock.connect(&SocketAddr::new(0, 0)).map_err(io)?;
         let tv = nix::sys::time::TimeVal::new(NETLINK_TIMEOUT.as_secs() as i64, 0);
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
-            .map_err(|errno| NetlinkError {
-                what: "rtnetlink timeout".into(),
-                errno,
-            })?;
+            .map_err(|e| NetlinkError("rtnetlink timeout".into(), e))?;
         Ok(Self { sock, seq: 0 })
     }
 
     /// Sends one request and collects the answers up to the ACK or the end
     /// of a dump; every length comes from the parser, which checks it.
     fn call(&mut self, msg: Rt, flags: u16, what: &str) -> Result<Vec<Rt>, NetlinkError> {
-        let fail = |errno| NetlinkError {
-            what: what.into(),
-            errno,
-        };
+        let fail = |errno| NetlinkError(what.into(), errno);
         let io = |e| fail(io_errno(e));
         self.seq = self.seq.wrapping_add(1);
         let mut req = NetlinkMessage::from(msg);
@@ -109,7 +95,8 @@ impl Netlink {
         Err(fail(Errno::ETIMEDOUT))
     }
 
-    /// Sets the MTU and queue length, adds the addresses, brings the link up.
+    /// Sets the MTU and queue length and brings the link up, then adds the
+    /// addresses.
     pub fn configure_link(
         &mut self,
         index: u32,
@@ -118,6 +105,8 @@ impl Netlink {
     ) -> Result<(), NetlinkError> {
         let mut link = LinkMessage::default();
         link.header.index = index;
+        link.header.flags = LinkFlags::Up;
+        link.header.change_mask = LinkFlags::Up;
         // netd drains the TUN in bursts; the default 500-packet queue
         // overflows (each overflow a lost packet) at a few hundred Mbit/s.
         link.attributes = vec![
@@ -125,9 +114,9 @@ impl Netlink {
             LinkAttribute::TxQueueLen(TUN_TXQUEUELEN),
         ];
         self.call(
-            Rt::SetLink(link.clone()),
+            Rt::SetLink(link),
             NLM_F_ACK,
-            &format!("set MTU {mtu}"),
+            &format!("set MTU {mtu}, link up"),
         )?;
         for a in addrs {
             let mut m = AddressMessage::default();
@@ -150,26 +139,21 @@ impl Netlink {
             let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
             self.call(Rt::NewAddress(m), flags, &format!("add address {a}"))?;
         }
-        link.attributes.clear();
-        link.header.flags = LinkFlags::Up;
-        link.header.change_mask = LinkFlags::Up;
-        self.call(Rt::SetLink(link), NLM_F_ACK, "set link up")?;
         Ok(())
     }
 
-    /// Adds a route to `net` through interface `index`; refuses to replace
-    /// an existing one (which might belong to another interface).
-    pub fn add_route(&mut self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
-        let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-        let what = format!("add route {net}");
-        self.call(Rt::NewRoute(route(index, &net)), flags, &what)
-            .map(drop)
-    }
-
-    /// Deletes the route to `net` through interface `index`.
-    pub fn del_route(&mut self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
-        let what = format!("delete route {net}");
-        self.call(Rt::DelRoute(route(index, &net)), NLM_F_ACK, &what)
+    /// Adds (refusing to replace an existing one, which might belong to
+    /// another interface) or deletes the route to `net` via interface `index`.
+    pub fn route(&mut self, index: u32, net: IpNet, add: bool) -> Result<(), NetlinkError> {
+        let (msg, flags, what) = match add {
+            true => (
+                Rt::NewRoute(route(index, &net)),
+                NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                "add",
+            ),
+            false => (Rt::DelRoute(route(index, &net)), NLM_F_ACK, "delete"),
+        };
+        self.call(msg, flags, &format!("{what} route {net}"))
             .map(drop)
     }
 

@@ -85,23 +85,13 @@ pub fn drop_to_net_admin(user: Option<&User>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Who privd is now, for the startup log line.
+/// Who privd is now, for the startup log line (drop_to_net_admin checked
+/// the other sets).
 pub fn describe() -> String {
-    let show = |set| {
-        let mut v: Vec<String> = caps::read(None, set)
-            .unwrap_or_default()
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
-        v.sort();
-        v.join(",")
-    };
+    let bounding = caps::read(None, CapSet::Bounding).unwrap_or_default();
+    let keep = caps::read(None, CapSet::Effective).unwrap_or_default();
     format!(
-        "uid={} effective={} permitted={} bounding={} ambient={}",
-        Uid::effective(),
-        show(CapSet::Effective),
-        show(CapSet::Permitted),
-        show(CapSet::Bounding),
-        show(CapSet::Ambient)
+        "uid={} capabilities={keep:?} bounding={bounding:?}",
+        Uid::effective()
     )
 }

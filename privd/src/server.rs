@@ -314,11 +314,8 @@ impl Privd {
     /// holds (netd restarted and re-announces) is not an error; a route the
     /// kernel no longer has is no longer privd's.
     fn change_route(&mut self, net: IpNet, add: bool, within: IpNet) -> Reply {
-        let r = match add {
-            true => self.net.add_route(self.ifindex, net),
-            false => self.net.del_route(self.ifindex, net),
-        };
-        let errno = r.as_ref().err().map(|e| e.errno);
+        let r = self.net.route(self.ifindex, net, add);
+        let errno = r.as_ref().err().map(|e| e.1);
         let ok =
             errno.is_none() || add && errno == Some(Errno::EEXIST) && self.routes.contains(&net);
         if add && ok {
