@@ -151,10 +151,14 @@ fn run(
         tun_name: tun_name.clone(),
         ifindex,
         tun_fd,
-        netd_uid,
         net,
-        routes: configured.clone(),
-        configured_routes: configured,
+        policy: authz::Policy {
+            netd_uid,
+            allowed: t.allowed_routes.clone(),
+            installed: configured.clone(),
+            configured,
+            max_routes: t.max_routes,
+        },
         nat_active: false,
         audit: audit::RateBound::new(std::time::Instant::now()),
         counts: [0; 2],
@@ -168,14 +172,10 @@ fn run(
                     prefix: r.to_string(),
                     add: true,
                 };
-                let netd = authz::Caller {
-                    uid: netd_uid,
-                    open_own: 0,
-                    open_others: 0,
-                };
-                if let Ok(authz::Action::AddRoute(..)) = authz::decide(&privd.state(), &netd, &req)
+                if let Ok(authz::Action::AddRoute(..)) =
+                    authz::decide(&privd.policy, netd_uid, &req)
                 {
-                    privd.routes.insert(r);
+                    privd.policy.installed.insert(r);
                 }
             }),
             Err(e) => audit::log("warn", &format!("listing the routes of {tun_name}: {e}")),

@@ -7,7 +7,7 @@
 //! read its reply is hung up on.
 
 use crate::audit::{self, Outcome, RateBound, Record};
-use crate::authz::{self, Action, Caller, Refusal, Request, State};
+use crate::authz::{self, Action, Policy, Refusal, Request};
 use crate::nat;
 use crate::netlink::Netlink;
 use ipnet::IpNet;
@@ -53,14 +53,11 @@ pub struct Privd {
     pub ifindex: u32,
     /// privd's own TUN fd; callers get duplicates.
     pub tun_fd: OwnedFd,
-    /// The uid netd runs as.
-    pub netd_uid: u32,
     /// The rtnetlink socket.
     pub net: Netlink,
-    /// Routes privd installed (configured ones included).
-    pub routes: BTreeSet<IpNet>,
-    /// Routes from privd.tun.routes: the operator's.
-    pub configured_routes: BTreeSet<IpNet>,
+    /// What the policy sees: netd's uid, the allowed, configured and
+    /// installed routes.
+    pub policy: Policy,
     /// True when the nft table was installed at start.
     pub nat_active: bool,
     /// The audit rate bound.
@@ -136,17 +133,6 @@ fn request(body: &[u8]) -> (Request, Value) {
 }
 
 impl Privd {
-    /// What the policy sees.
-    pub fn state(&self) -> State<'_> {
-        State {
-            netd_uid: self.netd_uid,
-            allowed: &self.tun.allowed_routes,
-            configured: &self.configured_routes,
-            installed: &self.routes,
-            max_routes: self.tun.max_routes,
-        }
-    }
-
     /// Serves until `stop` (the signalfd) becomes readable.
     pub fn serve(&mut self, listener: &UnixListener, stop: BorrowedFd<'_>) -> io::Result<()> {
         let mut conns: Vec<Conn> = Vec::new();
@@ -216,15 +202,14 @@ impl Privd {
                     continue;
                 }
             };
-            let caller = Caller {
-                uid: peer.uid(),
-                open_own: conns.iter().filter(|c| c.peer.uid() == peer.uid()).count(),
-                open_others: conns
-                    .iter()
-                    .filter(|c| c.peer.uid() != self.netd_uid)
-                    .count(),
+            let open_own = conns.iter().filter(|c| c.peer.uid() == peer.uid()).count();
+            let netd = self.policy.netd_uid;
+            let open_others = conns.iter().filter(|c| c.peer.uid() != netd).count();
+            let req = Request::Connect {
+                open_own,
+                open_others,
             };
-            match authz::decide(&self.state(), &caller, &Request::Connect) {
+            match authz::decide(&self.policy, peer.uid(), &req) {
                 Ok(Action::Admit { one_reply }) => conns.push(Conn {
                     stream,
                     peer,
@@ -288,19 +273,19 @@ impl Privd {
 
     fn answer(&mut self, peer: UnixCredentials, body: &[u8]) -> Reply {
         let (req, params) = request(body);
-        let caller = Caller {
-            uid: peer.uid(),
-            open_own: 0,
-            open_others: 0,
-        };
-        let reply = match authz::decide(&self.state(), &caller, &req) {
+        let reply = match authz::decide(&self.policy, peer.uid(), &req) {
             Err(r) => Reply::refused(&r),
             Ok(Action::OpenTun) => self.open_tun(),
             Ok(Action::AddRoute(net, within)) => self.change_route(net, true, within),
             Ok(Action::DelRoute(net, within)) => self.change_route(net, false, within),
             Ok(Action::Status) => {
                 let counts = [self.counts[0], self.counts[1], self.audit.suppressed()];
-                let body = status_body(&self.tun_name, &self.routes, self.nat_active, counts);
+                let body = status_body(
+                    &self.tun_name,
+                    &self.policy.installed,
+                    self.nat_active,
+                    counts,
+                );
                 Reply::granted(priv_response::Body::Status(body), "ok".into())
             }
             // decide() admits only for Request::Connect.
@@ -316,13 +301,13 @@ impl Privd {
     fn change_route(&mut self, net: IpNet, add: bool, within: IpNet) -> Reply {
         let r = self.net.route(self.ifindex, net, add);
         let errno = r.as_ref().err().map(|e| e.1);
-        let ok =
-            errno.is_none() || add && errno == Some(Errno::EEXIST) && self.routes.contains(&net);
+        let ok = errno.is_none()
+            || add && errno == Some(Errno::EEXIST) && self.policy.installed.contains(&net);
         if add && ok {
-            self.routes.insert(net);
+            self.policy.installed.insert(net);
         }
         if !add && (ok || matches!(errno, Some(Errno::ESRCH | Errno::ENOENT))) {
-            self.routes.remove(&net);
+            self.policy.installed.remove(&net);
         }
         let body = priv_response::Body::RouteChanged(RouteChange {
             prefix: net.to_string(),
