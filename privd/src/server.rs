@@ -80,38 +80,28 @@ struct Conn {
 struct Reply {
     body: Result<priv_response::Body, ErrorCode>,
     fd: Option<OwnedFd>,
-    outcome: Outcome,
     reason: String,
 }
 
 impl Reply {
-    fn granted(body: priv_response::Body, reason: String) -> Self {
-        let outcome = Outcome::Granted;
+    fn new(body: Result<priv_response::Body, ErrorCode>, reason: String) -> Self {
         Reply {
-            body: Ok(body),
+            body,
             fd: None,
-            outcome,
             reason,
         }
     }
 
     fn refused(r: &Refusal) -> Self {
-        let (code, outcome) = (r.code(), Outcome::Refused);
-        Reply {
-            body: Err(code),
-            fd: None,
-            outcome,
-            reason: r.to_string(),
-        }
+        Self::new(Err(r.code()), r.to_string())
     }
 
-    fn failed(reason: String) -> Self {
-        let (code, outcome) = (ErrorCode::Failed, Outcome::Failed);
-        Reply {
-            body: Err(code),
-            fd: None,
-            outcome,
-            reason,
+    /// FAILED is the kernel's no; every other code is the policy's.
+    fn outcome(&self) -> Outcome {
+        match self.body {
+            Ok(_) => Outcome::Granted,
+            Err(ErrorCode::Failed) => Outcome::Failed,
+            Err(_) => Outcome::Refused,
         }
     }
 }
@@ -195,12 +185,9 @@ impl Privd {
                     return false;
                 }
             };
-            let peer = match socket::getsockopt(&stream, sockopt::PeerCredentials) {
-                Ok(c) => c,
-                Err(e) => {
-                    audit::log("warn", &format!("SO_PEERCRED failed, closing: {e}"));
-                    continue;
-                }
+            let Ok(peer) = socket::getsockopt(&stream, sockopt::PeerCredentials) else {
+                audit::log("warn", "SO_PEERCRED failed, closing");
+                continue;
             };
             let open_own = conns.iter().filter(|c| c.peer.uid() == peer.uid()).count();
             let netd = self.policy.netd_uid;
@@ -244,13 +231,7 @@ impl Privd {
                 Ok(Some(body)) => self.answer(c.peer, &body),
                 Err(e) => {
                     // Framing is lost, so the connection cannot go on.
-                    let (code, reason) = (Err(ErrorCode::Malformed), e.to_string());
-                    let reply = Reply {
-                        body: code,
-                        fd: None,
-                        outcome: Outcome::Refused,
-                        reason,
-                    };
+                    let reply = Reply::new(Err(ErrorCode::Malformed), e.to_string());
                     self.record(c.peer, "unknown", json!({ "error": e.to_string() }), &reply);
                     let _ = send(&c.stream, reply);
                     return false;
@@ -286,7 +267,7 @@ impl Privd {
                     self.nat_active,
                     counts,
                 );
-                Reply::granted(priv_response::Body::Status(body), "ok".into())
+                Reply::new(Ok(priv_response::Body::Status(body)), "ok".into())
             }
             // decide() admits only for Request::Connect.
             Ok(Action::Admit { .. }) => Reply::refused(&Refusal::Malformed),
@@ -314,8 +295,8 @@ impl Privd {
             add,
         });
         match r {
-            Err(e) if !ok => Reply::failed(e.to_string()),
-            _ => Reply::granted(body, format!("inside allowed {within}")),
+            Err(e) if !ok => Reply::new(Err(ErrorCode::Failed), e.to_string()),
+            _ => Reply::new(Ok(body), format!("inside allowed {within}")),
         }
     }
 
@@ -327,7 +308,7 @@ impl Privd {
         params: Value,
         reply: &Reply,
     ) {
-        self.counts[usize::from(reply.outcome != Outcome::Granted)] += 1;
+        self.counts[usize::from(reply.outcome() != Outcome::Granted)] += 1;
         let Some(left_out) = self.audit.admit(Instant::now()) else {
             return;
         };
@@ -338,7 +319,7 @@ impl Privd {
             );
         }
         let peer_pid = Some(peer.pid()).filter(|p| *p > 0);
-        let (outcome, reason) = (reply.outcome, reply.reason.as_str());
+        let (outcome, reason) = (reply.outcome(), reply.reason.as_str());
         audit::emit(&Record {
             peer_uid: peer.uid(),
             peer_pid,
@@ -360,9 +341,12 @@ impl Privd {
         match self.tun_fd.try_clone() {
             Ok(fd) => Reply {
                 fd: Some(fd),
-                ..Reply::granted(opened, format!("fd for {}", self.tun_name))
+                ..Reply::new(Ok(opened), format!("fd for {}", self.tun_name))
             },
-            Err(e) => Reply::failed(format!("cannot duplicate TUN fd: {e}")),
+            Err(e) => Reply::new(
+                Err(ErrorCode::Failed),
+                format!("cannot duplicate TUN fd: {e}"),
+            ),
         }
     }
 }
