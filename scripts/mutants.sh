@@ -46,6 +46,14 @@ MUTANTS=(
     'memory-limit-ignored|netd/src/exit/limits.rs|s/if self\.bytes\.saturating_add\(bytes\) > limits\.max_bytes \{/if false \&\& self.bytes.saturating_add(bytes) > limits.max_bytes {/|-p sapper-tests --test userspace_exit memory_limit_refuses_new_flows_only'
     # Post-quantum key exchange: "hybrid" quietly accepting X25519.
     'hybrid-accepts-classic|netd/src/tls.rs|s/KeyExchange::Hybrid => vec!\[kx_group::X25519MLKEM768\],/KeyExchange::Hybrid => vec![kx_group::X25519MLKEM768, kx_group::X25519],/|-p sapper-tests --test pq hybrid_listener_refuses_classic'
+    # Operators' features (issue 15): init, recovery, metrics, reload, --stay.
+    'init-prints-a-wrong-fingerprint|ctl/src/init.rs|s/ck\.cert\.der\(\)/ck.cert.pem().as_bytes()/|-p sapper-tests --test operators init_alone::quic'
+    'quic-reset-key-not-kept|netd/src/reset_key.rs|s/match KEY\.get\(\) \{/match None::<\&Arc<ResetKey>> {/|-p sapper-tests --test operators restart_recovery::quic'
+    'restarted-dialler-not-replaced|netd/src/driver.rs|s/crate::restarted::replace_stale\(&mut self\.core, &up\);//|-p sapper-tests --test operators restart_recovery::quic'
+    'metrics-serves-garbage|netd/src/metrics_http.rs|s/Verdict::Bad => BAD\.to_vec\(\),/Verdict::Bad => NOT_FOUND.to_vec(),/|-p sapper-tests --test operators metrics::quic'
+    'metrics-loses-peer-bytes|netd/src/metrics.rs|s/inc_by\(p\.bytes_in\)/inc_by(0)/|-p sapper-tests --test operators metrics::quic'
+    'reload-ignores-connect|netd/src/reload.rs|s/self\.apply_connect\(node, &new\.connect\)\.await;//|-p sapper-tests --test operators reload::quic'
+    'stay-keeps-dialling|netd/src/reload.rs|s/c\.stop\.cancel\(\);//|-p sapper-tests --test operators disconnect_stay::ws'
     # The egress deny list.
     'deny-list-loses-broadcast|shared/src/egress.rs|s/\n    v4\(255, 255, 255, 255, 32\),//|-p sapper-shared --lib egress'
     'deny-list-narrows-multicast|shared/src/egress.rs|s/v4\(224, 0, 0, 0, 4\)/v4(224, 0, 0, 0, 8)/|-p sapper-shared --lib egress'

@@ -6,6 +6,7 @@ use ipnet::IpNet;
 use sapper_shared::config::Transport;
 use sapper_shared::handshake::Accepted;
 use sapper_shared::latency::{pong_for, Latency};
+use sapper_shared::peer_limits::PeerLimits;
 use sapper_shared::posture::{self, Posture};
 use sapper_shared::proto::control::{
     control_message::Body, ControlMessage, Disconnect, RoleTransition, RouteUpdate, RouteWithdraw,
@@ -15,9 +16,10 @@ use sapper_shared::proto::management::{
     event, ListenerInfo, PeerDisconnected, PeerInfo, RouteInfo,
 };
 use sapper_shared::roles::{self, fixed_target, role_from_wire, role_name, Party};
-use sapper_shared::routing::{parse_prefixes, RouteTable};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use sapper_shared::routing::parse_prefixes;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const INDET: NodeRole = NodeRole::RoleIndeterminate;
@@ -26,11 +28,6 @@ const INDET: NodeRole = NodeRole::RoleIndeterminate;
 pub const MAX_PINGS_PER_LINK: usize = 16;
 /// How long an operator ping waits for its pong.
 pub const OPERATOR_PING_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most learned prefixes, over all links: a peer cannot grow the table
-/// without bound by announcing new prefixes again and again.
-pub const MAX_LEARNED_ROUTES: usize = 4 * sapper_shared::routing::MAX_ROUTES;
-/// Longest route origin (a node name) kept.
-pub const MAX_ORIGIN_LEN: usize = sapper_shared::handshake::MAX_NAME_LEN;
 /// Most listeners recorded for `status`.
 pub const MAX_LISTENERS: usize = 64;
 
@@ -51,6 +48,14 @@ pub struct CoreConfig {
     pub ping_interval: Duration,
     /// Keepalive pings unanswered before a link counts as dead.
     pub ping_miss_limit: u32,
+    /// This node's own tunnel addresses: told to peers (they accept our
+    /// packets from these), never accepted from a peer.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// Networks an automatic route must never cover (the underlay: connect
+    /// targets, the default gateway, the networks of the other interfaces).
+    pub protected: Vec<IpNet>,
+    /// Bounds on routes and control messages per peer (`[netd.limits]`).
+    pub limits: PeerLimits,
 }
 
 /// Who opened a link.
@@ -75,6 +80,10 @@ pub struct LinkUp {
     pub direction: Direction,
     /// Wall-clock seconds since the epoch, for `peers`.
     pub connected_at_unix_s: u64,
+    /// The operator's restriction (`allowed_sources` of the connect or
+    /// listen entry): prefixes and addresses from this link are accepted
+    /// only inside these. `None`: no restriction beyond the rules.
+    pub allowed_sources: Option<Vec<IpNet>>,
 }
 
 /// The core asks the driver to close a link.
@@ -237,8 +246,31 @@ struct PendingPing {
     sent: Instant,
 }
 
+/// A per-link token bucket on control messages.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// One learned prefix: the link it came over, the node it originates at
+/// (shared by every prefix of one update), and whether it is the peer's own
+/// tunnel address (a source, never installed as a route here).
+#[derive(Debug, Clone)]
+struct Learned {
+    link: LinkId,
+    origin: Arc<str>,
+    address: bool,
+}
+
 struct Link {
     up: LinkUp,
+    /// Handshake routes waiting until the peer's role lets it originate.
+    held: Vec<IpNet>,
+    /// Prefixes this link owns.
+    owned: usize,
+    bucket: Bucket,
+    control_drops: u64,
+    routes_refused: u64,
     local: NodeRole,
     peer: NodeRole,
     reason: String,
@@ -267,8 +299,7 @@ pub struct Core {
     reason: String,
     hint: Option<RoleHint>,
     links: BTreeMap<LinkId, Link>,
-    routes: RouteTable<LinkId>,
-    origins: HashMap<IpNet, String>,
+    routes: BTreeMap<IpNet, Learned>,
     installed: BTreeSet<IpNet>,
     privd_outstanding: usize,
     privd_dirty: bool,
@@ -296,8 +327,7 @@ impl Core {
             reason: "no peers yet".into(),
             hint,
             links: BTreeMap::new(),
-            routes: RouteTable::default(),
-            origins: HashMap::new(),
+            routes: BTreeMap::new(),
             installed: BTreeSet::new(),
             privd_outstanding: 0,
             privd_dirty: false,
@@ -357,6 +387,7 @@ impl Core {
             },
             hint: self.hint,
             software: sapper_shared::SOFTWARE_VERSION.into(),
+            addresses: self.cfg.addresses.iter().map(|a| a.to_string()).collect(),
         }
     }
 
@@ -409,6 +440,8 @@ impl Core {
                 routes: h.routes.clone(),
                 outbound: l.outbound(),
                 link_reason: l.reason.clone(),
+                control_drops: l.control_drops,
+                routes_refused: l.routes_refused,
                 ..PeerInfo::default()
             },
         }
@@ -431,22 +464,31 @@ impl Core {
 
     /// Learned routes, longest prefix first, with the neighbour's name.
     pub fn routes(&self) -> Vec<(IpNet, String)> {
-        self.routes
+        let mut v: Vec<(IpNet, String)> = self
+            .routes
             .iter()
-            .map(|(p, id)| {
+            .map(|(p, r)| {
                 let name = self
                     .links
-                    .get(id)
+                    .get(&r.link)
                     .map(|l| l.name().to_string())
                     .unwrap_or_default();
                 (*p, name)
             })
-            .collect()
+            .collect();
+        v.sort_by_key(|(p, _)| std::cmp::Reverse(p.prefix_len()));
+        v
     }
 
-    /// Learned routes with the link each goes to.
+    /// Learned prefixes (routes and peers' addresses) with the link that
+    /// owns each, in prefix order.
     pub fn route_links(&self) -> Vec<(IpNet, LinkId)> {
-        self.routes.iter().copied().collect()
+        self.routes.iter().map(|(p, r)| (*p, r.link)).collect()
+    }
+
+    /// The node a learned prefix originates at.
+    pub fn route_origin(&self, prefix: &IpNet) -> Option<&str> {
+        self.routes.get(&prefix.trunc()).map(|r| &*r.origin)
     }
 
     /// Routes privd granted and that are ours to remove.
@@ -547,11 +589,21 @@ impl Core {
         }
         let peer_hint = up.accepted.peer.hint;
         let routes = up.accepted.routes.clone();
-        let origin = up.accepted.peer.name.clone();
+        let addresses = up.accepted.addresses.clone();
+        let origin: Arc<str> = Arc::from(up.accepted.peer.name.as_str());
+        let burst = f64::from(self.cfg.limits.control_burst);
         self.links.insert(
             id,
             Link {
                 up,
+                held: Vec::new(),
+                owned: 0,
+                bucket: Bucket {
+                    tokens: burst,
+                    last: now,
+                },
+                control_drops: 0,
+                routes_refused: 0,
                 local: INDET,
                 peer: INDET,
                 reason: "not negotiated yet".into(),
@@ -563,7 +615,14 @@ impl Core {
             },
         );
         self.renegotiate(false);
-        self.learn_routes(id, &routes, &origin);
+        // The peer's own addresses are its sources whatever its role; its
+        // routes count only once its role lets it originate routes.
+        self.learn_routes(id, &addresses, origin.clone(), true);
+        if self.may_originate(id) {
+            self.learn_routes(id, &routes, origin, false);
+        } else if let Some(l) = self.links.get_mut(&id) {
+            l.held = routes;
+        }
         self.share_routes_with(id);
         if let Some(l) = self.links.get(&id) {
             let info = self.view(id, l).info;
@@ -606,6 +665,18 @@ impl Core {
         let Some(link) = self.links.get_mut(&id) else {
             return;
         };
+        // The rate limit first: a flood costs a counter, not the work.
+        let rate = f64::from(self.cfg.limits.control_rate);
+        let burst = f64::from(self.cfg.limits.control_burst);
+        let b = &mut link.bucket;
+        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.last = now;
+        if b.tokens < 1.0 {
+            link.control_drops += 1;
+            return;
+        }
+        b.tokens -= 1.0;
         let name = link.name().to_string();
         match m.body {
             Some(Body::Ping(p)) => self
@@ -631,7 +702,10 @@ impl Core {
                 self.events.push_back(Event::PeerSaidGoodbye {
                     link: id,
                     peer: name,
-                    reason: d.reason,
+                    reason: sapper_shared::text::sanitize(
+                        &d.reason,
+                        sapper_shared::text::MAX_PEER_STRING,
+                    ),
                 });
                 self.close(id, "closed".into(), false);
             }
@@ -640,7 +714,11 @@ impl Core {
                     Some(id),
                     format!(
                         "peer {name} reported an error (code {}): {}",
-                        e.code, e.message
+                        e.code,
+                        sapper_shared::text::sanitize(
+                            &e.message,
+                            sapper_shared::text::MAX_PEER_STRING
+                        )
                     ),
                 );
                 self.close(id, "closed".into(), false);
@@ -650,11 +728,13 @@ impl Core {
                 self.close(id, "closed".into(), false);
             }
             Some(Body::RouteUpdate(u)) => match parse_prefixes(&u.prefixes) {
-                Ok(_) if u.origin.len() > MAX_ORIGIN_LEN => self.warn(
-                    Some(id),
-                    format!("ignored a route update from {name}: origin too long"),
-                ),
-                Ok(p) => self.learn_routes(id, &p, &u.origin),
+                Ok(p) if !sapper_shared::handshake::valid_name(&u.origin) => {
+                    self.refused(id, p.len(), "its origin is not a node name");
+                }
+                Ok(p) if !self.may_originate(id) => {
+                    self.refused(id, p.len(), "its role does not originate routes");
+                }
+                Ok(p) => self.learn_routes(id, &p, Arc::from(u.origin.as_str()), false),
                 Err(e) => self.warn(
                     Some(id),
                     format!("ignored a bad route update from {name}: {e}"),
@@ -673,7 +753,10 @@ impl Core {
                     link: id,
                     peer: name,
                     role: role_from_wire(t.role),
-                    reason: t.reason,
+                    reason: sapper_shared::text::sanitize(
+                        &t.reason,
+                        sapper_shared::text::MAX_PEER_STRING,
+                    ),
                 });
                 self.renegotiate(false);
             }
@@ -926,6 +1009,7 @@ impl Core {
         if changed {
             self.sync_routes();
         }
+        self.learn_held();
     }
 
     fn link_name(&self, id: LinkId) -> String {
@@ -935,34 +1019,156 @@ impl Core {
             .unwrap_or_default()
     }
 
-    /// `id` reaches `prefixes`, which originate at `origin`.
-    fn learn_routes(&mut self, id: LinkId, prefixes: &[IpNet], origin: &str) {
-        if prefixes.is_empty() || !self.cfg.posture.accept_routes {
+    /// Whether the peer on `id` plays a role that originates routes: an
+    /// exit (it reaches them) or a relay (it passes on what it learned).
+    /// An entry or an undecided peer announces only its own addresses.
+    fn may_originate(&self, id: LinkId) -> bool {
+        self.links
+            .get(&id)
+            .is_some_and(|l| matches!(l.peer, NodeRole::RoleExit | NodeRole::RoleRelay))
+    }
+
+    /// Counts (and reports once per message) prefixes refused from `id`.
+    fn refused(&mut self, id: LinkId, n: usize, why: &str) {
+        if n == 0 {
+            return;
+        }
+        let name = match self.links.get_mut(&id) {
+            Some(l) => {
+                l.routes_refused += n as u64;
+                l.name().to_string()
+            }
+            None => return,
+        };
+        self.warn(
+            Some(id),
+            format!("refused {n} prefix(es) from {name}: {why}"),
+        );
+    }
+
+    /// Why `p` may not be learned from `id`, or `None` when it may. The
+    /// ownership rule: a prefix belongs to the first link that announced
+    /// it, and no other link may announce it, a prefix inside it (that would
+    /// take over part of its traffic) or one containing it (that would
+    /// claim its sources), until the owner withdraws it or goes down. This
+    /// node's own addresses and announced routes belong to no peer.
+    fn refusal(&self, id: LinkId, p: &IpNet) -> Option<&'static str> {
+        let link = self.links.get(&id)?;
+        if let Some(allowed) = &link.up.allowed_sources {
+            if !allowed.iter().any(|a| a.contains(p)) {
+                return Some("outside the link's allowed_sources");
+            }
+        }
+        if self.cfg.addresses.iter().any(|a| p.contains(a))
+            || self
+                .cfg
+                .announce_routes
+                .iter()
+                .any(|r| r.contains(p) || p.contains(r))
+        {
+            return Some("it overlaps this node's own addresses or routes");
+        }
+        if let Some(w) = self.bound_reached(id) {
+            return Some(w);
+        }
+        if self.overlapping_owner(p, id).is_some() {
+            return Some("it overlaps a prefix another link owns");
+        }
+        None
+    }
+
+    /// Whether `id` may own one more prefix.
+    fn bound_reached(&self, id: LinkId) -> Option<&'static str> {
+        let lim = &self.cfg.limits;
+        let owned = self.links.get(&id).map(|l| l.owned).unwrap_or(usize::MAX);
+        if owned >= lim.max_routes_per_peer {
+            return Some("the link already owns netd.limits.max_routes_per_peer prefixes");
+        }
+        if self.routes.len() >= lim.max_routes {
+            return Some("this node already holds netd.limits.max_routes prefixes");
+        }
+        None
+    }
+
+    /// A link other than `id` owning `p`, a prefix inside it or one
+    /// containing it. At most one probe per shorter length plus one range
+    /// scan of the prefixes inside `p`.
+    fn overlapping_owner(&self, p: &IpNet, id: LinkId) -> Option<LinkId> {
+        let p = p.trunc();
+        for len in 0..=p.prefix_len() {
+            let sup = match p {
+                IpNet::V4(n) => ipnet::Ipv4Net::new(n.network(), len)
+                    .ok()
+                    .map(|n| IpNet::V4(n.trunc())),
+                IpNet::V6(n) => ipnet::Ipv6Net::new(n.network(), len)
+                    .ok()
+                    .map(|n| IpNet::V6(n.trunc())),
+            };
+            if let Some(r) = sup.and_then(|s| self.routes.get(&s)) {
+                if r.link != id {
+                    return Some(r.link);
+                }
+            }
+        }
+        let last = match p {
+            IpNet::V4(n) => IpNet::V4(ipnet::Ipv4Net::new(n.broadcast(), 32).ok()?),
+            IpNet::V6(n) => IpNet::V6(ipnet::Ipv6Net::new(n.broadcast(), 128).ok()?),
+        };
+        self.routes
+            .range(p..=last)
+            .find(|(_, r)| r.link != id)
+            .map(|(_, r)| r.link)
+    }
+
+    /// `id` reaches `prefixes` (its own addresses when `address`), which
+    /// originate at `origin`. The first announcement of a prefix wins until
+    /// it is withdrawn (or its link goes down): a later announcement of a
+    /// known prefix, over any link, changes nothing and is not passed on.
+    /// Updates are thus only sent on learning, and cannot circle a loop of
+    /// relays forever.
+    fn learn_routes(&mut self, id: LinkId, prefixes: &[IpNet], origin: Arc<str>, address: bool) {
+        if prefixes.is_empty() || !self.cfg.posture.accept_routes && !address {
             return;
         }
         let name = self.link_name(id);
-        let mut learned = Vec::with_capacity(prefixes.len());
-        for p in prefixes {
-            let known = self.routes.iter().any(|(q, _)| *q == p.trunc());
-            // The first announcement of a prefix wins until it is withdrawn
-            // (or its link goes down): a later announcement of a known
-            // prefix, over any link and from any origin, changes nothing
-            // and is not passed on. Updates are thus only sent on learning,
-            // and cannot circle a loop of relays forever.
-            if known {
+        let mut learned = Vec::with_capacity(prefixes.len().min(64));
+        let mut refused = 0usize;
+        let mut why = "";
+        for (i, p) in prefixes.iter().enumerate() {
+            // Past a bound the rest of the update is refused at once: a
+            // flood costs a counter, not a lookup per prefix.
+            if let Some(w) = self.bound_reached(id) {
+                refused += prefixes.len() - i;
+                why = w;
+                break;
+            }
+            let p = p.trunc();
+            if self.routes.get(&p).is_some_and(|r| r.link == id) {
                 continue;
             }
-            if self.origins.len() >= MAX_LEARNED_ROUTES {
-                self.warn(
-                    Some(id),
-                    format!("ignored route {p} from {name}: already {MAX_LEARNED_ROUTES} routes"),
-                );
+            if let Some(w) = self.refusal(id, &p) {
+                // Another link announcing the same prefix is the normal
+                // case in a loop of relays: refused, not reported.
+                if !self.routes.contains_key(&p) {
+                    refused += 1;
+                    why = w;
+                }
                 continue;
             }
-            self.routes.insert(*p, id);
-            self.origins.insert(p.trunc(), origin.to_string());
-            learned.push(*p);
+            self.routes.insert(
+                p,
+                Learned {
+                    link: id,
+                    origin: origin.clone(),
+                    address,
+                },
+            );
+            if let Some(l) = self.links.get_mut(&id) {
+                l.owned += 1;
+            }
+            learned.push(p);
         }
+        self.refused(id, refused, why);
         for p in &learned {
             self.events
                 .push_back(Event::management(event::Body::RouteAdded(RouteInfo {
@@ -985,27 +1191,42 @@ impl Core {
         self.sync_routes();
     }
 
-    /// `id` no longer reaches `prefixes` (originating at `origin`).
+    /// `id` no longer reaches `prefixes` (originating at `origin`). Only the
+    /// owning link can withdraw a prefix; anything else is refused.
     fn withdraw_routes(&mut self, id: LinkId, prefixes: &[IpNet], origin: &str) {
         let mut gone = Vec::new();
+        let mut refused = 0;
         for p in prefixes {
             let p = p.trunc();
-            let via_link = self.routes.iter().any(|(q, l)| *q == p && *l == id);
-            if via_link && self.origins.get(&p).map(|o| o == origin).unwrap_or(true) {
-                self.routes.remove_prefix(&p);
-                self.origins.remove(&p);
-                gone.push(p);
+            match self.routes.get(&p) {
+                Some(r) if r.link == id && !r.address && &*r.origin == origin => {
+                    self.routes.remove(&p);
+                    gone.push(p);
+                }
+                Some(_) => refused += 1,
+                None => {}
             }
         }
+        if let Some(l) = self.links.get_mut(&id) {
+            l.owned = l.owned.saturating_sub(gone.len());
+        }
+        self.refused(id, refused, "a withdrawal of prefixes it does not own");
         self.after_withdrawal(id, gone, origin);
     }
 
     /// Every route through `id`, when it goes down.
     fn forget_link_routes(&mut self, id: LinkId) {
-        let mut by_origin: BTreeMap<String, Vec<IpNet>> = BTreeMap::new();
-        for p in self.routes.remove_peer(&id) {
-            let o = self.origins.remove(&p).unwrap_or_default();
-            by_origin.entry(o).or_default().push(p);
+        let mut by_origin: BTreeMap<Arc<str>, Vec<IpNet>> = BTreeMap::new();
+        self.routes.retain(|p, r| {
+            if r.link == id {
+                by_origin.entry(r.origin.clone()).or_default().push(*p);
+                false
+            } else {
+                true
+            }
+        });
+        if let Some(l) = self.links.get_mut(&id) {
+            l.owned = 0;
         }
         for (origin, gone) in by_origin {
             self.after_withdrawal(id, gone, &origin);
@@ -1036,21 +1257,52 @@ impl Core {
         self.sync_routes();
     }
 
-    /// A relay tells a new neighbour what the others reach.
+    /// A relay tells a new neighbour what the others reach (their routes
+    /// and addresses, as routes: downstream they are reached through us).
     fn share_routes_with(&mut self, id: LinkId) {
         if self.role != NodeRole::RoleRelay || !self.cfg.posture.announce_routes {
             return;
         }
-        let mut by_origin: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (p, l) in self.routes.iter() {
-            if *l != id {
-                let o = self.origins.get(p).cloned().unwrap_or_default();
-                by_origin.entry(o).or_default().push(p.to_string());
+        let mut by_origin: BTreeMap<Arc<str>, Vec<String>> = BTreeMap::new();
+        for (p, r) in self.routes.iter() {
+            if r.link != id {
+                by_origin
+                    .entry(r.origin.clone())
+                    .or_default()
+                    .push(p.to_string());
             }
         }
         for (origin, prefixes) in by_origin {
-            self.transmits
-                .push_back((id, msg(Body::RouteUpdate(RouteUpdate { prefixes, origin }))));
+            for chunk in prefixes.chunks(sapper_shared::routing::MAX_ROUTES) {
+                self.transmits.push_back((
+                    id,
+                    msg(Body::RouteUpdate(RouteUpdate {
+                        prefixes: chunk.to_vec(),
+                        origin: origin.to_string(),
+                    })),
+                ));
+            }
+        }
+    }
+
+    /// Links whose peer may now originate routes learn what their
+    /// Handshake held back.
+    fn learn_held(&mut self) {
+        let ready: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(id, l)| !l.held.is_empty() && self.may_originate(**id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            let (held, origin) = match self.links.get_mut(&id) {
+                Some(l) => (
+                    std::mem::take(&mut l.held),
+                    Arc::<str>::from(l.up.accepted.peer.name.as_str()),
+                ),
+                None => continue,
+            };
+            self.learn_routes(id, &held, origin, false);
         }
     }
 
@@ -1067,12 +1319,24 @@ impl Core {
         {
             return BTreeSet::new();
         }
-        let underlay: Vec<std::net::IpAddr> =
-            self.links.values().map(|l| l.up.remote.ip()).collect();
+        let underlay: Vec<std::net::IpAddr> = self
+            .links
+            .values()
+            .map(|l| canonical(l.up.remote.ip()))
+            .collect();
         let mut want = BTreeSet::new();
         let mut loops = Vec::new();
-        for (prefix, _) in self.routes.iter() {
-            if underlay.iter().any(|a| prefix.contains(a)) {
+        for (prefix, r) in self.routes.iter() {
+            if r.address {
+                continue;
+            }
+            if underlay.iter().any(|a| prefix.contains(a))
+                || self
+                    .cfg
+                    .protected
+                    .iter()
+                    .any(|u| prefix.contains(u) || u.contains(prefix))
+            {
                 loops.push(*prefix);
             } else {
                 want.insert(*prefix);
@@ -1081,7 +1345,9 @@ impl Core {
         for prefix in loops {
             self.warn(
                 None,
-                format!("not installing announced route {prefix}: it covers a peer's address"),
+                format!(
+                    "not installing announced route {prefix}: it covers a peer's address or this node's underlay"
+                ),
             );
         }
         want
@@ -1109,5 +1375,17 @@ impl Core {
             self.privd.push_back(RouteRequest { prefix, add });
             self.privd_outstanding += 1;
         }
+    }
+}
+
+/// An IPv4 peer seen on a dual-stack socket (`::ffff:a.b.c.d`) is the IPv4
+/// address it is.
+pub fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(std::net::IpAddr::V6(v6)),
+        v4 => v4,
     }
 }

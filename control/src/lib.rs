@@ -15,12 +15,14 @@
 
 mod core;
 mod forwarding;
+mod prefix_map;
 
 pub use crate::core::{
     Close, Core, CoreConfig, Direction, Event, LinkUp, LinkView, OperatorError, PingOutcome,
     PingReply, RouteOutcome, RouteRequest, StatusView,
 };
 pub use crate::forwarding::{Forwarding, ForwardingTable};
+pub use crate::prefix_map::PrefixMap;
 
 /// Identifies one link for as long as it is up; never reused by a driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -4,7 +4,9 @@
 //!   the node is the entry (forwarding);
 //! * privd's routes are exactly the ones the core believes it installed;
 //! * every install is matched by exactly one removal, in turn;
-//! * both ends of every link agree on both roles.
+//! * both ends of every link agree on both roles;
+//! * no two links own overlapping prefixes, every owner is a live link, and
+//!   the per-link and per-node bounds hold.
 
 mod sim;
 
@@ -74,7 +76,10 @@ fn build(specs: &[(bool, bool, bool, Option<usize>)]) -> Sim {
                 s.listen = listen;
                 s.connect = connect;
                 s.announce = announce.map(|i| net(PREFIXES[i])).into_iter().collect();
-                s
+                if tun {
+                    s = s.address(&format!("10.99.0.{}", name.as_bytes()[1] - b'0' + 1));
+                }
+                s.limits(LIMITS)
             })
             .collect(),
     )
@@ -93,10 +98,47 @@ fn inject(s: &mut Sim, wire: usize, to_a: bool, body: Body) {
     s.run();
 }
 
+/// Small bounds, so random histories reach them.
+const LIMITS: sapper_shared::peer_limits::PeerLimits = sapper_shared::peer_limits::PeerLimits {
+    max_preauth: 8,
+    max_preauth_per_ip: 8,
+    max_routes_per_peer: 2,
+    max_routes: 3,
+    control_rate: 1000,
+    control_burst: 1000,
+};
+
 fn check(s: &Sim) {
     s.assert_links_agree();
     for n in &s.nodes {
         let core = &n.core;
+        let owned = core.route_links();
+        let live: Vec<_> = core.links().iter().map(|l| l.id).collect();
+        assert!(
+            owned.len() <= LIMITS.max_routes,
+            "{}: {owned:?}",
+            n.spec.name
+        );
+        for (i, (p, a)) in owned.iter().enumerate() {
+            assert!(
+                live.contains(a),
+                "{}: {p} owned by a dead link",
+                n.spec.name
+            );
+            let mine = owned.iter().filter(|(_, b)| b == a).count();
+            assert!(
+                mine <= LIMITS.max_routes_per_peer,
+                "{}: {owned:?}",
+                n.spec.name
+            );
+            for (q, b) in &owned[i + 1..] {
+                assert!(
+                    a == b || !(p.contains(q) || q.contains(p)),
+                    "{}: {p} ({a}) and {q} ({b}) overlap",
+                    n.spec.name
+                );
+            }
+        }
         assert_eq!(
             core.installed_routes(),
             &n.tun_routes,

@@ -338,3 +338,273 @@ fn operator_ping_answers_and_times_out() {
     assert_eq!((r.token, r.outcome), (8, PingOutcome::TimedOut));
     assert!(s.nodes[i].core.find_link("nobody").is_err());
 }
+
+// ----- a hostile peer (authenticated, so it can say anything) ----------
+
+use sapper_shared::proto::control::{control_message::Body, RouteUpdate, RouteWithdraw};
+use sapper_shared::proto::data::Ping;
+
+fn update(prefixes: &[&str], origin: &str) -> Body {
+    Body::RouteUpdate(RouteUpdate {
+        prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+        origin: origin.into(),
+    })
+}
+
+/// An entry with an honest exit and a rogue that claims the exit role.
+fn entry_exit_rogue() -> (Sim, usize, usize) {
+    let mut s = Sim::new(vec![
+        Spec::new("entry")
+            .tun()
+            .connects()
+            .address("10.99.0.1")
+            .posture(secure(Some(RoleEntry))),
+        Spec::new("exit")
+            .listens()
+            .announce(PRIVATE)
+            .posture(secure(Some(RoleExit))),
+        Spec::new("rogue").listens().posture(secure(Some(RoleExit))),
+    ]);
+    let honest = s.connect("entry", "exit");
+    let rogue = s.connect("entry", "rogue");
+    (s, honest, rogue)
+}
+
+fn owner(s: &Sim, node: &str, prefix: &str) -> Option<sapper_control::LinkId> {
+    s.core(node)
+        .route_links()
+        .into_iter()
+        .find(|(p, _)| *p == net(prefix))
+        .map(|(_, l)| l)
+}
+
+fn refused(s: &Sim, node: &str, w: usize) -> u64 {
+    let id = s.link_at(w, node);
+    s.core(node).link(id).unwrap().info.routes_refused
+}
+
+#[test]
+fn a_peer_cannot_take_over_or_withdraw_another_peers_prefix() {
+    let (mut s, honest, rogue) = entry_exit_rogue();
+    let exit_link = s.link_at(honest, "entry");
+    assert_eq!(owner(&s, "entry", PRIVATE), Some(exit_link));
+    // The same prefix, a more specific one, a covering one: all refused.
+    s.inject_from(rogue, "rogue", update(&[PRIVATE], "exit"));
+    s.inject_from(rogue, "rogue", update(&["10.20.0.128/25"], "rogue"));
+    s.inject_from(rogue, "rogue", update(&["10.0.0.0/8"], "rogue"));
+    // A withdrawal of the exit's prefix, under the exit's name too.
+    s.inject_from(
+        rogue,
+        "rogue",
+        Body::RouteWithdraw(RouteWithdraw {
+            prefixes: vec![PRIVATE.into()],
+            origin: "exit".into(),
+        }),
+    );
+    assert_eq!(owner(&s, "entry", PRIVATE), Some(exit_link));
+    assert_eq!(
+        s.core("entry").route_links().len(),
+        1,
+        "{:?}",
+        s.core("entry").routes()
+    );
+    // (The same prefix again is a known prefix, as in a loop of relays:
+    // ignored without being counted.)
+    assert_eq!(refused(&s, "entry", rogue), 3);
+    // The entry's own address is nobody else's either.
+    s.inject_from(rogue, "rogue", update(&["10.99.0.1/32"], "rogue"));
+    assert_eq!(refused(&s, "entry", rogue), 4);
+    // A prefix of its own is fine, and the forwarding table says who owns what.
+    s.inject_from(rogue, "rogue", update(&["10.66.0.0/16"], "rogue"));
+    assert_eq!(
+        owner(&s, "entry", "10.66.0.0/16"),
+        Some(s.link_at(rogue, "entry"))
+    );
+    // Only after the exit withdraws it may another link have it.
+    s.inject_from(
+        honest,
+        "exit",
+        Body::RouteWithdraw(RouteWithdraw {
+            prefixes: vec![PRIVATE.into()],
+            origin: "exit".into(),
+        }),
+    );
+    assert_eq!(owner(&s, "entry", PRIVATE), None);
+}
+
+#[test]
+fn only_exits_and_relays_originate_routes() {
+    let mut s = Sim::new(vec![
+        Spec::new("exit")
+            .listens()
+            .address("10.99.0.2")
+            .announce(PRIVATE)
+            .posture(secure(Some(RoleExit))),
+        Spec::new("pretender")
+            .tun()
+            .connects()
+            .address("10.99.0.7")
+            .announce("10.70.0.0/16")
+            .posture(secure(Some(RoleEntry))),
+    ]);
+    let w = s.connect("pretender", "exit");
+    // Its Handshake routes were held back, its address is its source.
+    assert_eq!(owner(&s, "exit", "10.70.0.0/16"), None);
+    assert_eq!(
+        owner(&s, "exit", "10.99.0.7/32"),
+        Some(s.link_at(w, "exit"))
+    );
+    s.inject_from(w, "pretender", update(&["10.71.0.0/16"], "pretender"));
+    assert_eq!(owner(&s, "exit", "10.71.0.0/16"), None);
+    assert_eq!(refused(&s, "exit", w), 1);
+}
+
+#[test]
+fn route_floods_are_bounded_per_peer_and_per_node() {
+    let limits = sapper_shared::peer_limits::PeerLimits {
+        max_routes_per_peer: 100,
+        max_routes: 150,
+        ..Default::default()
+    };
+    let mut s = Sim::new(vec![
+        Spec::new("entry")
+            .tun()
+            .connects()
+            .posture(secure(Some(RoleEntry)))
+            .limits(limits.clone()),
+        Spec::new("exit")
+            .listens()
+            .announce(PRIVATE)
+            .posture(secure(Some(RoleExit))),
+        Spec::new("rogue").listens().posture(secure(Some(RoleExit))),
+        Spec::new("rogue2")
+            .listens()
+            .posture(secure(Some(RoleExit))),
+    ]);
+    let _honest = s.connect("entry", "exit");
+    let rogue = s.connect("entry", "rogue");
+    let rogue2 = s.connect("entry", "rogue2");
+    for batch in 0..10u32 {
+        let prefixes: Vec<String> = (0..100u32)
+            .map(|i| format!("10.{}.{}.0/24", 100 + batch, i))
+            .collect();
+        let refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        s.inject_from(rogue, "rogue", update(&refs, "rogue"));
+        let prefixes2: Vec<String> = (0..100u32)
+            .map(|i| format!("172.{}.{}.0/24", 16 + batch, i))
+            .collect();
+        let refs: Vec<&str> = prefixes2.iter().map(String::as_str).collect();
+        s.inject_from(rogue2, "rogue2", update(&refs, "rogue2"));
+    }
+    let owned = s.core("entry").route_links();
+    let by = |w: usize| {
+        let id = s.link_at(w, "entry");
+        owned.iter().filter(|(_, l)| *l == id).count()
+    };
+    assert_eq!(by(rogue), 100);
+    assert_eq!(owned.len(), 150);
+    assert_eq!(by(rogue2), 49);
+    // The honest exit's prefix is still there and still its own.
+    assert!(owner(&s, "entry", PRIVATE).is_some());
+    assert_eq!(refused(&s, "entry", rogue), 900);
+    // The origin is one shared name per update, and must be a node name.
+    s.inject_from(rogue, "rogue", update(&["10.200.0.0/16"], "bad\norigin"));
+    assert_eq!(refused(&s, "entry", rogue), 901);
+}
+
+#[test]
+fn control_floods_are_rate_limited_and_counted_the_link_stays() {
+    let limits = sapper_shared::peer_limits::PeerLimits {
+        control_rate: 10,
+        control_burst: 20,
+        ..Default::default()
+    };
+    let mut s = Sim::new(vec![
+        Spec::new("entry")
+            .tun()
+            .connects()
+            .posture(secure(Some(RoleEntry)))
+            .limits(limits),
+        Spec::new("rogue").listens().posture(secure(Some(RoleExit))),
+    ]);
+    let w = s.connect("entry", "rogue");
+    let id = s.link_at(w, "entry");
+    let before = s.core("entry").link(id).unwrap().info.control_drops;
+    for i in 0..1000u64 {
+        s.inject_from(w, "rogue", Body::Ping(Ping { timestamp_ms: i }));
+    }
+    let drops = s.core("entry").link(id).unwrap().info.control_drops - before;
+    // At most the burst (less what the handshake's messages took) got through.
+    assert!(drops >= 1000 - 20, "only {drops} dropped");
+    assert_eq!(s.core("entry").links().len(), 1, "the link was kept");
+    // The bucket refills with time.
+    s.advance(Duration::from_secs(2));
+    let d0 = s.core("entry").link(id).unwrap().info.control_drops;
+    s.inject_from(w, "rogue", Body::Ping(Ping { timestamp_ms: 5000 }));
+    assert_eq!(s.core("entry").link(id).unwrap().info.control_drops, d0);
+}
+
+#[test]
+fn a_route_covering_the_underlay_is_learned_but_never_installed() {
+    let mut s = Sim::new(vec![
+        Spec::new("entry")
+            .tun()
+            .connects()
+            .protect("198.51.100.0/24")
+            .protect("198.51.100.1/32"),
+        Spec::new("exit")
+            .listens()
+            .announce(PRIVATE)
+            .announce("198.51.0.0/16")
+            .announce("198.51.100.128/25"),
+    ]);
+    s.connect("entry", "exit");
+    let tun = &s.nodes[s.idx("entry")].tun_routes;
+    assert!(tun.contains(&net(PRIVATE)), "{tun:?}");
+    assert!(!tun.contains(&net("198.51.0.0/16")), "{tun:?}");
+    assert!(!tun.contains(&net("198.51.100.128/25")), "{tun:?}");
+    // A route covering the peer's own address (the sim's peers are
+    // 192.0.2.x) is never installed either.
+    let mut s = Sim::new(vec![
+        Spec::new("entry").tun().connects(),
+        Spec::new("exit").listens().announce("192.0.2.0/24"),
+    ]);
+    s.connect("entry", "exit");
+    assert!(s.nodes[s.idx("entry")].tun_routes.is_empty());
+}
+
+#[test]
+fn allowed_sources_restrict_what_a_link_may_own() {
+    let mut s = Sim::new(vec![
+        Spec::new("entry")
+            .tun()
+            .connects()
+            .address("10.99.0.1")
+            .posture(secure(Some(RoleEntry))),
+        Spec::new("exit")
+            .listens()
+            .address("10.99.0.2")
+            .posture(secure(Some(RoleExit))),
+        Spec::new("other")
+            .tun()
+            .connects()
+            .address("10.98.0.1")
+            .posture(secure(Some(RoleEntry))),
+    ]);
+    let w = s.connect_restricted("entry", "exit", Some(vec![net("10.99.0.0/24")]));
+    let w2 = s.connect_restricted("other", "exit", Some(vec![net("10.99.0.0/24")]));
+    // Inside the restriction: owned. Outside: refused and counted.
+    assert_eq!(
+        owner(&s, "exit", "10.99.0.1/32"),
+        Some(s.link_at(w, "exit"))
+    );
+    assert_eq!(owner(&s, "exit", "10.98.0.1/32"), None);
+    assert_eq!(refused(&s, "exit", w2), 1);
+    // The forwarding table then lets the link send only from what it owns.
+    let f = s.core("exit").forwarding();
+    let t = sapper_control::ForwardingTable::build(&f, |id| Some(id.0));
+    let ip = |a: &str| a.parse::<std::net::IpAddr>().unwrap();
+    assert!(t.source_allowed(ip("10.99.0.1"), None, s.link_at(w, "exit")));
+    assert!(!t.source_allowed(ip("10.99.0.1"), None, s.link_at(w2, "exit")));
+    assert!(!t.source_allowed(ip("10.98.0.1"), None, s.link_at(w2, "exit")));
+}

@@ -3,6 +3,7 @@
 //! `--json` for scripts.
 
 mod client;
+mod init;
 mod render;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -78,10 +79,15 @@ enum Command {
         #[arg(long)]
         ws_path: Option<String>,
     },
-    /// Close the link to a peer.
+    /// Close the link to a peer (a configured connector redials it unless
+    /// --stay).
     Disconnect {
         /// Unique prefix of the peer's name.
         peer: String,
+        /// Also stop redialling it, until netd restarts or a reload
+        /// (SIGHUP) that still lists its connect entry.
+        #[arg(long)]
+        stay: bool,
     },
     /// Add or remove a route on the TUN (privd checks its allow-list).
     Route {
@@ -107,8 +113,23 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), or write sapperctl.1 and one
+    /// sapperctl-COMMAND.1 per command into a directory.
+    Man {
+        /// Write the pages here instead of printing sapperctl.1.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// Print a fresh random PSK (32 bytes as hex), or write it to a new
+    /// file with mode 0600.
+    Genpsk {
+        /// Write here instead of stdout (refused if the file exists).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write a commented config, a fresh PSK (0600) and the certificate for
+    /// an entry or an exit; print the fingerprint and what the other side needs.
+    Init(Box<init::InitArgs>),
 }
 
 #[derive(Subcommand)]
@@ -209,7 +230,26 @@ fn main() -> ExitCode {
             out!("{}", String::from_utf8_lossy(&buf).trim_end());
             return ExitCode::SUCCESS;
         }
-        Command::Man => {
+        Command::Man { out_dir: Some(dir) } => {
+            return match write_man_pages(&dir) {
+                Ok(n) => {
+                    if args.json {
+                        out!(
+                            "{}",
+                            serde_json::json!({"dir": dir.display().to_string(), "pages": n})
+                        );
+                    } else {
+                        out!("wrote {n} man pages to {}", dir.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sapperctl man: {e}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            };
+        }
+        Command::Man { out_dir: None } => {
             let mut buf = Vec::new();
             if let Err(e) = clap_mangen::Man::new(Args::command()).render(&mut buf) {
                 eprintln!("sapperctl: rendering the man page: {e}");
@@ -217,6 +257,23 @@ fn main() -> ExitCode {
             }
             out!("{}", String::from_utf8_lossy(&buf).trim_end());
             return ExitCode::SUCCESS;
+        }
+        Command::Genpsk { out } => return genpsk(out.as_deref(), args.json),
+        Command::Init(a) => {
+            return match init::run(&a) {
+                Ok(report) => {
+                    if args.json {
+                        out!("{}", report.json());
+                    } else {
+                        out!("{}", report.text());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sapperctl init: {e:#}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            };
         }
         Command::Privd {
             action: PrivdAction::Status,
@@ -250,7 +307,7 @@ fn main() -> ExitCode {
             transport,
             ws_path: ws_path.unwrap_or_default(),
         }),
-        Command::Disconnect { peer } => Req::Disconnect(DisconnectRequest { peer }),
+        Command::Disconnect { peer, stay } => Req::Disconnect(DisconnectRequest { peer, stay }),
         Command::Route { action } => Req::RouteChange(match action {
             RouteAction::Add { prefix } => RouteChangeRequest { prefix, add: true },
             RouteAction::Del { prefix } => RouteChangeRequest { prefix, add: false },
@@ -263,7 +320,10 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    match client.call(req) {
+    match client
+        .call(req)
+        .and_then(|first| more_pages(&mut client, first))
+    {
         Ok(Resp::Error(e)) => {
             eprintln!("sapperctl: {} ({})", e.message, render::error_code(e.code));
             ExitCode::from(EXIT_FAILED)
@@ -273,6 +333,100 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
+    }
+}
+
+/// sapperctl.1 and one page per command, as the package installs them.
+fn write_man_pages(dir: &std::path::Path) -> std::io::Result<usize> {
+    std::fs::create_dir_all(dir)?;
+    let cmd = Args::command();
+    let mut n = 0;
+    let mut write = |name: &str, c: clap::Command| -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c).title(name).render(&mut buf)?;
+        std::fs::write(dir.join(format!("{name}.1")), buf)?;
+        n += 1;
+        Ok(())
+    };
+    write("sapperctl", cmd.clone())?;
+    for sub in cmd.get_subcommands() {
+        let name = format!("sapperctl-{}", sub.get_name());
+        write(&name, sub.clone())?;
+    }
+    Ok(n)
+}
+
+fn genpsk(path: Option<&std::path::Path>, json: bool) -> ExitCode {
+    let psk = match init::fresh_psk() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("sapperctl genpsk: {e:#}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match path {
+        None => {
+            // The operator asked for it on the terminal.
+            out!("{}", psk.trim_end());
+        }
+        Some(p) => {
+            if let Err(e) = init::write_new(p, psk.as_bytes(), 0o600, false) {
+                eprintln!("sapperctl genpsk: {e:#}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+            if json {
+                out!(
+                    "{}",
+                    serde_json::json!({"psk_file": p.display().to_string(), "mode": "0600"})
+                );
+            } else {
+                out!("wrote {} (mode 0600)", p.display());
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `peers` and `routes` come one frame-sized page at a time: asks for the
+/// rest from where the last page ended, until `total` (or an empty page,
+/// or a bound on the number of pages) is reached.
+fn more_pages(client: &mut Client, first: Resp) -> Result<Resp, client::ClientError> {
+    const MAX_PAGES: usize = 100_000;
+    match first {
+        Resp::Routes(mut r) => {
+            for _ in 0..MAX_PAGES {
+                if r.routes.len() >= r.total as usize {
+                    break;
+                }
+                let next = client.call(Req::Routes(
+                    sapper_shared::proto::management::RoutesRequest {
+                        offset: r.routes.len() as u32,
+                    },
+                ))?;
+                match next {
+                    Resp::Routes(p) if !p.routes.is_empty() => r.routes.extend(p.routes),
+                    _ => break,
+                }
+            }
+            Ok(Resp::Routes(r))
+        }
+        Resp::Peers(mut r) => {
+            for _ in 0..MAX_PAGES {
+                if r.peers.len() >= r.total as usize {
+                    break;
+                }
+                let next =
+                    client.call(Req::Peers(sapper_shared::proto::management::PeersRequest {
+                        offset: r.peers.len() as u32,
+                    }))?;
+                match next {
+                    Resp::Peers(p) if !p.peers.is_empty() => r.peers.extend(p.peers),
+                    _ => break,
+                }
+            }
+            Ok(Resp::Peers(r))
+        }
+        other => Ok(other),
     }
 }
 

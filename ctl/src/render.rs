@@ -87,6 +87,9 @@ pub fn peer_json(p: &PeerInfo) -> Value {
         "packets_in": p.packets_in,
         "packets_out": p.packets_out,
         "drops": p.drops,
+        "source_drops": p.source_drops,
+        "control_drops": p.control_drops,
+        "routes_refused": p.routes_refused,
         "connected_at": p.connected_at,
         "routes": p.routes,
         "link_reason": p.link_reason,
@@ -133,9 +136,20 @@ pub fn duration(s: u64) -> String {
 }
 
 /// Left-aligned columns sized to their widest cell.
+/// What a daemon (and so possibly a peer) put in a string, fit for a
+/// terminal: control characters escaped, length bounded.
+pub fn clean(s: &str) -> String {
+    sapper_shared::text::sanitize(s, sapper_shared::text::MAX_PEER_STRING)
+}
+
+/// Left-aligned columns sized to their widest cell; every cell cleaned.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clean(c)).collect())
+        .collect();
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             width[i] = width[i].max(c.chars().count());
         }
@@ -151,7 +165,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
             .to_string()
     };
     let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
-    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.extend(rows.into_iter().map(line));
     out.join("\n")
 }
 
@@ -342,7 +356,7 @@ pub fn event_line(ev: &Event, json_out: bool) -> String {
         Some(event::Body::Error(e)) => format!("error: {e}"),
         None => "unknown event".into(),
     };
-    format!("{} {text}", ev.timestamp_ms)
+    format!("{} {}", ev.timestamp_ms, clean(&text))
 }
 
 pub fn privd_status(s: &PrivStatus, json_out: bool) -> String {
@@ -384,6 +398,28 @@ pub fn privd_status(s: &PrivStatus, json_out: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_strings_reach_the_terminal_escaped_and_bounded() {
+        let ev = Event {
+            timestamp_ms: 1,
+            body: Some(event::Body::PeerDisconnected(
+                sapper_shared::proto::management::PeerDisconnected {
+                    name: "rogue".into(),
+                    reason: format!("bye\x1b[2J\r\nfake line{}", "x".repeat(5000)),
+                },
+            )),
+        };
+        let line = event_line(&ev, false);
+        assert!(
+            !line.contains('\x1b') && !line.contains('\n') && !line.contains('\r'),
+            "{line}"
+        );
+        assert!(line.contains("\\u{1b}[2J"), "{line}");
+        assert!(line.len() < 400, "{}", line.len());
+        let t = table(&["A"], &[vec!["a\u{202e}b".into()]]);
+        assert!(t.contains("a\\u{202e}b"), "{t}");
+    }
 
     #[test]
     fn units_and_tables() {
@@ -441,6 +477,7 @@ mod tests {
                 }),
                 ..Default::default()
             }],
+            ..Default::default()
         };
         let text = render(&Resp::Peers(peers.clone()), false);
         assert!(
@@ -457,6 +494,7 @@ mod tests {
         // A netd without the field: null in JSON, "-" in the table.
         let old = PeersResponse {
             peers: vec![PeerInfo::default()],
+            ..Default::default()
         };
         let v: Value = serde_json::from_str(&render(&Resp::Peers(old), true)).unwrap();
         assert!(v["peers"][0]["tls"].is_null());
@@ -500,6 +538,7 @@ mod tests {
                 }),
                 ..Default::default()
             }],
+            ..Default::default()
         };
         let text = render(&Resp::Peers(peers.clone()), false);
         assert!(text.contains("EXIT FLOWS"), "{text}");

@@ -249,6 +249,19 @@ pub fn ready(node: &Arc<Node>) {
 }
 
 /// STOPPING=1: shutdown has begun.
+/// SIGHUP: re-reading the config (systemd shows "reloading").
+pub fn reloading() {
+    notify(&[
+        NotifyState::Reloading,
+        NotifyState::Status("reloading the config"),
+    ]);
+}
+
+/// The reload is over (applied or refused).
+pub fn reloaded() {
+    notify(&[NotifyState::Ready]);
+}
+
 pub fn stopping() {
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }

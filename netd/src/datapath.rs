@@ -92,6 +92,16 @@ pub struct Counters {
     pub packets_in: AtomicU64,
     pub packets_out: AtomicU64,
     pub drops: AtomicU64,
+    /// Of `drops`: the link's send queue was full.
+    pub drops_queue_full: AtomicU64,
+    /// Of `drops`: arrived while forwarding was off, from an unknown link,
+    /// or with no readable destination.
+    pub drops_not_forwarded: AtomicU64,
+    /// Packets whose source this link may not send from (also in `drops`).
+    pub source_drops: AtomicU64,
+    /// Control messages dropped by the link's rate limit before they reach
+    /// the driver.
+    pub control_drops: AtomicU64,
 }
 
 /// What the data path holds for one link.
@@ -121,6 +131,7 @@ impl LinkData {
             self.counters.bytes_out.fetch_add(len, Relaxed);
         } else {
             self.counters.drops.fetch_add(1, Relaxed);
+            self.counters.drops_queue_full.fetch_add(1, Relaxed);
         }
     }
 }
@@ -180,7 +191,19 @@ impl DataPath {
         let dst = routing::destination(&pkt);
         if !table.forwarding || table.link(from.id).is_none() || dst.is_none() {
             c.drops.fetch_add(1, Relaxed);
+            c.drops_not_forwarded.fetch_add(1, Relaxed);
             return;
+        }
+        // Allowed sources: a link sends only from what it owns (its
+        // addresses and accepted routes), checked on the same immutable
+        // table, with no lock and no allocation.
+        match routing::source(&pkt) {
+            Some(src) if table.source_allowed(src, dst, from.id) => {}
+            _ => {
+                c.drops.fetch_add(1, Relaxed);
+                c.source_drops.fetch_add(1, Relaxed);
+                return;
+            }
         }
         if table.relay {
             // A relay has no TUN in the path: packets go on to the

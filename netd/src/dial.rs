@@ -24,31 +24,46 @@ async fn dial_once(
     target: &Target,
     tls: &Arc<rustls::ClientConfig>,
 ) -> Result<()> {
+    let allowed = target.allowed_sources().map(<[_]>::to_vec);
+    let deadline = tokio::time::Instant::now() + node.cfg.handshake_timeout.millis();
     match target.transport() {
         Transport::Quic => {
             let link = quic::connect(&node.cfg, target, tls.clone()).await?;
-            run_link(node.clone(), link, Direction::Outbound).await
+            run_link(node.clone(), link, Direction::Outbound, deadline, allowed).await
         }
         Transport::Ws => {
             let link = ws::connect(&node.cfg, target, tls.clone()).await?;
-            run_link(node.clone(), link, Direction::Outbound).await
+            run_link(node.clone(), link, Direction::Outbound, deadline, allowed).await
         }
     }
 }
 
-pub async fn connector(node: Arc<Node>, target: Target, tls: Arc<rustls::ClientConfig>) {
+/// Dials `target` and redials it with backoff until `stop` is cancelled
+/// (shutdown, a reload that removed the entry, `disconnect --stay`).
+/// A link that is up is left to end on its own (the reload closes it
+/// through the core, so its end is reported like any other); `stop` is
+/// checked before every dial.
+pub async fn connector_until(
+    node: Arc<Node>,
+    target: Target,
+    tls: Arc<rustls::ClientConfig>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let mut backoff = Backoff::new(node.cfg.reconnect.min_ms(), node.cfg.reconnect.max_ms());
     loop {
+        if stop.is_cancelled() {
+            return;
+        }
         match dial_once(&node, &target, &tls).await {
             Ok(()) => backoff.reset(),
             Err(e) => {
-                tracing::warn!(peer = %target.address(), transport = target.transport().as_str(), error = %format!("{e:#}"), "connection failed")
+                tracing::warn!(peer = %target.address(), transport = target.transport().as_str(), error = %sapper_shared::text::sanitize(&format!("{e:#}"), sapper_shared::text::MAX_PEER_STRING), "connection failed")
             }
         }
         let delay = backoff.next_delay(random_u32());
         tracing::debug!(peer = %target.address(), ?delay, "reconnecting after delay");
         tokio::select! {
-            _ = node.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
     }

@@ -68,6 +68,7 @@ impl Driver {
                 } => {
                     self.privd_task = None;
                     for (req, outcome) in r.unwrap_or_default() {
+                        crate::metrics::privd_outcome(outcome);
                         self.core.handle_route_result(req, outcome);
                     }
                 }
@@ -87,6 +88,7 @@ impl Driver {
         let now = Instant::now();
         match input {
             Input::LinkUp { id, up, handle } => {
+                crate::restarted::replace_stale(&mut self.core, &up);
                 self.links.insert(id, handle);
                 self.core.handle_link_up(now, id, *up);
             }
@@ -94,7 +96,13 @@ impl Driver {
                 self.links.remove(&id);
                 self.core.handle_link_down(now, id, &reason);
             }
-            Input::Control { id, msg } => self.core.handle_control(now, id, msg),
+            Input::Control { id, msg } => {
+                let pong = crate::metrics::is_pong(&msg);
+                self.core.handle_control(now, id, msg);
+                if pong {
+                    crate::metrics::pong_seen(&self.core, id);
+                }
+            }
             Input::Inspect(f) => f(&mut self.core, &self.links),
             Input::Ping { link, reply } => {
                 let name = self

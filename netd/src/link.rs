@@ -53,6 +53,9 @@ pub trait Link: Send + 'static {
     async fn recv_control(&mut self) -> Result<Vec<u8>>;
     /// The sender the data path uses to queue packets to the peer.
     fn packet_tx(&mut self) -> Box<dyn PacketTx>;
+    /// The peer's proof verified: give back the pre-auth place and lift
+    /// the pre-auth limits.
+    fn authenticated(&mut self) {}
     /// After registration: start handing received packets to `inbound`.
     fn start(&mut self, inbound: Inbound);
     /// Closes the link (after a failed handshake too).
@@ -61,21 +64,50 @@ pub trait Link: Send + 'static {
 
 /// Runs the Sapper handshake over `link`. On rejection the peer is told why
 /// (typed code, no secrets) and an error is returned; the caller closes.
-async fn handshake<L: Link>(node: &Node, link: &mut L, side: Side) -> Result<Accepted> {
+async fn handshake<L: Link>(
+    node: &Node,
+    link: &mut L,
+    side: Side,
+    deadline: tokio::time::Instant,
+) -> Result<Accepted> {
     let remote = link.remote();
+    let _preauth = crate::metrics::recorded().preauth();
     let local = node.inspect(|core, _| core.local_handshake()).await?;
     let mut hs = Handshaker::new(local, side, link.channel_binding(), node.psk.clone());
-    let timeout = node.cfg.handshake_timeout.millis();
-    let result = tokio::time::timeout(timeout, async {
-        link.send_control(&hs.outgoing()).await?;
+    // The ordering is the protocol's (see `sapper_shared::proof`): the
+    // dialler, which has already authenticated the listener by pin or CA
+    // in TLS, speaks first; the listener answers only once the dialler's
+    // proof verified, so an anonymous TLS client learns nothing.
+    let result = tokio::time::timeout_at(deadline, async {
+        if side == Side::Client {
+            link.send_control(&hs.outgoing()).await?;
+        }
         let body = link.recv_control().await?;
-        Ok::<_, anyhow::Error>(hs.receive(&body))
+        let verdict = hs.receive(&body);
+        if verdict.is_ok() {
+            link.authenticated();
+            if side == Side::Server {
+                link.send_control(&hs.outgoing()).await?;
+            }
+        }
+        Ok::<_, anyhow::Error>(verdict)
     })
     .await;
     let verdict = match result {
-        Err(_) => Err(anyhow!("timed out after {timeout:?}")),
-        Ok(Err(e)) => Err(e.context("link failed during handshake")),
+        Err(_) => {
+            crate::metrics::recorded().handshake_refused("timeout");
+            Err(anyhow!(
+                "timed out ({} ms for TLS, upgrade and handshake together)",
+                node.cfg.handshake_timeout.get()
+            ))
+        }
+        Ok(Err(e)) => {
+            crate::metrics::recorded().handshake_refused("link_failed");
+            Err(e.context("link failed during handshake"))
+        }
         Ok(Ok(Err(reject))) => {
+            crate::metrics::recorded()
+                .handshake_refused(&crate::metrics::reject_reason(reject.code()));
             let msg = ControlMessage {
                 body: Some(Body::Error(ControlError {
                     code: reject.code() as i32,
@@ -89,6 +121,7 @@ async fn handshake<L: Link>(node: &Node, link: &mut L, side: Side) -> Result<Acc
     };
     match &verdict {
         Ok(a) => {
+            crate::metrics::recorded().handshake_accepted(&a.peer.name);
             let tls = link.tls();
             tracing::info!(
                 sapper_event = "handshake_accepted",
@@ -105,7 +138,7 @@ async fn handshake<L: Link>(node: &Node, link: &mut L, side: Side) -> Result<Acc
         }
         Err(e) => {
             node.data.stats.handshake_failures.fetch_add(1, Relaxed);
-            tracing::warn!(sapper_event = "handshake_refused", %remote, reason = %format!("{e:#}"), "handshake rejected");
+            tracing::warn!(sapper_event = "handshake_refused", %remote, reason = %sapper_shared::text::sanitize(&format!("{e:#}"), sapper_shared::text::MAX_PEER_STRING), "handshake rejected");
         }
     }
     verdict
@@ -116,17 +149,26 @@ async fn handshake<L: Link>(node: &Node, link: &mut L, side: Side) -> Result<Acc
 /// handshake (`reason` names the groups offered and accepted).
 pub fn tls_refused(node: &Node, remote: SocketAddr, transport: &str, reason: &str) {
     node.data.stats.handshake_failures.fetch_add(1, Relaxed);
+    crate::metrics::recorded().handshake_refused("tls_key_exchange");
     tracing::warn!(sapper_event = "handshake_refused", %remote, transport, reason, "TLS handshake refused");
 }
 
 /// Supervises one link from the handshake to its end. Returns Err when the
-/// handshake fails, Ok when an established link ends.
-pub async fn run_link<L: Link>(node: Arc<Node>, mut link: L, direction: Direction) -> Result<()> {
+/// handshake fails, Ok when an established link ends. `deadline` is the one
+/// deadline for everything before the Sapper handshake passed (TLS and the
+/// WebSocket upgrade already ran against it).
+pub async fn run_link<L: Link>(
+    node: Arc<Node>,
+    mut link: L,
+    direction: Direction,
+    deadline: tokio::time::Instant,
+    allowed_sources: Option<Vec<ipnet::IpNet>>,
+) -> Result<()> {
     let side = match direction {
         Direction::Outbound => Side::Client,
         Direction::Inbound => Side::Server,
     };
-    let accepted = match handshake(&node, &mut link, side).await {
+    let accepted = match handshake(&node, &mut link, side, deadline).await {
         Ok(a) => a,
         Err(e) => {
             link.close("handshake rejected").await;
@@ -146,6 +188,7 @@ pub async fn run_link<L: Link>(node: Arc<Node>, mut link: L, direction: Directio
         transport,
         direction,
         connected_at_unix_s: crate::node::unix_ms() / 1000,
+        allowed_sources,
     };
     let handle = LinkHandle {
         data: data.clone(),
@@ -165,10 +208,17 @@ pub async fn run_link<L: Link>(node: Arc<Node>, mut link: L, direction: Directio
     }
     link.start(Inbound {
         data: node.data.clone(),
-        link: data,
+        link: data.clone(),
     });
     tracing::info!(sapper_event = "peer_connected", peer = %name, %remote, transport = transport.as_str(), "peer connected");
 
+    // The rate limit on control messages sits here, before the driver's
+    // queue: a flood costs this task a counter, never the driver's
+    // attention (the core applies the same bound again, deterministically).
+    let rate = f64::from(node.cfg.limits.control_rate);
+    let burst = f64::from(node.cfg.limits.control_burst);
+    let mut tokens = burst;
+    let mut last = std::time::Instant::now();
     let reason = loop {
         tokio::select! {
             _ = close.cancelled() => break "closed".to_string(),
@@ -182,14 +232,23 @@ pub async fn run_link<L: Link>(node: Arc<Node>, mut link: L, direction: Directio
             m = control_rx.recv() => match m {
                 Some(m) => {
                     if let Err(e) = link.send_control(&m).await {
-                        break format!("{e:#}");
+                        break sapper_shared::text::sanitize(&format!("{e:#}"), sapper_shared::text::MAX_PEER_STRING);
                     }
                 }
                 None => break "closed".to_string(),
             },
             body = link.recv_control() => match body {
                 Ok(body) => match sapper_shared::framing::decode::<ControlMessage>(&body) {
+                    Ok(_) if {
+                        let now = std::time::Instant::now();
+                        tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(burst);
+                        last = now;
+                        tokens < 1.0
+                    } => {
+                        data.counters.control_drops.fetch_add(1, Relaxed);
+                    }
                     Ok(msg) => {
+                        tokens -= 1.0;
                         if node.tell(Input::Control { id, msg }).await.is_err() {
                             break "driver unavailable".to_string();
                         }
@@ -200,8 +259,11 @@ pub async fn run_link<L: Link>(node: Arc<Node>, mut link: L, direction: Directio
                     }
                 },
                 Err(e) => {
-                    tracing::debug!(peer = %name, error = %format!("{e:#}"), "control channel ended");
-                    break "link task ended".to_string();
+                    let why = sapper_shared::text::sanitize(&format!("{e:#}"), sapper_shared::text::MAX_PEER_STRING);
+                    tracing::debug!(peer = %name, error = %why, "control channel ended");
+                    // The cause ("reset by peer": a restarted peer's QUIC
+                    // stateless reset) is what an operator reads in the log.
+                    break format!("link task ended: {why}");
                 }
             },
         }

@@ -19,14 +19,25 @@ fn record(node: &Node, address: String, transport: &str) {
     }
 }
 
+/// `allowed_sources` of the configured listener at `addr`.
+fn allowed(node: &Node, addr: &str) -> Option<Arc<Vec<ipnet::IpNet>>> {
+    node.cfg
+        .listen
+        .iter()
+        .find(|l| l.address.to_string() == addr)
+        .and_then(|l| l.allowed_sources.clone())
+        .map(Arc::new)
+}
+
 /// Serves QUIC on a bound UDP socket.
 pub fn quic(node: &Arc<Node>, sock: std::net::UdpSocket, addr: String) -> Result<()> {
     let kx = node.cfg.tls.key_exchange;
     let tls = tls::ServerTls::new(&node.identity, &[tls::ALPN_QUIC], kx)?;
     let (ep, server) = quic::server_endpoint(sock, &node.cfg, tls)?;
     tracing::info!(address = %addr, key_exchange = kx.as_str(), "listening (QUIC)");
+    let allowed = allowed(node, &addr);
     record(node, addr, "quic");
-    tokio::spawn(quic::accept_loop(node.clone(), ep, server));
+    tokio::spawn(quic::accept_loop(node.clone(), ep, server, allowed));
     Ok(())
 }
 
@@ -36,7 +47,8 @@ pub fn ws(node: &Arc<Node>, sock: std::net::TcpListener, addr: String, path: Str
     let tls = Arc::new(tls::ServerTls::new(&node.identity, &[b"http/1.1"], kx)?);
     let listener = tokio::net::TcpListener::from_std(sock).context("registering the listener")?;
     tracing::info!(address = %addr, %path, key_exchange = kx.as_str(), "listening (WebSocket)");
+    let allowed = allowed(node, &addr);
     record(node, addr, "ws");
-    tokio::spawn(ws::accept_loop(node.clone(), listener, tls, path));
+    tokio::spawn(ws::accept_loop(node.clone(), listener, tls, path, allowed));
     Ok(())
 }

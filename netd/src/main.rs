@@ -12,16 +12,23 @@ mod inputs;
 mod link;
 mod listen;
 mod logging;
+mod metrics;
+mod metrics_http;
 mod mgmt;
 mod mgmt_socket;
 mod node;
+mod preauth;
 mod privs;
 mod quic;
 mod quic_tls;
+mod reload;
+mod reset_key;
+mod restarted;
 mod seccomp;
 mod target;
 mod tls;
 mod tun;
+mod underlay;
 mod ws;
 
 use anyhow::{Context, Result};
@@ -84,6 +91,8 @@ struct Bound {
     quic: Vec<(std::net::UdpSocket, String)>,
     ws: Vec<(std::net::TcpListener, String, String)>,
     mgmt: std::os::unix::net::UnixListener,
+    /// `[netd.metrics]`'s listener.
+    metrics: Option<metrics_http::Listener>,
 }
 
 fn run(args: Args) -> Result<()> {
@@ -105,6 +114,7 @@ fn run(args: Args) -> Result<()> {
     // "%d/name" paths: files systemd's LoadCredential= put in place.
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     cfg.expand_credentials(&file, creds.as_deref())?;
+    let node_debug = format!("{:?}", cfg.node);
     let netd = cfg
         .netd
         .with_context(|| format!("{file}: no [netd] section"))?;
@@ -122,6 +132,8 @@ fn run(args: Args) -> Result<()> {
         println!("{fingerprint}");
         return Ok(());
     }
+    // Read while netd may still write state_dir (before the sandbox).
+    reset_key::init(&netd.state_dir)?;
     if generated {
         tracing::info!(%fingerprint, dir = %netd.state_dir.display(), "generated a self-signed certificate");
     }
@@ -152,6 +164,16 @@ fn run(args: Args) -> Result<()> {
         }
     };
 
+    if let Some(p) = &psk {
+        if p.len() < sapper_shared::psk::RECOMMENDED_PSK_LEN {
+            tracing::warn!(
+                psk_bytes = p.len(),
+                "the PSK is shorter than {} bytes: use {} random bytes (e.g. `head -c 32 /dev/urandom | base64`)",
+                sapper_shared::psk::RECOMMENDED_PSK_LEN,
+                sapper_shared::psk::RECOMMENDED_PSK_LEN
+            );
+        }
+    }
     let posture = sapper_shared::posture::resolve(&cfg.node, &netd)
         .with_context(|| format!("{file}: [node]"))?;
     if !posture.secure {
@@ -182,10 +204,15 @@ fn run(args: Args) -> Result<()> {
     privs::no_core_dumps()?;
     tracing::info!(uid = %nix::unistd::getuid(), "dropped privileges; no capabilities held");
 
-    let tun = match &netd.privd_socket {
-        Some(path) => Some(open_tun(path, privd_uid)?),
-        None => None,
+    let (tun, tun_name) = match &netd.privd_socket {
+        Some(path) => {
+            let (t, name) = open_tun(path, privd_uid)?;
+            (Some(t), Some(name))
+        }
+        None => (None, None),
     };
+    // Read now: the sandbox closes /proc/net below.
+    let protected = underlay::protected(tun_name.as_deref());
 
     // Setup is done: sockets bound, secrets read, privileges dropped, the
     // TUN in hand. Both are applied before the runtime starts so that every
@@ -256,7 +283,8 @@ fn run(args: Args) -> Result<()> {
         .context("starting the async runtime")?;
     // Connect targets were parsed with the config: a bad one was an error
     // naming the file and key, not a retry loop later.
-    let targets = netd.connect.clone();
+    let running = (node_debug, netd.clone());
+    let config_file = args.config.clone();
     runtime.block_on(async move {
         let tun = match tun {
             Some(t) => Some(Arc::new(t()?)),
@@ -274,6 +302,24 @@ fn run(args: Args) -> Result<()> {
             installs_routes: tun.is_some() && netd.privd_socket.is_some(),
             ping_interval: netd.ping_interval.millis(),
             ping_miss_limit: netd.ping_miss_limit.as_u32(),
+            addresses: tun
+                .iter()
+                .flat_map(|t| t.addresses.iter())
+                .filter_map(|a| a.parse::<ipnet::IpNet>().ok().map(|n| n.addr()))
+                .collect(),
+            protected: {
+                let mut p = protected.clone();
+                // Connect targets given as literal addresses (names are
+                // resolved on every dial and covered by the gateway rule).
+                p.extend(netd.connect.iter().filter_map(|c| {
+                    c.address()
+                        .parse::<std::net::SocketAddr>()
+                        .ok()
+                        .map(|a| ipnet::IpNet::from(a.ip()))
+                }));
+                p
+            },
+            limits: netd.limits.clone(),
         };
         let core = sapper_control::Core::new(core_cfg, Instant::now());
         let summary = core.posture_summary();
@@ -294,7 +340,7 @@ fn run(args: Args) -> Result<()> {
             driver_tx,
         ));
         tokio::spawn(driver::Driver::new(core, node.clone()).run(driver_rx));
-        serve(node, bound, targets, summary).await
+        serve(node, bound, running, config_file, summary).await
     })
 }
 
@@ -397,6 +443,22 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
             }
         }
     }
+    let metrics = match &netd.metrics {
+        Some(m) => {
+            // The management socket's group reads metrics too.
+            let group = match &netd.management_group {
+                Some(g) => Some(
+                    nix::unistd::Group::from_name(g)?
+                        .with_context(|| format!("netd.management_group {g:?} does not exist"))?
+                        .gid,
+                ),
+                None => target.map(|t| t.gid),
+            };
+            let own = target.map_or(nix::unistd::geteuid().as_raw(), |t| t.uid.as_raw());
+            Some(metrics_http::bind(m, target.map(|t| t.uid), group, own)?)
+        }
+        None => None,
+    };
     let mgmt_passed = act.take_mgmt();
     let (more_quic, more_ws) = act.rest();
     for (s, addr) in more_quic {
@@ -411,20 +473,33 @@ fn bind_all(netd: &NetdConfig, target: Option<privs::Target>) -> Result<Bound> {
     if let Some(mgmt) = mgmt_passed {
         // Mode, owner and group were set by the socket unit.
         mgmt.set_nonblocking(true)?;
-        return Ok(Bound { quic, ws, mgmt });
+        return Ok(Bound {
+            quic,
+            ws,
+            mgmt,
+            metrics,
+        });
     }
     let mgmt = mgmt_socket::bind(
         &netd.management_socket,
         netd.management_group.as_deref(),
         target,
     )?;
-    Ok(Bound { quic, ws, mgmt })
+    Ok(Bound {
+        quic,
+        ws,
+        mgmt,
+        metrics,
+    })
 }
 
 /// Asks privd for the TUN, waiting a while for privd to come up (both are
 /// often started together). Returns a constructor to run inside the runtime,
 /// where the fd can be registered with the reactor.
-fn open_tun(path: &Path, privd_uid: Option<u32>) -> Result<impl FnOnce() -> Result<tun::Tun>> {
+fn open_tun(
+    path: &Path,
+    privd_uid: Option<u32>,
+) -> Result<(impl FnOnce() -> Result<tun::Tun>, String)> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut client = loop {
         match sapper_privd_client::PrivdClient::connect(path) {
@@ -452,15 +527,20 @@ fn open_tun(path: &Path, privd_uid: Option<u32>) -> Result<impl FnOnce() -> Resu
     }
     let (fd, info) = client.open_tun().context("asking privd for the TUN")?;
     tracing::info!(tun = %info.name, mtu = info.mtu, "received the TUN from privd");
-    Ok(move || {
-        tun::Tun::new(fd, info.name, info.mtu, info.addresses).context("registering the TUN")
-    })
+    let name = info.name.clone();
+    Ok((
+        move || {
+            tun::Tun::new(fd, info.name, info.mtu, info.addresses).context("registering the TUN")
+        },
+        name,
+    ))
 }
 
 async fn serve(
     node: Arc<Node>,
     bound: Bound,
-    targets: Vec<target::Target>,
+    running: (String, sapper_shared::config::NetdConfig),
+    config_file: PathBuf,
     posture: String,
 ) -> Result<()> {
     for (sock, addr) in bound.quic {
@@ -469,9 +549,10 @@ async fn serve(
     for (sock, addr, path) in bound.ws {
         listen::ws(&node, sock, addr, path)?;
     }
-    for target in targets {
-        let tls = target::Dial::client_tls(&target, node.cfg.tls.key_exchange)?;
-        tokio::spawn(dial::connector(node.clone(), target, tls));
+    let mut running = reload::Running::start(&node, &running.0, &running.1)?;
+    if let Some(l) = bound.metrics {
+        tracing::info!(on = %l.describe(), "metrics endpoint serving");
+        tokio::spawn(metrics_http::serve(node.clone(), l));
     }
     let mgmt = tokio::net::UnixListener::from_std(bound.mgmt)?;
     tokio::spawn(mgmt::serve(node.clone(), mgmt));
@@ -483,10 +564,22 @@ async fn serve(
     activation::ready(&node);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = node.shutdown.cancelled() => {}
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = node.shutdown.cancelled() => break,
+            _ = hup.recv() => {
+                activation::reloading();
+                match running.reload(&node, &config_file).await {
+                    Ok(()) => {}
+                    // The old configuration keeps running.
+                    Err(e) => tracing::error!(sapper_event = "config_refused", error = %format!("{e:#}"), "reload refused; the running configuration is unchanged"),
+                }
+                activation::reloaded();
+            }
+        }
     }
     activation::stopping();
     node.shutdown.cancel();

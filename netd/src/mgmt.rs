@@ -220,6 +220,26 @@ fn operator(e: OperatorError) -> Failure {
     (code, e.to_string())
 }
 
+/// Bytes of entries one page carries: with the response's own fields it
+/// stays well inside one management frame.
+const PAGE_BYTES: usize = framing::MAX_CONTROL_FRAME / 2;
+
+/// The entries from `offset` on that fit one page (at least one, so a
+/// client always makes progress; a single entry is bounded by the protocol).
+fn page<T: prost::Message>(items: impl IntoIterator<Item = T>, offset: usize) -> Vec<T> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for item in items.into_iter().skip(offset) {
+        let len = item.encoded_len() + 4;
+        if !out.is_empty() && bytes + len > PAGE_BYTES {
+            break;
+        }
+        bytes += len;
+        out.push(item);
+    }
+    out
+}
+
 /// A link's `peers` entry: the core's view plus the data path's counters.
 fn peer_info(node: &Node, v: LinkView, links: &Links) -> PeerInfo {
     let mut info = v.info;
@@ -230,6 +250,8 @@ fn peer_info(node: &Node, v: LinkView, links: &Links) -> PeerInfo {
         info.packets_in = c.packets_in.load(Relaxed);
         info.packets_out = c.packets_out.load(Relaxed);
         info.drops = c.drops.load(Relaxed);
+        info.source_drops = c.source_drops.load(Relaxed);
+        info.control_drops += c.control_drops.load(Relaxed);
         info.tls = Some(sapper_shared::proto::management::LinkTls {
             version: l.data.tls.version.clone(),
             cipher_suite: l.data.tls.cipher_suite.clone(),
@@ -266,7 +288,7 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
                 exit: node.exit.as_ref().map(|x| x.stats_proto()),
             }))
         }
-        Req::Peers(_) => {
+        Req::Peers(r) => {
             let n = node.clone();
             let peers = node
                 .inspect(move |core, links| {
@@ -277,7 +299,9 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
                 })
                 .await
                 .map_err(internal)?;
-            ok(Resp::Peers(PeersResponse { peers }))
+            let total = peers.len() as u32;
+            let peers = page(peers, r.offset as usize);
+            ok(Resp::Peers(PeersResponse { peers, total }))
         }
         Req::Stats(_) => {
             let (bytes_in, bytes_out, drops) = node
@@ -303,30 +327,63 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
                 bytes_out,
             }))
         }
-        Req::Routes(_) => {
+        Req::Routes(r) => {
             let routes = node
                 .inspect(|core, _| core.routes())
                 .await
                 .map_err(internal)?;
+            let total = routes.len() as u32;
+            let routes = routes
+                .into_iter()
+                .skip(r.offset as usize)
+                .map(|(prefix, peer)| RouteInfo {
+                    prefix: prefix.to_string(),
+                    peer,
+                });
             ok(Resp::Routes(RoutesResponse {
-                routes: routes
-                    .into_iter()
-                    .map(|(prefix, peer)| RouteInfo {
-                        prefix: prefix.to_string(),
-                        peer,
-                    })
-                    .collect(),
+                routes: page(routes, 0),
+                total,
             }))
         }
         Req::Disconnect(d) => {
-            node.inspect(move |core, _| {
-                let link = core.find_link(&d.peer)?;
-                core.disconnect(link, "disconnected by the operator");
-                Ok(())
-            })
-            .await
-            .map_err(internal)?
-            .map_err(operator)?;
+            let stay = d.stay;
+            let (link, address, outbound) = node
+                .inspect(move |core, _| {
+                    let link = core.find_link(&d.peer)?;
+                    let view = core.link(link);
+                    Ok((
+                        link,
+                        view.as_ref()
+                            .map(|v| v.info.address.clone())
+                            .unwrap_or_default(),
+                        view.is_some_and(|v| v.info.outbound),
+                    ))
+                })
+                .await
+                .map_err(internal)?
+                .map_err(operator)?;
+            if stay {
+                if !outbound {
+                    return Err((
+                        ErrorCode::InvalidArgument,
+                        format!("the peer at {address} dialled this node; --stay stops only this node's own connect entries (remove the peer's, or its PSK)"),
+                    ));
+                }
+                if crate::reload::stay_away(&address).await == 0 {
+                    return Err((
+                        ErrorCode::PeerNotFound,
+                        format!("no connect entry of this node dials {address}"),
+                    ));
+                }
+            }
+            let reason = if stay {
+                "disconnected by the operator (stays disconnected)"
+            } else {
+                "disconnected by the operator"
+            };
+            node.inspect(move |core, _| core.disconnect(link, reason))
+                .await
+                .map_err(internal)?;
             ok(Resp::Ok(MOk {}))
         }
         Req::Shutdown(_) => {
@@ -495,6 +552,7 @@ async fn connect(node: &Arc<Node>, c: ConnectRequest) -> Result<(), Failure> {
         fingerprint: Some(c.fingerprint),
         ca_file: None,
         ws_path: Some(c.ws_path),
+        allowed_sources: None,
     };
     let target = Target::try_from(fields).map_err(|e| bad(e.to_string()))?;
     let addr = target.resolve().await.map_err(|e| bad(format!("{e:#}")))?;
@@ -502,7 +560,8 @@ async fn connect(node: &Arc<Node>, c: ConnectRequest) -> Result<(), Failure> {
         .client_tls(node.cfg.tls.key_exchange)
         .map_err(|e| bad(format!("{e:#}")))?;
     let mut events = node.events.subscribe();
-    tokio::spawn(crate::dial::connector(node.clone(), target, tls));
+    drop(tls);
+    crate::reload::spawn_adhoc(node, &target).map_err(|e| bad(format!("{e:#}")))?;
     let wait = node.cfg.handshake_timeout.millis();
     let connected = tokio::time::timeout(wait, async {
         while let Ok(ev) = events.recv().await {

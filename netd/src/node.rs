@@ -42,6 +42,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// To the driver; bounded.
     pub driver: mpsc::Sender<Input>,
+    /// Connections not yet past the Sapper handshake (`netd.limits`).
+    pub preauth: Arc<crate::preauth::PreAuth>,
     next_link: AtomicU64,
 }
 
@@ -59,7 +61,10 @@ impl Node {
         shutdown: CancellationToken,
         driver: mpsc::Sender<Input>,
     ) -> Self {
+        let preauth =
+            crate::preauth::PreAuth::new(cfg.limits.max_preauth, cfg.limits.max_preauth_per_ip);
         Self {
+            preauth,
             cfg,
             identity,
             operator_gid,

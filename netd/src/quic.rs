@@ -24,6 +24,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 pub fn transport_config(node_cfg: &NetdConfig) -> Arc<quinn::TransportConfig> {
+    Arc::new(base_transport(node_cfg))
+}
+
+fn base_transport(node_cfg: &NetdConfig) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // Our own pings detect dead peers; QUIC's idle timeout is a backstop a
     // little beyond the point where keepalive would have given up.
@@ -38,10 +42,34 @@ pub fn transport_config(node_cfg: &NetdConfig) -> Arc<quinn::TransportConfig> {
     // Bounded buffers: a peer can fill them, so they have limits.
     t.datagram_receive_buffer_size(Some(4 << 20));
     t.datagram_send_buffer_size(4 << 20);
-    t.max_concurrent_uni_streams(16u32.into());
+    t.max_concurrent_uni_streams(MAX_BIG_STREAMS_WINDOW.into());
     t.max_concurrent_bidi_streams(1u32.into());
+    t.stream_receive_window(STREAM_WINDOW.into());
+    t.receive_window(AUTHENTICATED_WINDOW.into());
+    t
+}
+
+/// Flow-control window of one stream (a control frame or a big packet fits).
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// The connection's receive window once the peer proved the PSK.
+const AUTHENTICATED_WINDOW: u32 = 16 << 20;
+/// Big-packet streams a peer may have open once authenticated.
+const MAX_BIG_STREAMS_WINDOW: u32 = 16;
+
+/// The listener's transport config: until the dialler's proof verified, a
+/// connection may open only the control stream and send no more than one
+/// control frame's worth; [`QuicLink::authenticated`] raises both. (quinn
+/// fixes the datagram buffer per connection: datagrams arriving before the
+/// proof are read and discarded, see [`QuicLink::new`].)
+fn server_transport_config(node_cfg: &NetdConfig) -> Arc<quinn::TransportConfig> {
+    let mut t = base_transport(node_cfg);
+    t.max_concurrent_uni_streams(0u32.into());
+    t.receive_window(PREAUTH_WINDOW.into());
     Arc::new(t)
 }
+
+/// The connection's receive window before the proof verified.
+const PREAUTH_WINDOW: u32 = 2 * MAX_CONTROL_FRAME as u32;
 
 /// Socket buffer size asked for on QUIC sockets. The kernel's default
 /// (~200 KiB) overflows in bursts at a few hundred Mbit/s and every overflow
@@ -96,11 +124,11 @@ pub fn server_endpoint(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.shared())
         .context("building the QUIC server TLS config")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(transport_config(node_cfg));
+    server.transport_config(server_transport_config(node_cfg));
     size_buffers(&socket);
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        crate::reset_key::endpoint_config(),
         Some(server.clone()),
         socket,
         runtime,
@@ -109,27 +137,60 @@ pub fn server_endpoint(
     Ok((endpoint, Arc::new(QuicServer { tls, base: server })))
 }
 
-pub async fn accept_loop(node: Arc<Node>, endpoint: quinn::Endpoint, server: Arc<QuicServer>) {
+pub async fn accept_loop(
+    node: Arc<Node>,
+    endpoint: quinn::Endpoint,
+    server: Arc<QuicServer>,
+    allowed: Option<Arc<Vec<ipnet::IpNet>>>,
+) {
     loop {
         let incoming = tokio::select! {
             _ = node.shutdown.cancelled() => break,
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
+        // The gate first: a connection past the pre-auth cap costs nothing
+        // more; near the cap an unvalidated address is asked to Retry (one
+        // round trip, no state kept here) before it gets any.
+        let remote = incoming.remote_address();
+        if node.preauth.under_pressure()
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            let _ = incoming.retry();
+            continue;
+        }
+        let ticket = match node.preauth.admit(remote.ip()) {
+            Ok(t) => t,
+            Err(full) => {
+                tracing::debug!(%remote, ?full, "pre-auth cap reached; QUIC connection refused");
+                incoming.refuse();
+                continue;
+            }
+        };
         let node = node.clone();
         let server = server.clone();
+        let allowed = allowed.as_deref().cloned();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            if let Err(e) = accept_one(node, incoming, &server).await {
-                tracing::debug!(%remote, error = %format!("{e:#}"), "QUIC link ended");
+            if let Err(e) = accept_one(node, incoming, &server, ticket, allowed).await {
+                tracing::debug!(%remote, error = %sapper_shared::text::sanitize(&format!("{e:#}"), sapper_shared::text::MAX_PEER_STRING), "QUIC link ended");
             }
         });
     }
     endpoint.close(0u32.into(), b"shutdown");
 }
 
-async fn accept_one(node: Arc<Node>, incoming: quinn::Incoming, server: &QuicServer) -> Result<()> {
+async fn accept_one(
+    node: Arc<Node>,
+    incoming: quinn::Incoming,
+    server: &QuicServer,
+    ticket: crate::preauth::Ticket,
+    allowed: Option<Vec<ipnet::IpNet>>,
+) -> Result<()> {
     let remote = incoming.remote_address();
-    let timeout = node.cfg.handshake_timeout.millis();
+    // Counted until the link is handed to run_link.
+    let preauth = crate::metrics::recorded().preauth();
+    // One deadline for TLS, the control stream and the Sapper handshake.
+    let deadline = tokio::time::Instant::now() + node.cfg.handshake_timeout.millis();
     let (cfg, offered, probe) = server.for_connection()?;
     let failed = |e: quinn::ConnectionError| {
         if let Some(why) = offered.kx_refusal(server.tls.key_exchange) {
@@ -141,18 +202,20 @@ async fn accept_one(node: Arc<Node>, incoming: quinn::Incoming, server: &QuicSer
     // A ClientHello that fits one packet is processed, and may be refused,
     // right here; a longer one (ML-KEM key shares) while connecting.
     let connecting = incoming.accept_with(cfg).map_err(failed)?;
-    let conn = match tokio::time::timeout(timeout, connecting).await {
+    let conn = match tokio::time::timeout_at(deadline, connecting).await {
         Err(_) => bail!("TLS handshake timed out"),
         Ok(Err(e)) => return Err(failed(e)),
         Ok(Ok(c)) => c,
     };
     let tls = probe.negotiated()?;
-    let (send, recv) = tokio::time::timeout(timeout, conn.accept_bi())
+    let (send, recv) = tokio::time::timeout_at(deadline, conn.accept_bi())
         .await
         .context("peer opened no control stream")?
         .context("accepting the control stream")?;
-    let link = QuicLink::new(conn, send, recv, None, node.cfg.peer_queue.as_usize(), tls)?;
-    run_link(node, link, Direction::Inbound).await
+    let mut link = QuicLink::new(conn, send, recv, None, node.cfg.peer_queue.as_usize(), tls)?;
+    link.ticket = Some(ticket);
+    drop(preauth);
+    run_link(node, link, Direction::Inbound, deadline, allowed).await
 }
 
 /// True when the peer closed the connection with TLS alert
@@ -179,7 +242,7 @@ pub async fn connect(
     let socket = std::net::UdpSocket::bind(bind).context("binding a UDP socket")?;
     size_buffers(&socket);
     let runtime = quinn::default_runtime().ok_or_else(|| anyhow!("no async runtime"))?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+    let endpoint = quinn::Endpoint::new(crate::reset_key::endpoint_config(), None, socket, runtime)
         .context("creating the QUIC endpoint")?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| anyhow!("building the QUIC client TLS config: {e}"))?;
@@ -234,6 +297,10 @@ pub struct QuicLink {
     tasks: JoinSet<()>,
     /// What the TLS handshake negotiated.
     tls: Negotiated,
+    /// An accepted link's place at the pre-auth gate.
+    ticket: Option<crate::preauth::Ticket>,
+    /// Reads and discards datagrams until the peer is authenticated.
+    drain: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl QuicLink {
@@ -249,7 +316,13 @@ impl QuicLink {
         conn.export_keying_material(&mut b, EXPORTER_LABEL, b"")
             .map_err(|_| anyhow!("TLS exporter unavailable"))?;
         let (big_tx, big_rx) = mpsc::channel(peer_queue.clamp(1, 256));
+        // Until the handshake passed nothing reads datagrams, and quinn would
+        // keep up to its buffer size of them per connection: drop them.
+        let drainer = conn.clone();
+        let drain = tokio::spawn(async move { while drainer.read_datagram().await.is_ok() {} });
         Ok(Self {
+            ticket: None,
+            drain: Some(drain),
             conn,
             send,
             recv,
@@ -335,7 +408,17 @@ impl Link for QuicLink {
         })
     }
 
+    fn authenticated(&mut self) {
+        self.ticket = None;
+        self.conn.set_receive_window(AUTHENTICATED_WINDOW.into());
+        self.conn
+            .set_max_concurrent_uni_streams(MAX_BIG_STREAMS_WINDOW.into());
+    }
+
     fn start(&mut self, inbound: Inbound) {
+        if let Some(d) = self.drain.take() {
+            d.abort();
+        }
         let conn = self.conn.clone();
         let datagrams = inbound.clone();
         self.tasks.spawn(async move {
@@ -359,6 +442,9 @@ impl Link for QuicLink {
             self.conn.close(0u32.into(), b"bye");
         }
         self.tasks.abort_all();
+        if let Some(d) = self.drain.take() {
+            d.abort();
+        }
         if let Some(ep) = self.endpoint.take() {
             let _ = tokio::time::timeout(Duration::from_secs(3), ep.wait_idle()).await;
         }

@@ -53,6 +53,7 @@ mod tests {
             fingerprint: fp.map(Into::into),
             ca_file: None,
             ws_path: None,
+            allowed_sources: None,
         }
     }
 

@@ -57,6 +57,7 @@ pub async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ServerTls>,
     path: String,
+    allowed: Option<Arc<Vec<ipnet::IpNet>>>,
 ) {
     let path = Arc::new(path);
     loop {
@@ -71,9 +72,19 @@ pub async fn accept_loop(
                 }
             },
         };
+        // Past the pre-auth cap the socket is closed at once: no TLS, no task.
+        let ticket = match node.preauth.admit(remote.ip()) {
+            Ok(t) => t,
+            Err(full) => {
+                tracing::debug!(%remote, ?full, "pre-auth cap reached; TCP connection closed");
+                drop(tcp);
+                continue;
+            }
+        };
         let (node, tls, path) = (node.clone(), tls.clone(), path.clone());
+        let allowed = allowed.as_deref().cloned();
         tokio::spawn(async move {
-            if let Err(e) = accept_one(node, tcp, remote, tls, &path).await {
+            if let Err(e) = accept_one(node, tcp, remote, tls, &path, ticket, allowed).await {
                 tracing::debug!(%remote, error = %format!("{e:#}"), "WebSocket link ended");
             }
         });
@@ -86,11 +97,17 @@ async fn accept_one(
     remote: SocketAddr,
     server: Arc<ServerTls>,
     path: &str,
+    ticket: crate::preauth::Ticket,
+    allowed: Option<Vec<ipnet::IpNet>>,
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
-    let timeout = node.cfg.handshake_timeout.millis();
+    // Counted until the link is handed to run_link (which counts its own
+    // Sapper handshake).
+    let preauth = crate::metrics::recorded().preauth();
+    // One deadline for TLS, the upgrade and the Sapper handshake.
+    let deadline = tokio::time::Instant::now() + node.cfg.handshake_timeout.millis();
     let (cfg, offered) = server.for_connection();
-    let tls = match tokio::time::timeout(timeout, TlsAcceptor::from(cfg).accept(tcp)).await {
+    let tls = match tokio::time::timeout_at(deadline, TlsAcceptor::from(cfg).accept(tcp)).await {
         Err(_) => bail!("TLS handshake timed out"),
         Ok(Err(e)) => {
             if let Some(why) = offered.kx_refusal(server.key_exchange) {
@@ -114,21 +131,23 @@ async fn accept_one(
             Err(e)
         }
     };
-    let ws = tokio::time::timeout(
-        timeout,
+    let ws = tokio::time::timeout_at(
+        deadline,
         tokio_tungstenite::accept_hdr_async_with_config(tls, check_path, Some(ws_config())),
     )
     .await
     .context("WebSocket upgrade timed out")?
     .context("WebSocket upgrade failed")?;
-    let link = WsLink::new(
+    let mut link = WsLink::new(
         ws,
         remote,
         binding,
         node.cfg.peer_queue.as_usize(),
         negotiated,
     );
-    run_link(node, link, Direction::Inbound).await
+    link.ticket = Some(ticket);
+    drop(preauth);
+    run_link(node, link, Direction::Inbound, deadline, allowed).await
 }
 
 /// The RFC 9266 tls-exporter value of a finished TLS 1.3 session.
@@ -217,6 +236,8 @@ pub struct WsLink<S> {
     inbound: Option<Inbound>,
     /// What the TLS handshake negotiated.
     tls: Negotiated,
+    /// An accepted link's place at the pre-auth gate.
+    ticket: Option<crate::preauth::Ticket>,
 }
 
 impl<S> WsLink<S>
@@ -245,6 +266,7 @@ where
             binding,
             inbound: None,
             tls,
+            ticket: None,
         }
     }
 }
@@ -295,6 +317,10 @@ where
 
     fn packet_tx(&mut self) -> Box<dyn PacketTx> {
         Box::new(WsTx(self.data.clone()))
+    }
+
+    fn authenticated(&mut self) {
+        self.ticket = None;
     }
 
     fn start(&mut self, inbound: Inbound) {

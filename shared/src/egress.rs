@@ -259,10 +259,19 @@ impl Policy {
     /// Judges a new flow to `dst` (`port` is ignored for ICMP).
     pub fn check(&self, proto: Proto, dst: IpAddr, port: u16) -> Verdict {
         let dst = canonical(dst);
-        if let Some(i) = self.deny.iter().position(|r| r.matches(proto, dst, port)) {
+        // A NAT64 address (64:ff9b::/96) reaches the IPv4 address inside
+        // it: what is denied for that address is denied in this form too.
+        let embedded = nat64(dst);
+        if let Some(i) = self.deny.iter().position(|r| {
+            r.matches(proto, dst, port) || embedded.is_some_and(|v4| r.matches(proto, v4, port))
+        }) {
             return Verdict::DenyRule(i);
         }
-        if self.local.iter().any(|n| n.contains(&dst)) {
+        if self
+            .local
+            .iter()
+            .any(|n| n.contains(&dst) || embedded.is_some_and(|v4| n.contains(&v4)))
+        {
             return Verdict::DenyLocal;
         }
         if self.allow.is_empty() || self.allow.iter().any(|r| r.matches(proto, dst, port)) {
@@ -270,6 +279,20 @@ impl Policy {
         } else {
             Verdict::NotAllowed
         }
+    }
+}
+
+/// The IPv4 address inside a NAT64 well-known-prefix address (RFC 6052,
+/// 64:ff9b::/96).
+fn nat64(a: IpAddr) -> Option<IpAddr> {
+    match a {
+        IpAddr::V6(v6) if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
+            let o = v6.octets();
+            Some(IpAddr::V4(std::net::Ipv4Addr::new(
+                o[12], o[13], o[14], o[15],
+            )))
+        }
+        _ => None,
     }
 }
 
@@ -363,6 +386,15 @@ mod tests {
         for remote in ["10.20.0.2", "192.0.2.1", "fd20::2", "2001:db8::1"] {
             assert!(p.check(Proto::Udp, ip(remote), 53).allowed(), "{remote}");
         }
+        // The NAT64 forms of denied IPv4 ranges are denied too.
+        assert_eq!(
+            p.check(Proto::Tcp, ip("64:ff9b::127.0.0.1"), 80),
+            Verdict::DenyLocal
+        );
+        assert_eq!(
+            p.check(Proto::Udp, ip("64:ff9b::a9fe:a9fe"), 80),
+            Verdict::DenyLocal
+        );
         // With deny_local off, loopback is reachable.
         let open = Policy::new(vec![], vec![], false);
         assert!(open.check(Proto::Tcp, ip("127.0.0.1"), 80).allowed());

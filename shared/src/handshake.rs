@@ -1,7 +1,10 @@
 //! The handshake state machine. It takes the local Handshake, this side's TLS
 //! role, the channel binding and the PSK, produces the first control message
 //! to send, and judges the first control message received. The caller moves
-//! bytes and enforces the timeout.
+//! bytes and enforces the timeout, and keeps the order the protocol fixes
+//! (`crate::proof`, "Who sends first"): the client sends
+//! [`Handshaker::outgoing`] first; the server sends it only after
+//! [`Handshaker::receive`] accepted the client's.
 
 use crate::framing::{self, FrameError};
 use crate::proof::{self, ChannelBinding, Side};
@@ -45,7 +48,19 @@ pub enum Reject {
     /// `receive` was called again after a verdict.
     #[error("handshake already finished")]
     AlreadyDone,
+    /// The peer answered with a ControlError (the listener refused our
+    /// proof, our version, …) instead of its Handshake.
+    #[error("the peer refused the handshake (code {code}): {message}")]
+    PeerRefused {
+        /// The peer's error code.
+        code: i32,
+        /// The peer's message, truncated to [`MAX_PEER_MESSAGE`] bytes.
+        message: String,
+    },
 }
+
+/// Longest part of a peer's error message kept.
+pub const MAX_PEER_MESSAGE: usize = 200;
 
 impl Reject {
     /// The control-channel error code to tell the peer before closing.
@@ -53,7 +68,7 @@ impl Reject {
         use crate::proto::control::ControlErrorCode as C;
         match self {
             Reject::Malformed(_) => C::Malformed,
-            Reject::Unexpected | Reject::AlreadyDone => C::Unexpected,
+            Reject::Unexpected | Reject::AlreadyDone | Reject::PeerRefused { .. } => C::Unexpected,
             Reject::VersionMismatch { .. } => C::VersionMismatch,
             Reject::MissingPsk | Reject::NoLocalPsk => C::MissingPsk,
             Reject::BadProof => C::BadProof,
@@ -74,7 +89,12 @@ pub struct Accepted {
     pub peer: Handshake,
     /// The peer's routes, parsed.
     pub routes: Vec<IpNet>,
+    /// The peer's tunnel addresses, as host prefixes.
+    pub addresses: Vec<IpNet>,
 }
+
+/// Most tunnel addresses one Handshake may carry.
+pub const MAX_ADDRESSES: usize = 16;
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
@@ -135,6 +155,12 @@ impl Handshaker {
         let msg: ControlMessage = framing::decode(body)?;
         let peer = match msg.body {
             Some(Body::Handshake(h)) => h,
+            Some(Body::Error(e)) => {
+                return Err(Reject::PeerRefused {
+                    code: e.code,
+                    message: crate::text::sanitize(&e.message, MAX_PEER_MESSAGE),
+                })
+            }
             Some(_) => return Err(Reject::Unexpected),
             None => return Err(Reject::Malformed("empty control message".into())),
         };
@@ -145,6 +171,7 @@ impl Handshaker {
             });
         }
         let routes = validate(&peer)?;
+        let addresses = parse_addresses(&peer.addresses)?;
         match (&self.psk, peer.psk_proof.is_empty()) {
             (Some(_), true) => return Err(Reject::MissingPsk),
             (None, false) => return Err(Reject::NoLocalPsk),
@@ -155,8 +182,32 @@ impl Handshaker {
                 }
             }
         }
-        Ok(Accepted { peer, routes })
+        Ok(Accepted {
+            peer,
+            routes,
+            addresses,
+        })
     }
+}
+
+/// A peer's tunnel addresses: bare addresses, at most [`MAX_ADDRESSES`].
+pub fn parse_addresses<S: AsRef<str>>(list: &[S]) -> Result<Vec<IpNet>, Reject> {
+    if list.len() > MAX_ADDRESSES {
+        return Err(Reject::Malformed(format!(
+            "{} addresses, at most {MAX_ADDRESSES}",
+            list.len()
+        )));
+    }
+    list.iter()
+        .map(|a| {
+            a.as_ref()
+                .parse::<std::net::IpAddr>()
+                .map(IpNet::from)
+                .map_err(|_| {
+                    Reject::Malformed(format!("address {:?} is not an IP address", a.as_ref()))
+                })
+        })
+        .collect()
 }
 
 /// Checks the fields a peer controls.
@@ -218,6 +269,7 @@ mod tests {
             },
             hint: None,
             software: "test".into(),
+            addresses: vec![],
         }
     }
 
@@ -370,6 +422,29 @@ mod tests {
                 theirs: 99
             })
         );
+    }
+
+    /// The listener answers a bad proof with a ControlError, never its
+    /// Handshake: the dialler reports the listener's refusal, bounded and
+    /// escaped.
+    #[test]
+    fn a_refusal_instead_of_a_handshake_is_reported() {
+        use crate::proto::control::ControlError;
+        let mut c = Handshaker::new(hs("entry", true), Side::Client, B, psk(K));
+        let refusal = ControlMessage {
+            body: Some(Body::Error(ControlError {
+                code: 3,
+                message: format!("bad\nproof{}", "x".repeat(1000)),
+            })),
+        };
+        match c.receive(&prost::Message::encode_to_vec(&refusal)) {
+            Err(Reject::PeerRefused { code, message }) => {
+                assert_eq!(code, 3);
+                assert!(!message.contains('\n'), "{message}");
+                assert!(message.len() <= MAX_PEER_MESSAGE + 16, "{}", message.len());
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

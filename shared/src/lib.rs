@@ -9,6 +9,7 @@ pub mod egress;
 pub mod framing;
 pub mod handshake;
 pub mod latency;
+pub mod peer_limits;
 pub mod posture;
 pub mod proof;
 pub mod proto;
@@ -16,6 +17,7 @@ pub mod psk;
 pub mod roles;
 pub mod routing;
 pub mod sockdir;
+pub mod text;
 
 /// Wire protocol version carried in every Handshake.
 pub const PROTOCOL_VERSION: u32 = 1;

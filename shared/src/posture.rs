@@ -1,9 +1,10 @@
 //! The security posture a node runs with, from what it was configured with.
-//! Any authentication (PSK, pinned fingerprint, CA) means the secure posture:
-//! verification enforced, no automatic negotiation or routes, the configured
-//! role fixed. `zero_config` (or `auto_negotiate` / `auto_routes`) turns the
-//! automation back on explicitly. A node with no authentication at all must
-//! say `insecure_open`.
+//! Only a PSK means the secure posture (pins and CAs authenticate the
+//! listeners this node dials, not who dials in): verification enforced. No
+//! posture turns on automatic negotiation or routes by itself, the
+//! configured role is fixed; `zero_config` (or `auto_negotiate` /
+//! `auto_routes`) turns the automation on explicitly. A node without a PSK
+//! must say `insecure_open`, which switches nothing else on.
 
 use crate::config::{NetdConfig, NodeConfig};
 use crate::proto::data::{NodeRole, RoleHint};
@@ -38,14 +39,17 @@ pub enum PostureError {
 
 /// Resolves the posture.
 pub fn resolve(node: &NodeConfig, netd: &NetdConfig) -> Result<Posture, PostureError> {
+    let _ = netd;
     let has_psk = node.psk.is_some();
-    // Every connect entry is pinned or CA-verified (the config says how).
-    let pins = !netd.connect.is_empty();
-    let secure = has_psk || pins;
+    // Only a PSK authenticates the peers that dial in: pins and CAs check
+    // the listeners this node dials, and a listener without a PSK accepts
+    // anyone. So only a PSK makes the posture secure.
+    let secure = has_psk;
     if !has_psk && !node.insecure_open {
         return Err(PostureError::Unauthenticated);
     }
-    let automatic = node.zero_config || !secure;
+    // Automation is asked for explicitly; `insecure_open` turns nothing on.
+    let automatic = node.zero_config;
     let hint = node.hint.map(|h| h.wire());
     Ok(Posture {
         secure,
@@ -96,6 +100,15 @@ mod tests {
     fn no_authentication_must_be_asked_for() {
         assert_eq!(posture("[netd]\n"), Err(PostureError::Unauthenticated));
         let p = posture("[node]\ninsecure_open = true\n[netd]\n").unwrap();
+        assert!(!p.secure && !p.auto_negotiate && !p.auto_routes);
+        // Pins without a PSK: the listeners still accept anyone.
+        let p = posture(&format!(
+            "[node]\ninsecure_open = true\n[netd]\n[[netd.connect]]\ntransport = \"quic\"\naddress = \"192.0.2.1:4433\"\nfingerprint = \"{}\"\n",
+            "ab".repeat(32)
+        ))
+        .unwrap();
+        assert!(!p.secure);
+        let p = posture("[node]\ninsecure_open = true\nzero_config = true\n[netd]\n").unwrap();
         assert!(!p.secure && p.auto_negotiate && p.auto_routes);
     }
 

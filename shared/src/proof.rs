@@ -16,6 +16,26 @@
 //!   Handshake with `psk_proof` cleared.
 //!
 //! Verification uses ring's constant-time comparison.
+//!
+//! ## Who sends first
+//!
+//! The proofs are not exchanged "both at once": the side that opened the
+//! connection (the dialler) sends its Handshake and proof first, and the
+//! side that accepted it (the listener) sends its own Handshake and proof
+//! only after the dialler's proof verified. On failure the listener sends
+//! a ControlError and closes, never its Handshake. The reasons:
+//!
+//! - anyone can finish TLS with a listener and compute `channel_binding`
+//!   itself, so a listener that answered first would hand every anonymous
+//!   client an HMAC over inputs the client knows: an offline oracle for
+//!   guessing the PSK, plus the node's name, version, capabilities and
+//!   prefixes before the client proved anything;
+//! - the dialler may safely go first because it has already authenticated
+//!   the listener in TLS (every connect target has a pinned fingerprint or
+//!   a CA, `netd/src/target.rs`): its proof goes only to the node it meant
+//!   to reach, over a channel only the two of them share.
+//!
+//! The MACed bytes are the same whichever side speaks first.
 
 use crate::proto::data::Handshake;
 use crate::psk::Psk;
@@ -135,6 +155,7 @@ mod tests {
             routes: vec!["10.200.0.0/24".into()],
             hint: None,
             software: "0.1.0".into(),
+            addresses: vec![],
         }
     }
 

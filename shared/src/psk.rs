@@ -7,6 +7,11 @@ use zeroize::Zeroizing;
 
 /// Shortest PSK accepted. HMAC-SHA256 keys shorter than this are guessable.
 pub const MIN_PSK_LEN: usize = 16;
+/// Shorter PSKs are accepted with a warning at start: a dialler that
+/// reached a listener it pinned sees the listener's proof, and a
+/// low-entropy key can then be tested offline. 32 random bytes are beyond
+/// that.
+pub const RECOMMENDED_PSK_LEN: usize = 32;
 
 /// Errors loading a PSK.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +48,16 @@ impl Psk {
             });
         }
         Ok(Self(Zeroizing::new(trimmed.to_vec())))
+    }
+
+    /// The key's length in bytes (for the start-up warning; not secret).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true: an empty PSK is refused by [`Psk::new`].
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// The key bytes, for HMAC only.

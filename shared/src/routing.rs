@@ -20,6 +20,22 @@ pub fn destination(packet: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// The source address of an IPv4 or IPv6 packet, `None` if the packet is
+/// too short or of another version.
+pub fn source(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 if packet.len() >= 20 => {
+            let b: [u8; 4] = packet[12..16].try_into().ok()?;
+            Some(IpAddr::V4(Ipv4Addr::from(b)))
+        }
+        6 if packet.len() >= 40 => {
+            let b: [u8; 16] = packet[8..24].try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
 /// Largest IP packet the data path carries anywhere (TUN reads, QUIC's
 /// big-packet stream, WebSocket messages, the userspace exit): the limit of
 /// the IPv4 total-length and IPv6 payload-length fields.
@@ -141,6 +157,8 @@ mod tests {
         v4[0] = 0x45;
         v4[16..20].copy_from_slice(&[10, 20, 0, 2]);
         assert_eq!(destination(&v4), Some("10.20.0.2".parse().unwrap()));
+        v4[12..16].copy_from_slice(&[10, 99, 0, 1]);
+        assert_eq!(source(&v4), Some("10.99.0.1".parse().unwrap()));
         let mut v6 = [0u8; 40];
         v6[0] = 0x60;
         v6[24] = 0xfd;

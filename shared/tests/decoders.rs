@@ -299,6 +299,7 @@ fn handshake() -> impl Strategy<Value = Handshake> {
                 routes,
                 hint,
                 software,
+                addresses: vec![],
             },
         )
 }
@@ -320,6 +321,7 @@ fn valid_handshake() -> impl Strategy<Value = Handshake> {
             routes,
             hint,
             software,
+            addresses: vec![],
         })
 }
 
@@ -365,9 +367,9 @@ fn management_request() -> impl Strategy<Value = management::Request> {
     use management::*;
     let body = prop_oneof![
         Just(Body::Status(StatusRequest {})),
-        Just(Body::Peers(PeersRequest {})),
+        Just(Body::Peers(PeersRequest::default())),
         Just(Body::Stats(StatsRequest {})),
-        Just(Body::Routes(RoutesRequest {})),
+        Just(Body::Routes(RoutesRequest::default())),
         text().prop_map(|peer| Body::Ping(PingRequest { peer })),
         (text(), text(), text(), text(), text()).prop_map(
             |(address, transport, fingerprint, server_name, ws_path)| {
@@ -388,7 +390,8 @@ fn management_request() -> impl Strategy<Value = management::Request> {
             })
         }),
         prop::option::of(role_hint()).prop_map(|hint| Body::Hint(HintRequest { hint })),
-        text().prop_map(|peer| Body::Disconnect(DisconnectRequest { peer })),
+        (text(), any::<bool>())
+            .prop_map(|(peer, stay)| Body::Disconnect(DisconnectRequest { peer, stay })),
         Just(Body::Shutdown(ShutdownRequest {})),
         Just(Body::Subscribe(SubscribeRequest {})),
         (route(), any::<bool>())
@@ -445,7 +448,7 @@ fn management_response() -> impl Strategy<Value = management::Response> {
             })
         }),
         prop::collection::vec(peer.clone(), 0..3)
-            .prop_map(|peers| Body::Peers(PeersResponse { peers })),
+            .prop_map(|peers| Body::Peers(PeersResponse { peers, total: 0 })),
         (any::<f64>(), text()).prop_map(|(rtt_ms, peer)| Body::Ping(PingResponse { rtt_ms, peer })),
         (any::<u64>(), peer).prop_map(|(timestamp_ms, p)| Body::Event(Event {
             timestamp_ms,
@@ -993,6 +996,7 @@ fn handshake_route_limit_boundary() {
                 .collect::<Vec<_>>(),
             hint: None,
             software: String::new(),
+            addresses: vec![],
         };
         let sender = Handshaker::new(hs, Side::Client, b, key());
         let frame_bytes = sender.outgoing_frame();

@@ -121,6 +121,11 @@ pub struct Options {
     /// `netd.tls.key_exchange` of the entry and of the exit (None: the
     /// default, which is "hybrid").
     pub key_exchange: [Option<String>; 2],
+    /// TOML lines added to the entry's and the exit's netd part (tables
+    /// such as `[netd.limits]` or another `[[netd.listen]]`).
+    pub extra: [Vec<String>; 2],
+    /// Keys added to the entry's and the exit's `[node]` table.
+    pub node_lines: [Vec<String>; 2],
 }
 
 impl Options {
@@ -135,6 +140,8 @@ impl Options {
             start_daemons: true,
             operator_group: None,
             key_exchange: [None, None],
+            extra: [Vec::new(), Vec::new()],
+            node_lines: [Vec::new(), Vec::new()],
         }
     }
 
@@ -161,6 +168,18 @@ impl Options {
     /// Sets `netd.tls.key_exchange` on `node`.
     pub fn key_exchange(mut self, node: Node, value: &str) -> Options {
         self.key_exchange[node as usize] = Some(value.to_string());
+        self
+    }
+
+    /// Adds TOML lines to `node`'s netd part.
+    pub fn extra(mut self, node: Node, lines: &[&str]) -> Options {
+        self.extra[node as usize].extend(lines.iter().map(|l| l.to_string()));
+        self
+    }
+
+    /// Adds keys to `node`'s `[node]` table.
+    pub fn node_lines(mut self, node: Node, lines: &[&str]) -> Options {
+        self.node_lines[node as usize].extend(lines.iter().map(|l| l.to_string()));
         self
     }
 
@@ -534,6 +553,9 @@ impl Topology {
         let _ = writeln!(s, "name = \"{}\"", node.as_str());
         let _ = writeln!(s, "role = \"{}\"", node.as_str());
         let _ = writeln!(s, "psk_file = \"{}\"", p("psk"));
+        for l in &self.opts.node_lines[node as usize] {
+            let _ = writeln!(s, "{l}");
+        }
         let _ = writeln!(s);
         let _ = writeln!(s, "[netd]");
         let _ = writeln!(s, "user = \"nobody\"");
@@ -577,6 +599,12 @@ impl Topology {
             let _ = writeln!(s);
             let _ = writeln!(s, "[netd.tls]");
             let _ = writeln!(s, "key_exchange = \"{kx}\"");
+        }
+        if !self.opts.extra[node as usize].is_empty() {
+            let _ = writeln!(s);
+            for l in &self.opts.extra[node as usize] {
+                let _ = writeln!(s, "{l}");
+            }
         }
         let _ = writeln!(s);
         let _ = writeln!(s, "[privd]");

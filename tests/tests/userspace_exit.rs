@@ -839,3 +839,122 @@ fn ping_without_ping_sockets() {
     );
     ux.topo.assert_daemons_alive();
 }
+
+/// A second, hostile entry (right PSK, its own address 10.10.0.3) sends
+/// packets with the honest entry's tunnel source 10.99.0.1 while the honest
+/// entry has a TCP flow open through the userspace exit: the exit drops and
+/// counts every one of them against the rogue (`source_drops` in `peers`),
+/// and the honest flow carries on to the end intact.
+#[test]
+fn spoofed_sources_are_dropped_and_the_honest_flow_is_unaffected() {
+    let mut ux = Ux::start(Transport::Quic, &[], true);
+    ux.serve("tcp-echo-serve", "10.20.0.2:7001");
+    ux.wait_for_ping(PRIVATE_HOST);
+    let slow = ux.start_slow_flow("10.20.0.2:7001");
+    ux.topo
+        .entry
+        .ip(&["addr", "add", "10.10.0.3/24", "dev", "ve-x"]);
+    let mut fp = Command::new("setpriv");
+    fp.args(as_nobody())
+        .arg(&bins().netd)
+        .arg("--config")
+        .arg(ux.topo.config_path(Node::Exit))
+        .arg("--print-fingerprint");
+    let fp = run_ok(&mut fp, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    let fp = fp
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .expect("a fingerprint")
+        .to_string();
+    let psk = ux.topo.node_dir(Node::Exit).join("psk");
+    let mut rogue = ux.topo.entry.cmd(tool("sapper-rogue"));
+    rogue.args([
+        "peer",
+        "10.10.0.2:4433",
+        &fp,
+        &psk.display().to_string(),
+        "--bind",
+        "10.10.0.3",
+        "--name",
+        "rogue",
+        "--hint",
+        "entry",
+        "--address",
+        "10.99.0.9",
+        "spoof",
+        "10.99.0.1",
+        PRIVATE_HOST,
+        "3000",
+        "hold",
+        "2",
+    ]);
+    let out = run_timeout(&mut rogue, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "sapper-rogue: {}", show(&out));
+    let peers = ux.topo.peers(Node::Exit).unwrap_or_else(|e| panic!("{e}"));
+    let rogue = peers
+        .iter()
+        .find(|p| p["name"] == "rogue")
+        .unwrap_or_else(|| panic!("the exit does not list the rogue: {peers:?}"));
+    assert!(
+        rogue["source_drops"].as_u64().unwrap_or(0) >= 3000,
+        "spoofed packets not dropped and counted: {rogue}"
+    );
+    let entry = peers
+        .iter()
+        .find(|p| p["name"] == "entry")
+        .expect("the honest entry");
+    assert_eq!(entry["source_drops"], 0, "{entry}");
+    ux.finish_slow_flow(&slow);
+    ux.topo.assert_daemons_alive();
+}
+
+/// `deny_local` covers the exit host's own addresses, not only loopback:
+/// a service listening on the exit's private-side address 10.20.0.1 (reached
+/// over `lo` from the exit's own sockets) is refused like a closed port and
+/// counted, while the private host behind it stays reachable.
+#[test]
+fn deny_local_covers_the_exit_hosts_own_addresses() {
+    let mut ux = Ux::start(Transport::Quic, &[], true);
+    ux.serve("tcp-echo-serve", "10.20.0.2:7001");
+    ux.wait_for_ping(PRIVATE_HOST);
+    // A service of the exit host itself.
+    let args = ["tcp-echo-serve", "10.20.0.1:7009", "--timeout", "120"];
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    ux.topo
+        .spawn("exit-service", Node::Exit, &tool("sapper-probe"), &refs);
+    let r = wait_until("the exit's own service to listen", WAIT, || {
+        ux.topo
+            .daemon("exit-service")
+            .stdout_text()
+            .contains("listening")
+            .then_some(())
+    });
+    r.unwrap_or_else(|e| panic!("{e}"));
+    let denied = ux.stat("denied_flows");
+    let (r, _) = ux.connect("10.20.0.1:7009");
+    assert_eq!(r, "refused", "the exit's own address was reachable");
+    assert!(ux.stat("denied_flows") > denied, "{}", ux.exit_stats());
+    let (r, _) = ux.connect("10.20.0.2:7001");
+    assert_eq!(r, "connected", "the private host behind the exit");
+    ux.topo.assert_daemons_alive();
+}
+
+/// `max_flows_per_peer = 1`: while the entry's one TCP flow is open, its
+/// next is refused (a RST, counted in `refused_limit`) though the global
+/// limit has room; once the first ends there is room again.
+#[test]
+fn per_peer_flow_quota() {
+    let mut ux = Ux::start(Transport::Quic, &["max_flows_per_peer = 1"], true);
+    ux.serve("tcp-echo-serve", "10.20.0.2:7001");
+    let slow = ux.start_slow_flow("10.20.0.2:7001");
+    let before = ux.stat("refused_limit");
+    let (r, _) = ux.connect("10.20.0.2:7001");
+    assert_eq!(r, "refused", "a second flow past the per-peer quota");
+    assert!(ux.stat("refused_limit") > before, "{}", ux.exit_stats());
+    let log = ux.topo.netd(Node::Exit).stderr_text();
+    assert!(log.contains("per-peer quota"), "refusal logged: {log}");
+    ux.finish_slow_flow(&slow);
+    ux.assert_room_again("10.20.0.2:7001");
+    ux.topo.assert_daemons_alive();
+}

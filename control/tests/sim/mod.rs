@@ -27,6 +27,9 @@ pub struct Spec {
     pub connect: bool,
     pub announce: Vec<IpNet>,
     pub posture: Posture,
+    pub addresses: Vec<std::net::IpAddr>,
+    pub limits: sapper_shared::peer_limits::PeerLimits,
+    pub protected: Vec<IpNet>,
 }
 
 pub fn zero_config() -> Posture {
@@ -74,7 +77,22 @@ impl Spec {
             connect: false,
             announce: vec![],
             posture: zero_config(),
+            addresses: vec![],
+            limits: Default::default(),
+            protected: vec![],
         }
+    }
+    pub fn protect(mut self, p: &str) -> Self {
+        self.protected.push(net(p));
+        self
+    }
+    pub fn address(mut self, a: &str) -> Self {
+        self.addresses.push(a.parse().expect("test address"));
+        self
+    }
+    pub fn limits(mut self, l: sapper_shared::peer_limits::PeerLimits) -> Self {
+        self.limits = l;
+        self
     }
     pub fn tun(mut self) -> Self {
         self.tun = true;
@@ -141,6 +159,9 @@ fn core_for(spec: &Spec, now: Instant) -> Core {
             installs_routes: spec.tun,
             ping_interval: PING_INTERVAL,
             ping_miss_limit: MISS_LIMIT,
+            addresses: spec.addresses.clone(),
+            protected: spec.protected.clone(),
+            limits: spec.limits.clone(),
         },
         now,
     )
@@ -194,6 +215,17 @@ impl Sim {
 
     /// `dialer` connects to `listener`; both pass the handshake.
     pub fn connect(&mut self, dialer: &str, listener: &str) -> usize {
+        self.connect_restricted(dialer, listener, None)
+    }
+
+    /// [`Sim::connect`], with the listener's `allowed_sources` for the
+    /// dialler set to `allowed`.
+    pub fn connect_restricted(
+        &mut self,
+        dialer: &str,
+        listener: &str,
+        allowed: Option<Vec<IpNet>>,
+    ) -> usize {
         let (d, l) = (self.idx(dialer), self.idx(listener));
         assert!(self.nodes[d].alive && self.nodes[l].alive);
         let (ld, ll) = (LinkId(self.next_link), LinkId(self.next_link + 1));
@@ -203,20 +235,26 @@ impl Sim {
         let up = |h: sapper_shared::proto::data::Handshake, remote, direction| LinkUp {
             accepted: Accepted {
                 routes: h.routes.iter().map(|r| net(r)).collect(),
+                addresses: h
+                    .addresses
+                    .iter()
+                    .map(|a| IpNet::from(a.parse::<std::net::IpAddr>().unwrap()))
+                    .collect(),
                 peer: h,
             },
             remote,
             transport: Transport::Quic,
             direction,
             connected_at_unix_s: 0,
+            allowed_sources: None,
         };
         let now = self.now;
         self.nodes[d]
             .core
             .handle_link_up(now, ld, up(hl, Self::addr(l), Direction::Outbound));
-        self.nodes[l]
-            .core
-            .handle_link_up(now, ll, up(hd, Self::addr(d), Direction::Inbound));
+        let mut inbound = up(hd, Self::addr(d), Direction::Inbound);
+        inbound.allowed_sources = allowed;
+        self.nodes[l].core.handle_link_up(now, ll, inbound);
         self.wires.push(Wire {
             a: (d, ld),
             b: (l, ll),
@@ -437,5 +475,36 @@ impl Sim {
             }
         }
         m
+    }
+}
+
+impl Sim {
+    /// `from` sends `body` over wire `w` straight into the other end's core
+    /// (a hostile peer that says whatever it likes), then everything runs.
+    pub fn inject_from(
+        &mut self,
+        w: usize,
+        from: &str,
+        body: sapper_shared::proto::control::control_message::Body,
+    ) {
+        let f = self.idx(from);
+        let wire = &self.wires[w];
+        let (to, link) = if wire.a.0 == f { wire.b } else { wire.a };
+        let now = self.now;
+        self.nodes[to]
+            .core
+            .handle_control(now, link, ControlMessage { body: Some(body) });
+        self.run();
+    }
+
+    /// The link on `name`'s side of wire `w`.
+    pub fn link_at(&self, w: usize, name: &str) -> LinkId {
+        let i = self.idx(name);
+        let wire = &self.wires[w];
+        if wire.a.0 == i {
+            wire.a.1
+        } else {
+            wire.b.1
+        }
     }
 }

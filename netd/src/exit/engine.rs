@@ -18,7 +18,6 @@ use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,8 +32,6 @@ const TX_QUEUE: usize = 4096;
 const DENIED_CACHE: usize = 4096;
 /// How long a denied flow stays remembered.
 const DENIED_TTL: Duration = Duration::from_secs(120);
-/// Remembered source addresses (where replies for them go).
-const RETURN_PATHS: usize = 4096;
 /// The interface's own addresses: documentation prefixes no real
 /// destination uses; "any IP" mode accepts every other address too.
 const OWN_V4: Ipv4Address = Ipv4Address::new(192, 0, 2, 1);
@@ -225,7 +222,6 @@ pub struct Engine {
     pub(super) udp: HashMap<FlowKey, DgramFlow>,
     pub(super) icmp: HashMap<FlowKey, DgramFlow>,
     denied: HashMap<FlowKey, Instant>,
-    return_path: HashMap<IpAddr, u64>,
     per_peer: HashMap<u64, [u32; 3]>,
     per_peer_dirty: bool,
     next_gen: u64,
@@ -290,7 +286,6 @@ impl Engine {
             udp: HashMap::new(),
             icmp: HashMap::new(),
             denied: HashMap::new(),
-            return_path: HashMap::new(),
             per_peer: HashMap::new(),
             per_peer_dirty: false,
             next_gen: 1,
@@ -369,14 +364,16 @@ impl Engine {
         self.publish();
     }
 
-    /// Sends what smoltcp emitted to the peer each destination came from.
+    /// Sends what smoltcp emitted to the link that owns its destination.
+    /// The data path admitted the flow's packets only from the link that
+    /// owns their source (allowed sources, no two links overlapping), so
+    /// the forwarding table's owner of a reply's destination is the link
+    /// that opened the flow: no "last sender wins" table to poison.
     pub(super) fn flush_tx(&mut self) {
         // Drained in place: the queue's own allocation is kept for the next round.
         for pkt in self.device.tx.drain(..) {
             let pkt = Packet::tagged(pkt);
-            let dst = sapper_shared::routing::destination(&pkt);
-            let peer = dst.and_then(|d| self.return_path.get(&d).copied());
-            if !self.ctx.sink.send_to(peer.map(LinkId), pkt) {
+            if !self.ctx.sink.send_to(None, pkt) {
                 self.ctx.stats.dropped.fetch_add(1, Relaxed);
             }
         }
@@ -399,12 +396,6 @@ impl Engine {
             self.ctx.stats.dropped.fetch_add(1, Relaxed);
             return;
         };
-        if self.return_path.get(&parsed.src) != Some(&peer) {
-            if self.return_path.len() >= RETURN_PATHS {
-                self.return_path.clear();
-            }
-            self.return_path.insert(parsed.src, peer);
-        }
         match parsed.kind {
             Kind::Tcp { .. } => self.tcp_packet(peer, &parsed, &pkt),
             Kind::Udp { payload, .. } => {
@@ -458,10 +449,13 @@ impl Engine {
     /// Policy and limits for a new flow. On refusal answers the entry (RST
     /// or ICMP), counts and logs once per flow, and returns false.
     pub(super) fn admit(&mut self, peer: u64, key: FlowKey, pkt: &[u8]) -> bool {
-        let verdict = self
+        let mut verdict = self
             .cfg
             .policy
             .check(key.proto, key.dst.ip(), key.dst.port());
+        if verdict == Verdict::Allow && self.cfg.deny_local && is_this_host(key.dst.ip()) {
+            verdict = Verdict::DenyLocal;
+        }
         let refusal = match verdict {
             Verdict::Allow => None,
             v => Some(v),
@@ -480,6 +474,21 @@ impl Engine {
                     Verdict::Allow => String::new(),
                 };
                 tracing::warn!(flow = %key, reason = %why, "userspace exit: egress denied");
+            }
+            self.refuse(peer, key.proto, pkt);
+            return false;
+        }
+        // The per-peer quota beside the global limits.
+        let i = proto_index(key.proto);
+        let quota = self
+            .limits
+            .per_peer(i, self.cfg.max_flows_per_peer.map(|n| n.as_u32()));
+        if quota < self.limits.max_flows[i]
+            && self.per_peer.get(&peer).map(|c| c[i]).unwrap_or(0) >= quota
+        {
+            self.ctx.stats.refused_limit.fetch_add(1, Relaxed);
+            if self.first_denial(key) {
+                tracing::warn!(flow = %key, quota, "userspace exit: new flow refused by the per-peer quota (netd.exit.max_flows_per_peer)");
             }
             self.refuse(peer, key.proto, pkt);
             return false;
@@ -649,5 +658,39 @@ impl Engine {
         for (k, f) in std::mem::take(&mut self.icmp) {
             self.flow_closed(f.peer, k.proto, f.cost);
         }
+    }
+}
+
+/// Whether `dst` is one of this host's own addresses, as the kernel sees it
+/// now: a UDP socket connected to it (no packet is sent) gets `dst` itself
+/// as its source address only when the route is local. Asked per new flow,
+/// so addresses added or removed later are covered too.
+fn is_this_host(dst: std::net::IpAddr) -> bool {
+    let dst = match dst {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(dst),
+        v4 => v4,
+    };
+    let any: std::net::SocketAddr = match dst {
+        std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let Ok(s) = std::net::UdpSocket::bind(any) else {
+        // No socket: assume the worst for a local-deny check.
+        return true;
+    };
+    match s.connect((dst, 9)) {
+        Ok(()) => s.local_addr().is_ok_and(|l| l.ip() == dst),
+        // Unreachable from here: not this host.
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    #[test]
+    fn loopback_is_this_host_and_documentation_addresses_are_not() {
+        assert!(super::is_this_host("127.0.0.1".parse().unwrap()));
+        assert!(super::is_this_host("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!super::is_this_host("192.0.2.1".parse().unwrap()));
     }
 }

@@ -24,7 +24,30 @@ pub struct Limits {
     pub flow_buffer: u64,
 }
 
+/// Descriptors kept back from the userspace exit's flows: listeners,
+/// links, the management socket, pre-auth connections (capped by
+/// `netd.limits.max_preauth`, 256 by default) and some to spare.
+pub const FD_RESERVE: u64 = 512;
+
+/// This process's soft `RLIMIT_NOFILE`.
+pub fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+        r.rlim_cur
+    } else {
+        1024
+    }
+}
+
 impl Limits {
+    /// The configured ceilings, fitted to the descriptors the process may
+    /// open ([`nofile_limit`] less [`FD_RESERVE`]): every flow holds one
+    /// socket, so flow limits beyond that would fail as EMFILE instead of
+    /// as a clean refusal.
     pub fn from_config(c: &ExitConfig) -> Limits {
         Limits {
             max_flows: [
@@ -35,6 +58,31 @@ impl Limits {
             max_bytes: c.buffers.total_bytes(),
             flow_buffer: u64::from(c.buffers.flow_bytes()),
         }
+        .fit_to_descriptors(nofile_limit())
+    }
+
+    /// Most flows of protocol index `i` one peer may hold: the configured
+    /// quota, else half the limit but never fewer than min(limit, 64), so
+    /// that one peer cannot take every flow from the others.
+    pub fn per_peer(&self, i: usize, configured: Option<u32>) -> u32 {
+        let limit = self.max_flows[i];
+        match configured {
+            Some(n) => n.min(limit),
+            None => (limit / 2).max(limit.min(64)),
+        }
+    }
+
+    /// Scales the flow limits down, in proportion, so that together they fit
+    /// in `nofile - FD_RESERVE` descriptors (at least one flow each).
+    pub fn fit_to_descriptors(mut self, nofile: u64) -> Limits {
+        let budget = nofile.saturating_sub(FD_RESERVE).max(3);
+        let total: u64 = self.max_flows.iter().map(|n| u64::from(*n)).sum();
+        if total > budget {
+            for n in &mut self.max_flows {
+                *n = ((u64::from(*n) * budget) / total).max(1) as u32;
+            }
+        }
+        self
     }
 
     /// Bytes one new flow of `proto` reserves: for TCP both smoltcp buffers
@@ -189,7 +237,36 @@ mod tests {
             sapper_shared::config::ExitBuffers::TCP_CHANNEL_BYTES
         );
         // The defaults admit at least 500 TCP flows by memory.
-        let d = Limits::from_config(&ExitConfig::default());
+        let d = Limits::from_config(&ExitConfig::default()).fit_to_descriptors(1 << 20);
         assert!(d.max_bytes / d.cost(Proto::Tcp) >= 500);
+    }
+
+    #[test]
+    fn flow_limits_fit_in_the_descriptor_limit() {
+        let c = ExitConfig::default();
+        let l = Limits::from_config(&c).fit_to_descriptors(1 << 20);
+        assert_eq!(l.max_flows, [1024, 1024, 256]);
+        // systemd's default soft limit: 1024 - 512 = 512 descriptors.
+        let l = Limits::from_config(&c).fit_to_descriptors(1024);
+        assert!(
+            l.max_flows.iter().map(|n| u64::from(*n)).sum::<u64>() <= 512,
+            "{l:?}"
+        );
+        assert!(l.max_flows.iter().all(|n| *n >= 1));
+        assert!(l.max_flows[0] > l.max_flows[2]);
+    }
+
+    #[test]
+    fn per_peer_quota_is_half_but_not_below_a_small_floor() {
+        let l = Limits::from_config(&ExitConfig::default()).fit_to_descriptors(1 << 20);
+        assert_eq!(l.per_peer(0, None), 512);
+        assert_eq!(l.per_peer(0, Some(10)), 10);
+        assert_eq!(l.per_peer(0, Some(5000)), 1024);
+        let small = Limits {
+            max_flows: [4, 2, 1],
+            ..l
+        };
+        assert_eq!(small.per_peer(0, None), 4);
+        assert_eq!(small.per_peer(2, None), 1);
     }
 }

@@ -179,10 +179,26 @@ pub fn install(
     if !data.set_terminus(exit.clone()) {
         anyhow::bail!("userspace exit installed twice");
     }
+    let fitted = limits::Limits::from_config(&cfg);
+    let nofile = limits::nofile_limit();
+    if fitted.max_flows
+        != [
+            cfg.max_tcp_flows.as_u32(),
+            cfg.max_udp_flows.as_u32(),
+            cfg.max_icmp_flows.as_u32(),
+        ]
+    {
+        tracing::warn!(
+            nofile,
+            reserve = limits::FD_RESERVE,
+            "the userspace exit's flow limits exceed the descriptor limit (RLIMIT_NOFILE) less a reserve; lowered to fit (raise LimitNOFILE= to keep them)"
+        );
+    }
     tracing::info!(
-        max_tcp_flows = cfg.max_tcp_flows.get(),
-        max_udp_flows = cfg.max_udp_flows.get(),
-        max_icmp_flows = cfg.max_icmp_flows.get(),
+        max_tcp_flows = fitted.max_flows[0],
+        max_udp_flows = fitted.max_flows[1],
+        max_icmp_flows = fitted.max_flows[2],
+        nofile,
         flow_buffer_bytes = cfg.buffers.flow_bytes(),
         max_buffer_bytes = cfg.buffers.total_bytes(),
         deny_local = cfg.deny_local,

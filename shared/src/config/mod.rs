@@ -13,9 +13,11 @@
 //! [`Config::parse`].
 
 mod bounded;
+mod metrics;
 pub mod raw;
 
 pub use bounded::Bounded;
+pub use metrics::{MetricsConfig, MetricsEndpoint};
 
 use crate::egress::Policy;
 pub use crate::roles::{Hint, HintLevelName, RoleName};
@@ -332,6 +334,18 @@ pub struct Listen {
     pub address: SocketAddr,
     /// HTTP path for WebSocket upgrades.
     pub ws_path: WsPath,
+    /// Peers on this listener may send from (and announce) only inside
+    /// these; `None`: no restriction beyond the ownership rules.
+    pub allowed_sources: Option<Vec<IpNet>>,
+}
+
+/// `allowed_sources` of a listen or connect entry.
+fn allowed_sources(list: Option<Vec<String>>) -> Result<Option<Vec<IpNet>>, KeyError> {
+    list.map(|l| {
+        crate::routing::parse_prefixes(&l)
+            .map_err(|e| KeyError::invalid("allowed_sources", e.to_string()))
+    })
+    .transpose()
 }
 
 /// How a dialled peer's certificate is trusted.
@@ -352,9 +366,14 @@ pub struct Connect {
     server_name: String,
     trust: PeerTrust,
     ws_path: WsPath,
+    allowed_sources: Option<Vec<IpNet>>,
 }
 
 impl Connect {
+    /// The peer may send from (and announce) only inside these.
+    pub fn allowed_sources(&self) -> Option<&[IpNet]> {
+        self.allowed_sources.as_deref()
+    }
     /// Transport.
     pub fn transport(&self) -> Transport {
         self.transport
@@ -421,6 +440,7 @@ impl TryFrom<raw::Connect> for Connect {
             server_name,
             trust,
             ws_path,
+            allowed_sources: allowed_sources(c.allowed_sources)?,
         })
     }
 }
@@ -545,6 +565,10 @@ pub struct NetdConfig {
     pub exit: ExitConfig,
     /// TLS settings of every link (`[netd.tls]`).
     pub tls: TlsConfig,
+    /// The OpenMetrics endpoint (`[netd.metrics]`); off when absent.
+    pub metrics: Option<MetricsConfig>,
+    /// Bounds on what peers may make this node hold (`[netd.limits]`).
+    pub limits: crate::peer_limits::PeerLimits,
 }
 
 impl Default for NetdConfig {
@@ -571,6 +595,8 @@ impl Default for NetdConfig {
             connect: Vec::new(),
             exit: ExitConfig::default(),
             tls: TlsConfig::default(),
+            metrics: None,
+            limits: crate::peer_limits::PeerLimits::default(),
         }
     }
 }
@@ -623,6 +649,7 @@ impl TryFrom<raw::Netd> for NetdConfig {
                 transport: l.transport,
                 address: l.address,
                 ws_path: ws_path("ws_path", l.ws_path.as_deref())?,
+                allowed_sources: allowed_sources(l.allowed_sources)?,
             })
         })?;
         Ok(NetdConfig {
@@ -651,6 +678,18 @@ impl TryFrom<raw::Netd> for NetdConfig {
             connect: indexed(n.connect, "connect", Connect::try_from)?,
             exit: ExitConfig::try_from(n.exit).map_err(|e| e.under("exit"))?,
             tls: TlsConfig::try_from(n.tls).map_err(|e| e.under("tls"))?,
+            metrics: n
+                .metrics
+                .map(MetricsConfig::try_from)
+                .transpose()
+                .map_err(|e| e.under("metrics"))?,
+            limits: {
+                if let Err((key, why)) = n.limits.check() {
+                    let key = key.strip_prefix("netd.").unwrap_or(key);
+                    return Err(KeyError::invalid(key, why));
+                }
+                n.limits
+            },
         })
     }
 }
@@ -778,6 +817,9 @@ pub struct ExitConfig {
     pub max_udp_flows: Bounded<1, 1_000_000>,
     /// Most ICMP echo flows at once.
     pub max_icmp_flows: Bounded<1, 100_000>,
+    /// Most flows of each protocol one peer may hold; `None`: half of the
+    /// protocol's limit, but never fewer than min(limit, 64).
+    pub max_flows_per_peer: Option<Bounded<1, 1_000_000>>,
     /// Per-flow and total buffer bytes.
     pub buffers: ExitBuffers,
     /// Time allowed for the exit's connect() to a TCP destination.
@@ -799,6 +841,7 @@ impl Default for ExitConfig {
             max_tcp_flows: Bounded::new_const(1024),
             max_udp_flows: Bounded::new_const(1024),
             max_icmp_flows: Bounded::new_const(256),
+            max_flows_per_peer: None,
             buffers: ExitBuffers::default(),
             connect_timeout: Bounded::new_const(10_000),
             udp_idle_timeout: Bounded::new_const(60_000),
@@ -818,6 +861,10 @@ impl TryFrom<raw::Exit> for ExitConfig {
             max_tcp_flows: bounded("max_tcp_flows", x.max_tcp_flows, "")?,
             max_udp_flows: bounded("max_udp_flows", x.max_udp_flows, "")?,
             max_icmp_flows: bounded("max_icmp_flows", x.max_icmp_flows, "")?,
+            max_flows_per_peer: x
+                .max_flows_per_peer
+                .map(|n| bounded("max_flows_per_peer", n, ""))
+                .transpose()?,
             buffers: ExitBuffers::new(x.flow_buffer_bytes, x.max_buffer_bytes)?,
             connect_timeout: bounded("connect_timeout_ms", x.connect_timeout_ms, MS)?,
             udp_idle_timeout: bounded("udp_idle_timeout_ms", x.udp_idle_timeout_ms, MS)?,

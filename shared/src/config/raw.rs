@@ -54,6 +54,7 @@ pub struct Listen {
     pub transport: Transport,
     pub address: SocketAddr,
     pub ws_path: Option<String>,
+    pub allowed_sources: Option<Vec<String>>,
 }
 
 /// `[[netd.connect]]`, and what an operator's `connect` request carries.
@@ -66,6 +67,7 @@ pub struct Connect {
     pub fingerprint: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub ws_path: Option<String>,
+    pub allowed_sources: Option<Vec<String>>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -141,6 +143,10 @@ pub struct Netd {
     pub exit: Exit,
     #[serde(default)]
     pub tls: Tls,
+    /// `[netd.metrics]` (typed in config/metrics.rs).
+    pub metrics: Option<super::metrics::RawMetrics>,
+    #[serde(default)]
+    pub limits: crate::peer_limits::PeerLimits,
 }
 
 /// `[netd.tls]`
@@ -191,6 +197,7 @@ pub struct Exit {
     pub max_udp_flows: u64,
     #[serde(default = "default_max_icmp_flows")]
     pub max_icmp_flows: u64,
+    pub max_flows_per_peer: Option<u64>,
     #[serde(default = "default_flow_buffer")]
     pub flow_buffer_bytes: u64,
     #[serde(default = "default_max_buffer")]
@@ -216,6 +223,7 @@ impl Default for Exit {
             max_tcp_flows: default_max_tcp_flows(),
             max_udp_flows: default_max_udp_flows(),
             max_icmp_flows: default_max_icmp_flows(),
+            max_flows_per_peer: None,
             flow_buffer_bytes: default_flow_buffer(),
             max_buffer_bytes: default_max_buffer(),
             connect_timeout_ms: default_connect_timeout(),

@@ -1,0 +1,721 @@
+//! What an operator does on day one, end to end: nodes set up by
+//! `sapperctl init` alone, the metrics endpoint, recovery after a restart,
+//! reload. Real daemons in network namespaces; needs root.
+
+use sapper_tests::bins::bins;
+use sapper_tests::cmd::{run_timeout, wait_until, WAIT};
+use sapper_tests::topology::{EXIT_UNDERLAY, PRIVATE_HOST, PRIVATE_NET};
+use sapper_tests::{Node, Options, Topology, Transport};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use sapper_tests::per_transport;
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs sapperctl with `args` (not against a daemon), expecting success.
+fn sapperctl(args: &[String]) -> Output {
+    let mut cmd = Command::new(&bins().ctl);
+    cmd.args(args);
+    let out = run_timeout(&mut cmd, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "sapperctl {}:\n{}",
+        args.join(" "),
+        show(&out)
+    );
+    out
+}
+
+/// A topology with namespaces only; the test writes and starts the nodes.
+fn bare(t: Transport) -> Topology {
+    let mut topo = Topology::start(Options {
+        start_daemons: false,
+        ..Options::new(t)
+    });
+    topo.bins = Some(bins());
+    topo
+}
+
+/// The node's host-specific init options: where its files go in the test
+/// directory, and the unprivileged user of the test topologies.
+fn host_args(topo: &Topology, node: Node) -> Vec<String> {
+    let d = topo.node_dir(node);
+    vec![
+        "--dir".into(),
+        d.display().to_string(),
+        "--state-dir".into(),
+        d.join("state").display().to_string(),
+        "--run-dir".into(),
+        d.display().to_string(),
+        "--user".into(),
+        "nobody".into(),
+    ]
+}
+
+/// Starts privd then netd of `node` from its config and waits for their
+/// sockets.
+fn start_node(topo: &mut Topology, node: Node) {
+    let cfg = topo.config_path(node);
+    let b = bins();
+    let privd = topo.privd_socket(node);
+    topo.spawn(
+        &format!("{}-privd", node.as_str()),
+        node,
+        &b.privd,
+        &["--config".as_ref(), cfg.as_os_str()],
+    );
+    topo.wait_for("privd socket", WAIT, || privd.exists().then_some(()));
+    topo.spawn(
+        &format!("{}-netd", node.as_str()),
+        node,
+        &b.netd,
+        &["--config".as_ref(), cfg.as_os_str()],
+    );
+    let mgmt = topo.mgmt_socket(node);
+    topo.wait_for("netd socket", WAIT, || mgmt.exists().then_some(()));
+}
+
+/// What `init exit` reported.
+struct Pair {
+    exit_report: Value,
+}
+
+/// Writes both nodes with `sapperctl init` alone: the exit's init prints
+/// the command for the entry; the PSK file is copied (as scp would) and
+/// that command runs with the entry's own paths. Starts both.
+fn init_pair(topo: &mut Topology, t: Transport) -> Pair {
+    init_pair_with(topo, t, |_| String::new())
+}
+
+/// [`init_pair`], with `extra(node)` appended to each node's config
+/// before it starts.
+fn init_pair_with(topo: &mut Topology, t: Transport, extra: impl Fn(Node) -> String) -> Pair {
+    let port = if t == Transport::Quic { 4433 } else { 8443 };
+    let mut args: Vec<String> = ["--json", "init", "exit", "--transport", t.as_str()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(host_args(topo, Node::Exit));
+    args.extend([
+        "--public-address".into(),
+        format!("{EXIT_UNDERLAY}:{port}"),
+        "--announce".into(),
+        PRIVATE_NET.into(),
+    ]);
+    let out = sapperctl(&args);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("init exit --json: {e}\n{}", show(&out)));
+    let exit_dir = topo.node_dir(Node::Exit);
+    let psk = std::fs::read(exit_dir.join("psk")).expect("exit psk");
+    assert_eq!(psk.len(), 65, "32 bytes as hex plus a newline");
+    let mode = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777)
+    };
+    assert_eq!(mode(&exit_dir.join("psk")).ok(), Some(0o600));
+    assert_eq!(mode(&exit_dir.join("state/key.pem")).ok(), Some(0o600));
+
+    // The command the exit printed, as the operator would paste it, with
+    // the PSK copy where the entry keeps it.
+    let cmd: Vec<String> = report["entry_command"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no entry_command: {report}"))
+        .iter()
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(cmd.first().map(String::as_str), Some("sapperctl"));
+    let entry_dir = topo.node_dir(Node::Entry);
+    std::fs::create_dir_all(&entry_dir).expect("entry dir");
+    let copy = entry_dir.join("psk.copy");
+    std::fs::write(&copy, &psk).expect("copy psk");
+    let mut entry_args: Vec<String> = Vec::new();
+    let mut it = cmd.into_iter().skip(1);
+    while let Some(a) = it.next() {
+        if a == "--psk-from" {
+            it.next();
+            entry_args.push(a);
+            entry_args.push(copy.display().to_string());
+        } else {
+            entry_args.push(a);
+        }
+    }
+    entry_args.extend(host_args(topo, Node::Entry));
+    sapperctl(&entry_args);
+    assert_eq!(
+        std::fs::read(entry_dir.join("psk")).expect("entry psk"),
+        psk,
+        "the entry's PSK file is the exit's"
+    );
+    for node in [Node::Exit, Node::Entry] {
+        let more = extra(node);
+        if !more.is_empty() {
+            let path = topo.config_path(node);
+            let mut text = std::fs::read_to_string(&path).expect("read config");
+            text.push('\n');
+            text.push_str(&more);
+            std::fs::write(&path, text).expect("write config");
+        }
+    }
+    start_node(topo, Node::Exit);
+    start_node(topo, Node::Entry);
+    Pair {
+        exit_report: report,
+    }
+}
+
+/// Two nodes brought up from `sapperctl init` output alone carry a ping.
+fn init_alone(t: Transport) {
+    let mut topo = bare(t);
+    let pair = init_pair(&mut topo, t);
+    topo.wait_for_tunnel();
+    let out = topo.ping(&topo.entry, PRIVATE_HOST, 3, 2);
+    assert!(
+        out.status.success(),
+        "ping through the tunnel: {}",
+        show(&out)
+    );
+    // The pinned fingerprint is the one the running exit reports.
+    let st = topo.ctl_json(Node::Exit, &["status"]).expect("exit status");
+    assert_eq!(st["cert_fingerprint"], pair.exit_report["fingerprint"]);
+}
+per_transport!(init_alone);
+
+/// One `ping -c 1 -W 0.2` from E to P (`ns`: E's namespace).
+fn quick_ping(ns: &str) -> bool {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, "ping"]);
+    cmd.args(["-n", "-q", "-c", "1", "-W", "0.2", PRIVATE_HOST]);
+    run_timeout(&mut cmd, Duration::from_secs(5)).is_ok_and(|o| o.status.success())
+}
+
+/// kill -9 of one netd and an immediate restart: how long until a ping from
+/// E reaches P again (printed, not judged; the deadline is for liveness).
+/// Default timers (`init` writes none): 1 s pings, 5 missed.
+fn restart_recovery(t: Transport) {
+    let mut topo = bare(t);
+    init_pair(&mut topo, t);
+    topo.wait_for_tunnel();
+    let mut figures = Vec::new();
+    let ns = topo.entry.name().to_string();
+    for side in [Node::Exit, Node::Entry] {
+        let label = format!("{}-netd", side.as_str());
+        let cfg = topo.config_path(side);
+        // The survivor keeps sending (pings, keepalives) to the dead node.
+        std::thread::sleep(Duration::from_millis(300));
+        let start = std::time::Instant::now();
+        topo.kill(&label);
+        topo.spawn(
+            &label,
+            side,
+            &bins().netd,
+            &["--config".as_ref(), cfg.as_os_str()],
+        );
+        topo.wait_for(
+            &format!(
+                "a ping E -> P after restarting the {}'s netd",
+                side.as_str()
+            ),
+            Duration::from_secs(30),
+            || quick_ping(&ns).then_some(()),
+        );
+        let back = start.elapsed();
+        figures.push((side, back));
+        println!(
+            "{}: traffic back {} ms after kill -9 + restart of the {}'s netd",
+            t.as_str(),
+            back.as_millis(),
+            side.as_str()
+        );
+        // Settle before the next round.
+        topo.wait_for_peers();
+    }
+    if t == Transport::Quic {
+        // The entry's stale connection to the killed exit ended by the
+        // restarted exit's stateless reset (the key persisted in
+        // state_dir), not by missed pings.
+        let log = topo.daemon("entry-netd (killed)").stderr_text();
+        assert!(
+            log.contains("reset by peer"),
+            "the entry's link to the restarted exit did not end by a stateless reset:\n{log}"
+        );
+        // The restarted entry dials from a new port, where no reset can
+        // reach the exit's stale connection: the exit replaces that link
+        // when the entry's new one is up.
+        let log = topo.daemon("exit-netd").stderr_text();
+        assert!(
+            log.contains("peer_replaced"),
+            "the exit did not replace the restarted entry's stale link:\n{log}"
+        );
+        let key = topo.node_dir(Node::Exit).join("state/quic-reset-key");
+        let meta = std::fs::metadata(&key).expect("reset key file");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), 32);
+    }
+    for (side, back) in figures {
+        eprintln!(
+            "figure {} {}: {} ms",
+            t.as_str(),
+            side.as_str(),
+            back.as_millis()
+        );
+    }
+}
+per_transport!(restart_recovery);
+
+/// Sends `request` on a fresh connection to the Unix socket `path` and
+/// returns everything the server sent before closing (10 s limit).
+fn unix_exchange(path: &Path, request: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(request).expect("send request");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// The body of a 200 answer; panics otherwise.
+fn body_of(answer: &[u8]) -> String {
+    let text = String::from_utf8_lossy(answer).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {text:?}"));
+    assert!(head.starts_with("HTTP/1.1 200 "), "answer: {head}");
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4")
+            || head.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+        "answer: {head}"
+    );
+    body.to_string()
+}
+
+/// `name{labels} value` lines: (name, labels, value).
+fn samples(body: &str) -> Vec<(String, String, f64)> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            Some((name.to_string(), labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Sum of every series named `name` whose labels contain `with`.
+fn sum(s: &[(String, String, f64)], name: &str, with: &str) -> f64 {
+    s.iter()
+        .filter(|(n, l, _)| n == name && l.contains(with))
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+/// Runs `promtool check metrics` on `body`.
+fn promtool(body: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the scrape:\n{}\n--- scrape ---\n{body}",
+        show(&out)
+    );
+}
+
+/// The metrics endpoint on both nodes (a Unix socket on the entry, loopback
+/// TCP on the exit): promtool accepts the scrape, its values equal
+/// `sapperctl --json stats` taken around it, per-peer series describe the
+/// link; garbage gets a bare 400; a slow scraper holds at most
+/// `max_connections` slots and only until the read deadline.
+fn metrics(t: Transport) {
+    let mut topo = bare(t);
+    let sock = topo.node_dir(Node::Entry).join("metrics.sock");
+    let sock_cfg = sock.display().to_string();
+    init_pair_with(&mut topo, t, |node| match node {
+        Node::Entry => format!("[netd.metrics]\nsocket = \"{sock_cfg}\"\nmax_connections = 2\n"),
+        Node::Exit => "[netd.metrics]\nlisten = \"127.0.0.1:9477\"\n".into(),
+    });
+    topo.wait_for_tunnel();
+    let out = topo.ping(&topo.entry, PRIVATE_HOST, 3, 2);
+    assert!(out.status.success(), "ping: {}", show(&out));
+    // At least one pong recorded in the RTT histogram (1 s pings).
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let get = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    // Stats before and after the scrape must agree for the comparison to
+    // mean something (keepalives are not tunnel packets; nothing else runs).
+    let mut matched = None;
+    for _ in 0..10 {
+        let before = topo.ctl_json(Node::Entry, &["stats"]).expect("stats");
+        let body = body_of(&unix_exchange(&sock, get));
+        let after = topo.ctl_json(Node::Entry, &["stats"]).expect("stats");
+        if before == after {
+            matched = Some((before, body));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (stats, body) = matched.expect("stats never held still around a scrape");
+    promtool(&body);
+    // What Prometheus asks for: OpenMetrics, the same samples, `# EOF` last.
+    let open = body_of(&unix_exchange(
+        &sock,
+        b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n",
+    ));
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert!(
+        open.contains("# TYPE sapper_peer_receive_bytes counter"),
+        "{open}"
+    );
+    let s = samples(&body);
+    let num = |k: &str| stats[k].as_f64().unwrap_or(f64::NAN);
+    assert_eq!(
+        sum(&s, "sapper_tun_receive_packets_total", ""),
+        num("tun_packets_in"),
+        "{body}"
+    );
+    assert_eq!(
+        sum(&s, "sapper_tun_transmit_packets_total", ""),
+        num("tun_packets_out"),
+        "{body}"
+    );
+    assert_eq!(
+        sum(&s, "sapper_peer_receive_bytes_total", ""),
+        num("bytes_in"),
+        "{body}"
+    );
+    assert_eq!(
+        sum(&s, "sapper_peer_transmit_bytes_total", ""),
+        num("bytes_out"),
+        "{body}"
+    );
+    assert_eq!(
+        sum(&s, "sapper_handshake_failures_total", ""),
+        num("handshake_failures"),
+        "{body}"
+    );
+    assert_eq!(
+        sum(&s, "sapper_node_dropped_packets_total", "")
+            + sum(&s, "sapper_peer_dropped_packets_total", ""),
+        num("drops"),
+        "{body}"
+    );
+    assert!(
+        num("tun_packets_in") >= 3.0,
+        "the pings went through the TUN: {stats}"
+    );
+    let peer = format!(
+        "peer=\"exit\",role=\"exit\",transport=\"{}\",direction=\"outbound\"",
+        t.as_str()
+    );
+    assert_eq!(sum(&s, "sapper_peer_link", &peer), 1.0, "{body}");
+    assert!(
+        sum(&s, "sapper_peer_handshakes_total", "peer=\"exit\"") >= 1.0,
+        "{body}"
+    );
+    assert!(
+        sum(&s, "sapper_peer_rtt_samples_seconds_count", "peer=\"exit\"") >= 1.0,
+        "{body}"
+    );
+    assert!(
+        sum(&s, "sapper_peer_rtt_seconds", "peer=\"exit\"") > 0.0,
+        "{body}"
+    );
+    assert_eq!(sum(&s, "sapper_peers", ""), 1.0, "{body}");
+    // The entry installs its route with the TUN; the exit announced it.
+    assert!(sum(&s, "sapper_routes_learned", "") >= 1.0, "{body}");
+
+    // The exit over loopback TCP, inside its namespace.
+    let mut cmd = topo.exit.cmd("bash");
+    cmd.args([
+        "-c",
+        "exec 3<>/dev/tcp/127.0.0.1/9477 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
+    ]);
+    let out = run_timeout(&mut cmd, Duration::from_secs(10)).expect("scrape the exit");
+    let exit_body = body_of(&out.stdout);
+    promtool(&exit_body);
+    let es = samples(&exit_body);
+    assert_eq!(
+        sum(&es, "sapper_peer_link", "peer=\"entry\""),
+        1.0,
+        "{exit_body}"
+    );
+    assert_eq!(
+        sum(&es, "sapper_node_role", "role=\"exit\""),
+        1.0,
+        "{exit_body}"
+    );
+
+    // Garbage: a bare 400 and nothing else.
+    let bad = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    for junk in [
+        &b"garbage\r\n\r\n"[..],
+        b"GET /metrics SPDY/9\r\n\r\n",
+        &[0xffu8; 9000][..],
+    ] {
+        let answer = unix_exchange(&sock, junk);
+        assert_eq!(
+            answer,
+            bad.to_vec(),
+            "answer to {:?}: {:?}",
+            String::from_utf8_lossy(&junk[..junk.len().min(40)]),
+            String::from_utf8_lossy(&answer)
+        );
+    }
+
+    // A slow scraper: two silent connections fill max_connections = 2, so
+    // a third is not served until the read deadline (5 s) closes them with
+    // a 400; then it is.
+    use std::io::{Read, Write};
+    let idle: Vec<_> = (0..2)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).expect("idle connection"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = std::os::unix::net::UnixStream::connect(&sock).expect("third connection");
+    third.write_all(get).expect("third request");
+    third
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .ok();
+    let mut first = [0u8; 1];
+    let early = third.read(&mut first);
+    assert!(
+        early.is_err(),
+        "a third connection was served while two silent ones held both slots: {early:?}"
+    );
+    let started = std::time::Instant::now();
+    for mut c in idle {
+        c.set_read_timeout(Some(Duration::from_secs(15))).ok();
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        assert_eq!(
+            got,
+            bad.to_vec(),
+            "a silent scraper is closed with a 400 at the deadline"
+        );
+    }
+    third.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    let mut rest = Vec::new();
+    let _ = third.read_to_end(&mut rest);
+    // The early read timed out, so nothing was taken from the stream.
+    body_of(&rest);
+    println!(
+        "silent scrapers closed and the waiting scrape served {} ms after the check",
+        started.elapsed().as_millis()
+    );
+}
+per_transport!(metrics);
+
+/// SIGHUP to `node`'s netd.
+fn hup(topo: &Topology, node: Node) {
+    let pid = topo.netd(node).pid();
+    // SAFETY: kill has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    assert_eq!(rc, 0, "kill -HUP {pid}");
+}
+
+/// Reload, while a ping flows on the link no change touches: a listener
+/// added on the exit (SIGHUP) opens; a connect entry added on the entry
+/// starts dialling; a broken file is refused naming file and key, and the
+/// old config keeps running; the ping loses nothing. Then a connect entry
+/// to the exit's new listener brings up a second link over the other
+/// transport.
+fn reload(t: Transport) {
+    let mut topo = bare(t);
+    init_pair(&mut topo, t);
+    topo.wait_for_tunnel();
+    let other = if t == Transport::Quic {
+        Transport::Ws
+    } else {
+        Transport::Quic
+    };
+    let other_port = if other == Transport::Quic { 4433 } else { 8443 };
+
+    // A ping all along: 0.2 s apart for ~10 s.
+    let mut pinger = topo.entry.cmd("ping");
+    pinger
+        .args(["-n", "-q", "-i", "0.2", "-c", "50", "-W", "1", PRIVATE_HOST])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let pinger = pinger.spawn().expect("start ping");
+
+    // The exit gets a listener for the other transport.
+    let exit_cfg = topo.config_path(Node::Exit);
+    let mut text = std::fs::read_to_string(&exit_cfg).expect("exit config");
+    text = text.replacen(
+        "\n[privd]\n",
+        &format!(
+            "\n[[netd.listen]]\ntransport = \"{}\"\naddress = \"0.0.0.0:{other_port}\"\n\n[privd]\n",
+            other.as_str()
+        ),
+        1,
+    );
+    std::fs::write(&exit_cfg, &text).expect("write exit config");
+    hup(&topo, Node::Exit);
+    topo.wait_for_log("exit-netd", "reload: new listener", WAIT);
+
+    let fp = topo.ctl_json(Node::Exit, &["status"]).expect("exit status")["cert_fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_string();
+    let entry_cfg = topo.config_path(Node::Entry);
+    let good = std::fs::read_to_string(&entry_cfg).expect("entry config");
+    let with_connect = |address: &str| {
+        good.replacen(
+            "\n[privd]\n",
+            &format!(
+                "\n[[netd.connect]]\ntransport = \"{}\"\naddress = \"{address}\"\nserver_name = \"exit\"\nfingerprint = \"{fp}\"\n\n[privd]\n",
+                other.as_str()
+            ),
+            1,
+        )
+    };
+    // A connect entry to an address nobody serves: dialled (and failing).
+    let dead = format!("{EXIT_UNDERLAY}:9");
+    std::fs::write(&entry_cfg, with_connect(&dead)).expect("write entry config");
+    hup(&topo, Node::Entry);
+    topo.wait_for_log_line(
+        "entry-netd",
+        &["connection failed", &format!("peer={dead}")],
+        WAIT,
+    );
+
+    // A broken file: refused, naming file and key.
+    let broken = good.replacen("\n[netd]\n", "\n[netd]\nping_interval_ms = 1\n", 1);
+    std::fs::write(&entry_cfg, &broken).expect("write broken config");
+    hup(&topo, Node::Entry);
+    topo.wait_for_log("entry-netd", "config_refused", WAIT);
+    let log = topo.netd(Node::Entry).stderr_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("config_refused"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains(&entry_cfg.display().to_string()) && line.contains("netd.ping_interval_ms"),
+        "the refusal names neither the file nor the key: {line}"
+    );
+    topo.assert_daemons_alive();
+
+    let out = pinger.wait_with_output().expect("ping");
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        summary.contains("50 packets transmitted, 50 received"),
+        "the ping on the untouched link lost packets during the reloads:\n{summary}"
+    );
+    // The refused reload kept the dead entry dialling (the old config runs).
+    let failures = |topo: &Topology| {
+        topo.netd(Node::Entry)
+            .stderr_text()
+            .lines()
+            .filter(|l| l.contains("connection failed") && l.contains(&format!("peer={dead}")))
+            .count()
+    };
+    let before = failures(&topo);
+    wait_until("another dial of the kept entry", WAIT, || {
+        (failures(&topo) > before).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // A connect entry to the exit's new listener: a second link.
+    std::fs::write(
+        &entry_cfg,
+        with_connect(&format!("{EXIT_UNDERLAY}:{other_port}")),
+    )
+    .expect("write entry config");
+    hup(&topo, Node::Entry);
+    topo.wait_for_log("entry-netd", "reload: connect entry removed", WAIT);
+    let mut want = vec![t.as_str().to_string(), other.as_str().to_string()];
+    want.sort();
+    wait_until("links to the exit over both transports", WAIT, || {
+        let mut v: Vec<String> = topo
+            .peers(Node::Entry)
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p["name"] == "exit")
+            .map(|p| p["transport"].as_str().unwrap_or_default().to_string())
+            .collect();
+        v.sort();
+        (v == want).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+per_transport!(reload);
+
+/// `disconnect --stay`: the entry closes its link to the exit and stops
+/// redialling it (no link at any look for 3 s); the exit, which was dialled,
+/// refuses --stay with a reason; a reload that still lists the connect entry
+/// brings the link back.
+fn disconnect_stay(t: Transport) {
+    let mut topo = bare(t);
+    init_pair(&mut topo, t);
+    topo.wait_for_tunnel();
+
+    let out = topo.ctl(Node::Exit, &["disconnect", "entry", "--stay"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "--stay on a dialled-in peer: {}",
+        show(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("dialled this node"),
+        "{}",
+        show(&out)
+    );
+
+    let out = topo.ctl(Node::Entry, &["disconnect", "exit", "--stay", "--json"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"ok":true}"#
+    );
+    // The link closes (a QUIC dialler drains its endpoint for up to 3 s
+    // first); from then on it stays closed.
+    wait_until("the entry's link to the exit to close", WAIT, || {
+        topo.peers(Node::Entry)
+            .ok()
+            .filter(|p| p.iter().all(|p| p["name"] != "exit"))
+            .map(|_| ())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        let peers = topo.peers(Node::Entry).expect("peers");
+        assert!(
+            peers.iter().all(|p| p["name"] != "exit"),
+            "the entry redialled a peer disconnected with --stay: {peers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    topo.assert_daemons_alive();
+
+    hup(&topo, Node::Entry);
+    topo.wait_for_tunnel();
+}
+per_transport!(disconnect_stay);
