@@ -226,6 +226,7 @@ fn run(args: Args) -> Result<()> {
     // thread only; seccomp's TSYNC would also cover earlier threads).
     // Landlock first: its own syscalls are not on the seccomp allow-list.
     if args.no_landlock {
+        fs_sandbox::record("disabled");
         tracing::warn!(
             sapper_event = "landlock_disabled",
             "Landlock NOT applied (--no-landlock / SAPPER_NO_LANDLOCK)"
@@ -245,6 +246,7 @@ fn run(args: Args) -> Result<()> {
         // SAPPER_EVENT=landlock_applied` never matches a sandbox that is not
         // in force; `enforcement` says the same in one word.
         let enforcement = fs_sandbox::enforcement(&status);
+        fs_sandbox::record(enforcement);
         match status {
             landlock::RulesetStatus::FullyEnforced => tracing::info!(
                 sapper_event = "landlock_applied",

@@ -909,3 +909,112 @@ fn ws_through_http_proxy() {
     drop(topo);
     drop(r);
 }
+
+/// `sapperctl audit --json` says what /proc says about the netd and privd
+/// behind the sockets it was given: their pids (found by SO_PEERCRED), all
+/// four uids and gids, every capability set, NoNewPrivs and seccomp mode;
+/// netd's Landlock outcome is the one netd logged; the sockets' owner and
+/// mode are the files'; privd's counters are privd's own. The human form
+/// names the same pid.
+#[test]
+fn audit_matches_proc() {
+    use sapper_tests::privs::TaskPrivs;
+    use std::os::unix::fs::MetadataExt;
+    let mut topo = Topology::start(Options::new(Transport::Quic));
+    topo.wait_for_tunnel();
+    let privd_sock = topo.privd_socket(Node::Exit);
+    let page = topo
+        .ctl_json(
+            Node::Exit,
+            &["--privd-socket", &privd_sock.display().to_string(), "audit"],
+        )
+        .expect("audit --json");
+    let logs = topo.netd(Node::Exit).stderr_text();
+    for (name, label, sock) in [
+        ("netd", "exit-netd", topo.mgmt_socket(Node::Exit)),
+        ("privd", "exit-privd", privd_sock.clone()),
+    ] {
+        let d = &page[name];
+        let pid = topo.daemon(label).pid();
+        assert_eq!(d["pid"], pid, "{name}: {d}");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let want = TaskPrivs::parse(&status).expect("parse");
+        let ids = |k: &str| -> Vec<u64> {
+            ["real", "effective", "saved", "fs"]
+                .iter()
+                .map(|f| d[k][f].as_u64().unwrap_or(u64::MAX))
+                .collect()
+        };
+        assert_eq!(ids("uid"), want.uids.map(u64::from).to_vec(), "{name} uids");
+        assert_eq!(ids("gid"), want.gids.map(u64::from).to_vec(), "{name} gids");
+        for (set, mask) in [
+            ("inheritable", want.cap_inh),
+            ("permitted", want.cap_prm),
+            ("effective", want.cap_eff),
+            ("bounding", want.cap_bnd),
+            ("ambient", want.cap_amb),
+        ] {
+            assert_eq!(
+                d["capabilities"][set]["hex"],
+                format!("{mask:016x}"),
+                "{name} {set}"
+            );
+        }
+        assert_eq!(d["no_new_privs"], want.no_new_privs, "{name}");
+        let seccomp = ["disabled", "strict", "filter"][usize::from(want.seccomp.min(2))];
+        assert_eq!(d["seccomp"], seccomp, "{name}");
+        let m = std::fs::metadata(&sock).expect("socket");
+        assert_eq!(d["socket"]["uid"], m.uid(), "{name} socket owner");
+        assert_eq!(d["socket"]["gid"], m.gid(), "{name} socket group");
+        assert_eq!(
+            d["socket"]["mode"],
+            format!("{:04o}", m.mode() & 0o7777),
+            "{name} socket mode"
+        );
+    }
+    // netd is unprivileged and filtered; privd holds only CAP_NET_ADMIN.
+    assert_ne!(page["netd"]["uid"]["effective"], 0);
+    assert_eq!(
+        page["netd"]["capabilities"]["effective"]["names"],
+        serde_json::json!([])
+    );
+    assert_eq!(page["netd"]["seccomp"], "filter");
+    assert_eq!(
+        page["privd"]["capabilities"]["effective"]["names"],
+        serde_json::json!(["cap_net_admin"])
+    );
+    let landlock = page["netd"]["landlock"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        logs.contains(&format!("enforcement=\"{landlock}\""))
+            || logs.contains(&format!("enforcement={landlock}")),
+        "audit says landlock {landlock:?}; netd logged otherwise:\n{logs}"
+    );
+    let privd_status = topo
+        .ctl_json(
+            Node::Exit,
+            &[
+                "--privd-socket",
+                &privd_sock.display().to_string(),
+                "privd",
+                "status",
+            ],
+        )
+        .expect("privd status");
+    let granted = page["privd"]["requests"]["granted"]
+        .as_u64()
+        .expect("granted");
+    assert!(granted > 0, "privd granted the TUN at least: {page}");
+    assert!(granted <= privd_status["granted"].as_u64().unwrap_or(0));
+    let text = topo.ctl(
+        Node::Exit,
+        &["--privd-socket", &privd_sock.display().to_string(), "audit"],
+    );
+    let shown = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        shown.contains(&format!("pid:          {}", topo.netd(Node::Exit).pid())),
+        "{shown}"
+    );
+}
