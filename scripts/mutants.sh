@@ -56,6 +56,8 @@ MUTANTS=(
     'stay-keeps-dialling|netd/src/reload.rs|s/c\.stop\.cancel\(\);//|-p sapper-tests --test operators disconnect_stay::ws'
     'proxy-ignored|netd/src/ws.rs|s/match target\.proxy\(\) \{/match None::<\&sapper_shared::config::Proxy> {/|-p sapper-tests --test operators ws_through_http_proxy'
     'proxy-refusal-unclassified|netd/src/proxy.rs|s/        403 => Err\(ProxyError::Forbidden \{/        4030 => Err(ProxyError::Forbidden {/|-p sapper-tests --test operators ws_through_http_proxy'
+    'audit-seccomp-mislabelled|ctl/src/audit.rs|s/"2" => "filter",/"2" => "strict",/|-p sapper-tests --test operators audit_matches_proc'
+    'audit-landlock-unreported|netd/src/mgmt.rs|s/landlock: crate::fs_sandbox::recorded\(\)\.into\(\),/landlock: String::new(),/|-p sapper-tests --test operators audit_matches_proc'
     # The egress deny list.
     'deny-list-loses-broadcast|shared/src/egress.rs|s/\n    v4\(255, 255, 255, 255, 32\),//|-p sapper-shared --lib egress'
     'deny-list-narrows-multicast|shared/src/egress.rs|s/v4\(224, 0, 0, 0, 4\)/v4(224, 0, 0, 0, 8)/|-p sapper-shared --lib egress'
