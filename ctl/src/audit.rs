@@ -152,6 +152,20 @@ fn socket_file(path: &Path) -> Value {
     }
 }
 
+/// The systemd service whose cgroup holds `pid` (from /proc/PID/cgroup).
+fn unit_of(pid: u32) -> Option<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(format!("/proc/{pid}/cgroup"))
+        .and_then(|f| f.take(MAX_STATUS).read_to_string(&mut text))
+        .ok()?;
+    text.lines()
+        .flat_map(|l| l.rsplit('/'))
+        .find(|c| c.ends_with(".service"))
+        .filter(|c| c.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+}
+
 /// `systemd-analyze security UNIT`'s overall score, when systemd runs and
 /// the tool answers within a few seconds; `None` otherwise.
 fn exposure(unit: &str) -> Option<Value> {
@@ -196,20 +210,28 @@ pub fn collect(
     netd_status: Option<&Value>,
     privd_status: Result<Value, String>,
 ) -> Value {
-    let daemon = |sock: &Path, unit: &str| -> Value {
-        let mut d = match peer_pid(sock).and_then(proc_status) {
+    let daemon = |sock: &Path, unit_prefix: &str| -> Value {
+        let pid = peer_pid(sock);
+        let mut d = match pid.clone().and_then(proc_status) {
             Ok(v) => v,
             Err(e) => json!({"error": e}),
         };
         d["socket"] = socket_file(sock);
-        d["exposure"] = exposure(unit).unwrap_or(Value::Null);
+        // The unit the process runs in (a template instance too); a
+        // daemon not started by one of Sapper's units has no score.
+        d["exposure"] = pid
+            .ok()
+            .and_then(unit_of)
+            .filter(|u| u.starts_with(unit_prefix))
+            .and_then(|u| exposure(&u))
+            .unwrap_or(Value::Null);
         d
     };
-    let mut netd = daemon(mgmt, "sapper-netd.service");
+    let mut netd = daemon(mgmt, "sapper-netd");
     netd["landlock"] = netd_status
         .and_then(|s| s.get("landlock").cloned())
         .unwrap_or(Value::Null);
-    let mut privd_d = daemon(privd, "sapper-privd.service");
+    let mut privd_d = daemon(privd, "sapper-privd");
     privd_d["landlock"] = Value::Null;
     privd_d["requests"] = match privd_status {
         Ok(s) => json!({
