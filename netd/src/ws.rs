@@ -101,9 +101,6 @@ async fn accept_one(
     allowed: Option<Vec<ipnet::IpNet>>,
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
-    // Counted until the link is handed to run_link (which counts its own
-    // Sapper handshake).
-    let preauth = crate::metrics::recorded().preauth();
     // One deadline for TLS, the upgrade and the Sapper handshake.
     let deadline = tokio::time::Instant::now() + node.cfg.handshake_timeout.millis();
     let (cfg, offered) = server.for_connection();
@@ -146,7 +143,6 @@ async fn accept_one(
         negotiated,
     );
     link.ticket = Some(ticket);
-    drop(preauth);
     run_link(node, link, Direction::Inbound, deadline, allowed).await
 }
 
