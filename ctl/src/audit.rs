@@ -1,7 +1,9 @@
 //! `sapperctl audit`: what the running daemons actually hold, read from the
 //! kernel rather than from their config. Each daemon is found as the peer
-//! of its socket (SO_PEERCRED), so the page describes exactly the netd
-//! behind `--socket` and the privd behind `--privd-socket`; its identity,
+//! of its socket (netd's own pid from its status; else SO_PEERCRED; under
+//! socket activation, where the peer is systemd, the one process of that
+//! name), so the page describes the netd behind `--socket` and the privd
+//! behind `--privd-socket`; its identity,
 //! capabilities, NoNewPrivs and seccomp mode come from /proc/PID/status.
 //! netd's Landlock outcome is what netd reports in its status (the kernel
 //! shows it nowhere); privd's counters come from privd's status; the unit's
@@ -68,6 +70,46 @@ fn peer_pid(path: &Path) -> Result<u32, String> {
         .map_err(|e| format!("connecting to {}: {e}", path.display()))?;
     let cred = getsockopt(&s, PeerCredentials).map_err(|e| format!("SO_PEERCRED: {e}"))?;
     u32::try_from(cred.pid()).map_err(|_| "no peer pid".to_string())
+}
+
+/// The `Name:` of /proc/PID/status (the executable's first 15 bytes).
+fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+/// The daemon serving `sock`: `reported` (netd says its own pid), else the
+/// socket's peer if it is `name`; under socket activation the peer is
+/// systemd (PID 1), so else the one process called `name`.
+fn daemon_pid(sock: &Path, name: &str, reported: Option<u32>) -> Result<u32, String> {
+    if let Some(p) = reported.filter(|p| *p != 0 && comm(*p).as_deref() == Some(name)) {
+        return Ok(p);
+    }
+    let peer = peer_pid(sock);
+    if let Ok(p) = &peer {
+        if comm(*p).as_deref() == Some(name) {
+            return Ok(*p);
+        }
+    }
+    let found: Vec<u32> = std::fs::read_dir("/proc")
+        .map_err(|e| format!("/proc: {e}"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| comm(*p).as_deref() == Some(name))
+        .collect();
+    match (found.as_slice(), peer) {
+        ([one], _) => Ok(*one),
+        (_, Err(e)) => Err(e),
+        ([], Ok(p)) => Err(format!(
+            "{}'s peer is pid {p}, not {name}, and no {name} runs",
+            sock.display()
+        )),
+        (many, Ok(p)) => Err(format!(
+            "{}'s peer is pid {p}, not {name}, and {} {name} processes run: cannot tell which",
+            sock.display(),
+            many.len()
+        )),
+    }
 }
 
 /// A capability mask as hex and names.
@@ -210,8 +252,8 @@ pub fn collect(
     netd_status: Option<&Value>,
     privd_status: Result<Value, String>,
 ) -> Value {
-    let daemon = |sock: &Path, unit_prefix: &str| -> Value {
-        let pid = peer_pid(sock);
+    let daemon = |sock: &Path, unit_prefix: &str, reported: Option<u32>| -> Value {
+        let pid = daemon_pid(sock, unit_prefix, reported);
         let mut d = match pid.clone().and_then(proc_status) {
             Ok(v) => v,
             Err(e) => json!({"error": e}),
@@ -227,11 +269,18 @@ pub fn collect(
             .unwrap_or(Value::Null);
         d
     };
-    let mut netd = daemon(mgmt, "sapper-netd");
+    let mut netd = daemon(
+        mgmt,
+        "sapper-netd",
+        netd_status
+            .and_then(|s| s.get("pid"))
+            .and_then(Value::as_u64)
+            .and_then(|p| u32::try_from(p).ok()),
+    );
     netd["landlock"] = netd_status
         .and_then(|s| s.get("landlock").cloned())
         .unwrap_or(Value::Null);
-    let mut privd_d = daemon(privd, "sapper-privd");
+    let mut privd_d = daemon(privd, "sapper-privd", None);
     privd_d["landlock"] = Value::Null;
     privd_d["requests"] = match privd_status {
         Ok(s) => json!({

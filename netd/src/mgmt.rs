@@ -287,6 +287,7 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
                 exit_mode: exit_mode(node, st.role).into(),
                 exit: node.exit.as_ref().map(|x| x.stats_proto()),
                 landlock: crate::fs_sandbox::recorded().into(),
+                pid: std::process::id(),
             }))
         }
         Req::Peers(r) => {
