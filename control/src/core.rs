@@ -268,6 +268,9 @@ struct Link {
     held: Vec<IpNet>,
     /// Prefixes this link owns.
     owned: usize,
+    /// What this link announced that a twin link (same peer) owns: taken
+    /// over when the twin goes down. Bounded like `owned`.
+    standby: BTreeMap<IpNet, (Arc<str>, bool)>,
     bucket: Bucket,
     control_drops: u64,
     routes_refused: u64,
@@ -528,6 +531,19 @@ impl Core {
                 .filter(|(_, l)| l.local != INDET)
                 .map(|(id, _)| *id)
                 .collect(),
+            peer_of: self
+                .links
+                .keys()
+                .filter_map(|id| {
+                    let first = self.links.keys().find(|o| self.same_peer(**o, *id))?;
+                    (first != id
+                        || self
+                            .links
+                            .keys()
+                            .any(|o| o != id && self.same_peer(*o, *id)))
+                    .then_some((*id, *first))
+                })
+                .collect(),
         }
     }
 
@@ -598,6 +614,7 @@ impl Core {
                 up,
                 held: Vec::new(),
                 owned: 0,
+                standby: BTreeMap::new(),
                 bucket: Bucket {
                     tokens: burst,
                     last: now,
@@ -920,7 +937,7 @@ impl Core {
     fn broadcast_except(&mut self, from: Option<LinkId>, body: Body) {
         let m = msg(body);
         for id in self.links.keys() {
-            if Some(*id) != from {
+            if !from.is_some_and(|f| self.same_peer(f, *id)) {
                 self.transmits.push_back((*id, m.clone()));
             }
         }
@@ -1010,6 +1027,25 @@ impl Core {
             self.sync_routes();
         }
         self.learn_held();
+    }
+
+    /// Whether links `a` and `b` go to the same peer: the same name from
+    /// the same underlay address (a node dialling us, or dialled by us,
+    /// over both transports). Such links share what the peer owns: its
+    /// addresses and routes are owned by the first of them, the others hold
+    /// them on standby, and the data path accepts the peer's sources from
+    /// any of them. The address keeps another node that merely claims the
+    /// name from sharing anything.
+    fn same_peer(&self, a: LinkId, b: LinkId) -> bool {
+        if a == b {
+            return true;
+        }
+        match (self.links.get(&a), self.links.get(&b)) {
+            (Some(x), Some(y)) => {
+                x.name() == y.name() && canonical(x.up.remote.ip()) == canonical(y.up.remote.ip())
+            }
+            _ => false,
+        }
     }
 
     fn link_name(&self, id: LinkId) -> String {
@@ -1146,6 +1182,20 @@ impl Core {
             if self.routes.get(&p).is_some_and(|r| r.link == id) {
                 continue;
             }
+            if self
+                .routes
+                .get(&p)
+                .is_some_and(|r| self.same_peer(r.link, id))
+            {
+                // The peer's twin link owns it: held on standby.
+                let max = self.cfg.limits.max_routes_per_peer;
+                if let Some(l) = self.links.get_mut(&id) {
+                    if l.standby.len() < max || l.standby.contains_key(&p) {
+                        l.standby.insert(p, (origin.clone(), address));
+                    }
+                }
+                continue;
+            }
             if let Some(w) = self.refusal(id, &p) {
                 // Another link announcing the same prefix is the normal
                 // case in a loop of relays: refused, not reported.
@@ -1198,6 +1248,15 @@ impl Core {
         let mut refused = 0;
         for p in prefixes {
             let p = p.trunc();
+            if let Some(l) = self.links.get_mut(&id) {
+                if l.standby
+                    .get(&p)
+                    .is_some_and(|(o, a)| !*a && &**o == origin)
+                {
+                    l.standby.remove(&p);
+                    continue;
+                }
+            }
             match self.routes.get(&p) {
                 Some(r) if r.link == id && !r.address && &*r.origin == origin => {
                     self.routes.remove(&p);
@@ -1214,8 +1273,36 @@ impl Core {
         self.after_withdrawal(id, gone, origin);
     }
 
-    /// Every route through `id`, when it goes down.
+    /// Every route through `id`, when it goes down: what a twin link to the
+    /// same peer holds on standby passes to it (nothing is withdrawn or
+    /// uninstalled), the rest is withdrawn.
     fn forget_link_routes(&mut self, id: LinkId) {
+        let twins: Vec<LinkId> = self
+            .links
+            .keys()
+            .filter(|o| **o != id && self.same_peer(**o, id))
+            .copied()
+            .collect();
+        for twin in twins {
+            let Some(l) = self.links.get_mut(&twin) else {
+                continue;
+            };
+            let mut taken = 0;
+            for (p, r) in self.routes.iter_mut() {
+                if r.link != id {
+                    continue;
+                }
+                if let Some((origin, address)) = l.standby.remove(p) {
+                    *r = Learned {
+                        link: twin,
+                        origin,
+                        address,
+                    };
+                    taken += 1;
+                }
+            }
+            l.owned += taken;
+        }
         let mut by_origin: BTreeMap<Arc<str>, Vec<IpNet>> = BTreeMap::new();
         self.routes.retain(|p, r| {
             if r.link == id {
@@ -1265,7 +1352,7 @@ impl Core {
         }
         let mut by_origin: BTreeMap<Arc<str>, Vec<String>> = BTreeMap::new();
         for (p, r) in self.routes.iter() {
-            if r.link != id {
+            if !self.same_peer(r.link, id) {
                 by_origin
                     .entry(r.origin.clone())
                     .or_default()
