@@ -1026,7 +1026,50 @@ impl Core {
         if changed {
             self.sync_routes();
         }
+        self.demote_routes();
         self.learn_held();
+    }
+
+    /// A peer whose role no longer originates routes (it stopped being an
+    /// exit or relay) loses the routes it announced: withdrawn (passed on by
+    /// a relay) and uninstalled. Its own ones are held again, to be learned
+    /// back if it returns to such a role; what it relayed for others is
+    /// dropped. Its tunnel addresses stay its sources.
+    fn demote_routes(&mut self) {
+        let demoted: Vec<LinkId> = self
+            .links
+            .keys()
+            .filter(|id| !self.may_originate(**id))
+            .filter(|id| self.routes.values().any(|r| r.link == **id && !r.address))
+            .copied()
+            .collect();
+        let max = self.cfg.limits.max_routes_per_peer;
+        for id in demoted {
+            let mut by_origin: BTreeMap<Arc<str>, Vec<IpNet>> = BTreeMap::new();
+            self.routes.retain(|p, r| {
+                if r.link == id && !r.address {
+                    by_origin.entry(r.origin.clone()).or_default().push(*p);
+                    false
+                } else {
+                    true
+                }
+            });
+            if let Some(l) = self.links.get_mut(&id) {
+                let n: usize = by_origin.values().map(Vec::len).sum();
+                l.owned = l.owned.saturating_sub(n);
+                l.standby.retain(|_, (_, address)| *address);
+                if let Some(own) = by_origin.get(l.name()) {
+                    for p in own {
+                        if l.held.len() < max && !l.held.contains(p) {
+                            l.held.push(*p);
+                        }
+                    }
+                }
+            }
+            for (origin, gone) in by_origin {
+                self.after_withdrawal(id, gone, &origin);
+            }
+        }
     }
 
     /// Whether links `a` and `b` go to the same peer: the same name from

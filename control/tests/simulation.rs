@@ -672,3 +672,40 @@ fn twin_links_share_a_peer_and_fail_over() {
     );
     assert_eq!(owner(&s, "entry", PRIVATE), None);
 }
+
+/// An exit that stops being one loses the routes it originated: withdrawn
+/// at the entry and uninstalled; its address stays its source. Back in the
+/// exit role, its Handshake routes are learned again.
+#[test]
+fn a_peer_leaving_the_exit_role_loses_its_routes() {
+    let mut s = Sim::new(vec![
+        Spec::new("entry")
+            .tun()
+            .connects()
+            .address("10.99.0.1")
+            .posture(sapper_shared::posture::Posture {
+                auto_routes: true,
+                ..secure(Some(RoleEntry))
+            }),
+        Spec::new("exit")
+            .listens()
+            .address("10.99.0.2")
+            .announce(PRIVATE)
+            .posture(secure(Some(RoleExit))),
+    ]);
+    let w = s.connect("entry", "exit");
+    let link = s.link_at(w, "entry");
+    assert_eq!(owner(&s, "entry", PRIVATE), Some(link));
+    assert!(s.core("entry").installed_routes().contains(&net(PRIVATE)));
+    // The exit drops its fixed role (a hint change; it says so).
+    s.set_hint("exit", None);
+    assert_eq!(s.role("exit"), RoleIndeterminate);
+    assert_eq!(owner(&s, "entry", PRIVATE), None);
+    assert!(!s.core("entry").installed_routes().contains(&net(PRIVATE)));
+    assert_eq!(s.installs("entry").get(&(net(PRIVATE), false)), Some(&1));
+    assert_eq!(owner(&s, "entry", "10.99.0.2/32"), Some(link));
+    // An exit again: its routes come back.
+    s.set_hint("exit", hint(HintLevel::Fixed, RoleExit));
+    assert_eq!(owner(&s, "entry", PRIVATE), Some(link));
+    assert!(s.core("entry").installed_routes().contains(&net(PRIVATE)));
+}
