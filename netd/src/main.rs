@@ -17,6 +17,7 @@ mod metrics_http;
 mod mgmt;
 mod mgmt_socket;
 mod node;
+mod peer_log;
 mod preauth;
 mod privs;
 mod quic;
