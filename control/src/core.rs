@@ -313,6 +313,9 @@ pub struct Core {
     closes: VecDeque<Close>,
     replies: VecDeque<PingReply>,
     published: Option<Forwarding>,
+    /// The host's underlay as last read (connected networks, gateways):
+    /// protected like `cfg.protected`, and kept current by the driver.
+    underlay: Vec<IpNet>,
 }
 
 fn msg(body: Body) -> ControlMessage {
@@ -341,6 +344,7 @@ impl Core {
             closes: VecDeque::new(),
             replies: VecDeque::new(),
             published: None,
+            underlay: Vec::new(),
         }
         .settled()
     }
@@ -873,6 +877,19 @@ impl Core {
     pub fn add_listener(&mut self, l: ListenerInfo) {
         if self.listeners.len() < MAX_LISTENERS {
             self.listeners.push(l);
+        }
+    }
+
+    /// The host's underlay networks and gateways changed (an interface or
+    /// default route came or went): automatic routes are checked against
+    /// the new set at once, and one that now covers it is uninstalled. The
+    /// protected list from the configuration stays protected.
+    pub fn set_underlay(&mut self, mut underlay: Vec<IpNet>) {
+        underlay.sort();
+        underlay.dedup();
+        if underlay != self.underlay {
+            self.underlay = underlay;
+            self.sync_routes();
         }
     }
 
@@ -1465,6 +1482,7 @@ impl Core {
                     .cfg
                     .protected
                     .iter()
+                    .chain(self.underlay.iter())
                     .any(|u| prefix.contains(u) || u.contains(prefix))
             {
                 loops.push(*prefix);

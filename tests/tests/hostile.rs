@@ -399,3 +399,58 @@ fn sapperctl_routes_lists_five_thousand_routes() {
     let out = topo.ctl(Node::Entry, &["peers"]);
     assert!(out.status.success(), "sapperctl peers: {out:?}");
 }
+
+/// The underlay is kept current: an announced route installed on the TUN
+/// is taken off it once an interface whose network it covers appears on
+/// the entry after start (netd re-reads the routing tables, past its
+/// sandbox), while a harmless one stays.
+#[test]
+fn an_interface_added_after_start_is_never_covered() {
+    let mut topo = entry_with_rogue(
+        &["auto_routes = true"],
+        &[],
+        &[
+            "--announce",
+            "10.66.0.0/24",
+            "--announce",
+            "10.77.0.0/24",
+            "hold",
+            "60",
+        ],
+    );
+    wait_until("both routes on the entry's TUN", WAIT, || {
+        let r = topo.entry.ip(&["route", "show", "dev", "sap0"]);
+        (r.contains("10.66.0.0/24") && r.contains("10.77.0.0/24")).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", topo.entry.ip(&["route", "show"])));
+    // A new interface on the entry, in the network of the first route.
+    topo.entry
+        .ip(&["link", "add", "un0", "type", "veth", "peer", "name", "un1"]);
+    topo.entry
+        .ip(&["addr", "add", "10.66.0.1/24", "dev", "un0"]);
+    topo.entry.ip(&["link", "set", "un0", "up"]);
+    topo.entry.ip(&["link", "set", "un1", "up"]);
+    wait_until("the covering route to leave the TUN", WAIT, || {
+        let r = topo.entry.ip(&["route", "show", "dev", "sap0"]);
+        (!r.contains("10.66.0.0/24")).then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            topo.entry.ip(&["route", "show"]),
+            topo.dump_logs()
+        )
+    });
+    let r = topo.entry.ip(&["route", "show", "dev", "sap0"]);
+    assert!(
+        r.contains("10.77.0.0/24"),
+        "the harmless route went too: {r}"
+    );
+    assert!(
+        topo.netd(Node::Entry)
+            .stderr_text()
+            .contains("the underlay changed"),
+        "netd did not notice the new interface"
+    );
+    topo.assert_daemons_alive();
+}
