@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 /// Audit lines written at once before the rate bound applies.
 const BURST: u64 = 200;
@@ -25,7 +25,12 @@ pub struct RateBound {
 impl RateBound {
     /// A full bucket.
     pub fn new(now: Instant) -> Self {
-        RateBound { tokens: BURST, last: now, pending: 0, total: 0 }
+        RateBound {
+            tokens: BURST,
+            last: now,
+            pending: 0,
+            total: 0,
+        }
     }
 
     /// `Some(n)`: write this line, after saying that `n` were left out since
@@ -94,7 +99,12 @@ struct Line<'a> {
 /// Renders a record as one line (no trailing newline).
 pub fn line(rec: &Record<'_>, now: SystemTime) -> String {
     // Serializing plain strings, numbers and a Value cannot fail.
-    serde_json::to_string(&Line { ts: rfc3339(now), audit: true, rec }).unwrap_or_default()
+    serde_json::to_string(&Line {
+        ts: rfc3339(now),
+        audit: true,
+        rec,
+    })
+    .unwrap_or_default()
 }
 
 /// Writes a record to stderr.
@@ -118,8 +128,7 @@ fn write_line(mut line: String) {
 /// Shortens peer-supplied text for the log; the frame limit already bounds
 /// it, this only keeps lines readable.
 pub fn clip(s: &str) -> String {
-    const MAX: usize = 80;
-    match s.char_indices().nth(MAX) {
+    match s.char_indices().nth(80) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
     }
@@ -127,37 +136,16 @@ pub fn clip(s: &str) -> String {
 
 /// UTC RFC 3339 with milliseconds, e.g. `2024-05-01T12:00:00.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-// Howard Hinnant's days-to-civil algorithm; avoids a date crate for one line.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let t = time::OffsetDateTime::from(t);
+    let (y, mo, d) = (t.year(), u8::from(t.month()), t.day());
+    let (h, m, s, ms) = (t.hour(), t.minute(), t.second(), t.millisecond());
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn audit_line_is_one_json_object_with_every_field() {
@@ -179,18 +167,13 @@ mod tests {
         assert!(l.starts_with(r#"{"ts":"2024-05-01T12:00:00.123Z","audit":true,"peer_uid":4242,"#));
         (rec.peer_pid, rec.outcome) = (None, Outcome::Granted);
         let v: Value = serde_json::from_str(&line(&rec, UNIX_EPOCH)).unwrap();
-        assert_eq!((&v["outcome"], &v["peer_pid"]), (&json!("granted"), &Value::Null));
+        assert_eq!(
+            (&v["outcome"], &v["peer_pid"]),
+            (&json!("granted"), &Value::Null)
+        );
         assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
         rec.outcome = Outcome::Failed;
         assert!(line(&rec, UNIX_EPOCH).contains(r#""outcome":"failed""#));
-    }
-
-    #[test]
-    fn dates_across_leap_years() {
-        let at = |s: u64| rfc3339(UNIX_EPOCH + Duration::from_secs(s));
-        assert_eq!(at(951_782_400), "2000-02-29T00:00:00.000Z");
-        assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59.000Z");
-        assert_eq!(at(1_709_210_096), "2024-02-29T12:34:56.000Z");
     }
 
     #[test]

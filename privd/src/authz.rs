@@ -1,5 +1,5 @@
 //! The whole of privd's policy: one pure function, [`decide`], over what
-//! privd holds ([`State`]), who asks ([`Caller`]) and what is asked
+//! privd holds ([`Policy`]), who asks (the SO_PEERCRED uid) and what is asked
 //! ([`Request`]). No socket, no kernel, no clock: every rule is unit tested
 //! below, and server.rs only carries out what [`decide`] returns.
 
@@ -17,8 +17,14 @@ pub const OTHER_TOTAL: usize = 16;
 /// What a caller asks, already decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// A new connection wants a slot.
-    Connect,
+    /// A new connection wants a slot; how many connections its uid, and all
+    /// uids but netd's together, hold now (the new one not counted).
+    Connect {
+        /// Connections open from this uid.
+        open_own: usize,
+        /// Connections open from all uids other than netd's.
+        open_others: usize,
+    },
     /// Hand out the TUN fd.
     OpenTun,
     /// Add (`add`) or remove one route on the TUN.
@@ -38,7 +44,7 @@ impl Request {
     /// The name used in audit records.
     pub fn as_str(&self) -> &'static str {
         match self {
-            Request::Connect => "connect",
+            Request::Connect { .. } => "connect",
             Request::OpenTun => "open_tun",
             Request::RouteChange { .. } => "route_change",
             Request::Status => "status",
@@ -47,29 +53,17 @@ impl Request {
     }
 }
 
-/// Who asks: the uid from SO_PEERCRED, and how many connections that uid
-/// and everyone else hold now (the new one not counted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller {
-    /// SO_PEERCRED uid.
-    pub uid: u32,
-    /// Connections open from this uid.
-    pub open_own: usize,
-    /// Connections open from all uids other than netd's.
-    pub open_others: usize,
-}
-
 /// What privd holds and was configured with.
-#[derive(Debug, Clone, Copy)]
-pub struct State<'a> {
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
     /// The one uid netd runs as.
     pub netd_uid: u32,
     /// privd.tun.allowed_routes.
-    pub allowed: &'a [IpNet],
+    pub allowed: Vec<IpNet>,
     /// privd.tun.routes: the operator's.
-    pub configured: &'a BTreeSet<IpNet>,
+    pub configured: BTreeSet<IpNet>,
     /// Every route privd installed (configured ones included).
-    pub installed: &'a BTreeSet<IpNet>,
+    pub installed: BTreeSet<IpNet>,
     /// privd.tun.max_routes: how many routes netd may hold.
     pub max_routes: usize,
 }
@@ -153,30 +147,33 @@ impl Refusal {
 ///   netd that leaves the entry role cannot take the operator's routes
 ///   away), removals only of routes privd installed, and at most
 ///   max_routes of them.
-pub fn decide(state: &State<'_>, caller: &Caller, req: &Request) -> Result<Action, Refusal> {
-    let netd = caller.uid == state.netd_uid;
-    match req {
-        Request::Connect if netd => match caller.open_own < NETD_CONNECTIONS {
-            true => Ok(Action::Admit { one_reply: false }),
-            false => Err(Refusal::TooManyConnections(caller.uid)),
-        },
-        Request::Connect => {
-            match caller.open_own < OTHER_PER_UID && caller.open_others < OTHER_TOTAL {
-                true => Ok(Action::Admit { one_reply: true }),
-                false => Err(Refusal::TooManyConnections(caller.uid)),
+pub fn decide(state: &Policy, uid: u32, req: &Request) -> Result<Action, Refusal> {
+    let netd = uid == state.netd_uid;
+    match *req {
+        Request::Connect {
+            open_own,
+            open_others,
+        } => {
+            let room = match netd {
+                true => open_own < NETD_CONNECTIONS,
+                false => open_own < OTHER_PER_UID && open_others < OTHER_TOTAL,
+            };
+            match room {
+                true => Ok(Action::Admit { one_reply: !netd }),
+                false => Err(Refusal::TooManyConnections(uid)),
             }
         }
         Request::Unknown => Err(Refusal::Malformed),
         Request::Status => Ok(Action::Status),
         Request::OpenTun | Request::RouteChange { .. } if !netd => Err(Refusal::NotNetd),
         Request::OpenTun => Ok(Action::OpenTun),
-        Request::RouteChange { prefix, add } => {
-            let (net, within) = check_route(prefix, state.configured, state.allowed)?;
+        Request::RouteChange { ref prefix, add } => {
+            let (net, within) = check_route(prefix, &state.configured, &state.allowed)?;
             let held = state.installed.contains(&net);
             match (add, held) {
                 (true, true) => Ok(Action::AddRoute(net, within)),
                 (true, false) => {
-                    let netds = state.installed.difference(state.configured).count();
+                    let netds = state.installed.difference(&state.configured).count();
                     match netds < state.max_routes {
                         true => Ok(Action::AddRoute(net, within)),
                         false => Err(Refusal::RouteLimit(state.max_routes)),
@@ -214,146 +211,130 @@ fn check_route(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Refusal::*;
-
-    const NETD: u32 = 998;
-
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
-
-    fn nets(list: &[&str]) -> BTreeSet<IpNet> {
-        list.iter().map(|s| net(s)).collect()
-    }
 
     /// Allowed 10.78/16, 10.80/16, fd80::/48; the operator's 10.78.0.0/24;
-    /// netd holds 10.80.1.0/24 of at most `max`.
-    fn decide_with(
-        max: usize,
-        installed: &[&str],
-        uid: u32,
-        req: Request,
-    ) -> Result<Action, Refusal> {
-        let allowed: Vec<IpNet> =
-            nets(&["10.78.0.0/16", "10.80.0.0/16", "fd80::/48"]).into_iter().collect();
+    /// netd holds `installed` of at most `max`. Each case reads
+    /// `WHO REQUEST => decision [code]`: WHO is root, netd or other;
+    /// REQUEST is status, tun, junk, +PREFIX (add), -PREFIX (remove) or
+    /// connect:OWN:OTHERS; the decision is its Debug text, then a refusal's
+    /// ErrorCode.
+    fn check(max: usize, installed: &[&str], cases: &[&str]) {
+        let nets = |l: &[&str]| {
+            l.iter()
+                .map(|s| s.parse().unwrap())
+                .collect::<BTreeSet<IpNet>>()
+        };
         let configured = nets(&["10.78.0.0/24"]);
-        let mut held = configured.clone();
-        held.extend(nets(installed));
-        let state = State {
-            netd_uid: NETD,
-            allowed: &allowed,
-            configured: &configured,
-            installed: &held,
+        let state = Policy {
+            netd_uid: 998,
+            allowed: nets(&["10.78.0.0/16", "10.80.0.0/16", "fd80::/48"])
+                .into_iter()
+                .collect(),
+            installed: configured.union(&nets(installed)).copied().collect(),
+            configured,
             max_routes: max,
         };
-        decide(&state, &Caller { uid, open_own: 0, open_others: 0 }, &req)
-    }
-
-    fn route(uid: u32, prefix: &str, add: bool) -> Result<Action, Refusal> {
-        decide_with(2, &["10.80.1.0/24"], uid, Request::RouteChange { prefix: prefix.into(), add })
+        for case in cases {
+            let (asked, want) = case.split_once(" => ").unwrap();
+            let (who, what) = asked.split_once(' ').unwrap();
+            let uid = [("root", 0), ("netd", 998)]
+                .into_iter()
+                .find(|w| w.0 == who)
+                .map_or(4242, |w| w.1);
+            let count = |i: usize| {
+                what.split(':')
+                    .nth(i)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            let req = match what {
+                "status" => Request::Status,
+                "tun" => Request::OpenTun,
+                "junk" => Request::Unknown,
+                c if c.starts_with("connect") => Request::Connect {
+                    open_own: count(1),
+                    open_others: count(2),
+                },
+                p => Request::RouteChange {
+                    prefix: p[1..].into(),
+                    add: p.starts_with('+'),
+                },
+            };
+            let got = match decide(&state, uid, &req) {
+                Ok(a) => format!("{a:?}"),
+                Err(r) => format!("{r:?} {:?}", r.code()),
+            };
+            assert_eq!(got, want, "{case}");
+        }
     }
 
     #[test]
-    fn only_netd_changes_anything_and_status_is_open() {
-        for uid in [0, NETD, 4242] {
-            assert_eq!(decide_with(2, &[], uid, Request::Status), Ok(Action::Status));
-            assert_eq!(decide_with(2, &[], uid, Request::Unknown), Err(Malformed));
-        }
-        assert_eq!(decide_with(2, &[], NETD, Request::OpenTun), Ok(Action::OpenTun));
-        for uid in [0, 4242] {
-            assert_eq!(decide_with(2, &[], uid, Request::OpenTun), Err(NotNetd));
-            assert_eq!(route(uid, "10.80.2.0/24", true), Err(NotNetd), "root is not netd");
-            assert_eq!(route(uid, "10.80.1.0/24", false), Err(NotNetd));
-        }
-        assert_eq!(NotNetd.code(), ErrorCode::PermissionDenied);
-        assert_eq!(Malformed.code(), ErrorCode::Malformed);
-    }
-
-    #[test]
-    fn connection_slots_keep_netd_served() {
-        let (allowed, none) = (vec![], BTreeSet::new());
-        let state = State {
-            netd_uid: NETD,
-            allowed: &allowed,
-            configured: &none,
-            installed: &none,
-            max_routes: 0,
-        };
-        let at = |uid, open_own, open_others| {
-            decide(&state, &Caller { uid, open_own, open_others }, &Request::Connect)
-        };
-        // Others: two each, sixteen in all, one reply each.
-        assert_eq!(at(4242, 0, 0), Ok(Action::Admit { one_reply: true }));
-        assert_eq!(at(4242, 1, OTHER_TOTAL - 1), Ok(Action::Admit { one_reply: true }));
-        assert_eq!(at(4242, OTHER_PER_UID, 5), Err(TooManyConnections(4242)));
-        assert_eq!(at(4243, 0, OTHER_TOTAL), Err(TooManyConnections(4243)));
-        // netd: its own slots, whatever the others hold, kept open.
-        assert_eq!(
-            at(NETD, NETD_CONNECTIONS - 1, OTHER_TOTAL),
-            Ok(Action::Admit { one_reply: false })
+    fn every_rule() {
+        check(
+            2,
+            &["10.80.1.0/24"],
+            &[
+                // Status is read-only and open to anyone who reached the socket.
+                "root status => Status",
+                "netd status => Status",
+                "other status => Status",
+                "netd junk => Malformed Malformed",
+                "other junk => Malformed Malformed",
+                // Everything else is netd's alone; root is not netd.
+                "netd tun => OpenTun",
+                "root tun => NotNetd PermissionDenied",
+                "other tun => NotNetd PermissionDenied",
+                "root +10.80.2.0/24 => NotNetd PermissionDenied",
+                "other -10.80.1.0/24 => NotNetd PermissionDenied",
+                // Inside the allow-list: granted (re-adding one privd holds too).
+                "netd +10.80.2.0/24 => AddRoute(10.80.2.0/24, 10.80.0.0/16)",
+                "netd + 10.80.2.0/24  => AddRoute(10.80.2.0/24, 10.80.0.0/16)",
+                "netd +fd80:0:0:5::/64 => AddRoute(fd80:0:0:5::/64, fd80::/48)",
+                "netd +10.80.1.0/24 => AddRoute(10.80.1.0/24, 10.80.0.0/16)",
+                // Outside or malformed: refused.
+                "netd +0.0.0.0/0 => NotAllowed(0.0.0.0/0) RouteNotAllowed",
+                "netd +10.0.0.0/8 => NotAllowed(10.0.0.0/8) RouteNotAllowed",
+                "netd +11.0.0.0/8 => NotAllowed(11.0.0.0/8) RouteNotAllowed",
+                "netd +::/0 => NotAllowed(::/0) RouteNotAllowed",
+                "netd +10.0.0.1 => Unparsable RouteNotAllowed",
+                "netd + => Unparsable RouteNotAllowed",
+                "netd +10.0.0.0/33 => Unparsable RouteNotAllowed",
+                "netd +eth0 => Unparsable RouteNotAllowed",
+                "netd +10.80.2.3/16 => HostBits(10.80.0.0/16) RouteNotAllowed",
+                // The operator's routes stay the operator's.
+                "netd +10.78.0.0/24 => Configured(10.78.0.0/24) RouteConfigured",
+                "netd -10.78.0.0/24 => Configured(10.78.0.0/24) RouteConfigured",
+                // netd removes only what privd added.
+                "netd -10.80.1.0/24 => DelRoute(10.80.1.0/24, 10.80.0.0/16)",
+                "netd -10.80.9.0/24 => NotInstalled(10.80.9.0/24) RouteNotInstalled",
+                "netd +10.80.3.0/24 => AddRoute(10.80.3.0/24, 10.80.0.0/16)",
+                // Connections: others two each and sixteen in all, one reply
+                // each; netd its own eight, whatever the others hold.
+                "other connect:0:0 => Admit { one_reply: true }",
+                "other connect:1:15 => Admit { one_reply: true }",
+                "other connect:2:5 => TooManyConnections(4242) PermissionDenied",
+                "other connect:0:16 => TooManyConnections(4242) PermissionDenied",
+                "root connect:1:0 => Admit { one_reply: true }",
+                "netd connect:7:16 => Admit { one_reply: false }",
+                "netd connect:8:0 => TooManyConnections(998) PermissionDenied",
+            ],
         );
-        assert_eq!(at(NETD, NETD_CONNECTIONS, 0), Err(TooManyConnections(NETD)));
-        assert_eq!(TooManyConnections(1).code(), ErrorCode::PermissionDenied);
-    }
-
-    #[test]
-    fn routes_inside_the_allow_list_are_granted() {
-        let (a, within) = (net("10.80.2.0/24"), net("10.80.0.0/16"));
-        assert_eq!(route(NETD, "10.80.2.0/24", true), Ok(Action::AddRoute(a, within)));
-        assert_eq!(route(NETD, " 10.80.2.0/24 ", true), Ok(Action::AddRoute(a, within)));
-        let v6 = Action::AddRoute(net("fd80:0:0:5::/64"), net("fd80::/48"));
-        assert_eq!(route(NETD, "fd80:0:0:5::/64", true), Ok(v6));
-        // Re-adding one privd holds is fine (netd restarted).
-        assert_eq!(
-            route(NETD, "10.80.1.0/24", true),
-            Ok(Action::AddRoute(net("10.80.1.0/24"), within))
+        // At most max_routes; re-adding and removing still work at the cap.
+        check(
+            2,
+            &["10.80.1.0/24", "10.80.2.0/24"],
+            &[
+                "netd +10.80.3.0/24 => RouteLimit(2) RouteLimit",
+                "netd +10.80.2.0/24 => AddRoute(10.80.2.0/24, 10.80.0.0/16)",
+                "netd -10.80.2.0/24 => DelRoute(10.80.2.0/24, 10.80.0.0/16)",
+            ],
         );
-    }
-
-    #[test]
-    fn routes_outside_or_malformed_are_refused() {
-        for p in ["0.0.0.0/0", "10.0.0.0/8", "11.0.0.0/8", "::/0"] {
-            assert_eq!(route(NETD, p, true), Err(NotAllowed(net(p))), "{p}");
-        }
-        for p in ["10.0.0.1", "", "10.0.0.0/33", "eth0"] {
-            assert_eq!(route(NETD, p, true), Err(Unparsable), "{p}");
-        }
-        assert_eq!(route(NETD, "10.80.2.3/16", true), Err(HostBits(net("10.80.0.0/16"))));
-        for r in [Unparsable, HostBits(net("10.0.0.0/8")), NotAllowed(net("11.0.0.0/8"))] {
-            assert_eq!(r.code(), ErrorCode::RouteNotAllowed);
-        }
-    }
-
-    #[test]
-    fn configured_routes_stay_the_operators() {
-        for add in [true, false] {
-            assert_eq!(route(NETD, "10.78.0.0/24", add), Err(Configured(net("10.78.0.0/24"))));
-        }
-        assert_eq!(Configured(net("10.78.0.0/24")).code(), ErrorCode::RouteConfigured);
-    }
-
-    #[test]
-    fn netd_removes_only_what_privd_added() {
-        let del = Action::DelRoute(net("10.80.1.0/24"), net("10.80.0.0/16"));
-        assert_eq!(route(NETD, "10.80.1.0/24", false), Ok(del));
-        assert_eq!(route(NETD, "10.80.9.0/24", false), Err(NotInstalled(net("10.80.9.0/24"))));
-        assert_eq!(NotInstalled(net("10.80.9.0/24")).code(), ErrorCode::RouteNotInstalled);
-    }
-
-    #[test]
-    fn netd_holds_at_most_max_routes() {
-        let add = |held: &[&str], max, p: &str, add| {
-            decide_with(max, held, NETD, Request::RouteChange { prefix: p.into(), add })
-        };
-        let full = ["10.80.1.0/24", "10.80.2.0/24"];
-        assert!(add(&full[..1], 2, "10.80.3.0/24", true).is_ok());
-        assert_eq!(add(&full, 2, "10.80.3.0/24", true), Err(RouteLimit(2)));
-        assert_eq!(RouteLimit(2).code(), ErrorCode::RouteLimit);
-        // Re-adding and removing still work at the cap.
-        assert!(add(&full, 2, "10.80.2.0/24", true).is_ok());
-        assert!(add(&full, 2, "10.80.2.0/24", false).is_ok());
         // Configured routes do not count against netd's cap.
-        assert!(add(&[], 1, "10.80.3.0/24", true).is_ok());
-        assert_eq!(add(&[], 0, "10.80.3.0/24", true), Err(RouteLimit(0)));
+        check(
+            1,
+            &[],
+            &["netd +10.80.3.0/24 => AddRoute(10.80.3.0/24, 10.80.0.0/16)"],
+        );
+        check(0, &[], &["netd +10.80.3.0/24 => RouteLimit(0) RouteLimit"]);
     }
 }

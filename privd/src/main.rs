@@ -21,7 +21,6 @@ mod tun;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sapper_shared::config::{Config, PrivdConfig};
 use std::collections::BTreeSet;
@@ -57,10 +56,8 @@ fn main() -> anyhow::Result<()> {
         bail!("privd.user must not be netd's user (uid {netd_uid})");
     }
     // SIGTERM and SIGINT arrive as a readable fd in the poll loop; blocked
-    // from here on (the nft helper inherits that, and outlives a Ctrl-C).
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGTERM);
-    mask.add(Signal::SIGINT);
+    // from here on (and in the nft helper, which outlives them).
+    let mask = nat::stop_signals();
     mask.thread_block().context("blocking SIGTERM/SIGINT")?;
     let stop = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .context("signalfd")?;
@@ -79,7 +76,9 @@ fn main() -> anyhow::Result<()> {
         (Some(_), Some(_)) => bail!("systemd passed more than one socket; privd serves one"),
     };
     // The loop's accept must never block (set here: the filter has no ioctl).
-    listener.set_nonblocking(true).context("non-blocking privd socket")?;
+    listener
+        .set_nonblocking(true)
+        .context("non-blocking privd socket")?;
     let stored_tun = stored.into_iter().next().map(|(fd, _)| fd);
     let result = run(&cfg, netd_uid, user.as_ref(), &listener, stored_tun, &stop);
     // An activated socket is systemd's: it must outlive this process. One
@@ -120,47 +119,46 @@ fn run(
     let mut net = netlink::Netlink::connect()?;
     let t = &cfg.tun;
     let adopted = match stored_tun.map(tun::adopt).transpose()? {
-        Some((fd, name)) if name == t.name => Some((fd, name)),
-        Some((_, name)) => {
+        Some((_, name)) if name != t.name => {
             // Dropping our copy and systemd's lets that interface go once
             // netd lets go, and makes room in the store for the new one.
             let _ = sd::notify("FDSTOREREMOVE=1\nFDNAME=tun", None);
-            let msg = format!("fd store held TUN {name}, config says {}: creating anew", t.name);
+            let msg = format!(
+                "fd store held TUN {name}, config says {}: creating anew",
+                t.name
+            );
             audit::log("warn", &msg);
             None
         }
-        None => None,
+        adopted => adopted,
     };
     let from_store = adopted.is_some();
-    let (tun_fd, tun_name) = match adopted {
-        Some(a) => a,
-        None => tun::create(&t.name)?,
-    };
+    let (tun_fd, tun_name) = adopted.map_or_else(|| tun::create(&t.name), Ok)?;
     let ifindex = nix::net::if_::if_nametoindex(tun_name.as_str())
         .with_context(|| format!("interface index of {tun_name}"))?;
     net.configure_link(ifindex, t.mtu, &t.addresses)
         .with_context(|| format!("configuring {tun_name}"))?;
-    let mut configured = BTreeSet::new();
-    for r in t.routes.iter().map(ipnet::IpNet::trunc) {
-        match net.add_route(ifindex, r) {
+    let configured: BTreeSet<_> = t.routes.iter().map(ipnet::IpNet::trunc).collect();
+    for r in &configured {
+        match net.route(ifindex, *r, true) {
             // A TUN from the fd store still has the routes the last privd set.
-            Err(netlink::NetlinkError::Exists(_)) if from_store => {}
+            Err(e) if from_store && e.1 == nix::errno::Errno::EEXIST => {}
             other => other.with_context(|| format!("privd.tun.routes: {r}"))?,
         }
-        configured.insert(r);
     }
     let mut privd = server::Privd {
+        tun: t.clone(),
         tun_name: tun_name.clone(),
-        tun_mtu: t.mtu,
-        tun_addresses: t.addresses.clone(),
         ifindex,
         tun_fd,
-        allowed_routes: t.allowed_routes.clone(),
-        max_routes: t.max_routes,
-        netd_uid,
         net,
-        routes: configured.clone(),
-        configured_routes: configured,
+        policy: authz::Policy {
+            netd_uid,
+            allowed: t.allowed_routes.clone(),
+            installed: configured.clone(),
+            configured,
+            max_routes: t.max_routes,
+        },
         nat_active: false,
         audit: audit::RateBound::new(std::time::Instant::now()),
         counts: [0; 2],
@@ -170,48 +168,57 @@ fn run(
         // are netd's again exactly when netd could add them now.
         match privd.net.static_routes_via(ifindex) {
             Ok(found) => found.into_iter().for_each(|r| {
-                let req = authz::Request::RouteChange { prefix: r.to_string(), add: true };
-                let netd = authz::Caller { uid: netd_uid, open_own: 0, open_others: 0 };
-                let d = authz::decide(&privd.state(), &netd, &req);
-                if matches!(d, Ok(authz::Action::AddRoute(..))) {
-                    privd.routes.insert(r);
+                let req = authz::Request::RouteChange {
+                    prefix: r.to_string(),
+                    add: true,
+                };
+                if let Ok(authz::Action::AddRoute(..)) =
+                    authz::decide(&privd.policy, netd_uid, &req)
+                {
+                    privd.policy.installed.insert(r);
                 }
             }),
             Err(e) => audit::log("warn", &format!("listing the routes of {tun_name}: {e}")),
         }
-    }
-    // Into systemd's fd store (FileDescriptorStoreMax= in the unit), so the
-    // next privd takes the interface back instead of creating it anew. A TUN
-    // that came from the store is still in it: storing it again would only
-    // overflow FileDescriptorStoreMax=1.
-    if !from_store {
+    } else {
+        // Into systemd's fd store (FileDescriptorStoreMax= in the unit), so
+        // the next privd takes the interface back instead of creating it
+        // anew. A TUN that came from the store is still in it: storing it
+        // again would only overflow FileDescriptorStoreMax=1.
         match sd::notify("FDSTORE=1\nFDNAME=tun", Some(privd.tun_fd.as_fd())) {
-            Ok(true) => {
-                audit::log("info", &format!("TUN {tun_name} fd kept in systemd's fd store"))
-            }
+            Ok(true) => audit::log(
+                "info",
+                &format!("TUN {tun_name} fd kept in systemd's fd store"),
+            ),
             Ok(false) => {}
             Err(e) => audit::log("warn", &format!("fd store: {e}")),
         }
     }
     privd.nat_active = setup_nat(cfg, &tun_name)?;
     // From here on the table exists: any way out removes it.
-    let restricted = restrict(user, privd.nat_active);
-    let teardown = match restricted {
-        Ok(t) => t,
-        Err(e) => {
-            if privd.nat_active {
-                let _ = nat::apply(&nat::teardown());
-            }
-            return Err(e);
+    let teardown = restrict(user, privd.nat_active).inspect_err(|_| {
+        if privd.nat_active {
+            let _ = nat::apply(&nat::teardown());
         }
-    };
+    })?;
+    let on = |b| if b { "on" } else { "off" };
     let state = format!(
         "tun {tun_name} (index {ifindex}, {}), nat {}, forwarding {}",
-        if from_store { "from the fd store" } else { "created" },
-        if privd.nat_active { "on" } else { "off" },
-        if nat::forwarding_enabled() { "on" } else { "off" },
+        if from_store {
+            "from the fd store"
+        } else {
+            "created"
+        },
+        on(privd.nat_active),
+        on(nat::forwarding_enabled()),
     );
-    audit::log("info", &format!("serving {} for uid {netd_uid}: {state}", cfg.socket.display()));
+    audit::log(
+        "info",
+        &format!(
+            "serving {} for uid {netd_uid}: {state}",
+            cfg.socket.display()
+        ),
+    );
     // Ready: the socket is listening, the TUN configured, privd restricted.
     if let Err(e) = sd::notify(&format!("READY=1\nSTATUS={state}"), None) {
         audit::log("warn", &format!("sd_notify READY: {e}"));
@@ -221,18 +228,24 @@ fn run(
     if let Some(t) = teardown {
         match t.run() {
             Ok(()) => audit::log("info", &format!("removed nft table {}", nat::TABLE)),
-            Err(e) => audit::log("error", &format!("removing nft table {}: {e}", nat::TABLE)),
+            Err(e) => audit::log(
+                "error",
+                &format!("removing nft table {}: {e:#}", nat::TABLE),
+            ),
         }
     }
     served.context("serving")
 }
 
 /// privd's pledge: its own uid with only CAP_NET_ADMIN, the nft teardown
-/// helper forked while that is still possible, then the seccomp filter.
+/// helper started while that is still possible, then the seccomp filter.
 fn restrict(user: Option<&nix::unistd::User>, nat: bool) -> anyhow::Result<Option<nat::Teardown>> {
     privs::drop_to_net_admin(user).context("dropping privileges")?;
     audit::log("info", &format!("privileges: {}", privs::describe()));
-    let teardown = nat.then(nat::Teardown::fork).transpose().context("forking the nft helper")?;
+    let teardown = nat
+        .then(nat::Teardown::start)
+        .transpose()
+        .context("starting the nft helper")?;
     seccomp::install()?;
     Ok(teardown)
 }
@@ -247,22 +260,25 @@ fn setup_nat(cfg: &PrivdConfig, tun_name: &str) -> anyhow::Result<bool> {
     };
     let sources = nat::sources(&nat_cfg.sources, &cfg.tun.addresses);
     let ruleset = nat::ruleset(tun_name, &sources)?;
-    let need_v6 = sources.iter().any(|n| matches!(n, ipnet::IpNet::V6(_)));
-    let forwarding = nat::enable_forwarding(need_v6)?;
+    let forwarding = nat::enable_forwarding(sources.iter().any(|n| n.addr().is_ipv6()))?;
     if !forwarding {
         // Not fatal: the NAT table is still right, and status keeps
         // reporting forwarding off until the operator's sysctl fixes it.
+        let fix = "set net.ipv4.ip_forward=1 (sysctl.d/60-sapper.conf)";
         audit::log(
             "warn",
-            "forwarding off: /proc/sys is read-only here; set net.ipv4.ip_forward=1 (sysctl.d/60-sapper.conf)",
+            &format!("forwarding off: /proc/sys is read-only here; {fix}"),
         );
     }
     nat::apply(&ruleset).with_context(|| format!("installing nft table {}", nat::TABLE))?;
     let shown: Vec<String> = sources.iter().map(ToString::to_string).collect();
-    let fwd = if forwarding { "on" } else { "off" };
+    let (fwd, shown) = (if forwarding { "on" } else { "off" }, shown.join(", "));
     audit::log(
         "info",
-        &format!("forwarding {fwd}; masquerading {} via table {}", shown.join(", "), nat::TABLE),
+        &format!(
+            "forwarding {fwd}; masquerading {shown} via table {}",
+            nat::TABLE
+        ),
     );
     Ok(true)
 }

@@ -17,6 +17,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rt};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use nix::errno::Errno;
+use nix::libc;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -26,24 +27,14 @@ const TUN_TXQUEUELEN: u32 = 2000;
 /// at once; this is for the impossible case).
 const NETLINK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Netlink failures.
+/// A netlink failure: what was being done and the errno (the kernel's
+/// answer, or the socket's; EBADMSG for an answer that does not parse).
 #[derive(Debug, thiserror::Error)]
-pub enum NetlinkError {
-    /// The socket failed (open, send, receive or the deadline).
-    #[error("{0}: rtnetlink socket: {1}")]
-    Io(String, std::io::Error),
-    /// The kernel already has a route for the prefix.
-    #[error("a route for {0} already exists")]
-    Exists(IpNet),
-    /// The kernel has no such route.
-    #[error("no route for {0} on the TUN")]
-    NotFound(IpNet),
-    /// Any other refusal from the kernel.
-    #[error("{0}: {1}")]
-    Kernel(String, Errno),
-    /// An answer that does not parse.
-    #[error("{0}: bad answer from the kernel: {1}")]
-    Decode(String, String),
+#[error("{0}: {1}")]
+pub struct NetlinkError(pub String, pub Errno);
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// One rtnetlink socket; requests are answered in order.
@@ -55,21 +46,21 @@ pub struct Netlink {
 impl Netlink {
     /// Opens the socket, with a receive timeout on every answer.
     pub fn connect() -> Result<Self, NetlinkError> {
-        let io = |e| NetlinkError::Io("open".into(), e);
+        let io = |e| NetlinkError("open rtnetlink".into(), io_errno(e));
         let mut sock = Socket::new(NETLINK_ROUTE).map_err(io)?;
         sock.bind_auto().map_err(io)?;
         sock.connect(&SocketAddr::new(0, 0)).map_err(io)?;
         let tv = nix::sys::time::TimeVal::new(NETLINK_TIMEOUT.as_secs() as i64, 0);
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
-            .map_err(|e| io(e.into()))?;
+            .map_err(|e| NetlinkError("rtnetlink timeout".into(), e))?;
         Ok(Self { sock, seq: 0 })
     }
 
     /// Sends one request and collects the answers up to the ACK or the end
     /// of a dump; every length comes from the parser, which checks it.
     fn call(&mut self, msg: Rt, flags: u16, what: &str) -> Result<Vec<Rt>, NetlinkError> {
-        let io = |e| NetlinkError::Io(what.into(), e);
-        let bad = |e: String| NetlinkError::Decode(what.into(), e);
+        let fail = |errno| NetlinkError(what.into(), errno);
+        let io = |e| fail(io_errno(e));
         self.seq = self.seq.wrapping_add(1);
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = NLM_F_REQUEST | flags;
@@ -83,7 +74,8 @@ impl Netlink {
             let (data, _) = self.sock.recv_from_full().map_err(io)?;
             let mut rest = &data[..];
             while !rest.is_empty() {
-                let m = NetlinkMessage::<Rt>::deserialize(rest).map_err(|e| bad(e.to_string()))?;
+                let m =
+                    NetlinkMessage::<Rt>::deserialize(rest).map_err(|_| fail(Errno::EBADMSG))?;
                 let len = (m.header.length as usize + 3) & !3;
                 rest = rest.get(len.max(16)..).unwrap_or_default();
                 if m.header.sequence_number != self.seq {
@@ -93,22 +85,18 @@ impl Netlink {
                     NetlinkPayload::InnerMessage(i) => out.push(i),
                     NetlinkPayload::Error(e) => match e.code {
                         None => return Ok(out),
-                        Some(c) => {
-                            return Err(NetlinkError::Kernel(
-                                what.into(),
-                                Errno::from_raw(-c.get()),
-                            ))
-                        }
+                        Some(c) => return Err(fail(Errno::from_raw(-c.get()))),
                     },
                     NetlinkPayload::Done(_) => return Ok(out),
                     _ => {}
                 }
             }
         }
-        Err(io(std::io::ErrorKind::TimedOut.into()))
+        Err(fail(Errno::ETIMEDOUT))
     }
 
-    /// Sets the MTU and queue length, adds the addresses, brings the link up.
+    /// Sets the MTU and queue length and brings the link up, then adds the
+    /// addresses.
     pub fn configure_link(
         &mut self,
         index: u32,
@@ -117,49 +105,56 @@ impl Netlink {
     ) -> Result<(), NetlinkError> {
         let mut link = LinkMessage::default();
         link.header.index = index;
+        link.header.flags = LinkFlags::Up;
+        link.header.change_mask = LinkFlags::Up;
         // netd drains the TUN in bursts; the default 500-packet queue
         // overflows (each overflow a lost packet) at a few hundred Mbit/s.
-        link.attributes = vec![LinkAttribute::Mtu(mtu), LinkAttribute::TxQueueLen(TUN_TXQUEUELEN)];
-        self.call(Rt::SetLink(link.clone()), NLM_F_ACK, &format!("set MTU {mtu}"))?;
+        link.attributes = vec![
+            LinkAttribute::Mtu(mtu),
+            LinkAttribute::TxQueueLen(TUN_TXQUEUELEN),
+        ];
+        self.call(
+            Rt::SetLink(link),
+            NLM_F_ACK,
+            &format!("set MTU {mtu}, link up"),
+        )?;
         for a in addrs {
             let mut m = AddressMessage::default();
             m.header.family = family(a);
             m.header.prefix_len = a.prefix_len();
             m.header.index = index;
-            m.attributes =
-                vec![AddressAttribute::Address(a.addr()), AddressAttribute::Local(a.addr())];
+            m.attributes = vec![
+                AddressAttribute::Address(a.addr()),
+                AddressAttribute::Local(a.addr()),
+            ];
             if a.addr().is_ipv6() {
                 // No duplicate address detection: the TUN is point-to-point
                 // with nobody to collide with, and DAD would leave the
                 // address "tentative" (unusable as a source) for a second.
                 m.header.flags = AddressHeaderFlags::Nodad;
-                m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+                m.attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
             }
             // Replace, so that re-adding on a TUN from the fd store is fine.
             let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
             self.call(Rt::NewAddress(m), flags, &format!("add address {a}"))?;
         }
-        link.attributes.clear();
-        link.header.flags = LinkFlags::Up;
-        link.header.change_mask = LinkFlags::Up;
-        self.call(Rt::SetLink(link), NLM_F_ACK, "set link up")?;
         Ok(())
     }
 
-    /// Adds a route to `net` through interface `index`; refuses to replace
-    /// an existing one (which might belong to another interface).
-    pub fn add_route(&mut self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
-        let flags = NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-        let r = self.call(Rt::NewRoute(route(index, &net)), flags, &format!("add route {net}"));
-        r.map(drop).map_err(|e| typed(e, &[Errno::EEXIST], NetlinkError::Exists(net)))
-    }
-
-    /// Deletes the route to `net` through interface `index`.
-    pub fn del_route(&mut self, index: u32, net: IpNet) -> Result<(), NetlinkError> {
-        let r =
-            self.call(Rt::DelRoute(route(index, &net)), NLM_F_ACK, &format!("delete route {net}"));
-        let not_found = [Errno::ESRCH, Errno::ENOENT];
-        r.map(drop).map_err(|e| typed(e, &not_found, NetlinkError::NotFound(net)))
+    /// Adds (refusing to replace an existing one, which might belong to
+    /// another interface) or deletes the route to `net` via interface `index`.
+    pub fn route(&mut self, index: u32, net: IpNet, add: bool) -> Result<(), NetlinkError> {
+        let (msg, flags, what) = match add {
+            true => (
+                Rt::NewRoute(route(index, &net)),
+                NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                "add",
+            ),
+            false => (Rt::DelRoute(route(index, &net)), NLM_F_ACK, "delete"),
+        };
+        self.call(msg, flags, &format!("{what} route {net}"))
+            .map(drop)
     }
 
     /// The prefixes of the static routes (privd's kind) in the main table
@@ -205,19 +200,15 @@ fn route(index: u32, net: &IpNet) -> RouteMessage {
     m.header.table = RouteHeader::RT_TABLE_MAIN;
     m.header.protocol = RouteProtocol::Static;
     m.header.kind = RouteType::Unicast;
-    m.header.scope = if net.addr().is_ipv4() { RouteScope::Link } else { RouteScope::Universe };
+    m.header.scope = if net.addr().is_ipv4() {
+        RouteScope::Link
+    } else {
+        RouteScope::Universe
+    };
     let dst = match net.addr() {
         IpAddr::V4(a) => RouteAddress::Inet(a),
         IpAddr::V6(a) => RouteAddress::Inet6(a),
     };
     m.attributes = vec![RouteAttribute::Destination(dst), RouteAttribute::Oif(index)];
     m
-}
-
-/// `t` when the kernel answered `e` with one of `errnos`, else `e`.
-fn typed(e: NetlinkError, errnos: &[Errno], t: NetlinkError) -> NetlinkError {
-    match e {
-        NetlinkError::Kernel(_, n) if errnos.contains(&n) => t,
-        e => e,
-    }
 }

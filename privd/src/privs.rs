@@ -6,6 +6,7 @@
 //! teardown helper (nat.rs) gets it too, and no_new_privs makes sure no exec
 //! (setuid binary or file capabilities) can raise anything again.
 
+use anyhow::{anyhow, ensure, Context};
 use caps::{CapSet, Capability, CapsHashSet};
 use nix::unistd::{Uid, User};
 
@@ -13,50 +14,38 @@ const KEEP: Capability = Capability::CAP_NET_ADMIN;
 /// `privd.user` when unset.
 pub const DEFAULT_USER: &str = "sapper-privd";
 
-/// Privilege errors.
-#[derive(Debug, thiserror::Error)]
-pub enum PrivError {
-    /// Started without the one capability privd needs.
-    #[error("sapper-privd must run as root or with CAP_NET_ADMIN")]
-    NoNetAdmin,
-    /// The user to become is missing or root.
-    #[error("privd.user {0:?} {1}: create it (useradd --system --no-create-home --shell /usr/sbin/nologin {0}) or set privd.user")]
-    User(String, &'static str),
-    /// The kernel refused a change.
-    #[error("{0}: {1}")]
-    Kernel(&'static str, String),
-}
-
-fn kernel<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> PrivError {
-    move |e| PrivError::Kernel(what, e.to_string())
+fn kernel<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> anyhow::Error {
+    move |e| anyhow!("{what}: {e}")
 }
 
 /// Fails unless CAP_NET_ADMIN is effective (i.e. root or granted it).
-pub fn check_net_admin() -> Result<(), PrivError> {
-    match caps::has_cap(None, CapSet::Effective, KEEP) {
-        Ok(true) => Ok(()),
-        _ => Err(PrivError::NoNetAdmin),
-    }
+pub fn check_net_admin() -> anyhow::Result<()> {
+    let ok = caps::has_cap(None, CapSet::Effective, KEEP).unwrap_or(false);
+    ensure!(ok, "sapper-privd must run as root or with CAP_NET_ADMIN");
+    Ok(())
 }
 
 /// The user to become: `None` unless started as root (under systemd privd
 /// already is its own user).
-pub fn resolve(name: Option<&str>) -> Result<Option<User>, PrivError> {
+pub fn resolve(name: Option<&str>) -> anyhow::Result<Option<User>> {
     if !Uid::effective().is_root() {
         return Ok(None);
     }
     let name = name.unwrap_or(DEFAULT_USER);
-    match User::from_name(name) {
-        Ok(Some(u)) if u.uid.is_root() => Err(PrivError::User(name.into(), "is root")),
-        Ok(Some(u)) => Ok(Some(u)),
-        _ => Err(PrivError::User(name.into(), "does not exist")),
-    }
+    let (user, why) = match User::from_name(name) {
+        Ok(Some(u)) if u.uid.is_root() => (None, "is root"),
+        Ok(u) => (u, "does not exist"),
+        Err(_) => (None, "does not exist"),
+    };
+    let hint = "create it (useradd --system --no-create-home --shell /usr/sbin/nologin";
+    user.map(Some)
+        .with_context(|| format!("privd.user {name:?} {why}: {hint} {name}) or set privd.user"))
 }
 
 /// Becomes `user` (if any), keeping CAP_NET_ADMIN across the switch, then
 /// leaves exactly CAP_NET_ADMIN in every set and sets no_new_privs. privd is
 /// single-threaded, so this covers the whole process.
-pub fn drop_to_net_admin(user: Option<&User>) -> Result<(), PrivError> {
+pub fn drop_to_net_admin(user: Option<&User>) -> anyhow::Result<()> {
     // The bounding set can only shrink, and only with CAP_SETPCAP; without
     // it (started non-root) no_new_privs below stops any exec from gaining.
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
@@ -88,26 +77,21 @@ pub fn drop_to_net_admin(user: Option<&User>) -> Result<(), PrivError> {
         caps::raise(None, CapSet::Ambient, KEEP).map_err(kernel("raise ambient set"))?;
     }
     nix::sys::prctl::set_no_new_privs().map_err(kernel("set no_new_privs"))?;
-    if user.is_some() && Uid::effective().is_root() || !is_keep(CapSet::Effective) {
-        return Err(PrivError::Kernel("privilege drop", "did not take effect".into()));
-    }
+    let root = user.is_some() && Uid::effective().is_root();
+    ensure!(
+        !root && is_keep(CapSet::Effective),
+        "privilege drop: did not take effect"
+    );
     Ok(())
 }
 
-/// Who privd is now, for the startup log line.
+/// Who privd is now, for the startup log line (drop_to_net_admin checked
+/// the other sets).
 pub fn describe() -> String {
-    let show = |set| {
-        let mut v: Vec<String> =
-            caps::read(None, set).unwrap_or_default().iter().map(|c| c.to_string()).collect();
-        v.sort();
-        v.join(",")
-    };
+    let bounding = caps::read(None, CapSet::Bounding).unwrap_or_default();
+    let keep = caps::read(None, CapSet::Effective).unwrap_or_default();
     format!(
-        "uid={} effective={} permitted={} bounding={} ambient={}",
-        Uid::effective(),
-        show(CapSet::Effective),
-        show(CapSet::Permitted),
-        show(CapSet::Bounding),
-        show(CapSet::Ambient)
+        "uid={} capabilities={keep:?} bounding={bounding:?}",
+        Uid::effective()
     )
 }

@@ -12,13 +12,8 @@ use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmp
 use seccompiler::{SeccompCondition, SeccompFilter, SeccompRule};
 use std::collections::BTreeMap;
 
-/// Filter errors.
-#[derive(Debug, thiserror::Error)]
-#[error("seccomp: {0}")]
-pub struct SeccompError(String);
-
-fn err<E: std::fmt::Display>(e: E) -> SeccompError {
-    SeccompError(e.to_string())
+fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow::anyhow!("seccomp: {e}")
 }
 
 const PLAIN: &[libc::c_long] = &[
@@ -70,7 +65,7 @@ const PLAIN: &[libc::c_long] = &[
 ];
 
 /// The allow-list, compiled.
-pub fn program() -> Result<BpfProgram, SeccompError> {
+pub fn program() -> anyhow::Result<BpfProgram> {
     let arch = std::env::consts::ARCH.try_into().map_err(err)?;
     let cond = |arg, op, v| SeccompCondition::new(arg, Len::Qword, op, v).map_err(err);
     let mut m: BTreeMap<i64, Vec<SeccompRule>> = PLAIN.iter().map(|n| (*n, vec![])).collect();
@@ -86,7 +81,7 @@ pub fn program() -> Result<BpfProgram, SeccompError> {
 }
 
 /// Installs the allow-list (no_new_privs must be set; privs.rs does).
-pub fn install() -> Result<(), SeccompError> {
+pub fn install() -> anyhow::Result<()> {
     seccompiler::apply_filter(&program()?).map_err(err)
 }
 
@@ -115,7 +110,10 @@ mod tests {
                     libc::syscall(libc::SYS_setuid, 0),
                 ];
                 let eperm = *libc::__errno_location() == libc::EPERM;
-                let allowed = probes.iter().position(|r| *r >= 0).map_or(0, |i| 10 + i as i32);
+                let allowed = probes
+                    .iter()
+                    .position(|r| *r >= 0)
+                    .map_or(0, |i| 10 + i as i32);
                 let unix = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0) >= 0;
                 libc::_exit(match (on, allowed, eperm, unix) {
                     (false, ..) => 1,

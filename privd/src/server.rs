@@ -7,22 +7,25 @@
 //! read its reply is hung up on.
 
 use crate::audit::{self, Outcome, RateBound, Record};
-use crate::authz::{self, Action, Caller, Refusal, Request, State};
+use crate::authz::{self, Action, Policy, Refusal, Request};
 use crate::nat;
-use crate::netlink::{Netlink, NetlinkError};
+use crate::netlink::Netlink;
 use ipnet::IpNet;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{self, sendmsg, sockopt, ControlMessage, MsgFlags, SockFlag};
+use nix::sys::socket::{
+    self, sendmsg, sockopt, ControlMessage, MsgFlags, SockFlag, UnixCredentials,
+};
+use sapper_shared::config::TunConfig;
 use sapper_shared::framing::{self, FrameDecoder};
 use sapper_shared::proto::privd::{
-    priv_request, priv_response, ErrorCode, PrivRequest, PrivResponse, PrivStatus, RouteChange,
-    TunOpened,
+    priv_request, priv_response, ErrorCode, PrivRequest, PrivResponse, PrivStatus,
+    Refusal as Refused, RouteChange, TunOpened,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::{self, IoSlice, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
@@ -42,28 +45,19 @@ const STATUS_ROUTES: usize = sapper_shared::config::MAX_TUN_ROUTES;
 
 /// Everything privd holds. The TUN facts come from the config only.
 pub struct Privd {
+    /// privd.tun as configured.
+    pub tun: TunConfig,
     /// Interface name as the kernel reported it.
     pub tun_name: String,
-    /// Configured MTU.
-    pub tun_mtu: u32,
-    /// Configured addresses.
-    pub tun_addresses: Vec<IpNet>,
     /// Kernel interface index of the TUN.
     pub ifindex: u32,
     /// privd's own TUN fd; callers get duplicates.
     pub tun_fd: OwnedFd,
-    /// Prefixes netd may route into the TUN.
-    pub allowed_routes: Vec<IpNet>,
-    /// privd.tun.max_routes.
-    pub max_routes: usize,
-    /// The uid netd runs as.
-    pub netd_uid: u32,
     /// The rtnetlink socket.
     pub net: Netlink,
-    /// Routes privd installed (configured ones included).
-    pub routes: BTreeSet<IpNet>,
-    /// Routes from privd.tun.routes: the operator's.
-    pub configured_routes: BTreeSet<IpNet>,
+    /// What the policy sees: netd's uid, the allowed, configured and
+    /// installed routes.
+    pub policy: Policy,
     /// True when the nft table was installed at start.
     pub nat_active: bool,
     /// The audit rate bound.
@@ -72,56 +66,56 @@ pub struct Privd {
     pub counts: [u64; 2],
 }
 
-#[derive(Clone, Copy)]
-struct Peer {
-    uid: u32,
-    pid: i32,
-}
-
 /// One client: who, its bytes so far, when it is hung up on.
 struct Conn {
     stream: UnixStream,
-    peer: Peer,
+    peer: UnixCredentials,
     frames: FrameDecoder,
     deadline: Instant,
     one_reply: bool,
 }
 
-/// What a handler decided, before it is audited and sent.
+/// What a handler decided, before it is audited and sent: the body when
+/// granted, else the error code (the reason is the refusal's detail).
 struct Reply {
-    body: priv_response::Body,
+    body: Result<priv_response::Body, ErrorCode>,
     fd: Option<OwnedFd>,
-    outcome: Outcome,
     reason: String,
 }
 
 impl Reply {
-    fn granted(body: priv_response::Body, reason: impl Into<String>) -> Self {
-        let reason = reason.into();
-        Reply { body, fd: None, outcome: Outcome::Granted, reason }
+    fn new(body: Result<priv_response::Body, ErrorCode>, reason: String) -> Self {
+        Reply {
+            body,
+            fd: None,
+            reason,
+        }
     }
 
     fn refused(r: &Refusal) -> Self {
-        Self::not_granted(Outcome::Refused, r.code(), r.to_string())
+        Self::new(Err(r.code()), r.to_string())
     }
 
-    fn failed(reason: impl Into<String>) -> Self {
-        Self::not_granted(Outcome::Failed, ErrorCode::Failed, reason.into())
-    }
-
-    fn not_granted(outcome: Outcome, code: ErrorCode, reason: String) -> Self {
-        let detail = reason.clone();
-        let refusal = sapper_shared::proto::privd::Refusal { code: code as i32, detail };
-        Reply { body: priv_response::Body::Refused(refusal), fd: None, outcome, reason }
+    /// FAILED is the kernel's no; every other code is the policy's.
+    fn outcome(&self) -> Outcome {
+        match self.body {
+            Ok(_) => Outcome::Granted,
+            Err(ErrorCode::Failed) => Outcome::Failed,
+            Err(_) => Outcome::Refused,
+        }
     }
 }
 
+/// The request and its audit parameters.
 fn request(body: &[u8]) -> (Request, Value) {
-    match framing::decode::<PrivRequest>(body).ok().and_then(|r| r.body) {
+    match framing::decode::<PrivRequest>(body)
+        .ok()
+        .and_then(|r| r.body)
+    {
         Some(priv_request::Body::OpenTun(_)) => (Request::OpenTun, json!({})),
-        Some(priv_request::Body::RouteChange(rc)) => {
-            let params = json!({ "prefix": audit::clip(&rc.prefix), "add": rc.add });
-            (Request::RouteChange { prefix: rc.prefix, add: rc.add }, params)
+        Some(priv_request::Body::RouteChange(RouteChange { prefix, add })) => {
+            let params = json!({ "prefix": audit::clip(&prefix), "add": add });
+            (Request::RouteChange { prefix, add }, params)
         }
         Some(priv_request::Body::Status(_)) => (Request::Status, json!({})),
         None => (Request::Unknown, json!({ "len": body.len() })),
@@ -129,17 +123,6 @@ fn request(body: &[u8]) -> (Request, Value) {
 }
 
 impl Privd {
-    /// What the policy sees.
-    pub fn state(&self) -> State<'_> {
-        State {
-            netd_uid: self.netd_uid,
-            allowed: &self.allowed_routes,
-            configured: &self.configured_routes,
-            installed: &self.routes,
-            max_routes: self.max_routes,
-        }
-    }
-
     /// Serves until `stop` (the signalfd) becomes readable.
     pub fn serve(&mut self, listener: &UnixListener, stop: BorrowedFd<'_>) -> io::Result<()> {
         let mut conns: Vec<Conn> = Vec::new();
@@ -151,12 +134,14 @@ impl Privd {
             paused = paused.filter(|t| *t > now);
             let next = conns.iter().map(|c| c.deadline).chain(paused).min();
             let ms = next.map_or(60_000, |t| t.saturating_duration_since(now).as_millis() + 1);
-            let accepting = if paused.is_some() { PollFlags::empty() } else { PollFlags::POLLIN };
-            let mut fds = vec![
-                PollFd::new(stop, PollFlags::POLLIN),
-                PollFd::new(listener.as_fd(), accepting),
-            ];
-            fds.extend(conns.iter().map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)));
+            let accepting = [PollFlags::POLLIN, PollFlags::empty()][usize::from(paused.is_some())];
+            let mut fds = vec![PollFd::new(stop, PollFlags::POLLIN)];
+            fds.push(PollFd::new(listener.as_fd(), accepting));
+            fds.extend(
+                conns
+                    .iter()
+                    .map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)),
+            );
             match poll(
                 &mut fds,
                 PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX),
@@ -164,8 +149,10 @@ impl Privd {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
-            let ready: Vec<bool> =
-                fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
             drop(fds);
             if ready[0] {
                 return Ok(());
@@ -187,11 +174,10 @@ impl Privd {
     /// Admits what is waiting (a bounded batch); false after an accept error.
     fn accept(&mut self, listener: &UnixListener, conns: &mut Vec<Conn>) -> bool {
         for _ in 0..16 {
-            let fd = match socket::accept4(
-                listener.as_raw_fd(),
-                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            ) {
-                Ok(fd) => fd,
+            let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+            let stream = match socket::accept4(listener.as_raw_fd(), flags) {
+                // SAFETY: accept4 just returned this fd; nothing else owns it.
+                Ok(fd) => UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) }),
                 Err(Errno::EAGAIN) => return true,
                 Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
                 Err(e) => {
@@ -199,22 +185,18 @@ impl Privd {
                     return false;
                 }
             };
-            // SAFETY: accept4 just returned this fd; nothing else owns it.
-            let stream =
-                UnixStream::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-            let peer = match socket::getsockopt(&stream, sockopt::PeerCredentials) {
-                Ok(c) => Peer { uid: c.uid(), pid: c.pid() },
-                Err(e) => {
-                    audit::log("warn", &format!("SO_PEERCRED failed, closing: {e}"));
-                    continue;
-                }
+            let Ok(peer) = socket::getsockopt(&stream, sockopt::PeerCredentials) else {
+                audit::log("warn", "SO_PEERCRED failed, closing");
+                continue;
             };
-            let caller = Caller {
-                uid: peer.uid,
-                open_own: conns.iter().filter(|c| c.peer.uid == peer.uid).count(),
-                open_others: conns.iter().filter(|c| c.peer.uid != self.netd_uid).count(),
+            let open_own = conns.iter().filter(|c| c.peer.uid() == peer.uid()).count();
+            let netd = self.policy.netd_uid;
+            let open_others = conns.iter().filter(|c| c.peer.uid() != netd).count();
+            let req = Request::Connect {
+                open_own,
+                open_others,
             };
-            match authz::decide(&self.state(), &caller, &Request::Connect) {
+            match authz::decide(&self.policy, peer.uid(), &req) {
                 Ok(Action::Admit { one_reply }) => conns.push(Conn {
                     stream,
                     peer,
@@ -236,13 +218,12 @@ impl Privd {
         match c.stream.read(&mut buf) {
             Ok(0) => return false,
             Ok(n) => c.frames.push(&buf[..n]),
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.kind() == io::ErrorKind::Interrupted =>
-            {
-                return true
+            Err(e) => {
+                return matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                )
             }
-            Err(_) => return false,
         }
         loop {
             let reply = match c.frames.next_frame() {
@@ -250,8 +231,7 @@ impl Privd {
                 Ok(Some(body)) => self.answer(c.peer, &body),
                 Err(e) => {
                     // Framing is lost, so the connection cannot go on.
-                    let reply =
-                        Reply::not_granted(Outcome::Refused, ErrorCode::Malformed, e.to_string());
+                    let reply = Reply::new(Err(ErrorCode::Malformed), e.to_string());
                     self.record(c.peer, "unknown", json!({ "error": e.to_string() }), &reply);
                     let _ = send(&c.stream, reply);
                     return false;
@@ -262,41 +242,33 @@ impl Privd {
             }
         }
         if !c.one_reply {
-            let idle = if c.frames.is_empty() { NETD_IDLE } else { IO_TIMEOUT };
-            c.deadline = Instant::now() + idle;
+            c.deadline = Instant::now()
+                + if c.frames.is_empty() {
+                    NETD_IDLE
+                } else {
+                    IO_TIMEOUT
+                };
         }
         true
     }
 
-    fn answer(&mut self, peer: Peer, body: &[u8]) -> Reply {
+    fn answer(&mut self, peer: UnixCredentials, body: &[u8]) -> Reply {
         let (req, params) = request(body);
-        let caller = Caller { uid: peer.uid, open_own: 0, open_others: 0 };
-        let reply = match authz::decide(&self.state(), &caller, &req) {
+        let reply = match authz::decide(&self.policy, peer.uid(), &req) {
             Err(r) => Reply::refused(&r),
             Ok(Action::OpenTun) => self.open_tun(),
-            Ok(Action::AddRoute(net, within)) => match self.net.add_route(self.ifindex, net) {
-                // Re-adding a route privd already holds (netd restarted
-                // and re-announces) is not an error.
-                Err(NetlinkError::Exists(_)) if self.routes.contains(&net) => {
-                    route_ok(net, true, within)
-                }
-                Err(e) => Reply::failed(e.to_string()),
-                Ok(()) => {
-                    self.routes.insert(net);
-                    route_ok(net, true, within)
-                }
-            },
-            Ok(Action::DelRoute(net, within)) => match self.net.del_route(self.ifindex, net) {
-                r @ (Ok(()) | Err(NetlinkError::NotFound(_))) => {
-                    self.routes.remove(&net);
-                    r.map_or_else(
-                        |e| Reply::failed(e.to_string()),
-                        |()| route_ok(net, false, within),
-                    )
-                }
-                Err(e) => Reply::failed(e.to_string()),
-            },
-            Ok(Action::Status) => self.status(),
+            Ok(Action::AddRoute(net, within)) => self.change_route(net, true, within),
+            Ok(Action::DelRoute(net, within)) => self.change_route(net, false, within),
+            Ok(Action::Status) => {
+                let counts = [self.counts[0], self.counts[1], self.audit.suppressed()];
+                let body = status_body(
+                    &self.tun_name,
+                    &self.policy.installed,
+                    self.nat_active,
+                    counts,
+                );
+                Reply::new(Ok(priv_response::Body::Status(body)), "ok".into())
+            }
             // decide() admits only for Request::Connect.
             Ok(Action::Admit { .. }) => Reply::refused(&Refusal::Malformed),
         };
@@ -304,47 +276,78 @@ impl Privd {
         reply
     }
 
-    fn record(&mut self, peer: Peer, request: &'static str, params: Value, reply: &Reply) {
-        self.counts[usize::from(reply.outcome != Outcome::Granted)] += 1;
+    /// Carries out a route change authz granted. Re-adding a route privd
+    /// holds (netd restarted and re-announces) is not an error; a route the
+    /// kernel no longer has is no longer privd's.
+    fn change_route(&mut self, net: IpNet, add: bool, within: IpNet) -> Reply {
+        let r = self.net.route(self.ifindex, net, add);
+        let errno = r.as_ref().err().map(|e| e.1);
+        let ok = errno.is_none()
+            || add && errno == Some(Errno::EEXIST) && self.policy.installed.contains(&net);
+        if add && ok {
+            self.policy.installed.insert(net);
+        }
+        if !add && (ok || matches!(errno, Some(Errno::ESRCH | Errno::ENOENT))) {
+            self.policy.installed.remove(&net);
+        }
+        let body = priv_response::Body::RouteChanged(RouteChange {
+            prefix: net.to_string(),
+            add,
+        });
+        match r {
+            Err(e) if !ok => Reply::new(Err(ErrorCode::Failed), e.to_string()),
+            _ => Reply::new(Ok(body), format!("inside allowed {within}")),
+        }
+    }
+
+    /// Counts the outcome and writes its audit line, within the rate bound.
+    fn record(
+        &mut self,
+        peer: UnixCredentials,
+        request: &'static str,
+        params: Value,
+        reply: &Reply,
+    ) {
+        self.counts[usize::from(reply.outcome() != Outcome::Granted)] += 1;
         let Some(left_out) = self.audit.admit(Instant::now()) else {
             return;
         };
         if left_out > 0 {
-            audit::log("warn", &format!("rate bound: {left_out} audit lines suppressed"));
+            audit::log(
+                "warn",
+                &format!("rate bound: {left_out} audit lines suppressed"),
+            );
         }
+        let peer_pid = Some(peer.pid()).filter(|p| *p > 0);
+        let (outcome, reason) = (reply.outcome(), reply.reason.as_str());
         audit::emit(&Record {
-            peer_uid: peer.uid,
-            peer_pid: Some(peer.pid).filter(|p| *p > 0),
+            peer_uid: peer.uid(),
+            peer_pid,
             request,
             params,
-            outcome: reply.outcome,
-            reason: &reply.reason,
+            outcome,
+            reason,
         });
     }
 
     fn open_tun(&self) -> Reply {
-        let opened = TunOpened {
-            name: self.tun_name.clone(),
-            mtu: self.tun_mtu,
-            addresses: self.tun_addresses.iter().map(ToString::to_string).collect(),
-        };
+        let name = self.tun_name.clone();
+        let addresses = self.tun.addresses.iter().map(ToString::to_string).collect();
+        let opened = priv_response::Body::TunOpened(TunOpened {
+            name,
+            mtu: self.tun.mtu,
+            addresses,
+        });
         match self.tun_fd.try_clone() {
-            Ok(fd) => {
-                let reason = format!("fd for {}", self.tun_name);
-                Reply {
-                    fd: Some(fd),
-                    ..Reply::granted(priv_response::Body::TunOpened(opened), reason)
-                }
-            }
-            Err(e) => Reply::failed(format!("cannot duplicate TUN fd: {e}")),
+            Ok(fd) => Reply {
+                fd: Some(fd),
+                ..Reply::new(Ok(opened), format!("fd for {}", self.tun_name))
+            },
+            Err(e) => Reply::new(
+                Err(ErrorCode::Failed),
+                format!("cannot duplicate TUN fd: {e}"),
+            ),
         }
-    }
-
-    fn status(&self) -> Reply {
-        let [granted, refused] = self.counts;
-        let counts = [granted, refused, self.audit.suppressed()];
-        let body = status_body(&self.tun_name, &self.routes, self.nat_active, counts);
-        Reply::granted(priv_response::Body::Status(body), "ok")
     }
 }
 
@@ -352,31 +355,38 @@ impl Privd {
 /// sendmsg so the client receives both in one recvmsg. A reply fits the
 /// socket buffer of a client that reads: one that does not is hung up on.
 fn send(stream: &UnixStream, reply: Reply) -> io::Result<()> {
-    let frame = framing::encode(&PrivResponse { body: Some(reply.body) });
+    let body = reply.body.unwrap_or_else(|code| {
+        priv_response::Body::Refused(Refused {
+            code: code as i32,
+            detail: reply.reason,
+        })
+    });
+    let frame = framing::encode(&PrivResponse { body: Some(body) });
     let fds: Vec<i32> = reply.fd.iter().map(AsRawFd::as_raw_fd).collect();
     let mut sent = 0;
     while sent < frame.len() {
-        let cmsg: Vec<ControlMessage> = match sent {
-            0 if !fds.is_empty() => vec![ControlMessage::ScmRights(&fds)],
-            _ => vec![],
+        let rights = [ControlMessage::ScmRights(&fds)];
+        let cmsg = if sent == 0 && !fds.is_empty() {
+            &rights[..]
+        } else {
+            &[]
         };
         let iov = [IoSlice::new(&frame[sent..])];
-        sent += sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)?;
+        sent += sendmsg::<()>(stream.as_raw_fd(), &iov, cmsg, MsgFlags::MSG_NOSIGNAL, None)?;
     }
     // The kernel took its own reference to the fd; ours closes here.
     Ok(())
-}
-
-fn route_ok(net: IpNet, add: bool, within: IpNet) -> Reply {
-    let body = priv_response::Body::RouteChanged(RouteChange { prefix: net.to_string(), add });
-    Reply::granted(body, format!("inside allowed {within}"))
 }
 
 /// The status reply; `counts` is granted, refused, audit lines suppressed.
 fn status_body(tun: &str, routes: &BTreeSet<IpNet>, nat: bool, counts: [u64; 3]) -> PrivStatus {
     PrivStatus {
         tun_name: tun.to_string(),
-        routes: routes.iter().take(STATUS_ROUTES).map(ToString::to_string).collect(),
+        routes: routes
+            .iter()
+            .take(STATUS_ROUTES)
+            .map(ToString::to_string)
+            .collect(),
         nat_active: nat,
         granted: counts[0],
         refused: counts[1],
@@ -398,6 +408,10 @@ mod tests {
         let frame = sapper_shared::framing::encode(&super::PrivResponse {
             body: Some(super::priv_response::Body::Status(body)),
         });
-        assert!(frame.len() <= sapper_shared::framing::MAX_CONTROL_FRAME, "{}", frame.len());
+        assert!(
+            frame.len() <= sapper_shared::framing::MAX_CONTROL_FRAME,
+            "{}",
+            frame.len()
+        );
     }
 }

@@ -63,10 +63,12 @@ impl Ctx {
     /// Sends a packet the exit originated to peer `peer`, or wherever the
     /// routing table says if that peer is gone (it may have reconnected).
     pub fn send_to_peer(&self, peer: u64, pkt: Vec<u8>) {
-        if !self
-            .sink
-            .send_to(Some(LinkId(peer)), Packet::plain(Bytes::from(pkt)))
-        {
+        self.send_packet_to_peer(peer, Packet::plain(Bytes::from(pkt)));
+    }
+
+    /// As [`Ctx::send_to_peer`], for a packet already on the data path's terms.
+    pub fn send_packet_to_peer(&self, peer: u64, pkt: Packet) {
+        if !self.sink.send_to(Some(LinkId(peer)), pkt) {
             self.stats.dropped.fetch_add(1, Relaxed);
         }
     }

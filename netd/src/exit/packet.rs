@@ -3,7 +3,10 @@
 //! errors). smoltcp's `wire` types do the byte work; everything here is pure
 //! and bounds-checked, so a malformed packet is `None`, never a panic.
 
+use crate::datapath::ARENA;
+use bytes::{BufMut, Bytes, BytesMut};
 use sapper_shared::egress::Proto;
+use sapper_shared::framing::WS_TAG_PACKET;
 use sapper_shared::routing::MAX_IP_PACKET;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -214,7 +217,23 @@ fn ip_packet(
     payload_len: usize,
     fill: impl FnOnce(&mut [u8]),
 ) -> Option<Vec<u8>> {
+    let mut out = BytesMut::new();
+    append_ip_packet(&mut out, src, dst, proto, payload_len, fill)?;
+    // The BytesMut's own allocation becomes the Vec (no copy).
+    Some(Vec::from(out))
+}
+
+/// As [`ip_packet`], appended to `out` (which is left as it was on `None`).
+fn append_ip_packet(
+    out: &mut BytesMut,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: IpProtocol,
+    payload_len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> Option<()> {
     let caps = ChecksumCapabilities::default();
+    let start = out.len();
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let repr = Ipv4Repr {
@@ -228,10 +247,11 @@ fn ip_packet(
             if hl + payload_len > MAX_IP_PACKET {
                 return None;
             }
-            let mut buf = vec![0u8; hl + payload_len];
+            out.resize(start + hl + payload_len, 0);
+            let buf = &mut out[start..];
             repr.emit(&mut Ipv4Packet::new_unchecked(&mut buf[..]), &caps);
             fill(&mut buf[hl..]);
-            Some(buf)
+            Some(())
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             if payload_len > MAX_IP_PACKET {
@@ -245,22 +265,23 @@ fn ip_packet(
                 hop_limit: HOP_LIMIT,
             };
             let hl = repr.buffer_len();
-            let mut buf = vec![0u8; hl + payload_len];
+            out.resize(start + hl + payload_len, 0);
+            let buf = &mut out[start..];
             repr.emit(&mut Ipv6Packet::new_unchecked(&mut buf[..]));
             fill(&mut buf[hl..]);
-            Some(buf)
+            Some(())
         }
         _ => None,
     }
 }
 
-/// A UDP datagram `src -> dst` carrying `payload`.
-pub fn udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
-    let len = 8 + payload.len();
-    if len > MAX_IP_PACKET {
-        return None;
-    }
-    ip_packet(src.ip(), dst.ip(), IpProtocol::Udp, len, |buf| {
+/// Writes the UDP header and `payload` (checksum over `src`, `dst`).
+fn udp_fill<'a>(
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &'a [u8],
+) -> impl FnOnce(&mut [u8]) + 'a {
+    move |buf| {
         let repr = UdpRepr {
             src_port: src.port(),
             dst_port: dst.port(),
@@ -273,7 +294,50 @@ pub fn udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> 
             |p| p.copy_from_slice(payload),
             &ChecksumCapabilities::default(),
         );
-    })
+    }
+}
+
+/// A UDP datagram `src -> dst` carrying `payload`.
+pub fn udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    let len = 8 + payload.len();
+    if len > MAX_IP_PACKET {
+        return None;
+    }
+    ip_packet(
+        src.ip(),
+        dst.ip(),
+        IpProtocol::Udp,
+        len,
+        udp_fill(src, dst, payload),
+    )
+}
+
+/// As [`udp`], written into `arena` behind the WebSocket packet tag: the
+/// returned buffer is a tagged packet cut from the arena, which many packets
+/// share and which is reclaimed in place once they are sent, so the steady
+/// stream of a UDP flow's replies allocates nothing.
+pub fn udp_tagged(
+    arena: &mut BytesMut,
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+) -> Option<Bytes> {
+    let len = 8 + payload.len();
+    if len > MAX_IP_PACKET {
+        return None;
+    }
+    let most = 1 + 40 + len;
+    if arena.capacity() < most {
+        arena.reserve(ARENA.max(most));
+    }
+    arena.clear();
+    arena.put_u8(WS_TAG_PACKET);
+    let fill = udp_fill(src, dst, payload);
+    if append_ip_packet(arena, src.ip(), dst.ip(), IpProtocol::Udp, len, fill).is_none() {
+        arena.clear();
+        return None;
+    }
+    Some(arena.split().freeze())
 }
 
 /// An echo reply `src -> dst` (ICMP or ICMPv6 by family).
@@ -709,5 +773,26 @@ mod tests {
         v6[0] = 129;
         assert_eq!(parse_reply(true, &v6), Some((5, &b"hi"[..])));
         assert_eq!(parse_reply(false, &msg[..7]), None);
+    }
+
+    /// The tagged builder writes the very packet `udp` builds, behind the
+    /// WebSocket tag, and consecutive packets share one allocation.
+    #[test]
+    fn udp_tagged_matches_udp_and_shares_the_arena() {
+        let mut arena = BytesMut::new();
+        for (s, d) in [
+            ("10.20.0.2:53", "10.99.0.1:5353"),
+            ("[fd20::2]:53", "[fd99::1]:5353"),
+        ] {
+            let plain = udp(sa(s), sa(d), b"answer").unwrap();
+            let first = udp_tagged(&mut arena, sa(s), sa(d), b"answer").unwrap();
+            assert_eq!(first[0], WS_TAG_PACKET);
+            assert_eq!(&first[1..], &plain[..]);
+            let second = udp_tagged(&mut arena, sa(s), sa(d), b"answer").unwrap();
+            assert_eq!(second.as_ptr(), first[first.len()..].as_ptr());
+        }
+        // Mixed families build nothing and leave the arena as it was.
+        assert!(udp_tagged(&mut arena, sa("10.0.0.1:1"), sa("[fd00::1]:1"), b"x").is_none());
+        assert!(arena.is_empty());
     }
 }

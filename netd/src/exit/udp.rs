@@ -6,7 +6,8 @@
 
 use super::engine::{Ctx, DgramFlow, Engine, Event};
 use super::packet::{self, FlowKey, Unreachable};
-use bytes::Bytes;
+use crate::datapath::Packet;
+use bytes::{Bytes, BytesMut};
 use sapper_shared::egress::Proto;
 use std::cell::RefCell;
 use std::io::ErrorKind;
@@ -25,6 +26,9 @@ thread_local! {
     /// Receive buffer shared by all flows on a thread: a datagram is copied
     /// out of it into its packet at once, so flows hold no buffer of their own.
     pub static RECV_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; sapper_shared::routing::MAX_IP_PACKET]);
+    /// Where replies are built, shared by all flows on a thread the same
+    /// way (see `packet::udp_tagged`).
+    static TX_ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
 /// A UDP datagram from the entry.
@@ -121,14 +125,17 @@ async fn run(
                 if r.is_err() {
                     break;
                 }
-                let got = RECV_BUF.with(|b| {
+                let got: std::io::Result<Option<Bytes>> = RECV_BUF.with(|b| {
                     let mut b = b.borrow_mut();
-                    sock.try_recv(&mut b[..]).map(|n| packet::udp(key.dst, key.src, &b[..n]))
+                    let n = sock.try_recv(&mut b[..])?;
+                    Ok(TX_ARENA.with(|a| {
+                        packet::udp_tagged(&mut a.borrow_mut(), key.dst, key.src, &b[..n])
+                    }))
                 });
                 match got {
                     Ok(Some(pkt)) => {
                         deadline = Instant::now() + idle;
-                        ctx.send_to_peer(peer, pkt);
+                        ctx.send_packet_to_peer(peer, Packet::tagged(pkt));
                     }
                     Ok(None) => {}
                     Err(err) if err.kind() == ErrorKind::WouldBlock => {}

@@ -1,12 +1,15 @@
-//! End-to-end: the real sapper-privd binary in a fresh network namespace,
+//! privd alone: the real sapper-privd binary in a fresh network namespace,
 //! driven through sapper-privd-client. Needs root (it creates namespaces);
-//! skipped with a message otherwise.
+//! fails with a message otherwise.
 //!
 //! The "other uid" check re-runs this test binary as uid 4242 with
 //! `PROBE_ENV` set, which turns the `probe_child` test into a tiny client.
 
 use nix::libc;
 use sapper_privd_client::{ErrorCode, PrivdClient, PrivdError};
+use sapper_tests::bins::bins;
+use sapper_tests::cmd::{run_timeout, wait_until};
+use sapper_tests::netns::{self, Netns};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -15,7 +18,6 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,8 +36,9 @@ fn probe_child() {
         .unwrap_or_else(|_| panic!("probe_child runs only under probe_as ({PROBE_ENV} unset)"));
     if std::env::var_os(HOLD_ENV).is_some() {
         // The lock-out attempt: 64 idle connections, held until stdin closes.
-        let held: Vec<UnixStream> =
-            (0..64).filter_map(|_| UnixStream::connect(&path).ok()).collect();
+        let held: Vec<UnixStream> = (0..64)
+            .filter_map(|_| UnixStream::connect(&path).ok())
+            .collect();
         println!("PROBE held {}", held.len());
         let _ = std::io::stdout().flush();
         let _ = std::io::stdin().read(&mut [0u8; 1]);
@@ -56,21 +59,10 @@ fn outcome(r: Result<(), PrivdError>) -> String {
     }
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// The user privd becomes (privd.user unset): created as a system user
-/// when this host has none yet, as the e2e harness does.
-fn ensure_privd_user() {
-    if nix::unistd::User::from_name("sapper-privd").ok().flatten().is_none() {
-        let args = ["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin"];
-        let _ = Command::new("useradd").args(args).arg("sapper-privd").status();
-    }
-}
-
 /// A namespace, a temp dir and a running privd; torn down in Drop so that a
 /// failed assertion leaves nothing behind.
 struct World {
-    ns: String,
+    ns: Netns,
     dir: PathBuf,
     socket: PathBuf,
     privd: Option<Child>,
@@ -85,19 +77,20 @@ impl World {
             "the privd integration tests need root (network namespaces, TUN devices): \
              run `sudo scripts/test.sh`"
         );
-        ensure_privd_user();
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        // `sap<UPPER><pid>_<n>`, the harness's naming scheme, so that the
-        // stale-namespace cleanup (sapper_tests::netns::cleanup_stale and
-        // scripts/test.sh) removes what a killed run left behind.
-        let ns = format!("sapV{}_{n}", std::process::id());
-        let dir = std::env::temp_dir().join(&ns);
+        sapper_tests::privd_user();
+        let ns = Netns::create(netns::name_for('V', netns::next_id()));
+        let dir = std::env::temp_dir().join(ns.name());
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.join("run/privd.sock");
-        let mut world = World { ns, dir, socket, privd: None, stderr: Arc::default() };
-        run("ip", &["netns", "add", &world.ns]);
+        let mut world = World {
+            ns,
+            dir,
+            socket,
+            privd: None,
+            stderr: Arc::default(),
+        };
         let config = format!(
             "[privd]\nsocket = {:?}\nsocket_group = \"nogroup\"\n{config_tail}",
             world.socket.display().to_string()
@@ -109,8 +102,9 @@ impl World {
     }
 
     fn start(&mut self, cfg: &Path) {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_sapper-privd")])
+        let mut child = self
+            .ns
+            .cmd(&bins().privd)
             .arg("--config")
             .arg(cfg)
             .stdin(Stdio::null())
@@ -127,18 +121,14 @@ impl World {
             }
         });
         self.privd = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
+        let up = wait_until("privd's socket", Duration::from_secs(15), || {
             if let Some(status) = self.privd.as_mut().unwrap().try_wait().unwrap() {
                 std::thread::sleep(Duration::from_millis(100));
                 panic!("privd exited early ({status}): {:?}", self.lines());
             }
-            if UnixStream::connect(&self.socket).is_ok() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "privd did not come up: {:?}", self.lines());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            UnixStream::connect(&self.socket).ok()
+        });
+        up.unwrap_or_else(|e| panic!("{e}: {:?}", self.lines()));
     }
 
     fn client(&self) -> PrivdClient {
@@ -159,15 +149,12 @@ impl World {
     }
 
     fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", self.ns.as_str()];
-        all.extend_from_slice(args);
-        stdout(run("ip", &all))
+        self.ns.ip(args)
     }
 
     fn in_ns(&self, cmd: &[&str]) -> Output {
-        let mut all = vec!["netns", "exec", self.ns.as_str()];
-        all.extend_from_slice(cmd);
-        output("ip", &all)
+        let mut c = self.ns.cmd(cmd[0]);
+        run_timeout(c.args(&cmd[1..]), Duration::from_secs(10)).unwrap()
     }
 
     /// SIGTERM and wait (bounded) for a clean exit.
@@ -188,7 +175,6 @@ impl Drop for World {
             let _ = child.kill();
             let _ = wait_bounded(&mut child, Duration::from_secs(5));
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -206,24 +192,6 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::Exit
     None
 }
 
-fn output(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
-}
-
-fn run(cmd: &str, args: &[&str]) -> Output {
-    let out = output(cmd, args);
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn stdout(out: Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Interface name and flags of a TUN fd (TUNGETIFF), proving it is one.
 fn tun_info(fd: &OwnedFd) -> (String, i32) {
     #[repr(C)]
@@ -237,10 +205,17 @@ fn tun_info(fd: &OwnedFd) -> (String, i32) {
         nix::request_code_read!(b'T', 210, std::mem::size_of::<libc::c_uint>()),
         IfReq
     );
-    let mut req = IfReq { name: [0; 16], flags: 0, _pad: [0; 22] };
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: 0,
+        _pad: [0; 22],
+    };
     unsafe { tungetiff(fd.as_raw_fd(), &mut req) }.expect("TUNGETIFF on the received fd");
     let len = req.name.iter().position(|b| *b == 0).unwrap_or(16);
-    (String::from_utf8_lossy(&req.name[..len]).into_owned(), i32::from(req.flags))
+    (
+        String::from_utf8_lossy(&req.name[..len]).into_owned(),
+        i32::from(req.flags),
+    )
 }
 
 /// Sends raw bytes and returns privd's one reply frame (through the shared
@@ -280,7 +255,13 @@ fn probe_as(world: &World, uid: u32, gid: u32) -> String {
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let mut child = Command::new(&exe)
-        .args(["--ignored", "--exact", "probe_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "probe_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(PROBE_ENV, &world.socket)
         .uid(uid)
         .gid(gid)
@@ -291,7 +272,12 @@ fn probe_as(world: &World, uid: u32, gid: u32) -> String {
         .unwrap();
     let status = wait_bounded(&mut child, Duration::from_secs(30)).expect("probe hung");
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(status.success(), "probe failed: {out}");
     out
 }
@@ -327,18 +313,26 @@ fn privd_end_to_end() {
     assert_eq!(flags & libc::IFF_TUN, libc::IFF_TUN);
     assert_eq!(flags & libc::IFF_NO_PI, libc::IFF_NO_PI);
     let fdflags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
-    assert_ne!(fdflags & libc::FD_CLOEXEC, 0, "received fd is close-on-exec");
+    assert_ne!(
+        fdflags & libc::FD_CLOEXEC,
+        0,
+        "received fd is close-on-exec"
+    );
     let addr = w.ip(&["addr", "show", "dev", "sapt0"]);
     for want in ["mtu 1400", "inet 10.77.0.1/24", "inet6 fd77::1/64", ",UP"] {
         assert!(addr.contains(want), "{want:?} missing in:\n{addr}");
     }
-    assert!(!addr.contains("tentative"), "v6 address usable at once:\n{addr}");
+    assert!(
+        !addr.contains("tentative"),
+        "v6 address usable at once:\n{addr}"
+    );
     assert!(w.ip(&["route"]).contains("10.78.0.0/24 dev sapt0"));
 
     // Routes inside the allow-list are applied, on the same connection.
     c.route_change("10.80.1.0/24", true).unwrap();
     c.route_change("10.80.2.0/24", true).unwrap();
-    c.route_change("10.80.2.0/24", true).expect("re-adding a route privd holds is idempotent");
+    c.route_change("10.80.2.0/24", true)
+        .expect("re-adding a route privd holds is idempotent");
     c.route_change("fd80:0:0:5::/64", true).unwrap();
     let routes = w.ip(&["route"]);
     assert!(routes.contains("10.80.1.0/24 dev sapt0"), "{routes}");
@@ -349,7 +343,10 @@ fn privd_end_to_end() {
     // Outside the allow-list, or not privd's: refused, nothing changes.
     for bad in ["10.81.0.0/24", "0.0.0.0/0", "fd81::/64"] {
         match c.route_change(bad, true) {
-            Err(PrivdError::Refused { code: ErrorCode::RouteNotAllowed, detail }) => {
+            Err(PrivdError::Refused {
+                code: ErrorCode::RouteNotAllowed,
+                detail,
+            }) => {
                 assert!(detail.contains("allowed_routes"), "{detail}")
             }
             other => panic!("{bad}: expected a refusal, got {other:?}"),
@@ -359,19 +356,28 @@ fn privd_end_to_end() {
     assert!(
         matches!(c.route_change("10.80.1.7/24", true), Err(PrivdError::Refused { detail, .. }) if detail.contains("host bits"))
     );
-    assert!(matches!(c.route_change("not a prefix", true), Err(PrivdError::Refused { .. })));
+    assert!(matches!(
+        c.route_change("not a prefix", true),
+        Err(PrivdError::Refused { .. })
+    ));
 
     // Removal: only routes privd installed, and only once.
     c.route_change("10.80.1.0/24", false).unwrap();
     assert!(!w.ip(&["route"]).contains("10.80.1.0/24"));
     assert!(matches!(
         c.route_change("10.80.1.0/24", false),
-        Err(PrivdError::Refused { code: ErrorCode::RouteNotInstalled, .. })
+        Err(PrivdError::Refused {
+            code: ErrorCode::RouteNotInstalled,
+            ..
+        })
     ));
     // The operator's routes are not netd's to remove.
     assert!(matches!(
         c.route_change("10.78.0.0/24", false),
-        Err(PrivdError::Refused { code: ErrorCode::RouteConfigured, .. })
+        Err(PrivdError::Refused {
+            code: ErrorCode::RouteConfigured,
+            ..
+        })
     ));
     assert!(w.ip(&["route"]).contains("10.78.0.0/24 dev sapt0"));
 
@@ -380,7 +386,10 @@ fn privd_end_to_end() {
     stalled.write_all(&[0, 0]).unwrap();
     let status = w.client().status().unwrap();
     assert_eq!(status.tun_name, "sapt0");
-    assert_eq!(status.routes, ["10.78.0.0/24", "10.80.2.0/24", "fd80:0:0:5::/64"]);
+    assert_eq!(
+        status.routes,
+        ["10.78.0.0/24", "10.80.2.0/24", "fd80:0:0:5::/64"]
+    );
     assert!(status.nat_active);
     assert!(status.forwarding);
     assert!(status.granted >= 6, "{status:?}");
@@ -398,7 +407,11 @@ fn privd_end_to_end() {
     }
     // An oversize frame is refused before its body is read, then closed.
     let reply = raw_exchange(&w.socket, &(1u32 << 20).to_be_bytes());
-    assert!(error_text(&reply).contains("exceeds"), "{}", error_text(&reply));
+    assert!(
+        error_text(&reply).contains("exceeds"),
+        "{}",
+        error_text(&reply)
+    );
 
     // Another uid in the socket group reaches privd and is refused, audited.
     let out = probe_as(&w, PROBE_UID, NOGROUP);
@@ -420,9 +433,15 @@ fn privd_end_to_end() {
         .unwrap_or_else(|| panic!("no audit record for uid {PROBE_UID}: {audit:#?}"));
     assert_eq!(refused_probe["outcome"], "refused");
     assert!(refused_probe["peer_pid"].as_i64().unwrap() > 0);
-    assert!(refused_probe["reason"].as_str().unwrap().starts_with("permission denied"));
+    assert!(refused_probe["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("permission denied"));
     assert!(refused_probe["ts"].as_str().unwrap().ends_with('Z'));
-    assert!(!audit.iter().any(|v| v["peer_uid"] == PROBE_UID + 1), "never connected");
+    assert!(
+        !audit.iter().any(|v| v["peer_uid"] == PROBE_UID + 1),
+        "never connected"
+    );
     let granted_route = audit
         .iter()
         .find(|v| v["request"] == "route_change" && v["params"]["prefix"] == "10.80.1.0/24")
@@ -433,26 +452,45 @@ fn privd_end_to_end() {
     assert!(audit.iter().any(|v| v["request"] == "route_change"
         && v["params"]["prefix"] == "10.81.0.0/24"
         && v["outcome"] == "refused"));
-    assert!(audit.iter().any(|v| v["request"] == "unknown" && v["outcome"] == "refused"));
+    assert!(audit
+        .iter()
+        .any(|v| v["request"] == "unknown" && v["outcome"] == "refused"));
 
     // NAT: the table exists while privd runs, and goes with it.
     let table = w.in_ns(&["nft", "list", "table", "inet", "sapper"]);
-    assert!(table.status.success(), "{}", String::from_utf8_lossy(&table.stderr));
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
-    assert!(table.contains("masquerade") && table.contains("10.77.0.0/24"), "{table}");
+    assert!(
+        table.contains("masquerade") && table.contains("10.77.0.0/24"),
+        "{table}"
+    );
     assert!(table.contains("oifname != \"sapt0\""), "{table}");
-    let fwd = stdout(w.in_ns(&["cat", "/proc/sys/net/ipv4/ip_forward"]));
+    let fwd = w.in_ns(&["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout;
+    let fwd = String::from_utf8_lossy(&fwd);
     assert_eq!(fwd.trim(), "1");
 
     drop(c);
     drop(fd);
     let status = w.stop();
     assert!(status.success(), "privd exit: {status}");
-    assert!(!w.in_ns(&["nft", "list", "table", "inet", "sapper"]).status.success());
+    assert!(!w
+        .in_ns(&["nft", "list", "table", "inet", "sapper"])
+        .status
+        .success());
     // privd's own uid may not write to the root-owned directory: the socket
     // stays behind, answering nobody, and the next start replaces it.
-    assert!(UnixStream::connect(&w.socket).is_err(), "nobody listens after shutdown");
-    assert!(!w.ip(&["link"]).contains("sapt0"), "TUN gone with privd's fd");
+    assert!(
+        UnixStream::connect(&w.socket).is_err(),
+        "nobody listens after shutdown"
+    );
+    assert!(
+        !w.ip(&["link"]).contains("sapt0"),
+        "TUN gone with privd's fd"
+    );
 }
 
 #[test]
@@ -461,7 +499,10 @@ fn root_is_refused_when_netd_is_someone_else() {
         "netd_uid = {PROBE_UID}\n[privd.tun]\nname = \"sapt1\"\naddresses = [\"10.66.0.1/24\"]\n"
     ));
     let mut c = w.client();
-    assert!(matches!(c.open_tun(), Err(PrivdError::PermissionDenied { .. })));
+    assert!(matches!(
+        c.open_tun(),
+        Err(PrivdError::PermissionDenied { .. })
+    ));
     // Anyone but netd gets one reply per connection.
     assert!(matches!(c.status(), Err(PrivdError::Io { .. })));
     // Read-only status answers root like any reader.
@@ -471,7 +512,10 @@ fn root_is_refused_when_netd_is_someone_else() {
     assert!(out.contains("PROBE open_tun: ok"), "{out}");
     assert!(out.contains("PROBE status: ok"), "{out}");
     // NAT is off: no table.
-    assert!(!w.in_ns(&["nft", "list", "table", "inet", "sapper"]).status.success());
+    assert!(!w
+        .in_ns(&["nft", "list", "table", "inet", "sapper"])
+        .status
+        .success());
     let audit = w.audit();
     assert!(audit
         .iter()
@@ -492,7 +536,13 @@ fn an_operator_uid_cannot_lock_netd_out() {
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut hog = Command::new(&exe)
-        .args(["--ignored", "--exact", "probe_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "probe_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(PROBE_ENV, &w.socket)
         .env(HOLD_ENV, "1")
         .uid(PROBE_UID)
@@ -516,7 +566,10 @@ fn an_operator_uid_cannot_lock_netd_out() {
     // Two admitted (closed after one reply or 5 s idle), 62 turned away; the
     // stderr reader may lag, so wait (bounded) for the lines.
     let refused = |w: &World| {
-        w.audit().iter().filter(|v| v["peer_uid"] == PROBE_UID && v["request"] == "connect").count()
+        w.audit()
+            .iter()
+            .filter(|v| v["peer_uid"] == PROBE_UID && v["request"] == "connect")
+            .count()
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while refused(&w) < 62 && Instant::now() < deadline {
@@ -534,7 +587,11 @@ fn an_operator_uid_cannot_lock_netd_out() {
 fn a_killed_privd_takes_its_nat_table_along() {
     let cfg = "netd_uid = 0\n[privd.tun]\nname = \"sapt3\"\naddresses = [\"10.55.0.1/24\"]\n";
     let mut w = World::new(&format!("{cfg}[privd.nat]\nenable = true\n"));
-    let table = |w: &World| w.in_ns(&["nft", "list", "table", "inet", "sapper"]).status.success();
+    let table = |w: &World| {
+        w.in_ns(&["nft", "list", "table", "inet", "sapper"])
+            .status
+            .success()
+    };
     // The socket accepts from bind on; an answer means setup is over.
     assert!(w.client().status().unwrap().nat_active);
     assert!(table(&w), "table installed");
@@ -545,19 +602,25 @@ fn a_killed_privd_takes_its_nat_table_along() {
     while table(&w) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!table(&w), "table left behind by a killed privd: {:?}", w.lines());
+    assert!(
+        !table(&w),
+        "table left behind by a killed privd: {:?}",
+        w.lines()
+    );
 }
 
 #[test]
 fn config_errors_are_clear() {
-    ensure_privd_user();
+    sapper_tests::privd_user();
     let dir = std::env::temp_dir().join(format!("sapt-cfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("sapper.toml");
     let run = |text: &str| {
         std::fs::write(&cfg, text).unwrap();
-        let out =
-            Command::new(env!("CARGO_BIN_EXE_sapper-privd")).arg("--config").arg(&cfg).output();
+        let out = Command::new(&bins().privd)
+            .arg("--config")
+            .arg(&cfg)
+            .output();
         let out = out.unwrap();
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
