@@ -535,20 +535,28 @@ impl Core {
                 .filter(|(_, l)| l.local != INDET)
                 .map(|(id, _)| *id)
                 .collect(),
-            peer_of: self
-                .links
-                .keys()
-                .filter_map(|id| {
-                    let first = self.links.keys().find(|o| self.same_peer(**o, *id))?;
-                    (first != id
-                        || self
-                            .links
-                            .keys()
-                            .any(|o| o != id && self.same_peer(*o, *id)))
-                    .then_some((*id, *first))
-                })
-                .collect(),
+            peer_of: self.peer_of(),
         }
+    }
+
+    /// Each link that shares its peer with another link, with the lowest
+    /// id of that peer's links (see [`Core::same_peer`]); one pass over the
+    /// links, grouped by (name, address).
+    fn peer_of(&self) -> Vec<(LinkId, LinkId)> {
+        let mut groups: BTreeMap<(&str, std::net::IpAddr), Vec<LinkId>> = BTreeMap::new();
+        for (id, l) in &self.links {
+            groups
+                .entry((l.name(), canonical(l.up.remote.ip())))
+                .or_default()
+                .push(*id);
+        }
+        let mut out = Vec::new();
+        for ids in groups.values().filter(|ids| ids.len() > 1) {
+            // BTreeMap order: the first is the lowest id.
+            out.extend(ids.iter().map(|id| (*id, ids[0])));
+        }
+        out.sort();
+        out
     }
 
     // ----- outputs -----------------------------------------------------
