@@ -80,6 +80,7 @@ pub struct Recorded {
     refusals: Family<ReasonLabel, Counter>,
     rtt: HistogramFamily,
     privd: Family<OutcomeLabel, Counter>,
+    quic_retries: Counter,
     peers_seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -98,6 +99,7 @@ pub fn recorded() -> &'static Recorded {
         refusals: Family::default(),
         rtt: Family::new_with_constructor(rtt_histogram as fn() -> Histogram),
         privd: Family::default(),
+        quic_retries: Counter::default(),
         peers_seen: std::sync::Mutex::new(Default::default()),
     })
 }
@@ -145,6 +147,12 @@ impl Recorded {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    /// A QUIC client was asked to prove its address (Retry): the pre-auth
+    /// gate was at least half full.
+    pub fn quic_retry(&self) {
+        self.quic_retries.inc();
     }
 }
 
@@ -323,6 +331,11 @@ pub fn render(node: &Node, snap: Snapshot) -> String {
         "sapper_preauth_connections",
         "Inbound connections not yet authenticated (TLS or the Sapper handshake) right now: the pre-auth gate's count, which netd.limits.max_preauth bounds",
         preauth,
+    );
+    reg.register(
+        "sapper_quic_retries",
+        "QUIC connections asked to prove their address (Retry) because the pre-auth gate was half full",
+        r.quic_retries.clone(),
     );
     reg.register(
         "sapper_privd_requests",
