@@ -126,6 +126,8 @@ pub struct Options {
     pub extra: [Vec<String>; 2],
     /// Keys added to the entry's and the exit's `[node]` table.
     pub node_lines: [Vec<String>; 2],
+    /// Keys added to the exit's `[privd.nat]` table (e.g. `sources`).
+    pub exit_nat_lines: Vec<String>,
 }
 
 impl Options {
@@ -142,6 +144,7 @@ impl Options {
             key_exchange: [None, None],
             extra: [Vec::new(), Vec::new()],
             node_lines: [Vec::new(), Vec::new()],
+            exit_nat_lines: Vec::new(),
         }
     }
 
@@ -628,6 +631,9 @@ impl Topology {
             let _ = writeln!(s);
             let _ = writeln!(s, "[privd.nat]");
             let _ = writeln!(s, "enable = true");
+            for l in &self.opts.exit_nat_lines {
+                let _ = writeln!(s, "{l}");
+            }
         }
         s
     }
