@@ -66,10 +66,25 @@ fn kernel_exit_forwards_only_sources_and_keeps_the_host_closed() {
     let mut opts = Options::new(Transport::Quic);
     opts.exit_nat_lines = vec!["sources = [\"10.99.0.1/32\", \"fd99::1/128\"]".to_string()];
     let mut topo = Topology::start(opts);
-    let rules = "table inet probe { chain input { type filter hook input priority 0; \
-                 icmp type echo-request counter } }";
-    let out = in_ns(&topo, None, &["nft", rules], WAIT);
-    assert!(out.status.success(), "{}", show(&out));
+    let hook = "{ type filter hook input priority 0; }";
+    for rule in [
+        &["add", "table", "inet", "probe"][..],
+        &["add", "chain", "inet", "probe", "input", hook],
+        &[
+            "add",
+            "rule",
+            "inet",
+            "probe",
+            "input",
+            "icmp",
+            "type",
+            "echo-request",
+            "counter",
+        ],
+    ] {
+        let out = in_ns(&topo, None, &[&["nft"], rule].concat(), WAIT);
+        assert!(out.status.success(), "{}", show(&out));
+    }
 
     // (c) From a source: reaches P (wait_for_tunnel pings it), masqueraded.
     topo.wait_for_tunnel();
@@ -105,22 +120,26 @@ fn kernel_exit_forwards_only_sources_and_keeps_the_host_closed() {
         "echo requests from {SPARE}, outside the exit's sources, reached P"
     );
 
-    // (b) A service on the exit host: reachable from P, not through the
-    // tunnel, neither on its private nor on its tunnel address.
+    // (b) A service on the exit host: not reachable through the tunnel,
+    // neither on its private nor on its tunnel address; reachable from P.
     let blast = topo.blast_bin.clone();
     let bind = format!("0.0.0.0:{PORT}");
     let args: Vec<&OsStr> = ["serve", &bind, "--timeout", "60"]
-        .iter()
+        .into_iter()
         .map(OsStr::new)
         .collect();
     topo.spawn("exit-service", Node::Exit, &blast, &args);
     let deadline = Instant::now() + WAIT;
-    while !connects(&topo, None, EXIT_PRIVATE) {
+    while !topo
+        .daemon("exit-service")
+        .stdout_text()
+        .contains("listening")
+    {
         assert!(
             Instant::now() < deadline,
             "the exit's service never listened"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
     for addr in [EXIT_PRIVATE, EXIT_TUN] {
         assert!(
@@ -128,6 +147,11 @@ fn kernel_exit_forwards_only_sources_and_keeps_the_host_closed() {
             "the entry reached the exit host's service at {addr}:{PORT} through the tunnel"
         );
     }
+    // The service was there all along (it serves one connection).
+    assert!(
+        connects(&topo, None, EXIT_PRIVATE),
+        "P cannot reach the exit's service"
+    );
     let out = topo.ping(&topo.entry, EXIT_TUN, 2, 1);
     assert!(
         !out.status.success(),
