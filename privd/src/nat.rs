@@ -59,12 +59,13 @@ pub fn ruleset(tun: &str, sources: &[IpNet]) -> anyhow::Result<String> {
         .collect();
     // Forward: out of the TUN only from the sources (never to IPv4
     // link-local, i.e. cloud metadata), into it only replies; input: from
-    // the TUN only replies and ICMP errors for the exit host's own traffic.
+    // the TUN only echo requests (diagnostics) and replies and ICMP errors
+    // for the exit host's own traffic: no service of the host is reachable.
     let mut text = format!("{}table {TABLE} {{\n\tchain forward {{\n\t\ttype filter hook forward priority 0; policy accept;\n\t\toifname \"{tun}\" ct state established,related accept\n", teardown());
     for (set, meta) in &sets {
         text += &format!("\t\tiifname \"{tun}\" oifname != \"{tun}\" {set}{meta} accept\n");
     }
-    text += &format!("\t\tiifname \"{tun}\" drop\n\t\toifname \"{tun}\" drop\n\t}}\n\tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n\t\tiifname \"{tun}\" ct state != {{ established, related }} drop\n\t}}\n");
+    text += &format!("\t\tiifname \"{tun}\" drop\n\t\toifname \"{tun}\" drop\n\t}}\n\tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n\t\tiifname \"{tun}\" icmp type echo-request accept\n\t\tiifname \"{tun}\" icmpv6 type echo-request accept\n\t\tiifname \"{tun}\" ct state != {{ established, related }} drop\n\t}}\n");
     text += "\tchain postrouting {\n\t\ttype nat hook postrouting priority 100; policy accept;\n";
     // Only traffic leaving through another interface is rewritten: packets
     // routed back into the tunnel keep their tunnel source address.
@@ -222,6 +223,8 @@ mod tests {
              \t}\n\
              \tchain input {\n\
              \t\ttype filter hook input priority 0; policy accept;\n\
+             \t\tiifname \"sapper0\" icmp type echo-request accept\n\
+             \t\tiifname \"sapper0\" icmpv6 type echo-request accept\n\
              \t\tiifname \"sapper0\" ct state != { established, related } drop\n\
              \t}\n\
              \tchain postrouting {\n\
