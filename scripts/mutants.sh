@@ -52,6 +52,12 @@ MUTANTS=(
     'restarted-dialler-not-replaced|netd/src/driver.rs|s/crate::restarted::replace_stale\(&mut self\.core, &up\);//|-p sapper-tests --test operators restart_recovery::quic'
     'metrics-serves-garbage|netd/src/metrics_http.rs|s/Verdict::Bad => BAD\.to_vec\(\),/Verdict::Bad => NOT_FOUND.to_vec(),/|-p sapper-tests --test operators metrics::quic'
     'metrics-loses-peer-bytes|netd/src/metrics.rs|s/inc_by\(p\.bytes_in\)/inc_by(0)/|-p sapper-tests --test operators metrics::quic'
+    # Hostile peers, second round: twin links, role demotion, Retry, exit flows.
+    'twin-link-never-takes-over|control/src/core.rs|s/if let Some\(\(origin, address\)\) = l\.standby\.remove\(p\) \{/if let Some((origin, address)) = None::<(Arc<str>, bool)> {/|-p sapper-tests --test e2e two_links_to_one_peer'
+    'demoted-peer-keeps-routes|control/src/core.rs|s/        self\.demote_routes\(\);\n        self\.learn_held/        self.learn_held/|-p sapper-control --test simulation a_peer_leaving_the_exit_role_loses_its_routes'
+    'quic-never-retries|netd/src/quic.rs|s/if node\.preauth\.under_pressure\(\)/if false \&\& node.preauth.under_pressure()/|-p sapper-tests --test hostile quic_retry_under_preauth_pressure'
+    'exit-flows-ignore-the-source|netd/src/exit/packet.rs|s/src: SocketAddr::new\(self\.src, sp\),/src: SocketAddr::new(std::net::IpAddr::from([10, 99, 0, 1]), sp),/|-p sapper-tests --test userspace_exit same_destination_and_source_port_from_two_peers_stay_apart'
+    'underlay-never-refreshed|netd/src/underlay.rs|s/core\.set_underlay\(set\)/drop((core, set))/|-p sapper-tests --test hostile an_interface_added_after_start_is_never_covered'
     'reload-ignores-connect|netd/src/reload.rs|s/self\.apply_connect\(node, &new\.connect\)\.await;//|-p sapper-tests --test operators reload::quic'
     'stay-keeps-dialling|netd/src/reload.rs|s/c\.stop\.cancel\(\);//|-p sapper-tests --test operators disconnect_stay::ws'
     # The egress deny list.

@@ -17,6 +17,7 @@ mod metrics_http;
 mod mgmt;
 mod mgmt_socket;
 mod node;
+mod peer_log;
 mod preauth;
 mod privs;
 mod quic;
@@ -211,8 +212,10 @@ fn run(args: Args) -> Result<()> {
         }
         None => (None, None),
     };
-    // Read now: the sandbox closes /proc/net below.
-    let protected = underlay::protected(tun_name.as_deref());
+    // Read now, and again every few seconds through the same descriptors
+    // (underlay::watch), past the sandbox below.
+    let route_tables = underlay::RouteTables::open(tun_name.as_deref());
+    let protected = route_tables.read().unwrap_or_default();
 
     // Setup is done: sockets bound, secrets read, privileges dropped, the
     // TUN in hand. Both are applied before the runtime starts so that every
@@ -340,6 +343,12 @@ fn run(args: Args) -> Result<()> {
             driver_tx,
         ));
         tokio::spawn(driver::Driver::new(core, node.clone()).run(driver_rx));
+        tokio::spawn(underlay::watch(
+            node.clone(),
+            route_tables,
+            protected.clone(),
+            node.shutdown.clone(),
+        ));
         serve(node, bound, running, config_file, summary).await
     })
 }

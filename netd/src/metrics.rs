@@ -81,6 +81,7 @@ pub struct Recorded {
     rtt: HistogramFamily,
     privd: Family<OutcomeLabel, Counter>,
     preauth: Gauge<i64, AtomicI64>,
+    quic_retries: Counter,
     peers_seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -100,6 +101,7 @@ pub fn recorded() -> &'static Recorded {
         rtt: Family::new_with_constructor(rtt_histogram as fn() -> Histogram),
         privd: Family::default(),
         preauth: Gauge::default(),
+        quic_retries: Counter::default(),
         peers_seen: std::sync::Mutex::new(Default::default()),
     })
 }
@@ -147,6 +149,12 @@ impl Recorded {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    /// A QUIC client was asked to prove its address (Retry): the pre-auth
+    /// gate was at least half full.
+    pub fn quic_retry(&self) {
+        self.quic_retries.inc();
     }
 
     /// A connection before authentication (TLS and the Sapper handshake);
@@ -337,6 +345,11 @@ pub fn render(node: &Node, snap: Snapshot) -> String {
         "sapper_preauth_connections",
         "Connections in the TLS or Sapper handshake right now",
         r.preauth.clone(),
+    );
+    reg.register(
+        "sapper_quic_retries",
+        "QUIC connections asked to prove their address (Retry) because the pre-auth gate was half full",
+        r.quic_retries.clone(),
     );
     reg.register(
         "sapper_privd_requests",

@@ -156,7 +156,9 @@ pub async fn accept_loop(
             && !incoming.remote_address_validated()
             && incoming.may_retry()
         {
-            let _ = incoming.retry();
+            if incoming.retry().is_ok() {
+                crate::metrics::recorded().quic_retry();
+            }
             continue;
         }
         let ticket = match node.preauth.admit(remote.ip()) {
