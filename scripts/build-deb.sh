@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds sapper_<version>_<arch>.deb with dpkg-deb (no cargo-deb needed):
-# the three binaries, the systemd units, sysusers.d and sysctl.d files, and a
+# the three binaries, the systemd units, the sysusers.d file, and a
 # commented example config (a conffile).
 #
 #   scripts/build-deb.sh [--debug] [--out DIR]     # default DIR: target/debian
@@ -44,7 +44,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 pkg="$stage/sapper"
 install -d "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/lib/systemd/system" \
-    "$pkg/usr/lib/sysusers.d" "$pkg/usr/lib/sysctl.d" "$pkg/etc/sapper" \
+    "$pkg/usr/lib/sysusers.d" "$pkg/etc/sapper" \
     "$pkg/usr/share/doc/sapper"
 for b in sapper-netd sapper-privd sapperctl; do
     install -m 0755 "$bindir/$b" "$pkg/usr/bin/$b"
@@ -64,7 +64,8 @@ gzip -9n "$pkg"/usr/share/man/man1/*.1
 "$bindir/sapperctl" completions fish >"$pkg/usr/share/fish/vendor_completions.d/sapperctl.fish"
 install -m 0644 systemd/*.service systemd/*.socket "$pkg/lib/systemd/system/"
 install -m 0644 systemd/sapper.sysusers "$pkg/usr/lib/sysusers.d/sapper.conf"
-install -m 0644 systemd/sapper.sysctl "$pkg/usr/lib/sysctl.d/60-sapper.conf"
+# Forwarding only for an exit, by the operator: entries must not route.
+install -m 0644 systemd/sapper.sysctl "$pkg/usr/share/doc/sapper/exit.sysctl"
 # Group sapper-netd (netd and privd) reads it; it does not exist yet at
 # unpack time, so postinst sets the group.
 install -m 0640 systemd/sapper.toml.example "$pkg/etc/sapper/sapper.toml"
@@ -99,9 +100,6 @@ if [ "$1" = configure ]; then
     systemd-sysusers sapper.conf
     chgrp sapper-netd /etc/sapper/sapper.toml
     chmod 0640 /etc/sapper/sapper.toml
-    # Forwarding for a kernel exit (privd may not write /proc/sys itself).
-    # An entry-only node can mask it: ln -s /dev/null /etc/sysctl.d/60-sapper.conf
-    /lib/systemd/systemd-sysctl /usr/lib/sysctl.d/60-sapper.conf || true
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload || true
     fi

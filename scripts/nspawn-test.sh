@@ -319,10 +319,10 @@ log "exit: systemctl shows sapper-netd active with Status: $status"
 in_c exit systemctl status --no-pager sapper-netd | sed -n '1,6p'
 has '"audit":true.*"request":"open_tun"' in_c exit journalctl --no-pager -u sapper-privd -o cat ||
     fail "no open_tun audit line in privd's journal"
-# Forwarding comes from the package's sysctl.d file: privd may not write
-# /proc/sys (ProtectKernelTunables=), so it reports forwarding off instead.
-# Inside nspawn /proc/sys is read-only even for the postinst, so the test
-# applies 60-sapper.conf from outside, as systemd-sysctl does at boot.
+# Forwarding comes from the exit operator's sysctl.d file (the package
+# turns it on nowhere): privd may not write /proc/sys (ProtectKernelTunables=),
+# so it reports forwarding off instead. Inside nspawn /proc/sys is read-only,
+# so the test applies exit.sysctl from outside, as systemd-sysctl would.
 has '"level":"warn","msg":"forwarding off' in_c exit journalctl --no-pager -u sapper-privd -o cat ||
     fail "exit privd did not report forwarding off"
 has 'forwarding: *off' in_c exit sapperctl privd status ||
@@ -330,7 +330,7 @@ has 'forwarding: *off' in_c exit sapperctl privd status ||
 ip netns exec "$NS_A" sysctl -q -p "$ROOT/systemd/sapper.sysctl"
 has 'forwarding: *on' in_c exit sapperctl privd status ||
     fail "sapperctl privd status after sysctl: $(in_c exit sapperctl privd status 2>&1)"
-log "exit privd: forwarding off reported, on after 60-sapper.conf; nft table installed under the unit's sandbox"
+log "exit privd: forwarding off reported, on after exit.sysctl; nft table installed under the unit's sandbox"
 # sapperctl audit finds both daemons behind their sockets and scores the
 # units they run in (systemd-analyze security).
 for unit in sapper-netd.service sapper-privd.service; do

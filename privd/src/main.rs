@@ -264,7 +264,7 @@ fn setup_nat(cfg: &PrivdConfig, tun_name: &str) -> anyhow::Result<bool> {
     if !forwarding {
         // Not fatal: the NAT table is still right, and status keeps
         // reporting forwarding off until the operator's sysctl fixes it.
-        let fix = "set net.ipv4.ip_forward=1 (sysctl.d/60-sapper.conf)";
+        let fix = "cp /usr/share/doc/sapper/exit.sysctl /etc/sysctl.d/60-sapper.conf";
         audit::log(
             "warn",
             &format!("forwarding off: /proc/sys is read-only here; {fix}"),

@@ -44,22 +44,33 @@ pub fn ruleset(tun: &str, sources: &[IpNet]) -> anyhow::Result<String> {
         "interface name {tun:?} has characters not allowed in an nft ruleset"
     );
     ensure!(!sources.is_empty(), "privd.nat is enabled but there are no sources: set privd.nat.sources or give the TUN addresses");
-    let mut text = format!(
-        "{}table {TABLE} {{\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority 100; policy accept;\n",
-        teardown()
-    );
+    // Per family: the source set, used to masquerade and to forward.
+    let meta = " ip daddr != 169.254.0.0/16";
+    let sets: Vec<(String, &str)> = [("ip", true, meta), ("ip6", false, "")]
+        .into_iter()
+        .filter_map(|(family, v4, meta)| {
+            let nets: Vec<String> = sources
+                .iter()
+                .filter(|n| n.addr().is_ipv4() == v4)
+                .map(ToString::to_string)
+                .collect();
+            (!nets.is_empty()).then(|| (format!("{family} saddr {{ {} }}", nets.join(", ")), meta))
+        })
+        .collect();
+    // Forward: out of the TUN only from the sources (never to IPv4
+    // link-local, i.e. cloud metadata), into it only replies; input: from
+    // the TUN only echo requests (diagnostics) and replies and ICMP errors
+    // for the exit host's own traffic: no service of the host is reachable.
+    let mut text = format!("{}table {TABLE} {{\n\tchain forward {{\n\t\ttype filter hook forward priority 0; policy accept;\n\t\toifname \"{tun}\" ct state established,related accept\n", teardown());
+    for (set, meta) in &sets {
+        text += &format!("\t\tiifname \"{tun}\" oifname != \"{tun}\" {set}{meta} accept\n");
+    }
+    text += &format!("\t\tiifname \"{tun}\" drop\n\t\toifname \"{tun}\" drop\n\t}}\n\tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n\t\tiifname \"{tun}\" icmp type echo-request accept\n\t\tiifname \"{tun}\" icmpv6 type echo-request accept\n\t\tiifname \"{tun}\" ct state != {{ established, related }} drop\n\t}}\n");
+    text += "\tchain postrouting {\n\t\ttype nat hook postrouting priority 100; policy accept;\n";
     // Only traffic leaving through another interface is rewritten: packets
     // routed back into the tunnel keep their tunnel source address.
-    for (family, v4) in [("ip", true), ("ip6", false)] {
-        let nets: Vec<String> = sources
-            .iter()
-            .filter(|n| n.addr().is_ipv4() == v4)
-            .map(ToString::to_string)
-            .collect();
-        if !nets.is_empty() {
-            let nets = nets.join(", ");
-            text += &format!("\t\toifname != \"{tun}\" {family} saddr {{ {nets} }} masquerade\n");
-        }
+    for (set, _) in &sets {
+        text += &format!("\t\toifname != \"{tun}\" {set} masquerade\n");
     }
     Ok(text + "\t}\n}\n")
 }
@@ -202,6 +213,20 @@ mod tests {
             "table inet sapper\n\
              delete table inet sapper\n\
              table inet sapper {\n\
+             \tchain forward {\n\
+             \t\ttype filter hook forward priority 0; policy accept;\n\
+             \t\toifname \"sapper0\" ct state established,related accept\n\
+             \t\tiifname \"sapper0\" oifname != \"sapper0\" ip saddr { 10.99.0.0/24, 10.98.0.0/24 } ip daddr != 169.254.0.0/16 accept\n\
+             \t\tiifname \"sapper0\" oifname != \"sapper0\" ip6 saddr { fd99::/64 } accept\n\
+             \t\tiifname \"sapper0\" drop\n\
+             \t\toifname \"sapper0\" drop\n\
+             \t}\n\
+             \tchain input {\n\
+             \t\ttype filter hook input priority 0; policy accept;\n\
+             \t\tiifname \"sapper0\" icmp type echo-request accept\n\
+             \t\tiifname \"sapper0\" icmpv6 type echo-request accept\n\
+             \t\tiifname \"sapper0\" ct state != { established, related } drop\n\
+             \t}\n\
              \tchain postrouting {\n\
              \t\ttype nat hook postrouting priority 100; policy accept;\n\
              \t\toifname != \"sapper0\" ip saddr { 10.99.0.0/24, 10.98.0.0/24 } masquerade\n\

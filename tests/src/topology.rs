@@ -131,6 +131,8 @@ pub struct Options {
     pub connect_host: Option<String>,
     /// Keys added to the connector's `[[netd.connect]]` entry.
     pub connect_lines: Vec<String>,
+    /// Keys added to the exit's `[privd.nat]` table (e.g. `sources`).
+    pub exit_nat_lines: Vec<String>,
 }
 
 impl Options {
@@ -149,6 +151,7 @@ impl Options {
             node_lines: [Vec::new(), Vec::new()],
             connect_host: None,
             connect_lines: Vec::new(),
+            exit_nat_lines: Vec::new(),
         }
     }
 
@@ -639,6 +642,9 @@ impl Topology {
             let _ = writeln!(s);
             let _ = writeln!(s, "[privd.nat]");
             let _ = writeln!(s, "enable = true");
+            for l in &self.opts.exit_nat_lines {
+                let _ = writeln!(s, "{l}");
+            }
         }
         s
     }
