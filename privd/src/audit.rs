@@ -114,10 +114,18 @@ pub fn emit(rec: &Record<'_>) {
 
 /// Operational messages (start, stop, warnings) in the same JSON-lines
 /// stream, marked `"audit": false` so they are never mistaken for decisions.
-pub fn log(level: &str, msg: &str) {
+pub fn operational(level: &str, msg: &str) {
     let v = json!({ "ts": rfc3339(SystemTime::now()), "audit": false, "level": level, "msg": msg });
     write_line(v.to_string());
 }
+
+/// `log!(level, format, args…)`: an operational line, formatted in place.
+macro_rules! log {
+    ($level:literal, $($msg:tt)+) => {
+        $crate::audit::operational($level, &format!($($msg)+))
+    };
+}
+pub(crate) use log;
 
 /// One write(2) per line, so lines never interleave or tear.
 fn write_line(mut line: String) {

@@ -29,12 +29,8 @@ impl IfReq {
     }
 
     fn name(&self) -> String {
-        let len = self
-            .name
-            .iter()
-            .position(|b| *b == 0)
-            .unwrap_or(self.name.len());
-        String::from_utf8_lossy(&self.name[..len]).into_owned()
+        let name = std::ffi::CStr::from_bytes_until_nul(&self.name);
+        name.map_or_else(|_| String::new(), |n| n.to_string_lossy().into_owned())
     }
 }
 
