@@ -87,8 +87,8 @@ pub fn install() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use nix::sys::wait::{waitpid, WaitStatus};
     use nix::libc::*;
+    use nix::sys::wait::{waitpid, WaitStatus};
 
     /// In a forked child (so the test runner keeps its syscalls): with the
     /// filter on, a process, an IP or netlink socket, exec, ptrace and setuid
