@@ -78,15 +78,14 @@ pub enum Refusal {
 impl Refusal {
     /// The typed code sent with the refusal.
     pub fn code(&self) -> ErrorCode {
+        use Refusal::*;
         match self {
-            Refusal::NotNetd | Refusal::TooManyConnections(_) => ErrorCode::PermissionDenied,
-            Refusal::Malformed => ErrorCode::Malformed,
-            Refusal::Unparsable | Refusal::HostBits(_) | Refusal::NotAllowed(_) => {
-                ErrorCode::RouteNotAllowed
-            }
-            Refusal::Configured(_) => ErrorCode::RouteConfigured,
-            Refusal::NotInstalled(_) => ErrorCode::RouteNotInstalled,
-            Refusal::RouteLimit(_) => ErrorCode::RouteLimit,
+            NotNetd | TooManyConnections(_) => ErrorCode::PermissionDenied,
+            Malformed => ErrorCode::Malformed,
+            Unparsable | HostBits(_) | NotAllowed(_) => ErrorCode::RouteNotAllowed,
+            Configured(_) => ErrorCode::RouteConfigured,
+            NotInstalled(_) => ErrorCode::RouteNotInstalled,
+            RouteLimit(_) => ErrorCode::RouteLimit,
         }
     }
 }

@@ -65,17 +65,16 @@ fn main() -> anyhow::Result<()> {
         .context("signalfd")?;
     // Under systemd: the socket of sapper-privd.socket, and the TUN that a
     // previous privd left in the fd store (named "tun").
-    let (stored, sockets): (Vec<_>, Vec<_>) = sd::listen_fds()
+    let (stored, mut sockets): (Vec<_>, Vec<_>) = sd::listen_fds()
         .context("taking the fds systemd passed")?
         .into_iter()
         .partition(|(_, name)| name == "tun");
     let activated = !sockets.is_empty();
-    let mut sockets = sockets.into_iter();
-    let listener = match (sockets.next(), sockets.next()) {
-        (None, _) => socket::bind(&cfg.socket, cfg.socket_group.as_deref())
+    let listener = match sockets.len() {
+        0 => socket::bind(&cfg.socket, cfg.socket_group.as_deref())
             .context("setting up the privd socket")?,
-        (Some((fd, _)), None) => socket::activated(fd).context("the socket systemd passed")?,
-        (Some(_), Some(_)) => bail!("systemd passed more than one socket; privd serves one"),
+        1 => socket::activated(sockets.remove(0).0).context("the socket systemd passed")?,
+        _ => bail!("systemd passed more than one socket; privd serves one"),
     };
     // The loop's accept must never block (set here: the filter has no ioctl).
     listener
@@ -198,11 +197,8 @@ fn run(
     let origin = ["created", "from the fd store"][usize::from(from_store)];
     let (nat, fwd) = (on(privd.nat_active), on(nat::forwarding_enabled()));
     let state = format!("tun {tun_name} (index {ifindex}, {origin}), nat {nat}, forwarding {fwd}");
-    log!(
-        "info",
-        "serving {} for uid {netd_uid}: {state}",
-        cfg.socket.display()
-    );
+    let socket = cfg.socket.display();
+    log!("info", "serving {socket} for uid {netd_uid}: {state}");
     // Ready: the socket is listening, the TUN configured, privd restricted.
     if let Err(e) = sd::notify(&format!("READY=1\nSTATUS={state}"), None) {
         log!("warn", "sd_notify READY: {e}");

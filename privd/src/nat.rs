@@ -7,6 +7,7 @@
 use anyhow::{bail, ensure, Context};
 use ipnet::IpNet;
 use nix::sys::signal::{SigSet, Signal};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -26,10 +27,8 @@ pub fn sources(configured: &[IpNet], tun_addresses: &[IpNet]) -> Vec<IpNet> {
     } else {
         configured
     };
-    let mut out: Vec<IpNet> = from.iter().map(IpNet::trunc).collect();
-    out.sort();
-    out.dedup();
-    out
+    let sorted: BTreeSet<IpNet> = from.iter().map(IpNet::trunc).collect();
+    sorted.into_iter().collect()
 }
 
 /// Builds the ruleset. It first declares and deletes the table so that a

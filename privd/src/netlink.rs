@@ -167,9 +167,7 @@ impl Netlink {
                 let Rt::NewRoute(m) = m else { continue };
                 let ours = m.header.protocol == RouteProtocol::Static
                     && m.header.table == RouteHeader::RT_TABLE_MAIN
-                    && m.attributes
-                        .iter()
-                        .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+                    && m.attributes.contains(&RouteAttribute::Oif(index));
                 let dst = m.attributes.iter().find_map(|a| match a {
                     RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
                     RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),

@@ -90,8 +90,6 @@ pub fn drop_to_net_admin(user: Option<&User>) -> anyhow::Result<()> {
 pub fn describe() -> String {
     let bounding = caps::read(None, CapSet::Bounding).unwrap_or_default();
     let keep = caps::read(None, CapSet::Effective).unwrap_or_default();
-    format!(
-        "uid={} capabilities={keep:?} bounding={bounding:?}",
-        Uid::effective()
-    )
+    let uid = Uid::effective();
+    format!("uid={uid} capabilities={keep:?} bounding={bounding:?}")
 }

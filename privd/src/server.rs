@@ -276,13 +276,7 @@ impl Privd {
     }
 
     /// Counts the outcome and writes its audit line, within the rate bound.
-    fn record(
-        &mut self,
-        peer: UnixCredentials,
-        request: &'static str,
-        params: Value,
-        reply: &Reply,
-    ) {
+    fn record(&mut self, peer: UnixCredentials, req: &'static str, params: Value, reply: &Reply) {
         self.counts[usize::from(reply.outcome() != Outcome::Granted)] += 1;
         let Some(left_out) = self.audit.admit(Instant::now()) else {
             return;
@@ -295,7 +289,7 @@ impl Privd {
         audit::emit(&Record {
             peer_uid: peer.uid(),
             peer_pid,
-            request,
+            request: req,
             params,
             outcome,
             reason,
