@@ -96,18 +96,14 @@ impl Refusal {
 /// most [`OTHER_PER_UID`], all of them together at most [`OTHER_TOTAL`]. So
 /// no member of the socket group can lock netd out. `Ok(one_reply)`: true
 /// (closed after one reply) for every uid but netd's.
-pub fn admit(
-    state: &Policy,
-    uid: u32,
-    open_own: usize,
-    open_others: usize,
-) -> Result<bool, Refusal> {
+pub fn admit(state: &Policy, uid: u32, own: usize, others: usize) -> Result<bool, Refusal> {
     let netd = uid == state.netd_uid;
     let room = match netd {
-        true => open_own < NETD_CONNECTIONS,
-        false => open_own < OTHER_PER_UID && open_others < OTHER_TOTAL,
+        true => own < NETD_CONNECTIONS,
+        false => own < OTHER_PER_UID && others < OTHER_TOTAL,
     };
-    room.then_some(!netd)
+    let one_reply = !netd;
+    room.then_some(one_reply)
         .ok_or(Refusal::TooManyConnections(uid))
 }
 
