@@ -77,17 +77,12 @@ struct Conn {
 /// granted, else the error code (the reason is the refusal's detail).
 struct Reply {
     body: Result<priv_response::Body, ErrorCode>,
-    fd: Option<OwnedFd>,
     reason: String,
 }
 
 impl Reply {
     fn new(body: Result<priv_response::Body, ErrorCode>, reason: String) -> Self {
-        Reply {
-            body,
-            fd: None,
-            reason,
-        }
+        Reply { body, reason }
     }
 
     fn refused(r: &Refusal) -> Self {
@@ -219,11 +214,11 @@ impl Privd {
                     // Framing is lost, so the connection cannot go on.
                     let reply = Reply::new(Err(ErrorCode::Malformed), e.to_string());
                     self.record(c.peer, "unknown", json!({ "error": e.to_string() }), &reply);
-                    let _ = send(&c.stream, reply);
+                    let _ = self.send(&c.stream, reply);
                     return false;
                 }
             };
-            if send(&c.stream, reply).is_err() || c.one_reply {
+            if self.send(&c.stream, reply).is_err() || c.one_reply {
                 return false;
             }
         }
@@ -296,6 +291,28 @@ impl Privd {
         });
     }
 
+    /// Writes one reply frame without blocking; the TUN fd rides on the
+    /// first sendmsg of a TunOpened reply so the client receives both in one
+    /// recvmsg (SCM_RIGHTS gives the client its own reference). A reply fits
+    /// the socket buffer of a client that reads: one that does not is hung
+    /// up on.
+    fn send(&self, stream: &UnixStream, reply: Reply) -> io::Result<()> {
+        let tun = matches!(reply.body, Ok(priv_response::Body::TunOpened(_)));
+        let mut fd = tun.then(|| self.tun_fd.as_raw_fd());
+        let body = reply.body.unwrap_or_else(|code| {
+            priv_response::Body::Refused(Refused {
+                code: code as i32,
+                detail: reply.reason,
+            })
+        });
+        let frame = framing::encode(&PrivResponse { body: Some(body) });
+        let mut sent = 0;
+        while sent < frame.len() {
+            sent += sd::send_fd(stream.as_raw_fd(), &frame[sent..], fd.take(), None)?;
+        }
+        Ok(())
+    }
+
     fn open_tun(&self) -> Reply {
         let name = self.tun_name.clone();
         let addresses = self.tun.addresses.iter().map(ToString::to_string).collect();
@@ -304,16 +321,7 @@ impl Privd {
             mtu: self.tun.mtu,
             addresses,
         });
-        match self.tun_fd.try_clone() {
-            Ok(fd) => Reply {
-                fd: Some(fd),
-                ..Reply::new(Ok(opened), format!("fd for {}", self.tun_name))
-            },
-            Err(e) => Reply::new(
-                Err(ErrorCode::Failed),
-                format!("cannot duplicate TUN fd: {e}"),
-            ),
-        }
+        Reply::new(Ok(opened), format!("fd for {}", self.tun_name))
     }
 }
 
@@ -321,26 +329,6 @@ impl Privd {
 /// else after netd's idle time.
 fn deadline(hurry: bool) -> Instant {
     Instant::now() + if hurry { IO_TIMEOUT } else { NETD_IDLE }
-}
-
-/// Writes one reply frame without blocking; a TUN fd rides on the first
-/// sendmsg so the client receives both in one recvmsg. A reply fits the
-/// socket buffer of a client that reads: one that does not is hung up on.
-fn send(stream: &UnixStream, reply: Reply) -> io::Result<()> {
-    let body = reply.body.unwrap_or_else(|code| {
-        priv_response::Body::Refused(Refused {
-            code: code as i32,
-            detail: reply.reason,
-        })
-    });
-    let frame = framing::encode(&PrivResponse { body: Some(body) });
-    let mut fd = reply.fd.as_ref().map(AsRawFd::as_raw_fd);
-    let mut sent = 0;
-    while sent < frame.len() {
-        sent += sd::send_fd(stream.as_raw_fd(), &frame[sent..], fd.take(), None)?;
-    }
-    // The kernel took its own reference to the fd; ours closes here.
-    Ok(())
 }
 
 /// The status reply; `counts` is granted, refused, audit lines suppressed.
