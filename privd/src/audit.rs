@@ -160,11 +160,8 @@ mod tests {
             outcome: Outcome::Refused,
             reason: "permission denied: only netd's uid may use privd",
         };
-        let l = line(
-            true,
-            &rec,
-            UNIX_EPOCH + Duration::from_millis(1_714_564_800_123),
-        );
+        let t = UNIX_EPOCH + Duration::from_millis(1_714_564_800_123);
+        let l = line(true, &rec, t);
         assert!(!l.contains('\n'), "one line even with a newline in params");
         let v: Value = serde_json::from_str(&l).unwrap();
         let want = json!({ "ts": "2024-05-01T12:00:00.123Z", "audit": true, "peer_uid": 4242,
@@ -181,6 +178,9 @@ mod tests {
         assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
         rec.outcome = Outcome::Failed;
         assert!(line(true, &rec, UNIX_EPOCH).contains(r#""outcome":"failed""#));
+        // Operational lines share the layout, marked as no decision.
+        let op = line(false, json!({ "level": "info", "msg": "m" }), UNIX_EPOCH);
+        assert!(op.starts_with(r#"{"ts":"1970-01-01T00:00:00.000Z","audit":false,"level""#));
     }
 
     #[test]

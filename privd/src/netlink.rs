@@ -189,10 +189,9 @@ fn route(index: u32, net: &IpNet) -> RouteMessage {
     m.header.table = RouteHeader::RT_TABLE_MAIN;
     m.header.protocol = RouteProtocol::Static;
     m.header.kind = RouteType::Unicast;
-    m.header.scope = if net.addr().is_ipv4() {
-        RouteScope::Link
-    } else {
-        RouteScope::Universe
+    m.header.scope = match net {
+        IpNet::V4(_) => RouteScope::Link,
+        IpNet::V6(_) => RouteScope::Universe,
     };
     let dst = RouteAttribute::Destination(net.addr().into());
     m.attributes = vec![dst, RouteAttribute::Oif(index)];

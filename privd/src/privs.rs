@@ -32,10 +32,9 @@ pub fn resolve(name: Option<&str>) -> anyhow::Result<Option<User>> {
         return Ok(None);
     }
     let name = name.unwrap_or(DEFAULT_USER);
-    let (user, why) = match User::from_name(name) {
-        Ok(Some(u)) if u.uid.is_root() => (None, "is root"),
-        Ok(u) => (u, "does not exist"),
-        Err(_) => (None, "does not exist"),
+    let (user, why) = match User::from_name(name).ok().flatten() {
+        Some(u) if u.uid.is_root() => (None, "is root"),
+        u => (u, "does not exist"),
     };
     let hint = "create it (useradd --system --no-create-home --shell /usr/sbin/nologin";
     user.map(Some)

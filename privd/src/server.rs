@@ -101,9 +101,8 @@ impl Reply {
 
 /// The request, its name and parameters for the audit line.
 fn request(bytes: &[u8]) -> (Option<Body>, &'static str, Value) {
-    let body = framing::decode::<PrivRequest>(bytes)
-        .ok()
-        .and_then(|r| r.body);
+    let body = framing::decode::<PrivRequest>(bytes).ok();
+    let body = body.and_then(|r| r.body);
     let (name, params) = match &body {
         Some(Body::OpenTun(_)) => ("open_tun", json!({})),
         Some(Body::RouteChange(RouteChange { prefix, add })) => (
@@ -260,10 +259,8 @@ impl Privd {
         if !add && (ok || matches!(errno, Some(Errno::ESRCH | Errno::ENOENT))) {
             self.policy.installed.remove(&net);
         }
-        let body = priv_response::Body::RouteChanged(RouteChange {
-            prefix: net.to_string(),
-            add,
-        });
+        let prefix = net.to_string();
+        let body = priv_response::Body::RouteChanged(RouteChange { prefix, add });
         match r {
             Err(e) if !ok => Reply::new(Err(ErrorCode::Failed), e.to_string()),
             _ => Reply::new(Ok(body), format!("inside allowed {within}")),
@@ -350,21 +347,18 @@ fn status_body(tun: &str, routes: &BTreeSet<IpNet>, nat: bool, counts: [u64; 3])
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_largest_status_fits_the_clients_frame() {
         // As many of the longest routes as the status lists, and then some.
-        let routes = (0..2 * super::STATUS_ROUTES as u128)
-            .map(|i| ipnet::IpNet::V6(ipnet::Ipv6Net::new((u128::MAX - i).into(), 128).unwrap()))
+        let routes = (0..2 * STATUS_ROUTES as u128)
+            .map(|i| IpNet::V6(ipnet::Ipv6Net::new((u128::MAX - i).into(), 128).unwrap()))
             .collect();
-        let body = super::status_body("sapper-fifteen!", &routes, true, [u64::MAX; 3]);
-        assert_eq!(body.routes.len(), super::STATUS_ROUTES);
-        let frame = sapper_shared::framing::encode(&super::PrivResponse {
-            body: Some(super::priv_response::Body::Status(body)),
-        });
-        assert!(
-            frame.len() <= sapper_shared::framing::MAX_CONTROL_FRAME,
-            "{}",
-            frame.len()
-        );
+        let body = status_body("sapper-fifteen!", &routes, true, [u64::MAX; 3]);
+        assert_eq!(body.routes.len(), STATUS_ROUTES);
+        let body = Some(priv_response::Body::Status(body));
+        let len = framing::encode(&PrivResponse { body }).len();
+        assert!(len <= framing::MAX_CONTROL_FRAME, "{len}");
     }
 }
