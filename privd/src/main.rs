@@ -24,7 +24,7 @@ use audit::log;
 use clap::Parser;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sapper_shared::config::{Config, PrivdConfig};
-use sapper_shared::proto::privd::{priv_request::Body, RouteChange};
+use sapper_shared::proto::privd::{priv_request::Body, RouteChange, TunOpened};
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -147,7 +147,11 @@ fn run(
         }
     }
     let mut privd = server::Privd {
-        tun: t.clone(),
+        opened: TunOpened {
+            name: tun_name.clone(),
+            mtu: t.mtu,
+            addresses: t.addresses.iter().map(ToString::to_string).collect(),
+        },
         tun_name: tun_name.clone(),
         ifindex,
         tun_fd,

@@ -14,7 +14,6 @@ use ipnet::IpNet;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self, sockopt, SockFlag, UnixCredentials};
-use sapper_shared::config::TunConfig;
 use sapper_shared::framing::{self, FrameDecoder};
 use sapper_shared::proto::privd::{
     priv_request::Body, priv_response, ErrorCode, PrivRequest, PrivResponse, PrivStatus,
@@ -43,8 +42,8 @@ const STATUS_ROUTES: usize = sapper_shared::config::MAX_TUN_ROUTES;
 
 /// Everything privd holds. The TUN facts come from the config only.
 pub struct Privd {
-    /// privd.tun as configured.
-    pub tun: TunConfig,
+    /// The open_tun answer: name, MTU and addresses (from the config only).
+    pub opened: TunOpened,
     /// Interface name as the kernel reported it.
     pub tun_name: String,
     /// Kernel interface index of the TUN.
@@ -139,10 +138,8 @@ impl Privd {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
-            let ready: Vec<bool> = fds
-                .iter()
-                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                .collect();
+            let seen = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            let ready: Vec<bool> = fds.iter().map(seen).collect();
             drop(fds);
             if ready[0] {
                 return Ok(());
@@ -311,13 +308,7 @@ impl Privd {
     }
 
     fn open_tun(&self) -> Reply {
-        let name = self.tun_name.clone();
-        let addresses = self.tun.addresses.iter().map(ToString::to_string).collect();
-        let opened = priv_response::Body::TunOpened(TunOpened {
-            name,
-            mtu: self.tun.mtu,
-            addresses,
-        });
+        let opened = priv_response::Body::TunOpened(self.opened.clone());
         Reply::new(Ok(opened), format!("fd for {}", self.tun_name))
     }
 }
