@@ -52,8 +52,18 @@ MUTANTS=(
     'restarted-dialler-not-replaced|netd/src/driver.rs|s/crate::restarted::replace_stale\(&mut self\.core, &up\);//|-p sapper-tests --test operators restart_recovery::quic'
     'metrics-serves-garbage|netd/src/metrics_http.rs|s/Verdict::Bad => BAD\.to_vec\(\),/Verdict::Bad => NOT_FOUND.to_vec(),/|-p sapper-tests --test operators metrics::quic'
     'metrics-loses-peer-bytes|netd/src/metrics.rs|s/inc_by\(p\.bytes_in\)/inc_by(0)/|-p sapper-tests --test operators metrics::quic'
+    # Hostile peers, second round: twin links, role demotion, Retry, exit flows.
+    'twin-link-never-takes-over|control/src/core.rs|s/if let Some\(\(origin, address\)\) = l\.standby\.remove\(p\) \{/if let Some((origin, address)) = None::<(Arc<str>, bool)> {/|-p sapper-tests --test e2e two_links_to_one_peer'
+    'demoted-peer-keeps-routes|control/src/core.rs|s/        self\.demote_routes\(\);\n        self\.learn_held/        self.learn_held/|-p sapper-control --test simulation a_peer_leaving_the_exit_role_loses_its_routes'
+    'quic-never-retries|netd/src/quic.rs|s/if node\.preauth\.under_pressure\(\)/if false \&\& node.preauth.under_pressure()/|-p sapper-tests --test hostile quic_retry_under_preauth_pressure'
+    'exit-flows-ignore-the-source|netd/src/exit/packet.rs|s/src: SocketAddr::new\(self\.src, sp\),/src: SocketAddr::new(std::net::IpAddr::from([10, 99, 0, 1]), sp),/|-p sapper-tests --test userspace_exit same_destination_and_source_port_from_two_peers_stay_apart'
+    'underlay-never-refreshed|netd/src/underlay.rs|s/core\.set_underlay\(set\)/drop((core, set))/|-p sapper-tests --test hostile an_interface_added_after_start_is_never_covered'
     'reload-ignores-connect|netd/src/reload.rs|s/self\.apply_connect\(node, &new\.connect\)\.await;//|-p sapper-tests --test operators reload::quic'
     'stay-keeps-dialling|netd/src/reload.rs|s/c\.stop\.cancel\(\);//|-p sapper-tests --test operators disconnect_stay::ws'
+    'proxy-ignored|netd/src/ws.rs|s/match target\.proxy\(\) \{/match None::<\&sapper_shared::config::Proxy> {/|-p sapper-tests --test operators ws_through_http_proxy'
+    'proxy-refusal-unclassified|netd/src/proxy.rs|s/        403 => Err\(ProxyError::Forbidden \{/        4030 => Err(ProxyError::Forbidden {/|-p sapper-tests --test operators ws_through_http_proxy'
+    'audit-seccomp-mislabelled|ctl/src/audit.rs|s/"2" => "filter",/"2" => "strict",/|-p sapper-tests --test operators audit_matches_proc'
+    'audit-landlock-unreported|netd/src/mgmt.rs|s/landlock: crate::fs_sandbox::recorded\(\)\.into\(\),/landlock: String::new(),/|-p sapper-tests --test operators audit_matches_proc'
     # The egress deny list.
     'deny-list-loses-broadcast|shared/src/egress.rs|s/\n    v4\(255, 255, 255, 255, 32\),//|-p sapper-shared --lib egress'
     'deny-list-narrows-multicast|shared/src/egress.rs|s/v4\(224, 0, 0, 0, 4\)/v4(224, 0, 0, 0, 8)/|-p sapper-shared --lib egress'

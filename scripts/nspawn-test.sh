@@ -331,6 +331,13 @@ ip netns exec "$NS_A" sysctl -q -p "$ROOT/systemd/sapper.sysctl"
 has 'forwarding: *on' in_c exit sapperctl privd status ||
     fail "sapperctl privd status after sysctl: $(in_c exit sapperctl privd status 2>&1)"
 log "exit privd: forwarding off reported, on after 60-sapper.conf; nft table installed under the unit's sandbox"
+# sapperctl audit finds both daemons behind their sockets and scores the
+# units they run in (systemd-analyze security).
+for unit in sapper-netd.service sapper-privd.service; do
+    has "\"unit\":\"$unit\"" in_c exit sapperctl --json audit ||
+        fail "sapperctl audit has no exposure score for $unit: $(in_c exit sapperctl --json audit 2>&1)"
+done
+log "sapperctl audit: $(in_c exit sapperctl audit 2>&1 | grep -e exposure -e landlock | tr -s ' ' | tr '\n' ';')"
 audit=$(in_c exit journalctl --no-pager -u sapper-privd -o cat)
 log "privd audit line: $(grep '"audit":true' <<<"$audit" | tail -1)"
 # netd logs to journald itself, with structured fields (README, "Logs an

@@ -268,6 +268,9 @@ struct Link {
     held: Vec<IpNet>,
     /// Prefixes this link owns.
     owned: usize,
+    /// What this link announced that a twin link (same peer) owns: taken
+    /// over when the twin goes down. Bounded like `owned`.
+    standby: BTreeMap<IpNet, (Arc<str>, bool)>,
     bucket: Bucket,
     control_drops: u64,
     routes_refused: u64,
@@ -310,6 +313,9 @@ pub struct Core {
     closes: VecDeque<Close>,
     replies: VecDeque<PingReply>,
     published: Option<Forwarding>,
+    /// The host's underlay as last read (connected networks, gateways):
+    /// protected like `cfg.protected`, and kept current by the driver.
+    underlay: Vec<IpNet>,
 }
 
 fn msg(body: Body) -> ControlMessage {
@@ -338,6 +344,7 @@ impl Core {
             closes: VecDeque::new(),
             replies: VecDeque::new(),
             published: None,
+            underlay: Vec::new(),
         }
         .settled()
     }
@@ -528,7 +535,28 @@ impl Core {
                 .filter(|(_, l)| l.local != INDET)
                 .map(|(id, _)| *id)
                 .collect(),
+            peer_of: self.peer_of(),
         }
+    }
+
+    /// Each link that shares its peer with another link, with the lowest
+    /// id of that peer's links (see [`Core::same_peer`]); one pass over the
+    /// links, grouped by (name, address).
+    fn peer_of(&self) -> Vec<(LinkId, LinkId)> {
+        let mut groups: BTreeMap<(&str, std::net::IpAddr), Vec<LinkId>> = BTreeMap::new();
+        for (id, l) in &self.links {
+            groups
+                .entry((l.name(), canonical(l.up.remote.ip())))
+                .or_default()
+                .push(*id);
+        }
+        let mut out = Vec::new();
+        for ids in groups.values().filter(|ids| ids.len() > 1) {
+            // BTreeMap order: the first is the lowest id.
+            out.extend(ids.iter().map(|id| (*id, ids[0])));
+        }
+        out.sort();
+        out
     }
 
     // ----- outputs -----------------------------------------------------
@@ -598,6 +626,7 @@ impl Core {
                 up,
                 held: Vec::new(),
                 owned: 0,
+                standby: BTreeMap::new(),
                 bucket: Bucket {
                     tokens: burst,
                     last: now,
@@ -859,6 +888,19 @@ impl Core {
         }
     }
 
+    /// The host's underlay networks and gateways changed (an interface or
+    /// default route came or went): automatic routes are checked against
+    /// the new set at once, and one that now covers it is uninstalled. The
+    /// protected list from the configuration stays protected.
+    pub fn set_underlay(&mut self, mut underlay: Vec<IpNet>) {
+        underlay.sort();
+        underlay.dedup();
+        if underlay != self.underlay {
+            self.underlay = underlay;
+            self.sync_routes();
+        }
+    }
+
     /// The operator changed a route through privd directly.
     pub fn operator_route_changed(&mut self, prefix: IpNet, add: bool) {
         let info = RouteInfo {
@@ -920,7 +962,7 @@ impl Core {
     fn broadcast_except(&mut self, from: Option<LinkId>, body: Body) {
         let m = msg(body);
         for id in self.links.keys() {
-            if Some(*id) != from {
+            if !from.is_some_and(|f| self.same_peer(f, *id)) {
                 self.transmits.push_back((*id, m.clone()));
             }
         }
@@ -1009,7 +1051,69 @@ impl Core {
         if changed {
             self.sync_routes();
         }
+        self.demote_routes();
         self.learn_held();
+    }
+
+    /// A peer whose role no longer originates routes (it stopped being an
+    /// exit or relay) loses the routes it announced: withdrawn (passed on by
+    /// a relay) and uninstalled. Its own ones are held again, to be learned
+    /// back if it returns to such a role; what it relayed for others is
+    /// dropped. Its tunnel addresses stay its sources.
+    fn demote_routes(&mut self) {
+        let demoted: Vec<LinkId> = self
+            .links
+            .keys()
+            .filter(|id| !self.may_originate(**id))
+            .filter(|id| self.routes.values().any(|r| r.link == **id && !r.address))
+            .copied()
+            .collect();
+        let max = self.cfg.limits.max_routes_per_peer;
+        for id in demoted {
+            let mut by_origin: BTreeMap<Arc<str>, Vec<IpNet>> = BTreeMap::new();
+            self.routes.retain(|p, r| {
+                if r.link == id && !r.address {
+                    by_origin.entry(r.origin.clone()).or_default().push(*p);
+                    false
+                } else {
+                    true
+                }
+            });
+            if let Some(l) = self.links.get_mut(&id) {
+                let n: usize = by_origin.values().map(Vec::len).sum();
+                l.owned = l.owned.saturating_sub(n);
+                l.standby.retain(|_, (_, address)| *address);
+                if let Some(own) = by_origin.get(l.name()) {
+                    for p in own {
+                        if l.held.len() < max && !l.held.contains(p) {
+                            l.held.push(*p);
+                        }
+                    }
+                }
+            }
+            for (origin, gone) in by_origin {
+                self.after_withdrawal(id, gone, &origin);
+            }
+        }
+    }
+
+    /// Whether links `a` and `b` go to the same peer: the same name from
+    /// the same underlay address (a node dialling us, or dialled by us,
+    /// over both transports). Such links share what the peer owns: its
+    /// addresses and routes are owned by the first of them, the others hold
+    /// them on standby, and the data path accepts the peer's sources from
+    /// any of them. The address keeps another node that merely claims the
+    /// name from sharing anything.
+    fn same_peer(&self, a: LinkId, b: LinkId) -> bool {
+        if a == b {
+            return true;
+        }
+        match (self.links.get(&a), self.links.get(&b)) {
+            (Some(x), Some(y)) => {
+                x.name() == y.name() && canonical(x.up.remote.ip()) == canonical(y.up.remote.ip())
+            }
+            _ => false,
+        }
     }
 
     fn link_name(&self, id: LinkId) -> String {
@@ -1146,6 +1250,20 @@ impl Core {
             if self.routes.get(&p).is_some_and(|r| r.link == id) {
                 continue;
             }
+            if self
+                .routes
+                .get(&p)
+                .is_some_and(|r| self.same_peer(r.link, id))
+            {
+                // The peer's twin link owns it: held on standby.
+                let max = self.cfg.limits.max_routes_per_peer;
+                if let Some(l) = self.links.get_mut(&id) {
+                    if l.standby.len() < max || l.standby.contains_key(&p) {
+                        l.standby.insert(p, (origin.clone(), address));
+                    }
+                }
+                continue;
+            }
             if let Some(w) = self.refusal(id, &p) {
                 // Another link announcing the same prefix is the normal
                 // case in a loop of relays: refused, not reported.
@@ -1198,6 +1316,15 @@ impl Core {
         let mut refused = 0;
         for p in prefixes {
             let p = p.trunc();
+            if let Some(l) = self.links.get_mut(&id) {
+                if l.standby
+                    .get(&p)
+                    .is_some_and(|(o, a)| !*a && &**o == origin)
+                {
+                    l.standby.remove(&p);
+                    continue;
+                }
+            }
             match self.routes.get(&p) {
                 Some(r) if r.link == id && !r.address && &*r.origin == origin => {
                     self.routes.remove(&p);
@@ -1214,8 +1341,36 @@ impl Core {
         self.after_withdrawal(id, gone, origin);
     }
 
-    /// Every route through `id`, when it goes down.
+    /// Every route through `id`, when it goes down: what a twin link to the
+    /// same peer holds on standby passes to it (nothing is withdrawn or
+    /// uninstalled), the rest is withdrawn.
     fn forget_link_routes(&mut self, id: LinkId) {
+        let twins: Vec<LinkId> = self
+            .links
+            .keys()
+            .filter(|o| **o != id && self.same_peer(**o, id))
+            .copied()
+            .collect();
+        for twin in twins {
+            let Some(l) = self.links.get_mut(&twin) else {
+                continue;
+            };
+            let mut taken = 0;
+            for (p, r) in self.routes.iter_mut() {
+                if r.link != id {
+                    continue;
+                }
+                if let Some((origin, address)) = l.standby.remove(p) {
+                    *r = Learned {
+                        link: twin,
+                        origin,
+                        address,
+                    };
+                    taken += 1;
+                }
+            }
+            l.owned += taken;
+        }
         let mut by_origin: BTreeMap<Arc<str>, Vec<IpNet>> = BTreeMap::new();
         self.routes.retain(|p, r| {
             if r.link == id {
@@ -1265,7 +1420,7 @@ impl Core {
         }
         let mut by_origin: BTreeMap<Arc<str>, Vec<String>> = BTreeMap::new();
         for (p, r) in self.routes.iter() {
-            if r.link != id {
+            if !self.same_peer(r.link, id) {
                 by_origin
                     .entry(r.origin.clone())
                     .or_default()
@@ -1335,6 +1490,7 @@ impl Core {
                     .cfg
                     .protected
                     .iter()
+                    .chain(self.underlay.iter())
                     .any(|u| prefix.contains(u) || u.contains(prefix))
             {
                 loops.push(*prefix);

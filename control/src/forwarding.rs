@@ -20,6 +20,11 @@ pub struct Forwarding {
     pub routes: Vec<(IpNet, LinkId)>,
     /// Links whose negotiated local role forwards (not Indeterminate).
     pub active: Vec<LinkId>,
+    /// Links that are one of several to the same peer, each with the
+    /// lowest id of its peer's links (links not listed are their own).
+    /// Such links are one peer to the data path: each may send from what
+    /// any of them owns, and none is "another" link for the others.
+    pub peer_of: Vec<(LinkId, LinkId)>,
 }
 
 /// [`Forwarding`] with a value of the data path's own attached to every
@@ -36,6 +41,8 @@ pub struct ForwardingTable<T> {
     /// forwards).
     routes: PrefixMap<(LinkId, Option<usize>)>,
     links: Vec<(LinkId, T)>,
+    /// [`Forwarding::peer_of`].
+    peer_of: Vec<(LinkId, LinkId)>,
 }
 
 impl<T> Default for ForwardingTable<T> {
@@ -45,6 +52,7 @@ impl<T> Default for ForwardingTable<T> {
             relay: false,
             routes: PrefixMap::default(),
             links: Vec::new(),
+            peer_of: Vec::new(),
         }
     }
 }
@@ -68,7 +76,20 @@ impl<T> ForwardingTable<T> {
             relay: f.relay,
             routes,
             links,
+            peer_of: f.peer_of.clone(),
         }
+    }
+
+    /// The peer behind link `id`: the lowest id of the links to it.
+    fn peer(&self, id: LinkId) -> LinkId {
+        self.peer_of
+            .iter()
+            .find(|(l, _)| *l == id)
+            .map_or(id, |(_, p)| *p)
+    }
+
+    fn same_peer(&self, a: Option<LinkId>, b: LinkId) -> bool {
+        a.is_some_and(|a| a == b || self.peer(a) == self.peer(b))
     }
 
     /// The active link with this id.
@@ -81,23 +102,28 @@ impl<T> ForwardingTable<T> {
         self.links.iter().map(|(id, t)| (*id, t))
     }
 
-    /// The only active link other than `not`, if there is exactly one.
+    /// The first active link to the only peer other than `not`'s, if
+    /// every other active link goes to one peer.
     fn only_other(&self, not: Option<LinkId>) -> Option<(LinkId, &T)> {
-        let mut others = self.links.iter().filter(|(id, _)| Some(*id) != not);
-        match (others.next(), others.next()) {
-            (Some((id, t)), None) => Some((*id, t)),
-            _ => None,
-        }
+        let mut others = self
+            .links
+            .iter()
+            .filter(|(id, _)| !self.same_peer(not, *id));
+        let (first, t) = others.next()?;
+        let peer = self.peer(*first);
+        others
+            .all(|(id, _)| self.peer(*id) == peer)
+            .then_some((*first, t))
     }
 
-    /// Where a packet to `dst` goes, never back to `from`: the link of the
-    /// longest announced prefix if it forwards, else the only other active
-    /// link when there is exactly one.
+    /// Where a packet to `dst` goes, never back to `from`'s peer: the link
+    /// of the longest announced prefix if it forwards, else the only other
+    /// peer's (first) link when there is exactly one other peer.
     pub fn next_hop(&self, dst: Option<IpAddr>, from: Option<LinkId>) -> Option<(LinkId, &T)> {
         if let Some(dst) = dst {
             if let Some((_, Some(i))) = self.routes.lookup(dst) {
                 let (id, t) = &self.links[*i];
-                if Some(*id) != from {
+                if !self.same_peer(from, *id) {
                     return Some((*id, t));
                 }
             }
@@ -111,10 +137,12 @@ impl<T> ForwardingTable<T> {
     /// accepted from it). A source no link owns passes only when `from` is
     /// where this node would itself send that address: the only active link
     /// (on a relay: the only one other than the link `dst` is on). No two
-    /// links own overlapping prefixes, so a source has at most one owner.
+    /// links own overlapping prefixes, so a source has at most one owner;
+    /// the links to one peer share what that peer owns (replies may come
+    /// back over a link other than the one the request left on).
     pub fn source_allowed(&self, src: IpAddr, dst: Option<IpAddr>, from: LinkId) -> bool {
         if let Some((owner, _)) = self.routes.lookup(src) {
-            return *owner == from;
+            return self.same_peer(Some(*owner), from);
         }
         let back = if self.relay {
             match dst.and_then(|d| self.routes.lookup(d)) {
@@ -124,7 +152,7 @@ impl<T> ForwardingTable<T> {
         } else {
             None
         };
-        matches!(self.only_other(back), Some((id, _)) if id == from)
+        matches!(self.only_other(back), Some((id, _)) if self.same_peer(Some(id), from))
     }
 }
 
@@ -142,6 +170,7 @@ mod tests {
                 ("10.0.0.0/8".parse().unwrap(), LinkId(3)),
             ],
             active: vec![LinkId(1), LinkId(2)],
+            peer_of: Vec::new(),
         };
         let t = ForwardingTable::build(&f, |id| Some(id.0 * 10));
         let dst = |s: &str| Some(s.parse().unwrap());
@@ -175,6 +204,7 @@ mod tests {
                 ("10.20.0.0/24".parse().unwrap(), LinkId(2)),
             ],
             active: vec![LinkId(1), LinkId(2)],
+            peer_of: Vec::new(),
         };
         let t = ForwardingTable::build(&f, |id| Some(id.0));
         assert!(t.source_allowed(ip("10.99.0.1"), None, LinkId(1)));
@@ -196,5 +226,53 @@ mod tests {
         let t = ForwardingTable::build(&relay, |id| Some(id.0));
         assert!(t.source_allowed(ip("192.0.2.1"), Some(ip("10.99.0.1")), LinkId(2)));
         assert!(!t.source_allowed(ip("192.0.2.1"), Some(ip("10.99.0.1")), LinkId(1)));
+    }
+
+    #[test]
+    fn links_to_one_peer_share_its_sources() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Links 1 and 3 go to the same peer (3's twin is 1); 2 to another.
+        let f = Forwarding {
+            forwarding: true,
+            relay: false,
+            routes: vec![
+                ("10.20.0.0/24".parse().unwrap(), LinkId(1)),
+                ("10.30.0.0/24".parse().unwrap(), LinkId(2)),
+            ],
+            active: vec![LinkId(1), LinkId(2), LinkId(3)],
+            peer_of: vec![(LinkId(1), LinkId(1)), (LinkId(3), LinkId(1))],
+        };
+        let t = ForwardingTable::build(&f, |id| Some(id.0));
+        // A reply may come back over the twin link...
+        assert!(t.source_allowed(ip("10.20.0.9"), None, LinkId(1)));
+        assert!(t.source_allowed(ip("10.20.0.9"), None, LinkId(3)));
+        // ...but another peer still may not send from it.
+        assert!(!t.source_allowed(ip("10.20.0.9"), None, LinkId(2)));
+        assert!(!t.source_allowed(ip("10.30.0.9"), None, LinkId(3)));
+        // Out over the link that owns the route.
+        assert_eq!(
+            t.next_hop(Some(ip("10.20.0.9")), None),
+            Some((LinkId(1), &1))
+        );
+        // Two links to one peer are still "the only other" peer.
+        let one_peer = Forwarding {
+            routes: vec![("10.20.0.0/24".parse().unwrap(), LinkId(1))],
+            active: vec![LinkId(1), LinkId(3)],
+            ..f
+        };
+        let t = ForwardingTable::build(&one_peer, |id| Some(id.0));
+        assert_eq!(
+            t.next_hop(Some(ip("192.0.2.1")), None),
+            Some((LinkId(1), &1))
+        );
+        assert!(t.source_allowed(ip("192.0.2.1"), None, LinkId(3)));
+        // A relay never sends a packet back to the peer it came from, over
+        // either of its links.
+        let relay = Forwarding {
+            relay: true,
+            ..one_peer
+        };
+        let t = ForwardingTable::build(&relay, |id| Some(id.0));
+        assert_eq!(t.next_hop(Some(ip("10.20.0.9")), Some(LinkId(3))), None);
     }
 }

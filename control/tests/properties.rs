@@ -160,6 +160,13 @@ fn check(s: &Sim) {
                 "{}: {p} installed without a live link",
                 n.spec.name
             );
+            // Only a peer whose role originates routes has them installed.
+            let peer = link.and_then(|l| core.link_roles(l)).map(|(_, peer)| peer);
+            assert!(
+                matches!(peer, Some(NodeRole::RoleExit | NodeRole::RoleRelay)),
+                "{}: {p} installed from a peer now {peer:?}",
+                n.spec.name
+            );
         }
         // Installs and removals alternate per prefix, starting with an install.
         let mut on: BTreeMap<_, bool> = BTreeMap::new();

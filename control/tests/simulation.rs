@@ -608,3 +608,104 @@ fn allowed_sources_restrict_what_a_link_may_own() {
     assert!(!t.source_allowed(ip("10.99.0.1"), None, s.link_at(w2, "exit")));
     assert!(!t.source_allowed(ip("10.98.0.1"), None, s.link_at(w2, "exit")));
 }
+
+/// Two links between the same pair (both transports): the first owns the
+/// peer's prefixes, the second holds them on standby and takes them over
+/// when the first goes, without a withdrawal or a route reinstalled.
+#[test]
+fn twin_links_share_a_peer_and_fail_over() {
+    let mut s = Sim::new(vec![
+        Spec::new("entry")
+            .tun()
+            .connects()
+            .address("10.99.0.1")
+            .posture(secure(Some(RoleEntry))),
+        Spec::new("exit")
+            .listens()
+            .address("10.99.0.2")
+            .announce(PRIVATE)
+            .posture(secure(Some(RoleExit))),
+    ]);
+    let first = s.connect("entry", "exit");
+    let second = s.connect("entry", "exit");
+    let installs = s.installs("entry");
+    assert_eq!(owner(&s, "entry", PRIVATE), Some(s.link_at(first, "entry")));
+    assert_eq!(
+        owner(&s, "exit", "10.99.0.1/32"),
+        Some(s.link_at(first, "exit"))
+    );
+    // Not refused: the same peer's twin, on standby.
+    assert_eq!(refused(&s, "entry", second), 0);
+    assert_eq!(refused(&s, "exit", second), 0);
+    for node in ["entry", "exit"] {
+        let f = s.core(node).forwarding();
+        let a = s.link_at(first, node);
+        let b = s.link_at(second, node);
+        assert!(f.peer_of.contains(&(b, a)), "{node}: {:?}", f.peer_of);
+        // The data path takes the peer's sources from either link.
+        let t = sapper_control::ForwardingTable::build(&f, |id| Some(id.0));
+        let src: std::net::IpAddr = if node == "entry" {
+            "10.20.0.9".parse().unwrap()
+        } else {
+            "10.99.0.1".parse().unwrap()
+        };
+        assert!(t.source_allowed(src, None, a) && t.source_allowed(src, None, b));
+    }
+    s.cut(first, "transport closed");
+    assert_eq!(
+        owner(&s, "entry", PRIVATE),
+        Some(s.link_at(second, "entry"))
+    );
+    assert_eq!(
+        owner(&s, "exit", "10.99.0.1/32"),
+        Some(s.link_at(second, "exit"))
+    );
+    assert_eq!(s.installs("entry"), installs, "the route was reinstalled");
+    // A withdrawal over the remaining link now withdraws.
+    s.inject_from(
+        second,
+        "exit",
+        Body::RouteWithdraw(RouteWithdraw {
+            prefixes: vec![PRIVATE.into()],
+            origin: "exit".into(),
+        }),
+    );
+    assert_eq!(owner(&s, "entry", PRIVATE), None);
+}
+
+/// An exit that stops being one loses the routes it originated: withdrawn
+/// at the entry and uninstalled; its address stays its source. Back in the
+/// exit role, its Handshake routes are learned again.
+#[test]
+fn a_peer_leaving_the_exit_role_loses_its_routes() {
+    let mut s = Sim::new(vec![
+        Spec::new("entry")
+            .tun()
+            .connects()
+            .address("10.99.0.1")
+            .posture(sapper_shared::posture::Posture {
+                auto_routes: true,
+                ..secure(Some(RoleEntry))
+            }),
+        Spec::new("exit")
+            .listens()
+            .address("10.99.0.2")
+            .announce(PRIVATE)
+            .posture(secure(Some(RoleExit))),
+    ]);
+    let w = s.connect("entry", "exit");
+    let link = s.link_at(w, "entry");
+    assert_eq!(owner(&s, "entry", PRIVATE), Some(link));
+    assert!(s.core("entry").installed_routes().contains(&net(PRIVATE)));
+    // The exit drops its fixed role (a hint change; it says so).
+    s.set_hint("exit", None);
+    assert_eq!(s.role("exit"), RoleIndeterminate);
+    assert_eq!(owner(&s, "entry", PRIVATE), None);
+    assert!(!s.core("entry").installed_routes().contains(&net(PRIVATE)));
+    assert_eq!(s.installs("entry").get(&(net(PRIVATE), false)), Some(&1));
+    assert_eq!(owner(&s, "entry", "10.99.0.2/32"), Some(link));
+    // An exit again: its routes come back.
+    s.set_hint("exit", hint(HintLevel::Fixed, RoleExit));
+    assert_eq!(owner(&s, "entry", PRIVATE), Some(link));
+    assert!(s.core("entry").installed_routes().contains(&net(PRIVATE)));
+}

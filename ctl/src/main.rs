@@ -2,6 +2,7 @@
 //! socket (and, for `privd status`, privd's). Human output by default,
 //! `--json` for scripts.
 
+mod audit;
 mod client;
 mod init;
 mod render;
@@ -127,6 +128,10 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// What the running netd and privd hold, from the kernel: uid/gid,
+    /// capabilities, NoNewPrivs, seccomp, Landlock, sockets, privd's
+    /// counters, the units' exposure score (systemd).
+    Audit,
     /// Write a commented config, a fresh PSK (0600) and the certificate for
     /// an entry or an exit; print the fingerprint and what the other side needs.
     Init(Box<init::InitArgs>),
@@ -275,6 +280,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Audit => return audit(&args.socket, &args.privd_socket, args.json),
         Command::Privd {
             action: PrivdAction::Status,
         } => {
@@ -490,6 +496,33 @@ fn events(socket: &std::path::Path, json: bool) -> ExitCode {
         out!("{}", render::event_line(&ev, json));
     }) {
         return fail(&e);
+    }
+    ExitCode::SUCCESS
+}
+
+/// `sapperctl audit`: best effort for every part; fails only when
+/// neither daemon could be examined.
+fn audit(mgmt: &std::path::Path, privd: &std::path::Path, json: bool) -> ExitCode {
+    let netd_status = Client::connect(mgmt)
+        .and_then(|mut c| c.call(Req::Status(Default::default())))
+        .ok()
+        .and_then(|r| match r {
+            Resp::Status(s) => Some(render::status_json(&s)),
+            _ => None,
+        });
+    let privd_status = sapper_privd_client::PrivdClient::connect(privd)
+        .and_then(|mut c| c.status())
+        .map(|s| serde_json::json!({"granted": s.granted, "refused": s.refused}))
+        .map_err(|e| e.to_string());
+    let page = audit::collect(mgmt, privd, netd_status.as_ref(), privd_status);
+    if json {
+        out!("{page}");
+    } else {
+        out!("{}", audit::text(&page));
+    }
+    if page["netd"].get("error").is_some() && page["privd"].get("error").is_some() {
+        eprintln!("sapperctl audit: no daemon could be examined");
+        return ExitCode::from(EXIT_UNREACHABLE);
     }
     ExitCode::SUCCESS
 }

@@ -37,6 +37,8 @@ pub fn status_json(s: &StatusResponse) -> Value {
         "peer_count": s.peer_count,
         "exit_mode": if s.exit_mode.is_empty() { "none" } else { s.exit_mode.as_str() },
         "exit": s.exit.as_ref().map(exit_json),
+        "landlock": s.landlock,
+        "pid": s.pid,
     })
 }
 

@@ -36,6 +36,8 @@ pub struct Driver {
     next_token: u64,
     privd_queue: VecDeque<RouteRequest>,
     privd_task: Option<PrivdBatch>,
+    /// Bounds the log lines each peer can cause.
+    peer_log: crate::peer_log::PeerLog,
 }
 
 impl Driver {
@@ -48,6 +50,7 @@ impl Driver {
             next_token: 1,
             privd_queue: VecDeque::new(),
             privd_task: None,
+            peer_log: Default::default(),
         }
     }
 
@@ -94,7 +97,12 @@ impl Driver {
             }
             Input::LinkDown { id, reason } => {
                 self.links.remove(&id);
+                let name = self.core.link(id).map(|l| l.info.name).unwrap_or_default();
                 self.core.handle_link_down(now, id, &reason);
+                let suppressed = self.peer_log.forget(id);
+                if suppressed > 0 {
+                    tracing::warn!(peer = %name, suppressed, "suppressed log lines about a peer (rate limit)");
+                }
             }
             Input::Control { id, msg } => {
                 let pong = crate::metrics::is_pong(&msg);
@@ -192,7 +200,25 @@ impl Driver {
         }
     }
 
-    fn event(&self, e: Event) {
+    /// Whether a line about `link` may be logged now (see peer_log.rs).
+    fn peer_may_log(&mut self, link: sapper_control::LinkId) -> bool {
+        match self.peer_log.check(link, Instant::now()) {
+            crate::peer_log::Verdict::Log { suppressed } => {
+                if suppressed > 0 {
+                    let peer = self
+                        .core
+                        .link(link)
+                        .map(|l| l.info.name)
+                        .unwrap_or_default();
+                    tracing::warn!(%peer, suppressed, "suppressed log lines about a peer (rate limit)");
+                }
+                true
+            }
+            crate::peer_log::Verdict::Suppress => false,
+        }
+    }
+
+    fn event(&mut self, e: Event) {
         match e {
             Event::Management(body) => {
                 // No subscribers is fine.
@@ -205,17 +231,30 @@ impl Driver {
                 tracing::info!(role = role_name(role), %reason, "role changed")
             }
             Event::PeerRoleChanged {
-                peer, role, reason, ..
+                peer,
+                role,
+                reason,
+                link,
             } => {
+                if !self.peer_may_log(link) {
+                    return;
+                }
                 tracing::info!(%peer, role = role_name(role), %reason, "peer changed role")
             }
             Event::PeerDead { peer, missed, .. } => {
                 tracing::warn!(sapper_event = "peer_disconnected", %peer, missed, "peer stopped answering pings; dropping it")
             }
-            Event::PeerSaidGoodbye { peer, reason, .. } => {
+            Event::PeerSaidGoodbye { peer, reason, link } => {
+                if !self.peer_may_log(link) {
+                    return;
+                }
                 tracing::info!(sapper_event = "peer_disconnected", %peer, %reason, "peer disconnected")
             }
-            Event::Warning { message, .. } => tracing::warn!("{message}"),
+            Event::Warning { message, link } => {
+                if link.is_none_or(|l| self.peer_may_log(l)) {
+                    tracing::warn!("{message}")
+                }
+            }
         }
     }
 }

@@ -49,6 +49,19 @@ pub fn describe(status: &RulesetStatus) -> &'static str {
     }
 }
 
+/// What Landlock does in this process, for `status` (set once at start).
+static RECORDED: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Records the outcome (`enforcement`'s word, or "disabled").
+pub fn record(word: &'static str) {
+    let _ = RECORDED.set(word);
+}
+
+/// The recorded outcome; "unknown" before start-up recorded one.
+pub fn recorded() -> &'static str {
+    RECORDED.get().copied().unwrap_or("unknown")
+}
+
 /// The same in one word, for the log's `enforcement` field.
 pub fn enforcement(status: &RulesetStatus) -> &'static str {
     match status {

@@ -71,7 +71,6 @@ async fn handshake<L: Link>(
     deadline: tokio::time::Instant,
 ) -> Result<Accepted> {
     let remote = link.remote();
-    let _preauth = crate::metrics::recorded().preauth();
     let local = node.inspect(|core, _| core.local_handshake()).await?;
     let mut hs = Handshaker::new(local, side, link.channel_binding(), node.psk.clone());
     // The ordering is the protocol's (see `sapper_shared::proof`): the

@@ -17,8 +17,10 @@ mod metrics_http;
 mod mgmt;
 mod mgmt_socket;
 mod node;
+mod peer_log;
 mod preauth;
 mod privs;
+mod proxy;
 mod quic;
 mod quic_tls;
 mod reload;
@@ -114,10 +116,13 @@ fn run(args: Args) -> Result<()> {
     // "%d/name" paths: files systemd's LoadCredential= put in place.
     let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     cfg.expand_credentials(&file, creds.as_deref())?;
+    proxy::set_credentials_dir(creds.clone());
+    proxy::read_env()?;
     let node_debug = format!("{:?}", cfg.node);
-    let netd = cfg
+    let mut netd = cfg
         .netd
         .with_context(|| format!("{file}: no [netd] section"))?;
+    netd.connect = proxy::with_env(std::mem::take(&mut netd.connect));
     let name = match &cfg.node.name {
         Some(n) => n.to_string(),
         None => nix::unistd::gethostname()
@@ -139,6 +144,8 @@ fn run(args: Args) -> Result<()> {
     }
     tracing::info!(%fingerprint, "certificate fingerprint (pin this on connecting peers)");
 
+    // Like the PSK: read now, as root, before the sandbox.
+    proxy::load_all(&file, &netd.connect)?;
     let psk_file = cfg.node.psk_file().map(Path::to_path_buf);
     // No core dumps and no ptrace/proc access by the same uid: memory holds
     // the PSK and the TLS key. Set again after the uid change (which resets
@@ -211,8 +218,10 @@ fn run(args: Args) -> Result<()> {
         }
         None => (None, None),
     };
-    // Read now: the sandbox closes /proc/net below.
-    let protected = underlay::protected(tun_name.as_deref());
+    // Read now, and again every few seconds through the same descriptors
+    // (underlay::watch), past the sandbox below.
+    let route_tables = underlay::RouteTables::open(tun_name.as_deref());
+    let protected = route_tables.read().unwrap_or_default();
 
     // Setup is done: sockets bound, secrets read, privileges dropped, the
     // TUN in hand. Both are applied before the runtime starts so that every
@@ -220,6 +229,7 @@ fn run(args: Args) -> Result<()> {
     // thread only; seccomp's TSYNC would also cover earlier threads).
     // Landlock first: its own syscalls are not on the seccomp allow-list.
     if args.no_landlock {
+        fs_sandbox::record("disabled");
         tracing::warn!(
             sapper_event = "landlock_disabled",
             "Landlock NOT applied (--no-landlock / SAPPER_NO_LANDLOCK)"
@@ -239,6 +249,7 @@ fn run(args: Args) -> Result<()> {
         // SAPPER_EVENT=landlock_applied` never matches a sandbox that is not
         // in force; `enforcement` says the same in one word.
         let enforcement = fs_sandbox::enforcement(&status);
+        fs_sandbox::record(enforcement);
         match status {
             landlock::RulesetStatus::FullyEnforced => tracing::info!(
                 sapper_event = "landlock_applied",
@@ -340,6 +351,12 @@ fn run(args: Args) -> Result<()> {
             driver_tx,
         ));
         tokio::spawn(driver::Driver::new(core, node.clone()).run(driver_rx));
+        tokio::spawn(underlay::watch(
+            node.clone(),
+            route_tables,
+            protected.clone(),
+            node.shutdown.clone(),
+        ));
         serve(node, bound, running, config_file, summary).await
     })
 }

@@ -80,7 +80,7 @@ pub struct Recorded {
     refusals: Family<ReasonLabel, Counter>,
     rtt: HistogramFamily,
     privd: Family<OutcomeLabel, Counter>,
-    preauth: Gauge<i64, AtomicI64>,
+    quic_retries: Counter,
     peers_seen: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -99,7 +99,7 @@ pub fn recorded() -> &'static Recorded {
         refusals: Family::default(),
         rtt: Family::new_with_constructor(rtt_histogram as fn() -> Histogram),
         privd: Family::default(),
-        preauth: Gauge::default(),
+        quic_retries: Counter::default(),
         peers_seen: std::sync::Mutex::new(Default::default()),
     })
 }
@@ -149,20 +149,10 @@ impl Recorded {
             .inc();
     }
 
-    /// A connection before authentication (TLS and the Sapper handshake);
-    /// counted while the guard lives.
-    pub fn preauth(&'static self) -> PreAuth {
-        self.preauth.inc();
-        PreAuth(self)
-    }
-}
-
-/// Counts one connection in `sapper_preauth_connections` until dropped.
-pub struct PreAuth(&'static Recorded);
-
-impl Drop for PreAuth {
-    fn drop(&mut self) {
-        self.0.preauth.dec();
+    /// A QUIC client was asked to prove its address (Retry): the pre-auth
+    /// gate was at least half full.
+    pub fn quic_retry(&self) {
+        self.quic_retries.inc();
     }
 }
 
@@ -246,6 +236,10 @@ pub fn snapshot(core: &mut Core, links: &Links) -> Snapshot {
 /// The OpenMetrics text of one scrape.
 pub fn render(node: &Node, snap: Snapshot) -> String {
     let mut reg = Registry::default();
+    // The pre-auth gate's own count (admitted, not yet authenticated):
+    // one count for the limit and the metric.
+    let preauth = Gauge::<i64, AtomicI64>::default();
+    preauth.set(i64::try_from(node.preauth.waiting()).unwrap_or(i64::MAX));
     let peer_fam = || Family::<PeerLabel, Counter>::default();
     let (rx_b, tx_b, rx_p, tx_p) = (peer_fam(), peer_fam(), peer_fam(), peer_fam());
     let drops = Family::<PeerReason, Counter>::default();
@@ -335,8 +329,13 @@ pub fn render(node: &Node, snap: Snapshot) -> String {
     );
     reg.register(
         "sapper_preauth_connections",
-        "Connections in the TLS or Sapper handshake right now",
-        r.preauth.clone(),
+        "Inbound connections not yet authenticated (TLS or the Sapper handshake) right now: the pre-auth gate's count, which netd.limits.max_preauth bounds",
+        preauth,
+    );
+    reg.register(
+        "sapper_quic_retries",
+        "QUIC connections asked to prove their address (Retry) because the pre-auth gate was half full",
+        r.quic_retries.clone(),
     );
     reg.register(
         "sapper_privd_requests",

@@ -286,6 +286,8 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
                 role_reason: st.role_reason,
                 exit_mode: exit_mode(node, st.role).into(),
                 exit: node.exit.as_ref().map(|x| x.stats_proto()),
+                landlock: crate::fs_sandbox::recorded().into(),
+                pid: std::process::id(),
             }))
         }
         Req::Peers(r) => {
@@ -553,6 +555,8 @@ async fn connect(node: &Arc<Node>, c: ConnectRequest) -> Result<(), Failure> {
         ca_file: None,
         ws_path: Some(c.ws_path),
         allowed_sources: None,
+        proxy: None,
+        proxy_credentials_file: None,
     };
     let target = Target::try_from(fields).map_err(|e| bad(e.to_string()))?;
     let addr = target.resolve().await.map_err(|e| bad(format!("{e:#}")))?;

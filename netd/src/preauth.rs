@@ -104,8 +104,8 @@ impl PreAuth {
         c.total * 2 >= self.max
     }
 
-    /// Connections at the gate now.
-    #[cfg(test)]
+    /// Connections at the gate now (admitted, not yet authenticated; the
+    /// `sapper_preauth_connections` gauge).
     pub fn waiting(&self) -> usize {
         self.counts.lock().unwrap_or_else(|e| e.into_inner()).total
     }

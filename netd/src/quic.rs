@@ -156,7 +156,9 @@ pub async fn accept_loop(
             && !incoming.remote_address_validated()
             && incoming.may_retry()
         {
-            let _ = incoming.retry();
+            if incoming.retry().is_ok() {
+                crate::metrics::recorded().quic_retry();
+            }
             continue;
         }
         let ticket = match node.preauth.admit(remote.ip()) {
@@ -187,8 +189,6 @@ async fn accept_one(
     allowed: Option<Vec<ipnet::IpNet>>,
 ) -> Result<()> {
     let remote = incoming.remote_address();
-    // Counted until the link is handed to run_link.
-    let preauth = crate::metrics::recorded().preauth();
     // One deadline for TLS, the control stream and the Sapper handshake.
     let deadline = tokio::time::Instant::now() + node.cfg.handshake_timeout.millis();
     let (cfg, offered, probe) = server.for_connection()?;
@@ -214,7 +214,6 @@ async fn accept_one(
         .context("accepting the control stream")?;
     let mut link = QuicLink::new(conn, send, recv, None, node.cfg.peer_queue.as_usize(), tls)?;
     link.ticket = Some(ticket);
-    drop(preauth);
     run_link(node, link, Direction::Inbound, deadline, allowed).await
 }
 

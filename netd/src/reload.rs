@@ -126,14 +126,20 @@ impl Running {
         let mut cfg = Config::parse(&text, &shown)?;
         let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
         cfg.expand_credentials(&shown, creds.as_deref())?;
-        let new = cfg
+        let mut new = cfg
             .netd
             .clone()
             .with_context(|| format!("{shown}: no [netd] section"))?;
+        new.connect = crate::proxy::with_env(std::mem::take(&mut new.connect));
         // Everything that can fail is checked before anything changes.
         for (i, c) in new.connect.iter().enumerate() {
             crate::target::Dial::client_tls(c, node.cfg.tls.key_exchange)
                 .with_context(|| format!("{shown}: netd.connect[{i}]"))?;
+            if let Some(f) = c.proxy().and_then(|p| p.credentials_file.as_deref()) {
+                crate::proxy::credentials(f).with_context(|| {
+                    format!("{shown}: netd.connect[{i}].proxy_credentials_file (a file not read at start may be out of the sandboxed netd's reach: restart to use it)")
+                })?;
+            }
         }
         tracing::info!(
             sapper_event = "config_reloaded",

@@ -54,6 +54,8 @@ mod tests {
             ca_file: None,
             ws_path: None,
             allowed_sources: None,
+            proxy: None,
+            proxy_credentials_file: None,
         }
     }
 

@@ -1,24 +1,125 @@
 //! What an automatic route must never cover: the networks this host reaches
 //! the underlay through. Read from the kernel's routing tables in /proc at
-//! start (before the sandbox closes /proc): every directly connected network
-//! and every default gateway, on any interface but the TUN. With the
-//! configured connect targets they are the control core's `protected` list.
+//! start: every directly connected network and every default gateway, on
+//! any interface but the TUN. With the configured connect targets they are
+//! the control core's `protected` list. The tables are read again every
+//! [`REFRESH`] so that an interface, address or gateway added later is
+//! protected too (`Core::set_underlay`): through descriptors opened before
+//! the sandbox (Landlock does not follow /proc/self across threads), read
+//! from offset 0 each time (the kernel regenerates the text). A failed read
+//! keeps the last set: the protection never shrinks by accident.
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
-/// Connected networks and gateways of every interface other than `tun`.
-pub fn protected(tun: Option<&str>) -> Vec<IpNet> {
-    let mut out = Vec::new();
-    if let Ok(t) = std::fs::read_to_string("/proc/net/route") {
-        out.extend(parse_v4(&t, tun));
+/// The kernel's routing tables, read at start and on every refresh.
+const ROUTE_FILES: [&str; 2] = ["/proc/net/route", "/proc/net/ipv6_route"];
+
+/// Bound on one table's text (a full-table host has ~1 M routes of ~128
+/// bytes; more than that is not an underlay worth parsing).
+const MAX_TABLE: usize = 64 << 20;
+
+/// The two routing tables, opened once before the sandbox.
+pub struct RouteTables {
+    v4: Option<std::fs::File>,
+    v6: Option<std::fs::File>,
+    tun: Option<String>,
+}
+
+impl RouteTables {
+    /// Opens the tables (a missing one, e.g. IPv6 off, is skipped).
+    pub fn open(tun: Option<&str>) -> Self {
+        let open = |p: &str| std::fs::File::open(p).ok();
+        Self {
+            v4: open(ROUTE_FILES[0]),
+            v6: open(ROUTE_FILES[1]),
+            tun: tun.map(str::to_string),
+        }
     }
-    if let Ok(t) = std::fs::read_to_string("/proc/net/ipv6_route") {
-        out.extend(parse_v6(&t, tun));
+
+    /// Connected networks and gateways of every interface other than the
+    /// TUN, as the kernel has them now; `None` when a table could not be
+    /// read.
+    pub fn read(&self) -> Option<Vec<IpNet>> {
+        let tun = self.tun.as_deref();
+        let mut out = Vec::new();
+        if let Some(f) = &self.v4 {
+            out.extend(parse_v4(&read_all(f)?, tun));
+        }
+        if let Some(f) = &self.v6 {
+            out.extend(parse_v6(&read_all(f)?, tun));
+        }
+        out.sort();
+        out.dedup();
+        Some(out)
     }
-    out.sort();
-    out.dedup();
-    out
+}
+
+/// The whole text of a /proc table, from offset 0 (pread: no shared file
+/// position).
+fn read_all(f: &std::fs::File) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            if buf.len() >= MAX_TABLE {
+                return None;
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
+        match f.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).ok()
+}
+
+/// How often the routing tables are read again.
+pub const REFRESH: Duration = Duration::from_secs(2);
+
+/// Keeps the core's underlay current until shutdown: the tables are read
+/// every [`REFRESH`] and a changed set is handed to the core.
+pub async fn watch(
+    node: Arc<crate::node::Node>,
+    tables: RouteTables,
+    mut last: Vec<IpNet>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(now) = tables.read() else {
+            tracing::debug!("reading the routing tables failed; the last underlay is kept");
+            continue;
+        };
+        if now == last {
+            continue;
+        }
+        tracing::info!(
+            networks = now.len(),
+            "the underlay changed; automatic routes re-checked"
+        );
+        let set = now.clone();
+        if node
+            .inspect(move |core, _| core.set_underlay(set))
+            .await
+            .is_ok()
+        {
+            last = now;
+        }
+    }
 }
 
 fn hex32_le(s: &str) -> Option<Ipv4Addr> {

@@ -101,9 +101,6 @@ async fn accept_one(
     allowed: Option<Vec<ipnet::IpNet>>,
 ) -> Result<()> {
     let _ = tcp.set_nodelay(true);
-    // Counted until the link is handed to run_link (which counts its own
-    // Sapper handshake).
-    let preauth = crate::metrics::recorded().preauth();
     // One deadline for TLS, the upgrade and the Sapper handshake.
     let deadline = tokio::time::Instant::now() + node.cfg.handshake_timeout.millis();
     let (cfg, offered) = server.for_connection();
@@ -146,7 +143,6 @@ async fn accept_one(
         negotiated,
     );
     link.ticket = Some(ticket);
-    drop(preauth);
     run_link(node, link, Direction::Inbound, deadline, allowed).await
 }
 
@@ -163,12 +159,35 @@ pub async fn connect(
     target: &Target,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<WsLink<tokio_rustls::client::TlsStream<TcpStream>>> {
-    let addr = target.resolve().await?;
     let timeout = cfg.handshake_timeout.millis();
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .context("TCP connect timed out")?
-        .with_context(|| format!("TCP connect to {addr}"))?;
+    let (tcp, addr) = match target.proxy() {
+        None => {
+            let addr = target.resolve().await?;
+            let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+                .await
+                .context("TCP connect timed out")?
+                .with_context(|| format!("TCP connect to {addr}"))?;
+            (tcp, addr)
+        }
+        Some(proxy) => {
+            let creds = proxy
+                .credentials_file
+                .as_deref()
+                .map(crate::proxy::credentials)
+                .transpose()?;
+            let tcp =
+                crate::proxy::tunnel(proxy, target.address(), creds.as_deref(), timeout).await?;
+            drop(creds);
+            // The peer's own address when the entry names one; behind a
+            // proxy its name may not resolve here, so else the proxy's.
+            let addr = match target.address().parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => tcp.peer_addr().context("proxy connection's address")?,
+            };
+            tracing::debug!(peer = %target.address(), proxy = %proxy.url, from_env = proxy.from_env, "tunnel through the HTTP proxy open");
+            (tcp, addr)
+        }
+    };
     let _ = tcp.set_nodelay(true);
     let name = rustls_pki_types::ServerName::try_from(target.server_name().to_string())
         .context("invalid TLS server name")?;

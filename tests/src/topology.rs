@@ -126,6 +126,11 @@ pub struct Options {
     pub extra: [Vec<String>; 2],
     /// Keys added to the entry's and the exit's `[node]` table.
     pub node_lines: [Vec<String>; 2],
+    /// The connector's `[[netd.connect]]` address instead of the
+    /// listener's underlay address (the listener's port).
+    pub connect_host: Option<String>,
+    /// Keys added to the connector's `[[netd.connect]]` entry.
+    pub connect_lines: Vec<String>,
 }
 
 impl Options {
@@ -142,6 +147,8 @@ impl Options {
             key_exchange: [None, None],
             extra: [Vec::new(), Vec::new()],
             node_lines: [Vec::new(), Vec::new()],
+            connect_host: None,
+            connect_lines: Vec::new(),
         }
     }
 
@@ -584,7 +591,11 @@ impl Topology {
             let peer = node.other();
             let _ = writeln!(s, "[[netd.connect]]");
             let _ = writeln!(s, "transport = \"{}\"", t.as_str());
-            let _ = writeln!(s, "address = \"{}:{}\"", peer.underlay(), t.port());
+            let host = self.opts.connect_host.as_deref().unwrap_or(peer.underlay());
+            let _ = writeln!(s, "address = \"{host}:{}\"", t.port());
+            for l in &self.opts.connect_lines {
+                let _ = writeln!(s, "{l}");
+            }
             let _ = writeln!(s, "server_name = \"{}\"", peer.as_str());
             let _ = writeln!(
                 s,
@@ -667,7 +678,9 @@ impl Topology {
             .to_string()
     }
 
-    fn start_daemons(&mut self) {
+    /// Writes both nodes' files and starts privd and netd on both (listener
+    /// first); [`Topology::start`] does this unless `start_daemons` is false.
+    pub fn start_daemons(&mut self) {
         let listener = self.opts.listener;
         let connector = listener.other();
         self.write_node_files(listener, None);
@@ -706,7 +719,9 @@ impl Topology {
         }
     }
 
-    fn spawn_in(&mut self, label: &str, ns_cmd: Command) -> usize {
+    /// Starts `ns_cmd` (already wrapped for its namespace) as a managed
+    /// process labelled `label`.
+    pub fn spawn_in(&mut self, label: &str, ns_cmd: Command) -> usize {
         self.daemons.push(Daemon::start(label, &self.dir, ns_cmd));
         self.daemons.len() - 1
     }

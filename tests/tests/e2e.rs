@@ -7,9 +7,9 @@
 //! through the exit's masquerade.
 
 use sapper_tests::bins::tool;
-use sapper_tests::cmd::{run_timeout, WAIT};
+use sapper_tests::cmd::{run_timeout, wait_until, WAIT};
 use sapper_tests::privs;
-use sapper_tests::topology::{PRIVATE_HOST, TUN_NAME};
+use sapper_tests::topology::{PRIVATE_HOST, PRIVATE_NET, TUN_NAME};
 use sapper_tests::{Node, Options, Topology, Transport};
 use serde_json::Value;
 use std::os::unix::process::CommandExt;
@@ -245,3 +245,124 @@ fn privd_refuses_other_uid(t: Transport) {
     );
 }
 per_transport!(privd_refuses_other_uid);
+
+/// Two links to the same peer (the entry dials the exit over QUIC and over
+/// WebSocket): one peer, not two. Packets go out on the link that owns the
+/// route and may come back on either link, so a ping and a transfer lose
+/// nothing; when the link carrying the routes goes away, its twin takes
+/// them over and the tunnel keeps working.
+#[test]
+fn two_links_to_one_peer() {
+    let mut topo = Topology::start(Options::new(Transport::Quic).extra(
+        Node::Exit,
+        &[
+            "[[netd.listen]]",
+            "transport = \"ws\"",
+            "address = \"0.0.0.0:8443\"",
+            "ws_path = \"/sapper\"",
+        ],
+    ));
+    topo.wait_for_tunnel();
+    // The second link: a WebSocket connect entry (the exit's fingerprint
+    // is known only once its certificate exists).
+    let fp = topo.ctl_json(Node::Exit, &["status"]).expect("exit status")["cert_fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_string();
+    let cfg = topo.config_path(Node::Entry);
+    let text = std::fs::read_to_string(&cfg).expect("entry config");
+    let text = text.replacen(
+        "\n[privd]\n",
+        &format!(
+            "\n[[netd.connect]]\ntransport = \"ws\"\naddress = \"{}:8443\"\nserver_name = \"exit\"\nfingerprint = \"{fp}\"\nws_path = \"/sapper\"\n\n[privd]\n",
+            sapper_tests::topology::EXIT_UNDERLAY
+        ),
+        1,
+    );
+    std::fs::write(&cfg, text).expect("write entry config");
+    // Restarted with both connect entries, it dials both at once (the
+    // order in which the two links come up may differ between the sides).
+    topo.kill("entry-netd");
+    topo.spawn(
+        "entry-netd",
+        Node::Entry,
+        &topo.daemon_bins().netd.clone(),
+        &["--config".as_ref(), cfg.as_os_str()],
+    );
+    for node in [Node::Entry, Node::Exit] {
+        let want = node.other().as_str();
+        wait_until(
+            &format!("{} to list two links", node.as_str()),
+            WAIT,
+            || {
+                let peers = topo.peers(node).ok()?;
+                let mut ts: Vec<String> = peers
+                    .iter()
+                    .filter(|p| p["name"] == want)
+                    .map(|p| p["transport"].as_str().unwrap_or_default().to_string())
+                    .collect();
+                ts.sort();
+                (ts == ["quic", "ws"]).then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", topo.dump_logs()));
+    }
+    let lossless = |topo: &Topology, target: &str, what: &str| {
+        let out = topo
+            .entry
+            .cmd("ping")
+            .args(["-n", "-q", "-i", "0.1", "-c", "30", "-W", "2", target])
+            .output()
+            .expect("ping");
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            s.contains("30 packets transmitted, 30 received"),
+            "{what}: ping {target} over two links lost packets:\n{s}\n{}",
+            topo.dump_logs()
+        );
+    };
+    lossless(&topo, PRIVATE_HOST, "both links up");
+    lossless(&topo, "10.99.0.2", "both links up");
+    let (sent, received) = topo.blast(Node::Entry, "private", PRIVATE_HOST, TRANSFER_BYTES);
+    assert_eq!(sent, received, "a transfer over two links differs");
+    // Nothing was dropped as spoofed on either side.
+    for node in [Node::Entry, Node::Exit] {
+        for p in topo.peers(node).expect("peers") {
+            assert_eq!(
+                p["source_drops"].as_u64().unwrap_or(0),
+                0,
+                "{} dropped packets of its own peer as spoofed: {p}",
+                node.as_str()
+            );
+        }
+    }
+    // The QUIC link dies (its packets are dropped until missed pings end
+    // it); the WebSocket link takes over the routes and the tunnel works.
+    let nft = |args: &str| {
+        let out = topo.entry.cmd("nft").arg(args).output().expect("nft");
+        assert!(out.status.success(), "nft {args}: {}", show(&out));
+    };
+    nft("add table inet twin; add chain inet twin out { type filter hook output priority 0; }; add rule inet twin out udp dport 4433 drop");
+    wait_until("the QUIC link to end", WAIT, || {
+        let peers = topo.peers(Node::Entry).ok()?;
+        (peers.len() == 1 && peers[0]["transport"] == "ws").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", topo.dump_logs()));
+    wait_until("a ping over the remaining link", WAIT, || {
+        topo.ping(&topo.entry, PRIVATE_HOST, 1, 1)
+            .status
+            .success()
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", topo.dump_logs()));
+    lossless(&topo, PRIVATE_HOST, "after the QUIC link ended");
+    // The remaining link took over what the exit owns (it was on standby).
+    let routes = topo.ctl_json(Node::Entry, &["routes"]).expect("routes");
+    assert!(
+        routes["routes"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["prefix"] == PRIVATE_NET)),
+        "the exit's route went with the QUIC link: {routes}"
+    );
+    topo.assert_daemons_alive();
+}

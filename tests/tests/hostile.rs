@@ -399,3 +399,150 @@ fn sapperctl_routes_lists_five_thousand_routes() {
     let out = topo.ctl(Node::Entry, &["peers"]);
     assert!(out.status.success(), "sapperctl peers: {out:?}");
 }
+
+/// The underlay is kept current: an announced route installed on the TUN
+/// is taken off it once an interface whose network it covers appears on
+/// the entry after start (netd re-reads the routing tables, past its
+/// sandbox), while a harmless one stays.
+#[test]
+fn an_interface_added_after_start_is_never_covered() {
+    let mut topo = entry_with_rogue(
+        &["auto_routes = true"],
+        &[],
+        &[
+            "--announce",
+            "10.66.0.0/24",
+            "--announce",
+            "10.77.0.0/24",
+            "hold",
+            "60",
+        ],
+    );
+    wait_until("both routes on the entry's TUN", WAIT, || {
+        let r = topo.entry.ip(&["route", "show", "dev", "sap0"]);
+        (r.contains("10.66.0.0/24") && r.contains("10.77.0.0/24")).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", topo.entry.ip(&["route", "show"])));
+    // A new interface on the entry, in the network of the first route.
+    topo.entry
+        .ip(&["link", "add", "un0", "type", "veth", "peer", "name", "un1"]);
+    topo.entry
+        .ip(&["addr", "add", "10.66.0.1/24", "dev", "un0"]);
+    topo.entry.ip(&["link", "set", "un0", "up"]);
+    topo.entry.ip(&["link", "set", "un1", "up"]);
+    wait_until("the covering route to leave the TUN", WAIT, || {
+        let r = topo.entry.ip(&["route", "show", "dev", "sap0"]);
+        (!r.contains("10.66.0.0/24")).then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            topo.entry.ip(&["route", "show"]),
+            topo.dump_logs()
+        )
+    });
+    let r = topo.entry.ip(&["route", "show", "dev", "sap0"]);
+    assert!(
+        r.contains("10.77.0.0/24"),
+        "the harmless route went too: {r}"
+    );
+    assert!(
+        topo.netd(Node::Entry)
+            .stderr_text()
+            .contains("the underlay changed"),
+        "netd did not notice the new interface"
+    );
+    topo.assert_daemons_alive();
+}
+
+/// QUIC address validation under pressure: idle WebSocket connections fill
+/// more than half of the exit's pre-auth gate (`max_preauth = 16`), so the
+/// honest entry's next QUIC dial is asked to Retry; it proves its address,
+/// connects, and the exit counts the Retry (`sapper_quic_retries_total`).
+#[test]
+fn quic_retry_under_preauth_pressure() {
+    let mut topo = Topology::start(Options::new(Transport::Quic).extra(
+        Node::Exit,
+        &[
+            "[[netd.listen]]",
+            "transport = \"ws\"",
+            "address = \"0.0.0.0:8443\"",
+            "ws_path = \"/sapper\"",
+            "",
+            "[netd.limits]",
+            "max_preauth = 16",
+            "max_preauth_per_ip = 16",
+            "",
+            "[netd.metrics]",
+            "listen = \"127.0.0.1:9477\"",
+        ],
+    ));
+    topo.wait_for_tunnel();
+    let scrape = |topo: &Topology| -> String {
+        let out = topo
+            .exit
+            .cmd("bash")
+            .args([
+                "-c",
+                "exec 3<>/dev/tcp/127.0.0.1/9477 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 5 cat <&3",
+            ])
+            .output()
+            .expect("scrape");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let retries = |body: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix("sapper_quic_retries_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sapper_quic_retries_total in:\n{body}"))
+    };
+    assert_eq!(retries(&scrape(&topo)), 0, "a Retry without pressure");
+    topo.entry.ip(&[
+        "addr",
+        "add",
+        &format!("{ROGUE_UNDERLAY}/24"),
+        "dev",
+        "ve-x",
+    ]);
+    let target = format!("{EXIT_UNDERLAY}:8443");
+    let args = [
+        "idle",
+        target.as_str(),
+        "10",
+        "30",
+        "--bind",
+        ROGUE_UNDERLAY,
+    ];
+    let refs: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    topo.spawn("rogue-idle", Node::Entry, &tool("sapper-rogue"), &refs);
+    wait_until("the idle connections to be open", WAIT, || {
+        rogue_log(&topo, "rogue-idle")
+            .lines()
+            .find(|l| l.starts_with("opened=10"))
+            .map(|_| ())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", rogue_log(&topo, "rogue-idle")));
+    wait_until("the exit's gate to be half full", WAIT, || {
+        scrape(&topo).lines().find_map(|l| {
+            l.strip_prefix("sapper_preauth_connections ")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|n| *n >= 8)
+        })
+    })
+    .unwrap_or_else(|e| panic!("{e}:\n{}", scrape(&topo)));
+    let before =
+        peer_named(&topo, Node::Exit, "entry").expect("entry linked")["connected_at"].clone();
+    // (connected_at counts seconds: the new link's must differ.)
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = topo.ctl(Node::Entry, &["disconnect", "exit"]);
+    assert!(out.status.success(), "disconnect: {out:?}");
+    wait_until("the entry to be back over QUIC", WAIT, || {
+        peer_named(&topo, Node::Exit, "entry").filter(|p| p["connected_at"] != before)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", topo.dump_logs()));
+    let n = retries(&scrape(&topo));
+    assert!(n >= 1, "the entry connected without a Retry ({n})");
+    let out = topo.ping(&topo.entry, PRIVATE_HOST, 2, 2);
+    assert!(out.status.success(), "ping after the Retry failed");
+    topo.assert_daemons_alive();
+}

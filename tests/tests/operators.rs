@@ -719,3 +719,302 @@ fn disconnect_stay(t: Transport) {
     topo.wait_for_tunnel();
 }
 per_transport!(disconnect_stay);
+
+/// The proxy's namespace R between the entry and the exit:
+/// E `ve-r` 10.40.0.1 ── `vr-e` 10.40.0.2 (tinyproxy) R `vr-x` 10.30.0.2 ──
+/// `vx-r` 10.30.0.1 X. R does not forward, E's direct link to X is
+/// deleted: the proxy is E's only way to the exit.
+const PROXY_ADDR: &str = "10.40.0.2";
+const EXIT_BEHIND_PROXY: &str = "10.30.0.1";
+
+/// A WebSocket entry whose only way to the exit is a real HTTP proxy
+/// (tinyproxy, Basic authentication, CONNECT allowed to port 8443 only):
+/// TLS and the Sapper handshake run through the tunnel and a ping crosses
+/// it. Entries the proxy refuses (403: a port it does not allow; 401/407:
+/// wrong credentials) are logged as such, again after backoff, while netd
+/// keeps running and the good link keeps carrying traffic.
+#[test]
+fn ws_through_http_proxy() {
+    let mut topo = Topology::start(Options {
+        start_daemons: false,
+        connect_host: Some(EXIT_BEHIND_PROXY.into()),
+        ..Options::new(Transport::Ws)
+    });
+    topo.bins = Some(bins());
+    let dir = topo.node_dir(Node::Entry);
+    std::fs::create_dir_all(&dir).expect("entry dir");
+    let good = dir.join("proxy-credentials");
+    let bad = dir.join("proxy-credentials-wrong");
+    let write_secret = |p: &Path, text: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(p, text).expect("write credentials");
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    };
+    write_secret(&good, "sapper:s3cret-pass\n");
+    write_secret(&bad, "sapper:wrong\n");
+    let proxy_url = format!("http://{PROXY_ADDR}:8888");
+    topo.opts.connect_lines = vec![
+        format!("proxy = \"{proxy_url}\""),
+        format!("proxy_credentials_file = \"{}\"", good.display()),
+    ];
+
+    // The network: R between E and X, E's direct link gone.
+    let r = sapper_tests::netns::Netns::create(sapper_tests::netns::name_for(
+        'R',
+        sapper_tests::netns::next_id(),
+    ));
+    topo.entry.ip(&["link", "del", "ve-x"]);
+    topo.entry.ip(&[
+        "link",
+        "add",
+        "ve-r",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vr-e",
+        "netns",
+        r.name(),
+    ]);
+    topo.exit.ip(&[
+        "link",
+        "add",
+        "vx-r",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vr-x",
+        "netns",
+        r.name(),
+    ]);
+    topo.entry
+        .ip(&["addr", "add", "10.40.0.1/24", "dev", "ve-r"]);
+    r.ip(&["addr", "add", &format!("{PROXY_ADDR}/24"), "dev", "vr-e"]);
+    r.ip(&["addr", "add", "10.30.0.2/24", "dev", "vr-x"]);
+    topo.exit.ip(&[
+        "addr",
+        "add",
+        &format!("{EXIT_BEHIND_PROXY}/24"),
+        "dev",
+        "vx-r",
+    ]);
+    for (ns, dev) in [
+        (&topo.entry, "ve-r"),
+        (&r, "vr-e"),
+        (&r, "vr-x"),
+        (&topo.exit, "vx-r"),
+    ] {
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    let mut sysctl = r.cmd("sysctl");
+    sysctl.args(["-qw", "net.ipv4.ip_forward=0"]);
+    run_timeout(&mut sysctl, Duration::from_secs(5)).expect("sysctl");
+    let conf = topo.dir.join("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "User nobody\nGroup nogroup\nPort 8888\nListen {PROXY_ADDR}\nTimeout 30\n\
+             MaxClients 16\nLogLevel Info\nAllow 10.40.0.0/24\nConnectPort 8443\n\
+             BasicAuth sapper s3cret-pass\n"
+        ),
+    )
+    .expect("tinyproxy.conf");
+    let mut cmd = r.cmd("tinyproxy");
+    cmd.arg("-d").arg("-c").arg(&conf);
+    topo.spawn_in("tinyproxy", cmd);
+    let mut probe = r.cmd("ss");
+    probe.args(["-Htln", &format!("src {PROXY_ADDR}:8888")]);
+    topo.wait_for("tinyproxy listening", WAIT, || {
+        run_timeout(&mut probe, Duration::from_secs(5))
+            .ok()
+            .filter(|o| !o.stdout.is_empty())
+            .map(|_| ())
+    });
+    // The premise: no direct way from E to the exit.
+    let direct = topo.ping(&topo.entry, EXIT_BEHIND_PROXY, 1, 1);
+    assert!(
+        !direct.status.success(),
+        "the entry reaches the exit directly: {}",
+        show(&direct)
+    );
+
+    // Two entries the proxy refuses beside the good one: a port it does
+    // not allow (403) and wrong credentials (407). Both fail before TLS,
+    // so any pin will do.
+    let pin = "ab".repeat(32);
+    for (address, creds) in [
+        (format!("{EXIT_BEHIND_PROXY}:9443"), &good),
+        ("10.30.0.9:8443".to_string(), &bad),
+    ] {
+        topo.opts.extra[Node::Entry as usize].extend([
+            "[[netd.connect]]".to_string(),
+            "transport = \"ws\"".into(),
+            format!("address = \"{address}\""),
+            format!("fingerprint = \"{pin}\""),
+            format!("proxy = \"{proxy_url}\""),
+            format!("proxy_credentials_file = \"{}\"", creds.display()),
+        ]);
+    }
+    topo.start_daemons();
+    topo.wait_for_tunnel();
+    let out = topo.ping(&topo.entry, PRIVATE_HOST, 3, 2);
+    assert!(
+        out.status.success(),
+        "ping through the proxy: {}",
+        show(&out)
+    );
+    // The link really is the proxy's: tinyproxy logged the CONNECT.
+    let log = topo.daemon("tinyproxy").stderr_text() + &topo.daemon("tinyproxy").stdout_text();
+    assert!(
+        log.contains("CONNECT"),
+        "tinyproxy's log has no CONNECT:\n{log}"
+    );
+
+    let forbidden = topo.wait_for_log_line(
+        "entry-netd",
+        &["refused CONNECT to 10.30.0.1:9443: 403"],
+        Duration::from_secs(10),
+    );
+    let auth = topo.wait_for_log_line(
+        "entry-netd",
+        &[
+            "requires authentication: 40",
+            "credentials in proxy_credentials_file were rejected",
+        ],
+        Duration::from_secs(10),
+    );
+    // Backoff, not a crash loop: the refusal comes again, netd stays up,
+    // the good link still carries a ping.
+    let log_path = topo.netd(Node::Entry).stderr.clone();
+    wait_until(
+        "the 403 logged again after backoff",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log_path)
+                .ok()
+                .filter(|l| l.matches("refused CONNECT to 10.30.0.1:9443: 403").count() >= 2)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    topo.assert_daemons_alive();
+    let out = topo.ping(&topo.entry, PRIVATE_HOST, 2, 2);
+    assert!(
+        out.status.success(),
+        "ping after the refusals: {}\n{forbidden}\n{auth}",
+        show(&out)
+    );
+    // The secret never reaches the log.
+    assert!(!topo.netd(Node::Entry).stderr_text().contains("s3cret"));
+    drop(topo);
+    drop(r);
+}
+
+/// `sapperctl audit --json` says what /proc says about the netd and privd
+/// behind the sockets it was given: their pids (found by SO_PEERCRED), all
+/// four uids and gids, every capability set, NoNewPrivs and seccomp mode;
+/// netd's Landlock outcome is the one netd logged; the sockets' owner and
+/// mode are the files'; privd's counters are privd's own. The human form
+/// names the same pid.
+#[test]
+fn audit_matches_proc() {
+    use sapper_tests::privs::TaskPrivs;
+    use std::os::unix::fs::MetadataExt;
+    let mut topo = Topology::start(Options::new(Transport::Quic));
+    topo.wait_for_tunnel();
+    let privd_sock = topo.privd_socket(Node::Exit);
+    let page = topo
+        .ctl_json(
+            Node::Exit,
+            &["--privd-socket", &privd_sock.display().to_string(), "audit"],
+        )
+        .expect("audit --json");
+    let logs = topo.netd(Node::Exit).stderr_text();
+    for (name, label, sock) in [
+        ("netd", "exit-netd", topo.mgmt_socket(Node::Exit)),
+        ("privd", "exit-privd", privd_sock.clone()),
+    ] {
+        let d = &page[name];
+        let pid = topo.daemon(label).pid();
+        assert_eq!(d["pid"], pid, "{name}: {d}");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let want = TaskPrivs::parse(&status).expect("parse");
+        let ids = |k: &str| -> Vec<u64> {
+            ["real", "effective", "saved", "fs"]
+                .iter()
+                .map(|f| d[k][f].as_u64().unwrap_or(u64::MAX))
+                .collect()
+        };
+        assert_eq!(ids("uid"), want.uids.map(u64::from).to_vec(), "{name} uids");
+        assert_eq!(ids("gid"), want.gids.map(u64::from).to_vec(), "{name} gids");
+        for (set, mask) in [
+            ("inheritable", want.cap_inh),
+            ("permitted", want.cap_prm),
+            ("effective", want.cap_eff),
+            ("bounding", want.cap_bnd),
+            ("ambient", want.cap_amb),
+        ] {
+            assert_eq!(
+                d["capabilities"][set]["hex"],
+                format!("{mask:016x}"),
+                "{name} {set}"
+            );
+        }
+        assert_eq!(d["no_new_privs"], want.no_new_privs, "{name}");
+        let seccomp = ["disabled", "strict", "filter"][usize::from(want.seccomp.min(2))];
+        assert_eq!(d["seccomp"], seccomp, "{name}");
+        let m = std::fs::metadata(&sock).expect("socket");
+        assert_eq!(d["socket"]["uid"], m.uid(), "{name} socket owner");
+        assert_eq!(d["socket"]["gid"], m.gid(), "{name} socket group");
+        assert_eq!(
+            d["socket"]["mode"],
+            format!("{:04o}", m.mode() & 0o7777),
+            "{name} socket mode"
+        );
+    }
+    // netd is unprivileged and filtered; privd holds only CAP_NET_ADMIN.
+    assert_ne!(page["netd"]["uid"]["effective"], 0);
+    assert_eq!(
+        page["netd"]["capabilities"]["effective"]["names"],
+        serde_json::json!([])
+    );
+    assert_eq!(page["netd"]["seccomp"], "filter");
+    assert_eq!(
+        page["privd"]["capabilities"]["effective"]["names"],
+        serde_json::json!(["cap_net_admin"])
+    );
+    let landlock = page["netd"]["landlock"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        logs.contains(&format!("enforcement=\"{landlock}\""))
+            || logs.contains(&format!("enforcement={landlock}")),
+        "audit says landlock {landlock:?}; netd logged otherwise:\n{logs}"
+    );
+    let privd_status = topo
+        .ctl_json(
+            Node::Exit,
+            &[
+                "--privd-socket",
+                &privd_sock.display().to_string(),
+                "privd",
+                "status",
+            ],
+        )
+        .expect("privd status");
+    let granted = page["privd"]["requests"]["granted"]
+        .as_u64()
+        .expect("granted");
+    assert!(granted > 0, "privd granted the TUN at least: {page}");
+    assert!(granted <= privd_status["granted"].as_u64().unwrap_or(0));
+    let text = topo.ctl(
+        Node::Exit,
+        &["--privd-socket", &privd_sock.display().to_string(), "audit"],
+    );
+    let shown = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        shown.contains(&format!("pid:          {}", topo.netd(Node::Exit).pid())),
+        "{shown}"
+    );
+}

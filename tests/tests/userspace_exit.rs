@@ -958,3 +958,93 @@ fn per_peer_flow_quota() {
     ux.assert_room_again("10.20.0.2:7001");
     ux.topo.assert_daemons_alive();
 }
+
+/// Two peers' UDP flows with the same destination and the same source port
+/// (different tunnel addresses: the entry's 10.99.0.1, a second peer's
+/// 10.99.0.9) through the userspace exit at the same time: each gets only
+/// its own echoes back, none of the other's.
+#[test]
+fn same_destination_and_source_port_from_two_peers_stay_apart() {
+    let mut ux = Ux::start(Transport::Quic, &[], true);
+    ux.serve("udp-echo-serve", "10.20.0.2:7002");
+    ux.wait_for_ping(PRIVATE_HOST);
+    ux.topo
+        .entry
+        .ip(&["addr", "add", "10.10.0.3/24", "dev", "ve-x"]);
+    let mut fp = Command::new("setpriv");
+    fp.args(as_nobody())
+        .arg(&bins().netd)
+        .arg("--config")
+        .arg(ux.topo.config_path(Node::Exit))
+        .arg("--print-fingerprint");
+    let fp = run_ok(&mut fp, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"));
+    let fp = fp
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .expect("a fingerprint")
+        .to_string();
+    let psk = ux.topo.node_dir(Node::Exit).join("psk");
+    let mut second = ux.topo.entry.cmd(tool("sapper-rogue"));
+    second
+        .args([
+            "peer",
+            "10.10.0.2:4433",
+            &fp,
+            &psk.display().to_string(),
+            "--bind",
+            "10.10.0.3",
+            "--name",
+            "second",
+            "--hint",
+            "entry",
+            "--address",
+            "10.99.0.9",
+            "udp-tagged",
+            "10.99.0.9",
+            PRIVATE_HOST,
+            "200",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let second = second.spawn().expect("start the second peer");
+    // The entry's flow from the same port to the same destination, meanwhile.
+    let mut probe = ux.topo.entry.cmd(tool("sapper-probe"));
+    probe.args([
+        "udp-tagged",
+        "10.99.0.1:40000",
+        "10.20.0.2:7002",
+        "200",
+        "entry",
+    ]);
+    let out = run_timeout(&mut probe, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    let entry = String::from_utf8_lossy(&out.stdout).into_owned();
+    let out = second.wait_with_output().expect("the second peer");
+    let other = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "second peer: {}", show(&out));
+    let counts = |text: &str| -> (u64, u64) {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("ours="))
+            .unwrap_or_else(|| panic!("no counts in {text:?}"));
+        let num = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (num("ours="), num("foreign="))
+    };
+    let (e_ours, e_foreign) = counts(&entry);
+    let (s_ours, s_foreign) = counts(&other);
+    assert!(
+        e_foreign == 0 && s_foreign == 0,
+        "one peer got the other's data: entry {entry} second {other}"
+    );
+    assert!(
+        e_ours >= 100 && s_ours >= 100,
+        "too few echoes: entry {entry} second {other}\n{}",
+        ux.exit_stats()
+    );
+    ux.topo.assert_daemons_alive();
+}

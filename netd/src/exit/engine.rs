@@ -370,7 +370,10 @@ impl Engine {
     /// The data path admitted the flow's packets only from the link that
     /// owns their source (allowed sources, no two links overlapping), so
     /// the forwarding table's owner of a reply's destination is the link
-    /// that opened the flow: no "last sender wins" table to poison.
+    /// that opened the flow: no "last sender wins" table to poison. This is
+    /// also why flows are keyed by the 5-tuple alone: the source names one
+    /// peer, so the key is (peer, 5-tuple) without a smoltcp interface per
+    /// link (one interface tells sockets apart by their endpoints only).
     pub(super) fn flush_tx(&mut self) {
         // Drained in place: the queue's own allocation is kept for the next round.
         for pkt in self.device.tx.drain(..) {

@@ -14,10 +14,12 @@
 
 mod bounded;
 mod metrics;
+mod proxy;
 pub mod raw;
 
 pub use bounded::Bounded;
 pub use metrics::{MetricsConfig, MetricsEndpoint};
+pub use proxy::{NoProxy, ProxyUrl, ProxyUrlError};
 
 use crate::egress::Policy;
 pub use crate::roles::{Hint, HintLevelName, RoleName};
@@ -367,9 +369,39 @@ pub struct Connect {
     trust: PeerTrust,
     ws_path: WsPath,
     allowed_sources: Option<Vec<IpNet>>,
+    proxy: Option<Proxy>,
+}
+
+/// The HTTP CONNECT proxy a WebSocket peer is dialled through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxy {
+    /// Where the proxy listens.
+    pub url: ProxyUrl,
+    /// `user:password` for Basic authentication (read by netd, mode
+    /// checked like the PSK file); `None`: no authentication.
+    pub credentials_file: Option<PathBuf>,
+    /// Taken from `HTTPS_PROXY` rather than the entry (for logs).
+    pub from_env: bool,
 }
 
 impl Connect {
+    /// The HTTP proxy this peer is dialled through, if any.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_ref()
+    }
+    /// The entry with `HTTPS_PROXY`'s proxy when it is a WebSocket entry
+    /// without its own and its host is not in `NO_PROXY`.
+    pub fn with_env_proxy(mut self, url: &ProxyUrl, no_proxy: &NoProxy) -> Connect {
+        let host = split_host_port(&self.address).map_or("", |(h, _)| h);
+        if self.transport == Transport::Ws && self.proxy.is_none() && !no_proxy.matches(host) {
+            self.proxy = Some(Proxy {
+                url: url.clone(),
+                credentials_file: None,
+                from_env: true,
+            });
+        }
+        self
+    }
     /// The peer may send from (and announce) only inside these.
     pub fn allowed_sources(&self) -> Option<&[IpNet]> {
         self.allowed_sources.as_deref()
@@ -434,6 +466,27 @@ impl TryFrom<raw::Connect> for Connect {
             Some(n) => n,
             None => host.to_string(),
         };
+        let proxy = match (c.proxy, c.proxy_credentials_file) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(KeyError::invalid(
+                    "proxy_credentials_file",
+                    "set only together with proxy",
+                ))
+            }
+            (Some(_), _) if c.transport != Transport::Ws => {
+                return Err(KeyError::invalid(
+                    "proxy",
+                    "only the ws transport can go through an HTTP proxy (QUIC is UDP)",
+                ))
+            }
+            (Some(url), credentials_file) => Some(Proxy {
+                url: ProxyUrl::parse(&url)
+                    .map_err(|e| KeyError::invalid("proxy", e.to_string()))?,
+                credentials_file,
+                from_env: false,
+            }),
+        };
         Ok(Connect {
             transport: c.transport,
             address: c.address,
@@ -441,6 +494,7 @@ impl TryFrom<raw::Connect> for Connect {
             trust,
             ws_path,
             allowed_sources: allowed_sources(c.allowed_sources)?,
+            proxy,
         })
     }
 }
@@ -1075,6 +1129,16 @@ impl Config {
             expand("netd.cert_file", &mut id.cert)?;
             expand("netd.key_file", &mut id.key)?;
         }
+        for (i, c) in self
+            .netd
+            .iter_mut()
+            .flat_map(|n| n.connect.iter_mut())
+            .enumerate()
+        {
+            if let Some(f) = c.proxy.as_mut().and_then(|p| p.credentials_file.as_mut()) {
+                expand(&format!("netd.connect[{i}].proxy_credentials_file"), f)?;
+            }
+        }
         Ok(())
     }
 }
@@ -1291,6 +1355,10 @@ allowed_routes = ["10.0.0.0/8"]
             (GOOD.replace("10.0.0.2:4433", "10.0.0.2"), "netd.connect[0].address", "expected host:port"),
             (GOOD.replace("10.0.0.2:4433", "10.0.0.2:99999"), "netd.connect[0].address", "expected host:port"),
             (GOOD.replace("[privd]", "ws_path = \"x\"\n[privd]"), "netd.connect[0].ws_path", "must start with '/'"),
+            (GOOD.replace("[privd]", "proxy = \"http://p:3128\"\n[privd]"), "netd.connect[0].proxy", "only the ws transport"),
+            (GOOD.replace("\"quic\"", "\"ws\"").replace("[privd]", "proxy = \"https://p:3128\"\n[privd]"), "netd.connect[0].proxy", "only http://"),
+            (GOOD.replace("\"quic\"", "\"ws\"").replace("[privd]", "proxy = \"http://u:p@p:3128\"\n[privd]"), "netd.connect[0].proxy", "proxy_credentials_file"),
+            (GOOD.replace("[privd]", "proxy_credentials_file = \"/c\"\n[privd]"), "netd.connect[0].proxy_credentials_file", "together with proxy"),
             (GOOD.replace("[[netd.connect]]", "[[netd.listen]]\ntransport = \"ws\"\naddress = \"0.0.0.0:443\"\nws_path = \"nope\"\n\n[[netd.connect]]"), "netd.listen[0].ws_path", "must start with '/'"),
             (GOOD.replace("name = \"entry\"", "name = \"bad name\""), "node.name", "ASCII letters"),
             (node("psk_env = \"SAPPER_PSK\""), "node.psk_env", "set either psk_file or psk_env, not both"),
@@ -1323,6 +1391,45 @@ allowed_routes = ["10.0.0.0/8"]
         let n = c.netd.unwrap();
         let peer = &n.connect[0];
         assert_eq!(peer.server_name(), "10.0.0.2");
+        assert_eq!(peer.proxy(), None);
+        // A proxy is parsed with its entry; HTTPS_PROXY fills in for a
+        // WebSocket entry without one unless NO_PROXY names its host.
+        let ws = GOOD.replace("\"quic\"", "\"ws\"");
+        let with = ws.replace("[privd]", "proxy = \"http://proxy:3128\"\nproxy_credentials_file = \"/etc/sapper/proxy\"\n[privd]");
+        let n2 = Config::parse(&with, "t.toml").unwrap().netd.unwrap();
+        let p = n2.connect[0].proxy().expect("proxy");
+        assert_eq!(p.url.authority(), "proxy:3128");
+        assert_eq!(
+            p.credentials_file.as_deref(),
+            Some(Path::new("/etc/sapper/proxy"))
+        );
+        let env = ProxyUrl::parse("http://envproxy:8080").unwrap();
+        let plain = Config::parse(&ws, "t.toml")
+            .unwrap()
+            .netd
+            .unwrap()
+            .connect
+            .remove(0);
+        let got = plain.clone().with_env_proxy(&env, &NoProxy::default());
+        assert_eq!(
+            got.proxy().map(|p| (p.url.host(), p.from_env)),
+            Some(("envproxy", true))
+        );
+        let direct = plain
+            .clone()
+            .with_env_proxy(&env, &NoProxy::parse("10.0.0.0/8"));
+        assert_eq!(direct.proxy(), None);
+        let own = n2.connect[0]
+            .clone()
+            .with_env_proxy(&env, &NoProxy::default());
+        assert_eq!(own.proxy().map(|p| p.url.host()), Some("proxy"));
+        assert_eq!(
+            peer.clone()
+                .with_env_proxy(&env, &NoProxy::default())
+                .proxy(),
+            None,
+            "QUIC never"
+        );
         let mut want = [0u8; 32];
         want[..4].copy_from_slice(&[0xab, 0xcd, 0xab, 0xcd]);
         match peer.trust() {

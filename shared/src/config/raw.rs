@@ -68,6 +68,12 @@ pub struct Connect {
     pub ca_file: Option<PathBuf>,
     pub ws_path: Option<String>,
     pub allowed_sources: Option<Vec<String>>,
+    /// `http://host:port` of an HTTP CONNECT proxy (ws only).
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// `user:password` for the proxy's Basic authentication.
+    #[serde(default)]
+    pub proxy_credentials_file: Option<PathBuf>,
 }
 
 fn default_state_dir() -> PathBuf {

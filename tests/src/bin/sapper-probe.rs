@@ -9,6 +9,9 @@
 //! sapper-probe tcp-slow ADDR BYTES SECS       one connection sending BYTES over
 //!                                             SECS seconds, echo compared
 //! sapper-probe udp-ping ADDR N                N request/response exchanges
+//! sapper-probe udp-tagged FROM ADDR N TAG      from FROM (ip:port) N datagrams
+//!     "TAG-i" 10 ms apart to an echo server; prints `ours=X foreign=Y`
+//!     (answers carrying TAG / anything else that reached FROM)
 //! sapper-probe tcp-hold-serve ADDR            accept connections, never read them
 //! sapper-probe tcp-push ADDR BYTES STALL      write BYTES until a write makes no
 //!                                             progress for STALL seconds; prints
@@ -57,6 +60,7 @@ fn run() -> Result<(), String> {
         ["tcp-connect", a] => tcp_connect(addr(a)?, deadline),
         ["tcp-slow", a, b, s] => tcp_slow(addr(a)?, num(b)? as usize, num(s)?, deadline),
         ["udp-ping", a, n] => udp_ping(addr(a)?, num(n)? as usize, deadline),
+        ["udp-tagged", f, a, n, tag] => udp_tagged(addr(f)?, addr(a)?, num(n)?.min(100_000), tag),
         ["tcp-hold-serve", a] => tcp_hold_serve(addr(a)?, deadline),
         ["tcp-push", a, b, s] => tcp_push(addr(a)?, num(b)?, num(s)?, deadline),
         _ => Err("usage: see the module docs of tests/src/bin/sapper-probe.rs".into()),
@@ -250,6 +254,38 @@ fn tcp_slow(addr: SocketAddr, bytes: usize, secs: u64, deadline: Instant) -> Res
         ));
     }
     println!("ok bytes={bytes}");
+    Ok(())
+}
+
+fn udp_tagged(from: SocketAddr, addr: SocketAddr, n: u64, tag: &str) -> Result<(), String> {
+    let s = UdpSocket::bind(from).map_err(|e| format!("bind {from}: {e}"))?;
+    s.connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_millis(10)))
+        .map_err(|e| e.to_string())?;
+    let (mut ours, mut foreign) = (0u64, 0u64);
+    let mut buf = vec![0u8; 65536];
+    let mut count = |buf: &[u8]| {
+        if buf.starts_with(tag.as_bytes()) {
+            ours += 1;
+        } else {
+            foreign += 1;
+        }
+    };
+    for i in 0..n {
+        s.send(format!("{tag}-{i}").as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        if let Ok(m) = s.recv(&mut buf) {
+            count(&buf[..m]);
+        }
+    }
+    // Late answers, for half a second.
+    let end = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < end {
+        if let Ok(m) = s.recv(&mut buf) {
+            count(&buf[..m]);
+        }
+    }
+    println!("ours={ours} foreign={foreign}");
     Ok(())
 }
 

@@ -15,6 +15,9 @@
 //!       withdraw ORIGIN P,P.. one RouteWithdraw
 //!       pings N              N control Pings at once
 //!       spoof SRC DST N      N UDP datagrams SRC:40000 → DST:9 as tunnel packets
+//!       udp-tagged SRC DST N N UDP datagrams "rogue-i" SRC:40000 → DST:7002, 10 ms
+//!                            apart; prints `ours=X foreign=Y` for the answers
+//!                            that came back (carrying "rogue" / anything else)
 //!       hold SECS            stay up (answering pings)
 //!     Prints `connected peer=NAME`, one `done STEP` per step.
 //! sapper-rogue idle ADDR N SECS [--bind IP]
@@ -501,6 +504,48 @@ async fn peer(
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
+                i += 4;
+            }
+            "udp-tagged" => {
+                let src: Ipv4Addr = arg(1)?.parse().map_err(|_| "udp-tagged SRC")?;
+                let dst: Ipv4Addr = arg(2)?.parse().map_err(|_| "udp-tagged DST")?;
+                let n: u32 = arg(3)?.parse().map_err(|_| "udp-tagged N")?;
+                let (mut ours, mut foreign) = (0u32, 0u32);
+                let mut count = |d: &[u8]| {
+                    // IPv4 + UDP to SRC:40000 only.
+                    if d.len() < 28
+                        || d[9] != 17
+                        || d[16..20] != src.octets()
+                        || d[22..24] != 40000u16.to_be_bytes()
+                    {
+                        return;
+                    }
+                    if d[28..].starts_with(b"rogue") {
+                        ours += 1;
+                    } else {
+                        foreign += 1;
+                    }
+                };
+                for k in 0..n.min(100_000) {
+                    let pkt = udp_packet(src, dst, 40000, 7002, format!("rogue-{k}").as_bytes());
+                    conn.send_datagram(pkt.into()).map_err(|e| e.to_string())?;
+                    let end = tokio::time::Instant::now() + Duration::from_millis(10);
+                    while let Ok(Ok(d)) = tokio::time::timeout_at(end, conn.read_datagram()).await {
+                        count(&d);
+                    }
+                    // Still a live peer: keepalives answered.
+                    if let Got::Msg(ControlMessage {
+                        body: Some(Body::Ping(p)),
+                    }) = c.recv(Duration::from_millis(1)).await
+                    {
+                        pong(&mut c, &p).await?;
+                    }
+                }
+                let end = tokio::time::Instant::now() + Duration::from_millis(500);
+                while let Ok(Ok(d)) = tokio::time::timeout_at(end, conn.read_datagram()).await {
+                    count(&d);
+                }
+                println!("ours={ours} foreign={foreign}");
                 i += 4;
             }
             "hold" => {
