@@ -37,7 +37,7 @@ MUTANTS=(
     'landlock-never-applied|netd/src/main.rs|s/let status = fs_sandbox::restrict\(&readable, remove_in\)\?;/let _ = (\&readable, remove_in); let status = landlock::RulesetStatus::NotEnforced;/|-p sapper-tests --test hardening netd_runs_filtered_and_logs_audit_events'
     'selftest-without-landlock|netd/src/main.rs|s/let status = fs_sandbox::restrict\(&\[config\.to_path_buf\(\)\], None\)\?;/let status = landlock::RulesetStatus::NotEnforced;/|-p sapper-tests --test hardening syscalls_and_files_outside_the_sandbox_fail'
     # privd answers a uid that is not netd's with a refusal, not a hang-up.
-    'privd-hangs-up-on-refusals|privd/src/server.rs|s/(            if send\(&c\.stream, reply\)\.is_err\(\) \x7c\x7c c\.one_reply \{)/            if matches!(reply.outcome(), Outcome::Refused) { return false; }\n$1/|-p sapper-tests --test e2e privd_refuses_other_uid'
+    'privd-hangs-up-on-refusals|privd/src/server.rs|s/(            if self\.send\(&c\.stream, reply\)\.is_err\(\) \x7c\x7c c\.one_reply \{)/            if matches!(reply.outcome(), Outcome::Refused) { return false; }\n$1/|-p sapper-tests --test e2e privd_refuses_other_uid'
     # Routes.
     'route-covering-a-peer-installed|control/src/core.rs|s/if underlay\.iter\(\)\.any\(\x7ca\x7c prefix\.contains\(a\)\) \{/if underlay.is_empty() \&\& underlay.iter().any(\x7ca\x7c prefix.contains(a)) {/|-p sapper-tests --test roles announced_route_covering_a_peer_is_not_installed'
     # The userspace exit's limits.

@@ -86,38 +86,41 @@ pub struct Record<'a> {
     pub reason: &'a str,
 }
 
-// A struct rather than json!() so the fields keep this order on the line
-// (ts first reads best in a terminal).
-#[derive(Serialize)]
-struct Line<'a> {
-    ts: String,
-    audit: bool,
-    #[serde(flatten)]
-    rec: &'a Record<'a>,
-}
-
-/// Renders a record as one line (no trailing newline).
-pub fn line(rec: &Record<'_>, now: SystemTime) -> String {
+/// Renders one line (no trailing newline): `ts` and `audit` first (ts first
+/// reads best in a terminal; a struct rather than json!() keeps the order),
+/// then the fields of `rest`.
+pub fn line(audit: bool, rest: impl Serialize, now: SystemTime) -> String {
+    #[derive(Serialize)]
+    struct Line<T> {
+        ts: String,
+        audit: bool,
+        #[serde(flatten)]
+        rest: T,
+    }
+    let ts = rfc3339(now);
     // Serializing plain strings, numbers and a Value cannot fail.
-    serde_json::to_string(&Line {
-        ts: rfc3339(now),
-        audit: true,
-        rec,
-    })
-    .unwrap_or_default()
+    serde_json::to_string(&Line { ts, audit, rest }).unwrap_or_default()
 }
 
 /// Writes a record to stderr.
 pub fn emit(rec: &Record<'_>) {
-    write_line(line(rec, SystemTime::now()));
+    write_line(line(true, rec, SystemTime::now()));
 }
 
 /// Operational messages (start, stop, warnings) in the same JSON-lines
 /// stream, marked `"audit": false` so they are never mistaken for decisions.
-pub fn log(level: &str, msg: &str) {
-    let v = json!({ "ts": rfc3339(SystemTime::now()), "audit": false, "level": level, "msg": msg });
-    write_line(v.to_string());
+pub fn operational(level: &str, msg: &str) {
+    let rest = json!({ "level": level, "msg": msg });
+    write_line(line(false, rest, SystemTime::now()));
 }
+
+/// `log!(level, format, args…)`: an operational line, formatted in place.
+macro_rules! log {
+    ($level:literal, $($msg:tt)+) => {
+        $crate::audit::operational($level, &format!($($msg)+))
+    };
+}
+pub(crate) use log;
 
 /// One write(2) per line, so lines never interleave or tear.
 fn write_line(mut line: String) {
@@ -157,7 +160,8 @@ mod tests {
             outcome: Outcome::Refused,
             reason: "permission denied: only netd's uid may use privd",
         };
-        let l = line(&rec, UNIX_EPOCH + Duration::from_millis(1_714_564_800_123));
+        let t = UNIX_EPOCH + Duration::from_millis(1_714_564_800_123);
+        let l = line(true, &rec, t);
         assert!(!l.contains('\n'), "one line even with a newline in params");
         let v: Value = serde_json::from_str(&l).unwrap();
         let want = json!({ "ts": "2024-05-01T12:00:00.123Z", "audit": true, "peer_uid": 4242,
@@ -166,14 +170,17 @@ mod tests {
         assert_eq!(v, want);
         assert!(l.starts_with(r#"{"ts":"2024-05-01T12:00:00.123Z","audit":true,"peer_uid":4242,"#));
         (rec.peer_pid, rec.outcome) = (None, Outcome::Granted);
-        let v: Value = serde_json::from_str(&line(&rec, UNIX_EPOCH)).unwrap();
+        let v: Value = serde_json::from_str(&line(true, &rec, UNIX_EPOCH)).unwrap();
         assert_eq!(
             (&v["outcome"], &v["peer_pid"]),
             (&json!("granted"), &Value::Null)
         );
         assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
         rec.outcome = Outcome::Failed;
-        assert!(line(&rec, UNIX_EPOCH).contains(r#""outcome":"failed""#));
+        assert!(line(true, &rec, UNIX_EPOCH).contains(r#""outcome":"failed""#));
+        // Operational lines share the layout, marked as no decision.
+        let op = line(false, json!({ "level": "info", "msg": "m" }), UNIX_EPOCH);
+        assert!(op.starts_with(r#"{"ts":"1970-01-01T00:00:00.000Z","audit":false,"level""#));
     }
 
     #[test]

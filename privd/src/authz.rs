@@ -1,10 +1,11 @@
-//! The whole of privd's policy: one pure function, [`decide`], over what
-//! privd holds ([`Policy`]), who asks (the SO_PEERCRED uid) and what is asked
-//! ([`Request`]). No socket, no kernel, no clock: every rule is unit tested
-//! below, and server.rs only carries out what [`decide`] returns.
+//! The whole of privd's policy: two pure functions, [`admit`] for a new
+//! connection and [`decide`] for a request, over what privd holds
+//! ([`Policy`]), who asks (the SO_PEERCRED uid) and what is asked (the
+//! decoded request body). No socket, no kernel, no clock: every rule is unit
+//! tested below, and server.rs only carries out what they return.
 
 use ipnet::IpNet;
-use sapper_shared::proto::privd::ErrorCode;
+use sapper_shared::proto::privd::{priv_request::Body, ErrorCode, RouteChange};
 use std::collections::BTreeSet;
 
 /// Connections netd's uid may hold at once (its reserved slots).
@@ -13,45 +14,6 @@ pub const NETD_CONNECTIONS: usize = 8;
 pub const OTHER_PER_UID: usize = 2;
 /// Connections all other uids together may hold at once.
 pub const OTHER_TOTAL: usize = 16;
-
-/// What a caller asks, already decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    /// A new connection wants a slot; how many connections its uid, and all
-    /// uids but netd's together, hold now (the new one not counted).
-    Connect {
-        /// Connections open from this uid.
-        open_own: usize,
-        /// Connections open from all uids other than netd's.
-        open_others: usize,
-    },
-    /// Hand out the TUN fd.
-    OpenTun,
-    /// Add (`add`) or remove one route on the TUN.
-    RouteChange {
-        /// The prefix as sent.
-        prefix: String,
-        /// Add or remove.
-        add: bool,
-    },
-    /// Report what privd holds.
-    Status,
-    /// Empty, undecodable, oversize or of a kind this privd does not know.
-    Unknown,
-}
-
-impl Request {
-    /// The name used in audit records.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Request::Connect { .. } => "connect",
-            Request::OpenTun => "open_tun",
-            Request::RouteChange { .. } => "route_change",
-            Request::Status => "status",
-            Request::Unknown => "unknown",
-        }
-    }
-}
 
 /// What privd holds and was configured with.
 #[derive(Debug, Clone, Default)]
@@ -71,11 +33,6 @@ pub struct Policy {
 /// What to carry out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// Give the connection a slot; `one_reply` closes it after one reply.
-    Admit {
-        /// True for every uid but netd's.
-        one_reply: bool,
-    },
     /// Send a duplicate of the TUN fd.
     OpenTun,
     /// Add the route (an already installed one is re-confirmed).
@@ -121,25 +78,38 @@ pub enum Refusal {
 impl Refusal {
     /// The typed code sent with the refusal.
     pub fn code(&self) -> ErrorCode {
+        use Refusal::*;
         match self {
-            Refusal::NotNetd | Refusal::TooManyConnections(_) => ErrorCode::PermissionDenied,
-            Refusal::Malformed => ErrorCode::Malformed,
-            Refusal::Unparsable | Refusal::HostBits(_) | Refusal::NotAllowed(_) => {
-                ErrorCode::RouteNotAllowed
-            }
-            Refusal::Configured(_) => ErrorCode::RouteConfigured,
-            Refusal::NotInstalled(_) => ErrorCode::RouteNotInstalled,
-            Refusal::RouteLimit(_) => ErrorCode::RouteLimit,
+            NotNetd | TooManyConnections(_) => ErrorCode::PermissionDenied,
+            Malformed => ErrorCode::Malformed,
+            Unparsable | HostBits(_) | NotAllowed(_) => ErrorCode::RouteNotAllowed,
+            Configured(_) => ErrorCode::RouteConfigured,
+            NotInstalled(_) => ErrorCode::RouteNotInstalled,
+            RouteLimit(_) => ErrorCode::RouteLimit,
         }
     }
 }
 
-/// Every policy decision privd makes.
+/// Whether a new connection from `uid` gets a slot, given how many its uid,
+/// and all uids but netd's together, hold now (the new one not counted):
+/// netd's uid has [`NETD_CONNECTIONS`] slots of its own; any other uid at
+/// most [`OTHER_PER_UID`], all of them together at most [`OTHER_TOTAL`]. So
+/// no member of the socket group can lock netd out. `Ok(one_reply)`: true
+/// (closed after one reply) for every uid but netd's.
+pub fn admit(state: &Policy, uid: u32, own: usize, others: usize) -> Result<bool, Refusal> {
+    let netd = uid == state.netd_uid;
+    let room = match netd {
+        true => own < NETD_CONNECTIONS,
+        false => own < OTHER_PER_UID && others < OTHER_TOTAL,
+    };
+    let one_reply = !netd;
+    room.then_some(one_reply)
+        .ok_or(Refusal::TooManyConnections(uid))
+}
+
+/// Every decision on a request (`None`: empty, undecodable or of a kind this
+/// privd does not know).
 ///
-/// - Connections: netd's uid has [`NETD_CONNECTIONS`] slots of its own; any
-///   other uid at most [`OTHER_PER_UID`], all of them together at most
-///   [`OTHER_TOTAL`], each closed after one reply. So no member of the socket
-///   group can lock netd out.
 /// - Status is read-only and answers anyone who reached the socket (its mode
 ///   and group decide who that is). Everything else is netd's alone; root
 ///   gets nothing unless netd runs as root.
@@ -147,65 +117,32 @@ impl Refusal {
 ///   netd that leaves the entry role cannot take the operator's routes
 ///   away), removals only of routes privd installed, and at most
 ///   max_routes of them.
-pub fn decide(state: &Policy, uid: u32, req: &Request) -> Result<Action, Refusal> {
+pub fn decide(state: &Policy, uid: u32, req: Option<&Body>) -> Result<Action, Refusal> {
     let netd = uid == state.netd_uid;
-    match *req {
-        Request::Connect {
-            open_own,
-            open_others,
-        } => {
-            let room = match netd {
-                true => open_own < NETD_CONNECTIONS,
-                false => open_own < OTHER_PER_UID && open_others < OTHER_TOTAL,
-            };
-            match room {
-                true => Ok(Action::Admit { one_reply: !netd }),
-                false => Err(Refusal::TooManyConnections(uid)),
-            }
-        }
-        Request::Unknown => Err(Refusal::Malformed),
-        Request::Status => Ok(Action::Status),
-        Request::OpenTun | Request::RouteChange { .. } if !netd => Err(Refusal::NotNetd),
-        Request::OpenTun => Ok(Action::OpenTun),
-        Request::RouteChange { ref prefix, add } => {
-            let (net, within) = check_route(prefix, &state.configured, &state.allowed)?;
-            let held = state.installed.contains(&net);
-            match (add, held) {
-                (true, true) => Ok(Action::AddRoute(net, within)),
-                (true, false) => {
-                    let netds = state.installed.difference(&state.configured).count();
-                    match netds < state.max_routes {
-                        true => Ok(Action::AddRoute(net, within)),
-                        false => Err(Refusal::RouteLimit(state.max_routes)),
-                    }
-                }
-                (false, true) => Ok(Action::DelRoute(net, within)),
-                (false, false) => Err(Refusal::NotInstalled(net)),
-            }
-        }
-    }
-}
-
-/// Parses a requested prefix, keeps the operator's routes out and checks it
-/// against the allow-list; returns the prefix and the allowed prefix that
-/// contains it.
-fn check_route(
-    prefix: &str,
-    configured: &BTreeSet<IpNet>,
-    allowed: &[IpNet],
-) -> Result<(IpNet, IpNet), Refusal> {
+    let (prefix, add) = match req {
+        None => return Err(Refusal::Malformed),
+        Some(Body::Status(_)) => return Ok(Action::Status),
+        Some(_) if !netd => return Err(Refusal::NotNetd),
+        Some(Body::OpenTun(_)) => return Ok(Action::OpenTun),
+        Some(Body::RouteChange(RouteChange { prefix, add })) => (prefix, *add),
+    };
     let net: IpNet = prefix.trim().parse().map_err(|_| Refusal::Unparsable)?;
     if net.trunc() != net {
         return Err(Refusal::HostBits(net.trunc()));
     }
-    if configured.contains(&net) {
+    if state.configured.contains(&net) {
         return Err(Refusal::Configured(net));
     }
-    allowed
-        .iter()
-        .find(|a| a.contains(&net))
-        .map(|within| (net, *within))
-        .ok_or(Refusal::NotAllowed(net))
+    let within = state.allowed.iter().find(|a| a.contains(&net));
+    let within = *within.ok_or(Refusal::NotAllowed(net))?;
+    let netds = state.installed.difference(&state.configured).count();
+    match (add, state.installed.contains(&net)) {
+        (true, true) => Ok(Action::AddRoute(net, within)),
+        (true, false) if netds < state.max_routes => Ok(Action::AddRoute(net, within)),
+        (true, false) => Err(Refusal::RouteLimit(state.max_routes)),
+        (false, true) => Ok(Action::DelRoute(net, within)),
+        (false, false) => Err(Refusal::NotInstalled(net)),
+    }
 }
 
 #[cfg(test)]
@@ -222,7 +159,7 @@ mod tests {
         let nets = |l: &[&str]| {
             l.iter()
                 .map(|s| s.parse().unwrap())
-                .collect::<BTreeSet<IpNet>>()
+                .collect::<BTreeSet<_>>()
         };
         let configured = nets(&["10.78.0.0/24"]);
         let state = Policy {
@@ -230,40 +167,35 @@ mod tests {
             allowed: nets(&["10.78.0.0/16", "10.80.0.0/16", "fd80::/48"])
                 .into_iter()
                 .collect(),
-            installed: configured.union(&nets(installed)).copied().collect(),
+            installed: &configured | &nets(installed),
             configured,
             max_routes: max,
         };
         for case in cases {
             let (asked, want) = case.split_once(" => ").unwrap();
             let (who, what) = asked.split_once(' ').unwrap();
-            let uid = [("root", 0), ("netd", 998)]
-                .into_iter()
-                .find(|w| w.0 == who)
-                .map_or(4242, |w| w.1);
-            let count = |i: usize| {
-                what.split(':')
-                    .nth(i)
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0)
+            let uid = match who {
+                "root" => 0,
+                "netd" => 998,
+                _ => 4242,
             };
             let req = match what {
-                "status" => Request::Status,
-                "tun" => Request::OpenTun,
-                "junk" => Request::Unknown,
-                c if c.starts_with("connect") => Request::Connect {
-                    open_own: count(1),
-                    open_others: count(2),
-                },
-                p => Request::RouteChange {
+                "status" => Some(Body::Status(Default::default())),
+                "tun" => Some(Body::OpenTun(Default::default())),
+                "junk" => None,
+                p => Some(Body::RouteChange(RouteChange {
                     prefix: p[1..].into(),
                     add: p.starts_with('+'),
-                },
+                })),
             };
-            let got = match decide(&state, uid, &req) {
-                Ok(a) => format!("{a:?}"),
-                Err(r) => format!("{r:?} {:?}", r.code()),
+            let got = match what.split(':').collect::<Vec<_>>()[..] {
+                ["connect", own, others] => {
+                    admit(&state, uid, own.parse().unwrap(), others.parse().unwrap())
+                        .map(|one_reply| format!("Admit one_reply={one_reply}"))
+                }
+                _ => decide(&state, uid, req.as_ref()).map(|a| format!("{a:?}")),
             };
+            let got = got.unwrap_or_else(|r| format!("{r:?} {:?}", r.code()));
             assert_eq!(got, want, "{case}");
         }
     }
@@ -275,15 +207,12 @@ mod tests {
             &["10.80.1.0/24"],
             &[
                 // Status is read-only and open to anyone who reached the socket.
-                "root status => Status",
                 "netd status => Status",
                 "other status => Status",
-                "netd junk => Malformed Malformed",
                 "other junk => Malformed Malformed",
                 // Everything else is netd's alone; root is not netd.
                 "netd tun => OpenTun",
                 "root tun => NotNetd PermissionDenied",
-                "other tun => NotNetd PermissionDenied",
                 "root +10.80.2.0/24 => NotNetd PermissionDenied",
                 "other -10.80.1.0/24 => NotNetd PermissionDenied",
                 // Inside the allow-list: granted (re-adding one privd holds too).
@@ -292,14 +221,11 @@ mod tests {
                 "netd +fd80:0:0:5::/64 => AddRoute(fd80:0:0:5::/64, fd80::/48)",
                 "netd +10.80.1.0/24 => AddRoute(10.80.1.0/24, 10.80.0.0/16)",
                 // Outside or malformed: refused.
-                "netd +0.0.0.0/0 => NotAllowed(0.0.0.0/0) RouteNotAllowed",
                 "netd +10.0.0.0/8 => NotAllowed(10.0.0.0/8) RouteNotAllowed",
                 "netd +11.0.0.0/8 => NotAllowed(11.0.0.0/8) RouteNotAllowed",
                 "netd +::/0 => NotAllowed(::/0) RouteNotAllowed",
                 "netd +10.0.0.1 => Unparsable RouteNotAllowed",
-                "netd + => Unparsable RouteNotAllowed",
                 "netd +10.0.0.0/33 => Unparsable RouteNotAllowed",
-                "netd +eth0 => Unparsable RouteNotAllowed",
                 "netd +10.80.2.3/16 => HostBits(10.80.0.0/16) RouteNotAllowed",
                 // The operator's routes stay the operator's.
                 "netd +10.78.0.0/24 => Configured(10.78.0.0/24) RouteConfigured",
@@ -307,15 +233,13 @@ mod tests {
                 // netd removes only what privd added.
                 "netd -10.80.1.0/24 => DelRoute(10.80.1.0/24, 10.80.0.0/16)",
                 "netd -10.80.9.0/24 => NotInstalled(10.80.9.0/24) RouteNotInstalled",
-                "netd +10.80.3.0/24 => AddRoute(10.80.3.0/24, 10.80.0.0/16)",
                 // Connections: others two each and sixteen in all, one reply
                 // each; netd its own eight, whatever the others hold.
-                "other connect:0:0 => Admit { one_reply: true }",
-                "other connect:1:15 => Admit { one_reply: true }",
+                "other connect:1:15 => Admit one_reply=true",
                 "other connect:2:5 => TooManyConnections(4242) PermissionDenied",
                 "other connect:0:16 => TooManyConnections(4242) PermissionDenied",
-                "root connect:1:0 => Admit { one_reply: true }",
-                "netd connect:7:16 => Admit { one_reply: false }",
+                "root connect:1:0 => Admit one_reply=true",
+                "netd connect:7:16 => Admit one_reply=false",
                 "netd connect:8:0 => TooManyConnections(998) PermissionDenied",
             ],
         );

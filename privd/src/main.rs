@@ -20,9 +20,11 @@ mod socket;
 mod tun;
 
 use anyhow::{bail, Context};
+use audit::log;
 use clap::Parser;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sapper_shared::config::{Config, PrivdConfig};
+use sapper_shared::proto::privd::{priv_request::Body, RouteChange, TunOpened};
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -63,17 +65,16 @@ fn main() -> anyhow::Result<()> {
         .context("signalfd")?;
     // Under systemd: the socket of sapper-privd.socket, and the TUN that a
     // previous privd left in the fd store (named "tun").
-    let (stored, sockets): (Vec<_>, Vec<_>) = sd::listen_fds()
+    let (stored, mut sockets): (Vec<_>, Vec<_>) = sd::listen_fds()
         .context("taking the fds systemd passed")?
         .into_iter()
         .partition(|(_, name)| name == "tun");
     let activated = !sockets.is_empty();
-    let mut sockets = sockets.into_iter();
-    let listener = match (sockets.next(), sockets.next()) {
-        (None, _) => socket::bind(&cfg.socket, cfg.socket_group.as_deref())
+    let listener = match sockets.len() {
+        0 => socket::bind(&cfg.socket, cfg.socket_group.as_deref())
             .context("setting up the privd socket")?,
-        (Some((fd, _)), None) => socket::activated(fd).context("the socket systemd passed")?,
-        (Some(_), Some(_)) => bail!("systemd passed more than one socket; privd serves one"),
+        1 => socket::activated(sockets.remove(0).0).context("the socket systemd passed")?,
+        _ => bail!("systemd passed more than one socket; privd serves one"),
     };
     // The loop's accept must never block (set here: the filter has no ioctl).
     listener
@@ -86,26 +87,25 @@ fn main() -> anyhow::Result<()> {
     // then the next start replaces it (it answers nobody).
     if !activated {
         if let Err(e) = std::fs::remove_file(&cfg.socket) {
-            audit::log("info", &format!("leaving {}: {e}", cfg.socket.display()));
+            log!("info", "leaving {}: {e}", cfg.socket.display());
         }
     }
     match &result {
-        Ok(()) => audit::log("info", "stopped"),
-        Err(e) => audit::log("error", &format!("{e:#}")),
+        Ok(()) => log!("info", "stopped"),
+        Err(e) => log!("error", "{e:#}"),
     }
     result
 }
 
+/// netd's uid: `netd_uid`, or that of `netd_user` (config validation lets
+/// exactly one of the two through).
 fn netd_uid(cfg: &PrivdConfig) -> anyhow::Result<u32> {
-    match (&cfg.netd_user, cfg.netd_uid) {
-        (Some(name), _) => Ok(nix::unistd::User::from_name(name)
-            .with_context(|| format!("looking up privd.netd_user {name:?}"))?
-            .with_context(|| format!("privd.netd_user {name:?}: no such user"))?
-            .uid
-            .as_raw()),
-        (None, Some(uid)) => Ok(uid),
-        (None, None) => bail!("set privd.netd_user or privd.netd_uid"),
-    }
+    let Some(name) = &cfg.netd_user else {
+        return cfg.netd_uid.context("set netd_user or netd_uid");
+    };
+    let user = nix::unistd::User::from_name(name).ok().flatten();
+    let user = user.with_context(|| format!("privd.netd_user {name:?}: no such user"))?;
+    Ok(user.uid.as_raw())
 }
 
 fn run(
@@ -123,11 +123,11 @@ fn run(
             // Dropping our copy and systemd's lets that interface go once
             // netd lets go, and makes room in the store for the new one.
             let _ = sd::notify("FDSTOREREMOVE=1\nFDNAME=tun", None);
-            let msg = format!(
-                "fd store held TUN {name}, config says {}: creating anew",
-                t.name
+            let want = &t.name;
+            log!(
+                "warn",
+                "fd store held TUN {name}, not {want}: creating anew"
             );
-            audit::log("warn", &msg);
             None
         }
         adopted => adopted,
@@ -147,7 +147,11 @@ fn run(
         }
     }
     let mut privd = server::Privd {
-        tun: t.clone(),
+        opened: TunOpened {
+            name: tun_name.clone(),
+            mtu: t.mtu,
+            addresses: t.addresses.iter().map(ToString::to_string).collect(),
+        },
         tun_name: tun_name.clone(),
         ifindex,
         tun_fd,
@@ -168,17 +172,13 @@ fn run(
         // are netd's again exactly when netd could add them now.
         match privd.net.static_routes_via(ifindex) {
             Ok(found) => found.into_iter().for_each(|r| {
-                let req = authz::Request::RouteChange {
-                    prefix: r.to_string(),
-                    add: true,
-                };
-                if let Ok(authz::Action::AddRoute(..)) =
-                    authz::decide(&privd.policy, netd_uid, &req)
-                {
+                let prefix = r.to_string();
+                let req = Body::RouteChange(RouteChange { prefix, add: true });
+                if authz::decide(&privd.policy, netd_uid, Some(&req)).is_ok() {
                     privd.policy.installed.insert(r);
                 }
             }),
-            Err(e) => audit::log("warn", &format!("listing the routes of {tun_name}: {e}")),
+            Err(e) => log!("warn", "listing the routes of {tun_name}: {e}"),
         }
     } else {
         // Into systemd's fd store (FileDescriptorStoreMax= in the unit), so
@@ -186,12 +186,9 @@ fn run(
         // anew. A TUN that came from the store is still in it: storing it
         // again would only overflow FileDescriptorStoreMax=1.
         match sd::notify("FDSTORE=1\nFDNAME=tun", Some(privd.tun_fd.as_fd())) {
-            Ok(true) => audit::log(
-                "info",
-                &format!("TUN {tun_name} fd kept in systemd's fd store"),
-            ),
+            Ok(true) => log!("info", "TUN {tun_name} fd kept in systemd's fd store"),
             Ok(false) => {}
-            Err(e) => audit::log("warn", &format!("fd store: {e}")),
+            Err(e) => log!("warn", "fd store: {e}"),
         }
     }
     privd.nat_active = setup_nat(cfg, &tun_name)?;
@@ -201,51 +198,32 @@ fn run(
             let _ = nat::apply(&nat::teardown());
         }
     })?;
-    let on = |b| if b { "on" } else { "off" };
-    let state = format!(
-        "tun {tun_name} (index {ifindex}, {}), nat {}, forwarding {}",
-        if from_store {
-            "from the fd store"
-        } else {
-            "created"
-        },
-        on(privd.nat_active),
-        on(nat::forwarding_enabled()),
-    );
-    audit::log(
-        "info",
-        &format!(
-            "serving {} for uid {netd_uid}: {state}",
-            cfg.socket.display()
-        ),
-    );
+    let origin = ["created", "from the fd store"][usize::from(from_store)];
+    let (nat, fwd) = (on(privd.nat_active), on(nat::forwarding_enabled()));
+    let state = format!("tun {tun_name} (index {ifindex}, {origin}), nat {nat}, forwarding {fwd}");
+    let socket = cfg.socket.display();
+    log!("info", "serving {socket} for uid {netd_uid}: {state}");
     // Ready: the socket is listening, the TUN configured, privd restricted.
     if let Err(e) = sd::notify(&format!("READY=1\nSTATUS={state}"), None) {
-        audit::log("warn", &format!("sd_notify READY: {e}"));
+        log!("warn", "sd_notify READY: {e}");
     }
     let served = privd.serve(listener, stop.as_fd());
     let _ = sd::notify("STOPPING=1", None);
-    if let Some(t) = teardown {
-        match t.run() {
-            Ok(()) => audit::log("info", &format!("removed nft table {}", nat::TABLE)),
-            Err(e) => audit::log(
-                "error",
-                &format!("removing nft table {}: {e:#}", nat::TABLE),
-            ),
-        }
+    match teardown.map(nat::Nft::run) {
+        Some(Ok(())) => log!("info", "removed nft table {}", nat::TABLE),
+        Some(Err(e)) => log!("error", "removing nft table {}: {e:#}", nat::TABLE),
+        None => {}
     }
     served.context("serving")
 }
 
 /// privd's pledge: its own uid with only CAP_NET_ADMIN, the nft teardown
 /// helper started while that is still possible, then the seccomp filter.
-fn restrict(user: Option<&nix::unistd::User>, nat: bool) -> anyhow::Result<Option<nat::Teardown>> {
+fn restrict(user: Option<&nix::unistd::User>, nat: bool) -> anyhow::Result<Option<nat::Nft>> {
     privs::drop_to_net_admin(user).context("dropping privileges")?;
-    audit::log("info", &format!("privileges: {}", privs::describe()));
-    let teardown = nat
-        .then(nat::Teardown::start)
-        .transpose()
-        .context("starting the nft helper")?;
+    log!("info", "privileges: {}", privs::describe());
+    let teardown = nat.then(|| nat::Nft::start(&nat::teardown()));
+    let teardown = teardown.transpose().context("starting the nft helper")?;
     seccomp::install()?;
     Ok(teardown)
 }
@@ -265,20 +243,18 @@ fn setup_nat(cfg: &PrivdConfig, tun_name: &str) -> anyhow::Result<bool> {
         // Not fatal: the NAT table is still right, and status keeps
         // reporting forwarding off until the operator's sysctl fixes it.
         let fix = "cp /usr/share/doc/sapper/exit.sysctl /etc/sysctl.d/60-sapper.conf";
-        audit::log(
-            "warn",
-            &format!("forwarding off: /proc/sys is read-only here; {fix}"),
-        );
+        log!("warn", "forwarding off: /proc/sys is read-only here; {fix}");
     }
     nat::apply(&ruleset).with_context(|| format!("installing nft table {}", nat::TABLE))?;
     let shown: Vec<String> = sources.iter().map(ToString::to_string).collect();
-    let (fwd, shown) = (if forwarding { "on" } else { "off" }, shown.join(", "));
-    audit::log(
+    let (fwd, shown, table) = (on(forwarding), shown.join(", "), nat::TABLE);
+    log!(
         "info",
-        &format!(
-            "forwarding {fwd}; masquerading {shown} via table {}",
-            nat::TABLE
-        ),
+        "forwarding {fwd}; masquerading {shown} via table {table}"
     );
     Ok(true)
+}
+
+fn on(b: bool) -> &'static str {
+    ["off", "on"][usize::from(b)]
 }

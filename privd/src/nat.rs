@@ -7,6 +7,7 @@
 use anyhow::{bail, ensure, Context};
 use ipnet::IpNet;
 use nix::sys::signal::{SigSet, Signal};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -26,10 +27,8 @@ pub fn sources(configured: &[IpNet], tun_addresses: &[IpNet]) -> Vec<IpNet> {
     } else {
         configured
     };
-    let mut out: Vec<IpNet> = from.iter().map(IpNet::trunc).collect();
-    out.sort();
-    out.dedup();
-    out
+    let sorted: BTreeSet<IpNet> = from.iter().map(IpNet::trunc).collect();
+    sorted.into_iter().collect()
 }
 
 /// Builds the ruleset. It first declares and deletes the table so that a
@@ -80,78 +79,64 @@ pub fn teardown() -> String {
     format!("table {TABLE}\ndelete table {TABLE}\n")
 }
 
-/// Starts `nft -f -` with `script` written to its stdin, which stays open:
-/// nft runs the script when it closes. A fixed PATH and an empty
-/// environment, so the environment privd was started with cannot pick a
-/// different `nft`.
-fn spawn(script: &str) -> anyhow::Result<(Child, ChildStdin)> {
-    let mut cmd = Command::new("nft");
-    cmd.args(["-f", "-"])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-    cmd.stdin(Stdio::piped()).stdout(Stdio::null());
-    // std unblocks every signal in the child; the helper must outlive the
-    // SIGTERM of `systemctl stop` (sent to the whole cgroup) and a Ctrl-C.
-    // SAFETY: only pthread_sigmask runs between fork and exec.
-    unsafe { cmd.pre_exec(|| Ok(stop_signals().thread_block()?)) };
-    let mut child = cmd.spawn().context("cannot run nft")?;
-    let mut stdin = child.stdin.take().context("nft's stdin")?;
-    stdin
-        .write_all(script.as_bytes())
-        .context("writing to nft")?;
-    Ok((child, stdin))
-}
-
 /// The signals privd takes as "stop", blocked in privd and its helper.
 pub fn stop_signals() -> SigSet {
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGTERM);
-    mask.add(Signal::SIGINT);
-    mask
-}
-
-/// Waits for `child`, at most [`NFT_TIMEOUT`] (then kills it).
-fn wait(mut child: Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + NFT_TIMEOUT;
-    while Instant::now() < deadline {
-        match child.try_wait()? {
-            Some(s) if s.success() => return Ok(()),
-            Some(s) => bail!("nft failed: {s}"),
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    bail!("nft gave no answer within {NFT_TIMEOUT:?}")
+    SigSet::from_iter([Signal::SIGTERM, Signal::SIGINT])
 }
 
 /// Feeds `script` to `nft -f -` (at start, before the seccomp filter).
 pub fn apply(script: &str) -> anyhow::Result<()> {
-    let (child, stdin) = spawn(script)?;
-    drop(stdin);
-    wait(child)
+    Nft::start(script)?.run()
 }
 
-/// The one process privd starts after setup: `nft -f -`, started before the
-/// seccomp filter (which refuses fork and exec) with privd's uid and
-/// CAP_NET_ADMIN only, already holding the teardown script. Every fd privd
-/// has is close-on-exec, so nft holds nothing of privd's but the pipe to its
-/// stdin; when that closes (privd exiting, however it exits) nft deletes
-/// the table. So the running privd never needs to exec anything, and the
-/// table goes with privd even when privd is killed.
-pub struct Teardown(Child, ChildStdin);
+/// `nft -f -` with its script written to its stdin, which stays open: nft
+/// runs the script when it closes. One of these outlives setup, the teardown
+/// helper: started before the seccomp filter (which refuses fork and exec)
+/// with privd's uid and CAP_NET_ADMIN only, already holding the teardown
+/// script. Every fd privd has is close-on-exec, so nft holds nothing of
+/// privd's but the pipe to its stdin; when that closes (privd exiting,
+/// however it exits) nft deletes the table. So the running privd never needs
+/// to exec anything, and the table goes with privd even when privd is killed.
+pub struct Nft(Child, ChildStdin);
 
-impl Teardown {
-    /// Starts the helper. privd must be single-threaded here.
-    pub fn start() -> anyhow::Result<Self> {
-        let (child, stdin) = spawn(&teardown())?;
-        Ok(Teardown(child, stdin))
+impl Nft {
+    /// Starts nft. A fixed PATH and an empty environment, so the environment
+    /// privd was started with cannot pick a different `nft`. privd must be
+    /// single-threaded here.
+    pub fn start(script: &str) -> anyhow::Result<Self> {
+        let mut cmd = Command::new("nft");
+        cmd.args(["-f", "-"])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+        // std unblocks every signal in the child; the helper must outlive the
+        // SIGTERM of `systemctl stop` (sent to the whole cgroup) and a Ctrl-C.
+        // SAFETY: only pthread_sigmask runs between fork and exec.
+        unsafe { cmd.pre_exec(|| Ok(stop_signals().thread_block()?)) };
+        let mut child = cmd.spawn().context("cannot run nft")?;
+        let mut stdin = child.stdin.take().context("nft's stdin")?;
+        stdin
+            .write_all(script.as_bytes())
+            .context("writing to nft")?;
+        Ok(Nft(child, stdin))
     }
 
-    /// Lets the helper run and waits (bounded) for its verdict.
+    /// Lets nft run the script and waits, at most [`NFT_TIMEOUT`] (then kills
+    /// it), for its verdict.
     pub fn run(self) -> anyhow::Result<()> {
-        drop(self.1);
-        wait(self.0)
+        let Nft(mut child, stdin) = self;
+        drop(stdin);
+        let deadline = Instant::now() + NFT_TIMEOUT;
+        while Instant::now() < deadline {
+            match child.try_wait()? {
+                Some(s) if s.success() => return Ok(()),
+                Some(s) => bail!("nft failed: {s}"),
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("nft gave no answer within {NFT_TIMEOUT:?}")
     }
 }
 

@@ -113,14 +113,11 @@ impl Netlink {
             LinkAttribute::Mtu(mtu),
             LinkAttribute::TxQueueLen(TUN_TXQUEUELEN),
         ];
-        self.call(
-            Rt::SetLink(link),
-            NLM_F_ACK,
-            &format!("set MTU {mtu}, link up"),
-        )?;
+        let what = format!("set MTU {mtu}, link up");
+        self.call(Rt::SetLink(link), NLM_F_ACK, &what)?;
         for a in addrs {
             let mut m = AddressMessage::default();
-            m.header.family = family(a);
+            m.header.family = a.addr().into();
             m.header.prefix_len = a.prefix_len();
             m.header.index = index;
             m.attributes = vec![
@@ -145,13 +142,14 @@ impl Netlink {
     /// Adds (refusing to replace an existing one, which might belong to
     /// another interface) or deletes the route to `net` via interface `index`.
     pub fn route(&mut self, index: u32, net: IpNet, add: bool) -> Result<(), NetlinkError> {
+        let m = route(index, &net);
         let (msg, flags, what) = match add {
             true => (
-                Rt::NewRoute(route(index, &net)),
+                Rt::NewRoute(m),
                 NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
                 "add",
             ),
-            false => (Rt::DelRoute(route(index, &net)), NLM_F_ACK, "delete"),
+            false => (Rt::DelRoute(m), NLM_F_ACK, "delete"),
         };
         self.call(msg, flags, &format!("{what} route {net}"))
             .map(drop)
@@ -169,9 +167,7 @@ impl Netlink {
                 let Rt::NewRoute(m) = m else { continue };
                 let ours = m.header.protocol == RouteProtocol::Static
                     && m.header.table == RouteHeader::RT_TABLE_MAIN
-                    && m.attributes
-                        .iter()
-                        .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+                    && m.attributes.contains(&RouteAttribute::Oif(index));
                 let dst = m.attributes.iter().find_map(|a| match a {
                     RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
                     RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
@@ -185,30 +181,19 @@ impl Netlink {
     }
 }
 
-fn family(net: &IpNet) -> AddressFamily {
-    match net {
-        IpNet::V4(_) => AddressFamily::Inet,
-        IpNet::V6(_) => AddressFamily::Inet6,
-    }
-}
-
 /// What `ip route add PREFIX dev IF` sends for a gateway-less route.
 fn route(index: u32, net: &IpNet) -> RouteMessage {
     let mut m = RouteMessage::default();
-    m.header.address_family = family(net);
+    m.header.address_family = net.addr().into();
     m.header.destination_prefix_length = net.prefix_len();
     m.header.table = RouteHeader::RT_TABLE_MAIN;
     m.header.protocol = RouteProtocol::Static;
     m.header.kind = RouteType::Unicast;
-    m.header.scope = if net.addr().is_ipv4() {
-        RouteScope::Link
-    } else {
-        RouteScope::Universe
+    m.header.scope = match net {
+        IpNet::V4(_) => RouteScope::Link,
+        IpNet::V6(_) => RouteScope::Universe,
     };
-    let dst = match net.addr() {
-        IpAddr::V4(a) => RouteAddress::Inet(a),
-        IpAddr::V6(a) => RouteAddress::Inet6(a),
-    };
-    m.attributes = vec![RouteAttribute::Destination(dst), RouteAttribute::Oif(index)];
+    let dst = RouteAttribute::Destination(net.addr().into());
+    m.attributes = vec![dst, RouteAttribute::Oif(index)];
     m
 }

@@ -32,10 +32,9 @@ pub fn resolve(name: Option<&str>) -> anyhow::Result<Option<User>> {
         return Ok(None);
     }
     let name = name.unwrap_or(DEFAULT_USER);
-    let (user, why) = match User::from_name(name) {
-        Ok(Some(u)) if u.uid.is_root() => (None, "is root"),
-        Ok(u) => (u, "does not exist"),
-        Err(_) => (None, "does not exist"),
+    let (user, why) = match User::from_name(name).ok().flatten() {
+        Some(u) if u.uid.is_root() => (None, "is root"),
+        u => (u, "does not exist"),
     };
     let hint = "create it (useradd --system --no-create-home --shell /usr/sbin/nologin";
     user.map(Some)
@@ -90,8 +89,6 @@ pub fn drop_to_net_admin(user: Option<&User>) -> anyhow::Result<()> {
 pub fn describe() -> String {
     let bounding = caps::read(None, CapSet::Bounding).unwrap_or_default();
     let keep = caps::read(None, CapSet::Effective).unwrap_or_default();
-    format!(
-        "uid={} capabilities={keep:?} bounding={bounding:?}",
-        Uid::effective()
-    )
+    let uid = Uid::effective();
+    format!("uid={uid} capabilities={keep:?} bounding={bounding:?}")
 }

@@ -10,12 +10,11 @@
 //! Without systemd both are no-ops: no fds, no socket to notify.
 
 use anyhow::Context;
-use nix::sys::socket::{
-    self, sendmsg, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
-};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram;
 
 /// The fds systemd passed to this process, with their names. Call once:
 /// the fds become owned by the caller.
@@ -31,7 +30,7 @@ pub fn listen_fds() -> anyhow::Result<Vec<(OwnedFd, String)>> {
 
 /// Sends `state` (newline-separated `KEY=value`) to $NOTIFY_SOCKET, with
 /// `fd` attached if given. Ok(false) when there is no $NOTIFY_SOCKET.
-pub fn notify(state: &str, fd: Option<BorrowedFd<'_>>) -> nix::Result<bool> {
+pub fn notify(state: &str, fd: Option<BorrowedFd<'_>>) -> std::io::Result<bool> {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return Ok(false);
     };
@@ -39,24 +38,23 @@ pub fn notify(state: &str, fd: Option<BorrowedFd<'_>>) -> nix::Result<bool> {
         Some(name) => UnixAddr::new_abstract(name)?,
         None => UnixAddr::new(path.as_bytes())?,
     };
-    let sock = socket::socket(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let fds: Vec<_> = fd.iter().map(AsRawFd::as_raw_fd).collect();
-    let cmsg: Vec<_> = (!fds.is_empty())
-        .then(|| ControlMessage::ScmRights(&fds))
-        .into_iter()
-        .collect();
-    let iov = [IoSlice::new(state.as_bytes())];
-    sendmsg(
-        sock.as_raw_fd(),
-        &iov,
-        &cmsg,
-        MsgFlags::MSG_NOSIGNAL,
-        Some(&addr),
-    )?;
+    let sock = UnixDatagram::unbound()?;
+    let fd = fd.map(|f| f.as_raw_fd());
+    send_fd(sock.as_raw_fd(), state.as_bytes(), fd, Some(&addr))?;
     Ok(true)
+}
+
+/// One sendmsg(2) of `buf`, carrying `fd` (SCM_RIGHTS) if given; returns
+/// how many bytes went.
+pub fn send_fd(
+    sock: RawFd,
+    buf: &[u8],
+    fd: Option<RawFd>,
+    to: Option<&UnixAddr>,
+) -> nix::Result<usize> {
+    let fds: Vec<RawFd> = fd.into_iter().collect();
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let cmsg = if fds.is_empty() { &[][..] } else { &rights[..] };
+    let flags = MsgFlags::MSG_NOSIGNAL;
+    sendmsg(sock, &[IoSlice::new(buf)], cmsg, flags, to)
 }

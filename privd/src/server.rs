@@ -7,24 +7,21 @@
 //! read its reply is hung up on.
 
 use crate::audit::{self, Outcome, RateBound, Record};
-use crate::authz::{self, Action, Policy, Refusal, Request};
-use crate::nat;
+use crate::authz::{self, Action, Policy, Refusal};
 use crate::netlink::Netlink;
+use crate::{nat, sd};
 use ipnet::IpNet;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{
-    self, sendmsg, sockopt, ControlMessage, MsgFlags, SockFlag, UnixCredentials,
-};
-use sapper_shared::config::TunConfig;
+use nix::sys::socket::{self, sockopt, SockFlag, UnixCredentials};
 use sapper_shared::framing::{self, FrameDecoder};
 use sapper_shared::proto::privd::{
-    priv_request, priv_response, ErrorCode, PrivRequest, PrivResponse, PrivStatus,
+    priv_request::Body, priv_response, ErrorCode, PrivRequest, PrivResponse, PrivStatus,
     Refusal as Refused, RouteChange, TunOpened,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::io::{self, IoSlice, Read};
+use std::io::{self, ErrorKind::Interrupted, ErrorKind::WouldBlock, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
@@ -45,8 +42,8 @@ const STATUS_ROUTES: usize = sapper_shared::config::MAX_TUN_ROUTES;
 
 /// Everything privd holds. The TUN facts come from the config only.
 pub struct Privd {
-    /// privd.tun as configured.
-    pub tun: TunConfig,
+    /// The open_tun answer: name, MTU and addresses (from the config only).
+    pub opened: TunOpened,
     /// Interface name as the kernel reported it.
     pub tun_name: String,
     /// Kernel interface index of the TUN.
@@ -79,17 +76,12 @@ struct Conn {
 /// granted, else the error code (the reason is the refusal's detail).
 struct Reply {
     body: Result<priv_response::Body, ErrorCode>,
-    fd: Option<OwnedFd>,
     reason: String,
 }
 
 impl Reply {
     fn new(body: Result<priv_response::Body, ErrorCode>, reason: String) -> Self {
-        Reply {
-            body,
-            fd: None,
-            reason,
-        }
+        Reply { body, reason }
     }
 
     fn refused(r: &Refusal) -> Self {
@@ -106,20 +98,20 @@ impl Reply {
     }
 }
 
-/// The request and its audit parameters.
-fn request(body: &[u8]) -> (Request, Value) {
-    match framing::decode::<PrivRequest>(body)
-        .ok()
-        .and_then(|r| r.body)
-    {
-        Some(priv_request::Body::OpenTun(_)) => (Request::OpenTun, json!({})),
-        Some(priv_request::Body::RouteChange(RouteChange { prefix, add })) => {
-            let params = json!({ "prefix": audit::clip(&prefix), "add": add });
-            (Request::RouteChange { prefix, add }, params)
-        }
-        Some(priv_request::Body::Status(_)) => (Request::Status, json!({})),
-        None => (Request::Unknown, json!({ "len": body.len() })),
-    }
+/// The request, its name and parameters for the audit line.
+fn request(bytes: &[u8]) -> (Option<Body>, &'static str, Value) {
+    let body = framing::decode::<PrivRequest>(bytes).ok();
+    let body = body.and_then(|r| r.body);
+    let (name, params) = match &body {
+        Some(Body::OpenTun(_)) => ("open_tun", json!({})),
+        Some(Body::RouteChange(RouteChange { prefix, add })) => (
+            "route_change",
+            json!({ "prefix": audit::clip(prefix), "add": add }),
+        ),
+        Some(Body::Status(_)) => ("status", json!({})),
+        None => ("unknown", json!({ "len": bytes.len() })),
+    };
+    (body, name, params)
 }
 
 impl Privd {
@@ -133,26 +125,21 @@ impl Privd {
             conns.retain(|c| c.deadline > now);
             paused = paused.filter(|t| *t > now);
             let next = conns.iter().map(|c| c.deadline).chain(paused).min();
-            let ms = next.map_or(60_000, |t| t.saturating_duration_since(now).as_millis() + 1);
-            let accepting = [PollFlags::POLLIN, PollFlags::empty()][usize::from(paused.is_some())];
-            let mut fds = vec![PollFd::new(stop, PollFlags::POLLIN)];
-            fds.push(PollFd::new(listener.as_fd(), accepting));
-            fds.extend(
-                conns
-                    .iter()
-                    .map(|c| PollFd::new(c.stream.as_fd(), PollFlags::POLLIN)),
-            );
-            match poll(
-                &mut fds,
-                PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX),
-            ) {
+            let wait = next.map_or(NETD_IDLE, |t| t.saturating_duration_since(now));
+            let timeout = PollTimeout::try_from(wait + Duration::from_millis(1));
+            let conn_fds = conns.iter().map(|c| c.stream.as_fd());
+            let all = [stop, listener.as_fd()].into_iter().chain(conn_fds);
+            let mut fds: Vec<_> = all.map(|fd| PollFd::new(fd, PollFlags::POLLIN)).collect();
+            // While paused the listener is polled for nothing.
+            if paused.is_some() {
+                fds[1].set_events(PollFlags::empty());
+            }
+            match poll(&mut fds, timeout.unwrap_or(PollTimeout::MAX)) {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
-            let ready: Vec<bool> = fds
-                .iter()
-                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                .collect();
+            let seen = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            let ready: Vec<bool> = fds.iter().map(seen).collect();
             drop(fds);
             if ready[0] {
                 return Ok(());
@@ -181,30 +168,25 @@ impl Privd {
                 Err(Errno::EAGAIN) => return true,
                 Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
                 Err(e) => {
-                    audit::log("warn", &format!("accept: {e}"));
+                    audit::log!("warn", "accept: {e}");
                     return false;
                 }
             };
             let Ok(peer) = socket::getsockopt(&stream, sockopt::PeerCredentials) else {
-                audit::log("warn", "SO_PEERCRED failed, closing");
+                audit::log!("warn", "SO_PEERCRED failed, closing");
                 continue;
             };
             let open_own = conns.iter().filter(|c| c.peer.uid() == peer.uid()).count();
             let netd = self.policy.netd_uid;
             let open_others = conns.iter().filter(|c| c.peer.uid() != netd).count();
-            let req = Request::Connect {
-                open_own,
-                open_others,
-            };
-            match authz::decide(&self.policy, peer.uid(), &req) {
-                Ok(Action::Admit { one_reply }) => conns.push(Conn {
+            match authz::admit(&self.policy, peer.uid(), open_own, open_others) {
+                Ok(one_reply) => conns.push(Conn {
                     stream,
                     peer,
                     frames: FrameDecoder::new(MAX_REQUEST),
-                    deadline: Instant::now() + if one_reply { IO_TIMEOUT } else { NETD_IDLE },
+                    deadline: deadline(one_reply),
                     one_reply,
                 }),
-                Ok(_) => {}
                 Err(r) => self.record(peer, "connect", json!({}), &Reply::refused(&r)),
             }
         }
@@ -218,12 +200,7 @@ impl Privd {
         match c.stream.read(&mut buf) {
             Ok(0) => return false,
             Ok(n) => c.frames.push(&buf[..n]),
-            Err(e) => {
-                return matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                )
-            }
+            Err(e) => return matches!(e.kind(), WouldBlock | Interrupted),
         }
         loop {
             let reply = match c.frames.next_frame() {
@@ -233,46 +210,35 @@ impl Privd {
                     // Framing is lost, so the connection cannot go on.
                     let reply = Reply::new(Err(ErrorCode::Malformed), e.to_string());
                     self.record(c.peer, "unknown", json!({ "error": e.to_string() }), &reply);
-                    let _ = send(&c.stream, reply);
+                    let _ = self.send(&c.stream, reply);
                     return false;
                 }
             };
-            if send(&c.stream, reply).is_err() || c.one_reply {
+            if self.send(&c.stream, reply).is_err() || c.one_reply {
                 return false;
             }
         }
         if !c.one_reply {
-            c.deadline = Instant::now()
-                + if c.frames.is_empty() {
-                    NETD_IDLE
-                } else {
-                    IO_TIMEOUT
-                };
+            c.deadline = deadline(!c.frames.is_empty());
         }
         true
     }
 
     fn answer(&mut self, peer: UnixCredentials, body: &[u8]) -> Reply {
-        let (req, params) = request(body);
-        let reply = match authz::decide(&self.policy, peer.uid(), &req) {
+        let (req, name, params) = request(body);
+        let reply = match authz::decide(&self.policy, peer.uid(), req.as_ref()) {
             Err(r) => Reply::refused(&r),
             Ok(Action::OpenTun) => self.open_tun(),
             Ok(Action::AddRoute(net, within)) => self.change_route(net, true, within),
             Ok(Action::DelRoute(net, within)) => self.change_route(net, false, within),
             Ok(Action::Status) => {
                 let counts = [self.counts[0], self.counts[1], self.audit.suppressed()];
-                let body = status_body(
-                    &self.tun_name,
-                    &self.policy.installed,
-                    self.nat_active,
-                    counts,
-                );
+                let (tun, routes) = (&self.tun_name, &self.policy.installed);
+                let body = status_body(tun, routes, self.nat_active, counts);
                 Reply::new(Ok(priv_response::Body::Status(body)), "ok".into())
             }
-            // decide() admits only for Request::Connect.
-            Ok(Action::Admit { .. }) => Reply::refused(&Refusal::Malformed),
         };
-        self.record(peer, req.as_str(), params, &reply);
+        self.record(peer, name, params, &reply);
         reply
     }
 
@@ -290,10 +256,8 @@ impl Privd {
         if !add && (ok || matches!(errno, Some(Errno::ESRCH | Errno::ENOENT))) {
             self.policy.installed.remove(&net);
         }
-        let body = priv_response::Body::RouteChanged(RouteChange {
-            prefix: net.to_string(),
-            add,
-        });
+        let prefix = net.to_string();
+        let body = priv_response::Body::RouteChanged(RouteChange { prefix, add });
         match r {
             Err(e) if !ok => Reply::new(Err(ErrorCode::Failed), e.to_string()),
             _ => Reply::new(Ok(body), format!("inside allowed {within}")),
@@ -301,81 +265,58 @@ impl Privd {
     }
 
     /// Counts the outcome and writes its audit line, within the rate bound.
-    fn record(
-        &mut self,
-        peer: UnixCredentials,
-        request: &'static str,
-        params: Value,
-        reply: &Reply,
-    ) {
+    fn record(&mut self, peer: UnixCredentials, req: &'static str, params: Value, reply: &Reply) {
         self.counts[usize::from(reply.outcome() != Outcome::Granted)] += 1;
         let Some(left_out) = self.audit.admit(Instant::now()) else {
             return;
         };
         if left_out > 0 {
-            audit::log(
-                "warn",
-                &format!("rate bound: {left_out} audit lines suppressed"),
-            );
+            audit::log!("warn", "rate bound: {left_out} audit lines suppressed");
         }
         let peer_pid = Some(peer.pid()).filter(|p| *p > 0);
         let (outcome, reason) = (reply.outcome(), reply.reason.as_str());
         audit::emit(&Record {
             peer_uid: peer.uid(),
             peer_pid,
-            request,
+            request: req,
             params,
             outcome,
             reason,
         });
     }
 
-    fn open_tun(&self) -> Reply {
-        let name = self.tun_name.clone();
-        let addresses = self.tun.addresses.iter().map(ToString::to_string).collect();
-        let opened = priv_response::Body::TunOpened(TunOpened {
-            name,
-            mtu: self.tun.mtu,
-            addresses,
+    /// Writes one reply frame without blocking; the TUN fd rides on the
+    /// first sendmsg of a TunOpened reply so the client receives both in one
+    /// recvmsg (SCM_RIGHTS gives the client its own reference). A reply fits
+    /// the socket buffer of a client that reads: one that does not is hung
+    /// up on.
+    fn send(&self, stream: &UnixStream, reply: Reply) -> io::Result<()> {
+        let tun = matches!(reply.body, Ok(priv_response::Body::TunOpened(_)));
+        let mut fd = tun.then(|| self.tun_fd.as_raw_fd());
+        let body = reply.body.unwrap_or_else(|code| {
+            priv_response::Body::Refused(Refused {
+                code: code as i32,
+                detail: reply.reason,
+            })
         });
-        match self.tun_fd.try_clone() {
-            Ok(fd) => Reply {
-                fd: Some(fd),
-                ..Reply::new(Ok(opened), format!("fd for {}", self.tun_name))
-            },
-            Err(e) => Reply::new(
-                Err(ErrorCode::Failed),
-                format!("cannot duplicate TUN fd: {e}"),
-            ),
+        let frame = framing::encode(&PrivResponse { body: Some(body) });
+        let mut sent = 0;
+        while sent < frame.len() {
+            sent += sd::send_fd(stream.as_raw_fd(), &frame[sent..], fd.take(), None)?;
         }
+        Ok(())
+    }
+
+    fn open_tun(&self) -> Reply {
+        let opened = priv_response::Body::TunOpened(self.opened.clone());
+        Reply::new(Ok(opened), format!("fd for {}", self.tun_name))
     }
 }
 
-/// Writes one reply frame without blocking; a TUN fd rides on the first
-/// sendmsg so the client receives both in one recvmsg. A reply fits the
-/// socket buffer of a client that reads: one that does not is hung up on.
-fn send(stream: &UnixStream, reply: Reply) -> io::Result<()> {
-    let body = reply.body.unwrap_or_else(|code| {
-        priv_response::Body::Refused(Refused {
-            code: code as i32,
-            detail: reply.reason,
-        })
-    });
-    let frame = framing::encode(&PrivResponse { body: Some(body) });
-    let fds: Vec<i32> = reply.fd.iter().map(AsRawFd::as_raw_fd).collect();
-    let mut sent = 0;
-    while sent < frame.len() {
-        let rights = [ControlMessage::ScmRights(&fds)];
-        let cmsg = if sent == 0 && !fds.is_empty() {
-            &rights[..]
-        } else {
-            &[]
-        };
-        let iov = [IoSlice::new(&frame[sent..])];
-        sent += sendmsg::<()>(stream.as_raw_fd(), &iov, cmsg, MsgFlags::MSG_NOSIGNAL, None)?;
-    }
-    // The kernel took its own reference to the fd; ours closes here.
-    Ok(())
+/// When a connection is hung up on: soon while a request is due (`hurry`),
+/// else after netd's idle time.
+fn deadline(hurry: bool) -> Instant {
+    Instant::now() + if hurry { IO_TIMEOUT } else { NETD_IDLE }
 }
 
 /// The status reply; `counts` is granted, refused, audit lines suppressed.
@@ -397,21 +338,18 @@ fn status_body(tun: &str, routes: &BTreeSet<IpNet>, nat: bool, counts: [u64; 3])
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_largest_status_fits_the_clients_frame() {
         // As many of the longest routes as the status lists, and then some.
-        let routes = (0..2 * super::STATUS_ROUTES as u128)
-            .map(|i| ipnet::IpNet::V6(ipnet::Ipv6Net::new((u128::MAX - i).into(), 128).unwrap()))
+        let routes = (0..2 * STATUS_ROUTES as u128)
+            .map(|i| IpNet::V6(ipnet::Ipv6Net::new((u128::MAX - i).into(), 128).unwrap()))
             .collect();
-        let body = super::status_body("sapper-fifteen!", &routes, true, [u64::MAX; 3]);
-        assert_eq!(body.routes.len(), super::STATUS_ROUTES);
-        let frame = sapper_shared::framing::encode(&super::PrivResponse {
-            body: Some(super::priv_response::Body::Status(body)),
-        });
-        assert!(
-            frame.len() <= sapper_shared::framing::MAX_CONTROL_FRAME,
-            "{}",
-            frame.len()
-        );
+        let body = status_body("sapper-fifteen!", &routes, true, [u64::MAX; 3]);
+        assert_eq!(body.routes.len(), STATUS_ROUTES);
+        let body = Some(priv_response::Body::Status(body));
+        let len = framing::encode(&PrivResponse { body }).len();
+        assert!(len <= framing::MAX_CONTROL_FRAME, "{len}");
     }
 }

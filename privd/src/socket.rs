@@ -4,7 +4,7 @@
 use anyhow::{bail, ensure, Context};
 use sapper_shared::sockdir;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
@@ -41,7 +41,16 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
             .with_context(|| io_err("chmod directory for"))?;
     }
-    check_dir(path, nix::unistd::geteuid().as_raw())?;
+    // The shared rule on the socket's directory.
+    let dir = sockdir::parent_of(path);
+    let m = std::fs::metadata(dir).with_context(|| format!("inspect {}", dir.display()))?;
+    let (owner, mode, is_dir) = (m.uid(), m.mode(), m.is_dir());
+    let facts = sockdir::DirFacts {
+        owner,
+        mode,
+        is_dir,
+    };
+    sockdir::judge(dir, facts, nix::unistd::geteuid().as_raw())?;
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             ensure!(
@@ -73,17 +82,4 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| io_err("chmod"))?;
     Ok(listener)
-}
-
-/// Reads the facts of the socket's directory for the shared rule.
-fn check_dir(socket: &Path, own: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let dir = sockdir::parent_of(socket);
-    let m = std::fs::metadata(dir).with_context(|| format!("inspect {}", dir.display()))?;
-    let facts = sockdir::DirFacts {
-        owner: m.uid(),
-        mode: m.mode(),
-        is_dir: m.is_dir(),
-    };
-    Ok(sockdir::judge(dir, facts, own)?)
 }

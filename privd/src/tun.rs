@@ -3,7 +3,7 @@
 //! its last fd closes, so privd's copy keeps the interface stable while netd
 //! restarts, and netd only ever receives duplicates.
 
-use anyhow::{ensure, Context};
+use anyhow::Context;
 use nix::libc;
 use std::fs::OpenOptions;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -24,17 +24,15 @@ impl IfReq {
             flags: flags as libc::c_short,
             _pad: [0; 22],
         };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
+        // Config::parse allows at most 15 bytes; the last one stays NUL.
+        let name = name.bytes().take(libc::IFNAMSIZ - 1);
+        req.name.iter_mut().zip(name).for_each(|(to, b)| *to = b);
         req
     }
 
     fn name(&self) -> String {
-        let len = self
-            .name
-            .iter()
-            .position(|b| *b == 0)
-            .unwrap_or(self.name.len());
-        String::from_utf8_lossy(&self.name[..len]).into_owned()
+        let name = std::ffi::CStr::from_bytes_until_nul(&self.name);
+        name.map_or_else(|_| String::new(), |n| n.to_string_lossy().into_owned())
     }
 }
 
@@ -52,10 +50,6 @@ nix::ioctl_read_bad!(
 /// EBUSY means another process still holds a TUN of that name, e.g. a netd
 /// that outlived the previous privd.
 pub fn create(name: &str) -> anyhow::Result<(OwnedFd, String)> {
-    ensure!(
-        name.len() < libc::IFNAMSIZ,
-        "interface name {name:?} is longer than 15 bytes"
-    );
     let file = OpenOptions::new()
         .read(true)
         .write(true)
