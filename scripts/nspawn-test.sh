@@ -207,7 +207,8 @@ EOF
 [[netd.listen]]
 transport = "quic"
 address = "0.0.0.0:4433"'
-    printf '\n[privd.nat]\nenable = true\n'
+    # sapper-blast below serves on the exit host itself: opened to the tunnel.
+    printf '\n[privd.nat]\nenable = true\nhost_ports = [5001]\n'
 } >"$WORK/share/exit.toml"
 in_c exit install -m 0640 -g sapper-netd /mnt/sapper/exit.toml /etc/sapper/sapper.toml
 

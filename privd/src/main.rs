@@ -237,7 +237,7 @@ fn setup_nat(cfg: &PrivdConfig, tun_name: &str) -> anyhow::Result<bool> {
         return Ok(false);
     };
     let sources = nat::sources(&nat_cfg.sources, &cfg.tun.addresses);
-    let ruleset = nat::ruleset(tun_name, &sources)?;
+    let ruleset = nat::ruleset(tun_name, &sources, &nat_cfg.host_ports)?;
     let forwarding = nat::enable_forwarding(sources.iter().any(|n| n.addr().is_ipv6()))?;
     if !forwarding {
         // Not fatal: the NAT table is still right, and status keeps

@@ -33,7 +33,7 @@ pub fn sources(configured: &[IpNet], tun_addresses: &[IpNet]) -> Vec<IpNet> {
 
 /// Builds the ruleset. It first declares and deletes the table so that a
 /// stale table from an earlier run is replaced in the same atomic batch.
-pub fn ruleset(tun: &str, sources: &[IpNet]) -> anyhow::Result<String> {
+pub fn ruleset(tun: &str, sources: &[IpNet], host_ports: &[u16]) -> anyhow::Result<String> {
     let name_ok = !tun.is_empty()
         && tun
             .chars()
@@ -58,13 +58,20 @@ pub fn ruleset(tun: &str, sources: &[IpNet]) -> anyhow::Result<String> {
         .collect();
     // Forward: out of the TUN only from the sources (never to IPv4
     // link-local, i.e. cloud metadata), into it only replies; input: from
-    // the TUN only echo requests (diagnostics) and replies and ICMP errors
-    // for the exit host's own traffic: no service of the host is reachable.
+    // the TUN only echo requests (diagnostics), replies and ICMP errors for
+    // the exit host's own traffic, and the host ports the operator opened.
+    let ports = host_ports.iter().map(u16::to_string).collect::<Vec<_>>();
+    let open = (!ports.is_empty()).then(|| {
+        format!(
+            "\t\tiifname \"{tun}\" meta l4proto {{ tcp, udp }} th dport {{ {} }} accept\n",
+            ports.join(", ")
+        )
+    });
     let mut text = format!("{}table {TABLE} {{\n\tchain forward {{\n\t\ttype filter hook forward priority 0; policy accept;\n\t\toifname \"{tun}\" ct state established,related accept\n", teardown());
     for (set, meta) in &sets {
         text += &format!("\t\tiifname \"{tun}\" oifname != \"{tun}\" {set}{meta} accept\n");
     }
-    text += &format!("\t\tiifname \"{tun}\" drop\n\t\toifname \"{tun}\" drop\n\t}}\n\tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n\t\tiifname \"{tun}\" icmp type echo-request accept\n\t\tiifname \"{tun}\" icmpv6 type echo-request accept\n\t\tiifname \"{tun}\" ct state != {{ established, related }} drop\n\t}}\n");
+    text += &format!("\t\tiifname \"{tun}\" drop\n\t\toifname \"{tun}\" drop\n\t}}\n\tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n\t\tiifname \"{tun}\" icmp type echo-request accept\n\t\tiifname \"{tun}\" icmpv6 type echo-request accept\n{}\t\tiifname \"{tun}\" ct state != {{ established, related }} drop\n\t}}\n", open.unwrap_or_default());
     text += "\tchain postrouting {\n\t\ttype nat hook postrouting priority 100; policy accept;\n";
     // Only traffic leaving through another interface is rewritten: packets
     // routed back into the tunnel keep their tunnel source address.
@@ -189,10 +196,8 @@ mod tests {
 
     #[test]
     fn ruleset_text() {
-        let text = ruleset(
-            "sapper0",
-            &nets(&["10.99.0.0/24", "10.98.0.0/24", "fd99::/64"]),
-        );
+        let sources = nets(&["10.99.0.0/24", "10.98.0.0/24", "fd99::/64"]);
+        let text = ruleset("sapper0", &sources, &[22, 5001]);
         assert_eq!(
             text.unwrap(),
             "table inet sapper\n\
@@ -210,6 +215,7 @@ mod tests {
              \t\ttype filter hook input priority 0; policy accept;\n\
              \t\tiifname \"sapper0\" icmp type echo-request accept\n\
              \t\tiifname \"sapper0\" icmpv6 type echo-request accept\n\
+             \t\tiifname \"sapper0\" meta l4proto { tcp, udp } th dport { 22, 5001 } accept\n\
              \t\tiifname \"sapper0\" ct state != { established, related } drop\n\
              \t}\n\
              \tchain postrouting {\n\
@@ -219,15 +225,18 @@ mod tests {
              \t}\n\
              }\n"
         );
-        let v4_only = ruleset("tun-1", &nets(&["10.0.0.0/8"])).unwrap();
-        assert!(!v4_only.contains("ip6"));
+        let v4_only = ruleset("tun-1", &nets(&["10.0.0.0/8"]), &[]).unwrap();
+        assert!(!v4_only.contains("ip6") && !v4_only.contains("dport"));
     }
 
     #[test]
     fn ruleset_refuses_bad_input() {
         for bad in ["", "a\"b", "x;y", "tun 0", "t\n", "t}"] {
-            assert!(ruleset(bad, &nets(&["10.0.0.0/8"])).is_err(), "{bad:?}");
+            assert!(
+                ruleset(bad, &nets(&["10.0.0.0/8"]), &[]).is_err(),
+                "{bad:?}"
+            );
         }
-        assert!(ruleset("sapper0", &[]).is_err());
+        assert!(ruleset("sapper0", &[], &[]).is_err());
     }
 }

@@ -986,6 +986,10 @@ pub struct NatConfig {
     /// the networks of the TUN addresses.
     #[serde(default)]
     pub sources: Vec<IpNet>,
+    /// TCP/UDP ports of the exit host itself that peers may reach through
+    /// the tunnel (privd's input chain); by default none.
+    #[serde(default)]
+    pub host_ports: Vec<u16>,
 }
 
 /// `[privd]`
