@@ -20,6 +20,7 @@ pub mod blast;
 pub mod chain;
 pub mod cmd;
 pub mod netns;
+pub mod pinned;
 pub mod privs;
 pub mod topology;
 

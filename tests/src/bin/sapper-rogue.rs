@@ -27,10 +27,7 @@
 //! Every mode ends by itself (deadlines on every wait).
 
 use prost::Message as _;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls13_signature, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use sapper_shared::framing::{self, FrameDecoder, MAX_CONTROL_FRAME, WS_TAG_CONTROL};
 use sapper_shared::handshake::Handshaker;
 use sapper_shared::proof::{ChannelBinding, Side, BINDING_LEN, EXPORTER_LABEL};
@@ -41,6 +38,7 @@ use sapper_shared::proto::data::{
     Capabilities, Handshake, HintLevel, NodeRole, Ping, Pong, RoleHint,
 };
 use sapper_shared::psk::Psk;
+use sapper_tests::pinned::Pinned;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -675,50 +673,5 @@ fn raise_nofile(n: u64) {
             r.rlim_max = r.rlim_max.max(n);
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         }
-    }
-}
-
-#[derive(Debug)]
-struct Pinned {
-    fingerprint: [u8; 32],
-    algs: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let d = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
-        if d.as_ref() == self.fingerprint {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General("fingerprint mismatch".into()))
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        _m: &[u8],
-        _c: &CertificateDer<'_>,
-        _d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
     }
 }
