@@ -308,6 +308,8 @@ fn run(args: Args) -> Result<()> {
                 tun_capable: tun.is_some(),
                 listening: !netd.listen.is_empty(),
                 connecting: !netd.connect.is_empty(),
+                // Set once the WebSocket reader takes super-packets (issue 14).
+                super_packets: false,
             },
             announce_routes: netd.announce_routes.as_slice().to_vec(),
             installs_routes: tun.is_some() && netd.privd_socket.is_some(),

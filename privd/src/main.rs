@@ -151,6 +151,7 @@ fn run(
             name: tun_name.clone(),
             mtu: t.mtu,
             addresses: t.addresses.iter().map(ToString::to_string).collect(),
+            ..Default::default()
         },
         tun_name: tun_name.clone(),
         ifindex,

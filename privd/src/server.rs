@@ -333,6 +333,7 @@ fn status_body(tun: &str, routes: &BTreeSet<IpNet>, nat: bool, counts: [u64; 3])
         refused: counts[1],
         audit_suppressed: counts[2],
         forwarding: nat::forwarding_enabled(),
+        ..Default::default()
     }
 }
 

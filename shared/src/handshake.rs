@@ -258,6 +258,7 @@ mod tests {
                 tun_capable: tun,
                 listening: !tun,
                 connecting: tun,
+                super_packets: true,
             }),
             name: name.into(),
             version: PROTOCOL_VERSION,

@@ -148,6 +148,7 @@ mod tests {
                 tun_capable: true,
                 listening: false,
                 connecting: true,
+                super_packets: true,
             }),
             name: "entry".into(),
             version: 1,

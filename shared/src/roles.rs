@@ -337,6 +337,7 @@ mod tests {
                 tun_capable: bits & 1 != 0,
                 listening: bits & 2 != 0,
                 connecting: bits & 4 != 0,
+                super_packets: false,
             });
         }
         v
@@ -414,6 +415,7 @@ mod tests {
                 tun_capable: tun,
                 listening: listen,
                 connecting: connect,
+                super_packets: false,
             },
             hint: None,
             dialed,
@@ -494,11 +496,13 @@ mod tests {
             tun_capable: true,
             listening: false,
             connecting: true,
+            super_packets: false,
         };
         let relay = Capabilities {
             tun_capable: false,
             listening: true,
             connecting: true,
+            super_packets: false,
         };
         assert_eq!(node_role(&plain, &[]), INDET);
         assert_eq!(node_role(&plain, &[RoleEntry, INDET, RoleEntry]), RoleEntry);

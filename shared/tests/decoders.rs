@@ -251,10 +251,13 @@ fn enum_value() -> impl Strategy<Value = i32> {
 }
 
 fn capabilities() -> impl Strategy<Value = Capabilities> {
-    any::<[bool; 3]>().prop_map(|[tun_capable, listening, connecting]| Capabilities {
-        tun_capable,
-        listening,
-        connecting,
+    any::<[bool; 4]>().prop_map(|[tun_capable, listening, connecting, super_packets]| {
+        Capabilities {
+            tun_capable,
+            listening,
+            connecting,
+            super_packets,
+        }
     })
 }
 
@@ -477,7 +480,8 @@ fn privd_response() -> impl Strategy<Value = privd::PrivResponse> {
             |(name, mtu, addresses)| Body::TunOpened(privd::TunOpened {
                 name,
                 mtu,
-                addresses
+                addresses,
+                ..Default::default()
             })
         ),
         (route(), any::<bool>())
@@ -496,6 +500,7 @@ fn privd_response() -> impl Strategy<Value = privd::PrivResponse> {
                     refused,
                     forwarding: false,
                     audit_suppressed,
+                    ..Default::default()
                 })
             }),
         (0..8i32, text()).prop_map(|(code, detail)| Body::Refused(privd::Refusal { code, detail })),

@@ -154,6 +154,7 @@ fn core_for(spec: &Spec, now: Instant) -> Core {
                 tun_capable: spec.tun,
                 listening: spec.listen,
                 connecting: spec.connect,
+                super_packets: false,
             },
             announce_routes: spec.announce.clone(),
             installs_routes: spec.tun,

@@ -120,6 +120,7 @@ async fn run() -> Res<()> {
                     tun_capable: false,
                     listening: false,
                     connecting: true,
+                    super_packets: false,
                 }),
                 name,
                 version: sapper_shared::PROTOCOL_VERSION,
