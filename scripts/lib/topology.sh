@@ -11,7 +11,11 @@
 # TOPO_TAG (two lower-case letters naming the caller in namespace names).
 # TOPO_EXIT=userspace (default kernel) runs the exit as netd alone, started
 # as nobody with no privd and no TUN (the userspace exit), with ping sockets
-# allowed in X. Call topo_cleanup from an EXIT trap.
+# allowed in X. TOPO_RELAY=quic|ws puts a relay R (netd alone, no TUN)
+# between E and X: E dials R over topo_up's transport, R dials X over
+# TOPO_RELAY's (E ve-x 10.10.0.1 ── vr-e 10.10.0.2 R vr-x 10.11.0.1 ── vx-r
+# 10.11.0.2 X), so E still dials 10.10.0.2. Call topo_cleanup from an EXIT
+# trap.
 
 # shellcheck source=common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -19,6 +23,7 @@
 TOPO_PIDS=()
 TOPO_DIR=""
 TOPO_EXIT=${TOPO_EXIT:-kernel}
+TOPO_RELAY=${TOPO_RELAY:-}
 TOPO_NAMESPACES=()
 
 topo_names() {
@@ -26,52 +31,68 @@ topo_names() {
     NS_E="s${TOPO_TAG}E$$"
     NS_X="s${TOPO_TAG}X$$"
     NS_P="s${TOPO_TAG}P$$"
+    NS_R="s${TOPO_TAG}R$$"
+}
+
+# transport_port TRANSPORT — sets PORT and WS_LINES for a listener.
+transport_port() {
+    case $1 in
+        quic) PORT=4433; WS_LINES="" ;;
+        ws) PORT=8443; WS_LINES='ws_path = "/sapper"' ;;
+        *) die "unknown transport $1 (quic or ws)" ;;
+    esac
+}
+
+# topo_veth NS1 IF1 ADDR1 NS2 IF2 ADDR2 — a veth pair between two namespaces.
+topo_veth() {
+    ip -n "$1" link add "$2" type veth peer name "$5" netns "$4"
+    ip -n "$1" addr add "$3" dev "$2"
+    ip -n "$4" addr add "$6" dev "$5"
+    ip -n "$1" link set "$2" up
+    ip -n "$4" link set "$5" up
 }
 
 # topo_up TRANSPORT — builds the network, writes configs and starts privd and
-# netd on both nodes (the exit listens, the entry connects).
+# netd on every node (the exit listens, the entry connects; a relay both).
 topo_up() {
-    local transport=$1 port ws_lines=""
+    local transport=$1 port ws_lines exit_transport=${TOPO_RELAY:-$1}
     topo_names
     TOPO_DIR=$(mktemp -d /tmp/sapper-"$TOPO_TAG".XXXXXX)
     chmod 0755 "$TOPO_DIR"   # netd runs as nobody and needs to reach its sockets
 
-    local ns
-    for ns in "$NS_E" "$NS_X" "$NS_P"; do
+    local ns nodes=("$NS_E" "$NS_X" "$NS_P")
+    [ -n "$TOPO_RELAY" ] && nodes+=("$NS_R")
+    for ns in "${nodes[@]}"; do
         ip netns del "$ns" 2>/dev/null || true
         ip netns add "$ns"
         TOPO_NAMESPACES+=("$ns")
         ip -n "$ns" link set lo up
     done
-    ip -n "$NS_E" link add ve-x type veth peer name vx-e netns "$NS_X"
-    ip -n "$NS_X" link add vx-p type veth peer name vp-x netns "$NS_P"
-    ip -n "$NS_E" addr add 10.10.0.1/24 dev ve-x
-    ip -n "$NS_X" addr add 10.10.0.2/24 dev vx-e
-    ip -n "$NS_X" addr add 10.20.0.1/24 dev vx-p
-    ip -n "$NS_P" addr add 10.20.0.2/24 dev vp-x
-    ip -n "$NS_E" link set ve-x up
-    ip -n "$NS_X" link set vx-e up
-    ip -n "$NS_X" link set vx-p up
-    ip -n "$NS_P" link set vp-x up
+    if [ -n "$TOPO_RELAY" ]; then
+        topo_veth "$NS_E" ve-x 10.10.0.1/24 "$NS_R" vr-e 10.10.0.2/24
+        topo_veth "$NS_R" vr-x 10.11.0.1/24 "$NS_X" vx-r 10.11.0.2/24
+    else
+        topo_veth "$NS_E" ve-x 10.10.0.1/24 "$NS_X" vx-e 10.10.0.2/24
+    fi
+    topo_veth "$NS_X" vx-p 10.20.0.1/24 "$NS_P" vp-x 10.20.0.2/24
 
-    case $transport in
-        quic) port=4433 ;;
-        ws) port=8443; ws_lines='ws_path = "/sapper"' ;;
-        *) die "unknown transport $transport (quic or ws)" ;;
-    esac
+    transport_port "$exit_transport"
+    port=$PORT ws_lines=$WS_LINES
 
     local node
-    for node in entry exit; do
+    for node in entry exit ${TOPO_RELAY:+relay}; do
         mkdir -p "$TOPO_DIR/$node/state"
         chmod 0755 "$TOPO_DIR/$node"
         chmod 0700 "$TOPO_DIR/$node/state"
     done
     # One PSK for both sides; 0600 root: netd reads it before dropping root.
     head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$TOPO_DIR/entry/psk"
-    cp "$TOPO_DIR/entry/psk" "$TOPO_DIR/exit/psk"
-    chmod 0600 "$TOPO_DIR/entry/psk" "$TOPO_DIR/exit/psk"
+    chmod 0600 "$TOPO_DIR/entry/psk"
+    for node in exit ${TOPO_RELAY:+relay}; do
+        cp -p "$TOPO_DIR/entry/psk" "$TOPO_DIR/$node/psk"
+    done
 
-    topo_config exit "$transport" "$port" "$ws_lines" "" >"$TOPO_DIR/exit/sapper.toml"
+    topo_config exit "$exit_transport" "$port" "$ws_lines" "" >"$TOPO_DIR/exit/sapper.toml"
     local fp as_exit=()
     if [ "$TOPO_EXIT" = userspace ]; then
         # netd alone, as nobody from the start: it owns its files.
@@ -81,6 +102,14 @@ topo_up() {
     fi
     fp=$("${as_exit[@]}" "$BIN/sapper-netd" --config "$TOPO_DIR/exit/sapper.toml" --print-fingerprint | tail -n1) ||
         die "sapper-netd --print-fingerprint failed"
+    if [ -n "$TOPO_RELAY" ]; then
+        transport_port "$transport"
+        topo_relay_config "$transport" "$PORT" "$WS_LINES" "$exit_transport" "$port" "$ws_lines" "$fp" \
+            >"$TOPO_DIR/relay/sapper.toml"
+        fp=$("$BIN/sapper-netd" --config "$TOPO_DIR/relay/sapper.toml" --print-fingerprint | tail -n1) ||
+            die "sapper-netd --print-fingerprint (relay) failed"
+        port=$PORT ws_lines=$WS_LINES
+    fi
     topo_config entry "$transport" "$port" "$ws_lines" "$fp" >"$TOPO_DIR/entry/sapper.toml"
 
     if [ "$TOPO_EXIT" != userspace ]; then
@@ -91,13 +120,18 @@ topo_up() {
     topo_wait "entry privd socket" 20 test -S "$TOPO_DIR/entry/privd.sock"
     topo_start exit-netd "$NS_X" "${as_exit[@]}" "$BIN/sapper-netd" --config "$TOPO_DIR/exit/sapper.toml"
     topo_wait "exit netd socket" 20 test -S "$TOPO_DIR/exit/netd.sock"
+    if [ -n "$TOPO_RELAY" ]; then
+        topo_start relay-netd "$NS_R" "$BIN/sapper-netd" --config "$TOPO_DIR/relay/sapper.toml"
+        topo_wait "relay netd socket" 20 test -S "$TOPO_DIR/relay/netd.sock"
+    fi
     topo_start entry-netd "$NS_E" "$BIN/sapper-netd" --config "$TOPO_DIR/entry/sapper.toml"
     topo_wait "entry netd socket" 20 test -S "$TOPO_DIR/entry/netd.sock"
 }
 
 # topo_config NODE TRANSPORT PORT WS_LINES FINGERPRINT — prints a config.
 topo_config() {
-    local node=$1 transport=$2 port=$3 ws_lines=$4 fp=$5 d="$TOPO_DIR/$1"
+    local node=$1 transport=$2 port=$3 ws_lines=$4 fp=$5 d="$TOPO_DIR/$1" server=exit
+    [ -n "$TOPO_RELAY" ] && server=relay   # the node the entry dials
     if [ "$node" = exit ] && [ "$TOPO_EXIT" = userspace ]; then
         cat <<CFG
 [node]
@@ -164,7 +198,7 @@ CFG
 [[netd.connect]]
 transport = "$transport"
 address = "10.10.0.2:$port"
-server_name = "exit"
+server_name = "$server"
 fingerprint = "$fp"
 $ws_lines
 
@@ -181,6 +215,44 @@ routes = ["10.20.0.0/24"]
 allowed_routes = ["10.0.0.0/8", "fd00::/8"]
 CFG
     fi
+}
+
+# topo_relay_config IN_TRANSPORT IN_PORT IN_WS_LINES OUT_TRANSPORT OUT_PORT
+# OUT_WS_LINES EXIT_FINGERPRINT — the relay's config: netd alone (drops to
+# nobody), listening for the entry and dialling the exit at 10.11.0.2.
+topo_relay_config() {
+    local d="$TOPO_DIR/relay"
+    cat <<CFG
+[node]
+name = "relay"
+role = "relay"
+psk_file = "$d/psk"
+
+[netd]
+user = "nobody"
+group = "nogroup"
+state_dir = "$d/state"
+management_socket = "$d/netd.sock"
+ping_interval_ms = 200
+
+[[netd.listen]]
+transport = "$1"
+address = "0.0.0.0:$2"
+$3
+
+[[netd.connect]]
+transport = "$4"
+address = "10.11.0.2:$5"
+server_name = "exit"
+fingerprint = "$7"
+$6
+CFG
+}
+
+# topo_netd_pid LABEL — the pid of the daemon topo_start started as LABEL
+# (ip netns exec and setpriv exec, so it is the daemon itself).
+topo_netd_pid() {
+    awk -v l="$1" '$1 == l { print $2 }' "$TOPO_DIR/pids"
 }
 
 # topo_start LABEL NS PROGRAM ARGS... — starts a daemon in NS, logging to
