@@ -41,13 +41,38 @@ fn base_transport(node_cfg: &NetdConfig) -> quinn::TransportConfig {
     t.keep_alive_interval(Some(node_cfg.ping_interval.millis()));
     // Bounded buffers: a peer can fill them, so they have limits.
     t.datagram_receive_buffer_size(Some(4 << 20));
-    t.datagram_send_buffer_size(4 << 20);
+    t.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
+    // A full TUN packet rides a datagram from the first packet instead of
+    // the big-packet stream until path-MTU discovery (still on, up to
+    // quinn's 1452) has raised the limit. min_mtu stays 1200, so a path
+    // narrower than INITIAL_MTU costs a few lost packets until quinn's
+    // black-hole detection falls back, never the handshake.
+    t.initial_mtu(INITIAL_MTU);
+    // Measured and left at quinn's defaults (bench/throughput.sh, QUIC
+    // kernel exit, 3 interleaved runs each, README "QUIC transport
+    // settings"): the ACK-frequency extension (threshold 10), BBR and
+    // NewReno all stayed within the run-to-run noise of CUBIC without it.
     t.max_concurrent_uni_streams(MAX_BIG_STREAMS_WINDOW.into());
     t.max_concurrent_bidi_streams(1u32.into());
     t.stream_receive_window(STREAM_WINDOW.into());
     t.receive_window(AUTHENTICATED_WINDOW.into());
     t
 }
+
+/// The UDP payload size quinn starts with: a 1280-byte TUN packet (the
+/// default TUN MTU) plus quinn's worst-case datagram overhead (1-RTT
+/// header with an 8-byte connection ID and 4-byte packet number, 16-byte
+/// AEAD tag, DATAGRAM frame type and length: 38 bytes). With quinn's 1200
+/// a link's first datagrams carry at most 1162 bytes.
+const INITIAL_MTU: u16 = 1280 + 38;
+
+/// Outgoing datagram bytes quinn queues beyond the congestion window.
+/// Measured against 1 MiB and 256 KiB (bench/throughput.sh, pings during a
+/// single-stream iperf3): the smaller queues lowered neither the inner
+/// TCP's RTT under load (5-20 ms with each, set by the queues around the
+/// TUN and the UDP socket) nor raised throughput, so the deeper queue
+/// stays to absorb bursts.
+const DATAGRAM_SEND_BUFFER: usize = 4 << 20;
 
 /// Flow-control window of one stream (a control frame or a big packet fits).
 const STREAM_WINDOW: u32 = 256 * 1024;
