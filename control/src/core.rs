@@ -58,6 +58,45 @@ pub struct CoreConfig {
     pub limits: PeerLimits,
 }
 
+/// What a reload may change in a running core (see
+/// [`Core::handle_config`]); every other part of [`CoreConfig`] is fixed for
+/// the life of the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveConfig {
+    /// netd.announce_routes.
+    pub announce_routes: Vec<IpNet>,
+    /// Whether this node announces them (not `node.no_announce_routes`).
+    pub announce: bool,
+    /// The configured hint (`[node.hint]` / `node.role`).
+    pub hint: Option<RoleHint>,
+    /// netd.ping_interval_ms.
+    pub ping_interval: Duration,
+    /// netd.ping_miss_limit.
+    pub ping_miss_limit: u32,
+}
+
+impl CoreConfig {
+    /// The part of this configuration a reload may change.
+    pub fn live(&self) -> LiveConfig {
+        LiveConfig {
+            announce_routes: self.announce_routes.clone(),
+            announce: self.posture.announce_routes,
+            hint: self.posture.hint,
+            ping_interval: self.ping_interval,
+            ping_miss_limit: self.ping_miss_limit,
+        }
+    }
+
+    /// What this node announces as its own routes.
+    fn own_routes(&self) -> Vec<IpNet> {
+        if self.posture.announce_routes {
+            self.announce_routes.clone()
+        } else {
+            Vec::new()
+        }
+    }
+}
+
 /// Who opened a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -383,15 +422,12 @@ impl Core {
             name: self.cfg.name.clone(),
             version: sapper_shared::PROTOCOL_VERSION,
             psk_proof: vec![],
-            routes: if self.cfg.posture.announce_routes {
-                self.cfg
-                    .announce_routes
-                    .iter()
-                    .map(|r| r.to_string())
-                    .collect()
-            } else {
-                vec![]
-            },
+            routes: self
+                .cfg
+                .own_routes()
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
             hint: self.hint,
             software: sapper_shared::SOFTWARE_VERSION.into(),
             addresses: self.cfg.addresses.iter().map(|a| a.to_string()).collect(),
@@ -760,6 +796,11 @@ impl Core {
                 Ok(p) if !sapper_shared::handshake::valid_name(&u.origin) => {
                     self.refused(id, p.len(), "its origin is not a node name");
                 }
+                Ok(p) if !self.may_originate(id) && u.origin == name => {
+                    // The peer's own routes (a reload added them) wait for a
+                    // role that originates, like its Handshake's.
+                    self.hold(id, p);
+                }
                 Ok(p) if !self.may_originate(id) => {
                     self.refused(id, p.len(), "its role does not originate routes");
                 }
@@ -839,6 +880,87 @@ impl Core {
     pub fn set_hint(&mut self, hint: Option<RoleHint>) {
         self.hint = hint.filter(|h| h.level != HintLevel::Unspecified as i32);
         self.renegotiate(true);
+    }
+
+    /// A reload changed the live part of the configuration. Returns the keys
+    /// that changed (all applied now):
+    ///
+    /// - announced routes: what was added is sent to every peer as a
+    ///   `RouteUpdate`, what was removed as a `RouteWithdraw`, both with this
+    ///   node as origin — the messages a relay already passes on, so the
+    ///   change reaches nodes behind it too. New links get the new list in
+    ///   the Handshake.
+    /// - the hint: replaces the current one (also one the operator set with
+    ///   `sapperctl hint`) and renegotiates every link, telling the peers;
+    ///   that may change roles, and with them routes.
+    /// - ping interval: every link's next keepalive is due no later than one
+    ///   new interval from `now`.
+    /// - miss limit: every link's liveness tracker counts against the new
+    ///   limit from the next keepalive on.
+    pub fn handle_config(&mut self, now: Instant, new: LiveConfig) -> Vec<&'static str> {
+        let old = self.cfg.live();
+        let mut changed = Vec::new();
+        if new.announce_routes != old.announce_routes || new.announce != old.announce {
+            changed.push("netd.announce_routes");
+            let before = self.cfg.own_routes();
+            self.cfg.announce_routes = new.announce_routes;
+            self.cfg.posture.announce_routes = new.announce;
+            let after = self.cfg.own_routes();
+            let gone: Vec<String> = before
+                .iter()
+                .filter(|p| !after.contains(p))
+                .map(|p| p.to_string())
+                .collect();
+            let added: Vec<String> = after
+                .iter()
+                .filter(|p| !before.contains(p))
+                .map(|p| p.to_string())
+                .collect();
+            let origin = self.cfg.name.clone();
+            // Withdrawals first: a prefix replaced by an overlapping one
+            // (10.0.0.0/24 by 10.0.0.0/16) must be gone before the new one
+            // is checked against what the peer owns.
+            for chunk in gone.chunks(sapper_shared::routing::MAX_ROUTES) {
+                self.broadcast_except(
+                    None,
+                    Body::RouteWithdraw(RouteWithdraw {
+                        prefixes: chunk.to_vec(),
+                        origin: origin.clone(),
+                    }),
+                );
+            }
+            for chunk in added.chunks(sapper_shared::routing::MAX_ROUTES) {
+                self.broadcast_except(
+                    None,
+                    Body::RouteUpdate(RouteUpdate {
+                        prefixes: chunk.to_vec(),
+                        origin: origin.clone(),
+                    }),
+                );
+            }
+        }
+        if new.hint != old.hint {
+            changed.push("node.hint");
+            self.cfg.posture.hint = new.hint;
+            self.hint = new.hint;
+            self.renegotiate(true);
+        }
+        if new.ping_interval != old.ping_interval {
+            changed.push("netd.ping_interval_ms");
+            self.cfg.ping_interval = new.ping_interval;
+            let due = now + new.ping_interval.max(Duration::from_millis(1));
+            for l in self.links.values_mut() {
+                l.next_ping = l.next_ping.min(due);
+            }
+        }
+        if new.ping_miss_limit != old.ping_miss_limit {
+            changed.push("netd.ping_miss_limit");
+            self.cfg.ping_miss_limit = new.ping_miss_limit;
+            for l in self.links.values_mut() {
+                l.latency.set_miss_limit(new.ping_miss_limit as usize);
+            }
+        }
+        changed
     }
 
     /// The operator pings a link; the answer comes from
@@ -1317,6 +1439,10 @@ impl Core {
         for p in prefixes {
             let p = p.trunc();
             if let Some(l) = self.links.get_mut(&id) {
+                if l.name() == origin {
+                    // Its own route, not learned yet: no longer held back.
+                    l.held.retain(|h| h.trunc() != p);
+                }
                 if l.standby
                     .get(&p)
                     .is_some_and(|(o, a)| !*a && &**o == origin)
@@ -1438,6 +1564,30 @@ impl Core {
                 ));
             }
         }
+    }
+
+    /// Keeps the peer's own `prefixes` until its role lets it originate
+    /// them; bounded like what it may own.
+    fn hold(&mut self, id: LinkId, prefixes: Vec<IpNet>) {
+        let max = self.cfg.limits.max_routes_per_peer;
+        let mut refused = 0;
+        if let Some(l) = self.links.get_mut(&id) {
+            for p in prefixes {
+                if l.held.contains(&p) {
+                    continue;
+                }
+                if l.held.len() >= max {
+                    refused += 1;
+                } else {
+                    l.held.push(p);
+                }
+            }
+        }
+        self.refused(
+            id,
+            refused,
+            "the link already holds netd.limits.max_routes_per_peer prefixes",
+        );
     }
 
     /// Links whose peer may now originate routes learn what their
