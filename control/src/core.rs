@@ -1010,6 +1010,12 @@ impl Core {
         }
     }
 
+    /// A listener closed (a reload removed it).
+    pub fn remove_listener(&mut self, address: &str, transport: &str) {
+        self.listeners
+            .retain(|l| !(l.address == address && l.transport == transport));
+    }
+
     /// The host's underlay networks and gateways changed (an interface or
     /// default route came or went): automatic routes are checked against
     /// the new set at once, and one that now covers it is uninstalled. The
