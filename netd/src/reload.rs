@@ -236,10 +236,11 @@ impl Running {
             }
         }
         restart.extend(self.restart_only(&cfg.node, &new));
+        let restart_keys = restart.join(", ");
         if applied.is_empty() {
-            tracing::info!(config = %shown, "reload: nothing to apply live");
+            tracing::info!(config = %shown, needs_restart = %restart_keys, "reload: nothing to apply live");
         } else {
-            tracing::info!(sapper_event = "config_applied", config = %shown, applied = %applied.join(", "), "reload: applied live");
+            tracing::info!(sapper_event = "config_applied", config = %shown, applied = %applied.join(", "), needs_restart = %restart_keys, "reload: applied live");
         }
         for key in &restart {
             tracing::warn!(config = %shown, key, "reload: this change takes effect when netd restarts");

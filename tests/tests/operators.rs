@@ -899,8 +899,20 @@ fn reload_live(t: Transport) {
         slow <= 2.5 && fast >= 5.0,
         "pongs per second {slow:.1} at 1000 ms, {fast:.1} at 100 ms"
     );
-    let line = reload_with(&mut topo, Node::Entry, &entry_good);
-    assert!(line.contains("netd.metrics"), "{line}");
+    // Metrics off, and a key only a restart applies: named in the same
+    // line and in a warning of its own.
+    let slower_redial = entry_good.replacen("\n[netd]\n", "\n[netd]\nreconnect_max_ms = 2000\n", 1);
+    let line = reload_with(&mut topo, Node::Entry, &slower_redial);
+    assert!(
+        line.contains("netd.metrics") && line.contains("needs_restart=netd.reconnect_*"),
+        "{line}"
+    );
+    let warned = topo.wait_for_log_line(
+        "entry-netd",
+        &["takes effect when netd restarts", "netd.reconnect_*"],
+        WAIT,
+    );
+    assert!(warned.contains("WARN"), "{warned}");
     assert!(
         scrape_in(topo.entry.name(), "127.0.0.1:9478").is_none(),
         "metrics still served after they were turned off"
