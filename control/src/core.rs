@@ -799,19 +799,30 @@ impl Core {
                 Ok(p) if !self.may_originate(id) && u.origin == name => {
                     // The peer's own routes (a reload added them) wait for a
                     // role that originates, like its Handshake's.
+                    self.peer_announces(id, &p, true);
                     self.hold(id, p);
                 }
                 Ok(p) if !self.may_originate(id) => {
                     self.refused(id, p.len(), "its role does not originate routes");
                 }
-                Ok(p) => self.learn_routes(id, &p, Arc::from(u.origin.as_str()), false),
+                Ok(p) => {
+                    if u.origin == name {
+                        self.peer_announces(id, &p, true);
+                    }
+                    self.learn_routes(id, &p, Arc::from(u.origin.as_str()), false)
+                }
                 Err(e) => self.warn(
                     Some(id),
                     format!("ignored a bad route update from {name}: {e}"),
                 ),
             },
             Some(Body::RouteWithdraw(w)) => match parse_prefixes(&w.prefixes) {
-                Ok(p) => self.withdraw_routes(id, &p, &w.origin),
+                Ok(p) => {
+                    if w.origin == name {
+                        self.peer_announces(id, &p, false);
+                    }
+                    self.withdraw_routes(id, &p, &w.origin)
+                }
                 Err(e) => self.warn(
                     Some(id),
                     format!("ignored a bad route withdrawal from {name}: {e}"),
@@ -1568,6 +1579,27 @@ impl Core {
                         origin: origin.to_string(),
                     })),
                 ));
+            }
+        }
+    }
+
+    /// The peer announced (or withdrew) `prefixes` of its own after its
+    /// Handshake: `peers` shows its current list. Bounded like a
+    /// Handshake's list.
+    fn peer_announces(&mut self, id: LinkId, prefixes: &[IpNet], add: bool) {
+        let Some(l) = self.links.get_mut(&id) else {
+            return;
+        };
+        let shown = &mut l.up.accepted.peer.routes;
+        for p in prefixes {
+            let p = p.trunc().to_string();
+            if !add {
+                shown.retain(|r| {
+                    r.parse::<IpNet>()
+                        .map_or(true, |n| n.trunc().to_string() != p)
+                });
+            } else if shown.len() < sapper_shared::routing::MAX_ROUTES && !shown.contains(&p) {
+                shown.push(p);
             }
         }
     }

@@ -39,6 +39,16 @@ fn announced_routes_added_and_removed_reach_the_entry_through_a_relay() {
     );
     assert!(tun_has(&s, "entry", PRIVATE));
     assert_eq!(s.core("entry").route_origin(&net(MORE)), Some("exit"));
+    // `peers` on the relay shows the exit's list as it is now.
+    let shown = |s: &Sim| -> Vec<String> {
+        s.core("relay")
+            .links()
+            .into_iter()
+            .find(|l| l.info.name == "exit")
+            .map(|l| l.info.routes)
+            .unwrap_or_default()
+    };
+    assert_eq!(shown(&s), vec![PRIVATE.to_string(), MORE.to_string()]);
 
     s.reload("exit", |c| c.announce_routes.retain(|p| *p != net(PRIVATE)));
     assert!(
@@ -46,6 +56,7 @@ fn announced_routes_added_and_removed_reach_the_entry_through_a_relay() {
         "a removed route leaves the entry"
     );
     assert!(s.core("relay").route_origin(&net(PRIVATE)).is_none());
+    assert_eq!(shown(&s), vec![MORE.to_string()]);
     assert!(tun_has(&s, "entry", MORE));
     // node.no_announce_routes withdraws everything, and turning it back on
     // announces the list again.

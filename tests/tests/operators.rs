@@ -849,6 +849,14 @@ fn reload_live(t: Transport) {
             .then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}"));
+    // `peers` shows the exit's list as it is now.
+    let peers = topo.peers(Node::Entry).expect("peers");
+    assert!(
+        peers[0]["routes"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|p| p == MORE)),
+        "{peers:?}"
+    );
     reload_with(&mut topo, Node::Exit, &exit_good);
     wait_until("the entry to drop the removed route", WAIT, || {
         let r = entry_routes(&topo);
