@@ -941,6 +941,35 @@ fn reload_live(t: Transport) {
         0,
         "the entry's link went down during the reloads"
     );
+
+    // The hint: the exit's fixed role taken out by a reload makes it
+    // undecided (the secure posture does not negotiate), so the entry drops
+    // its routes; put back, the exit's routes return. The link stays up.
+    let role_line = "role = \"exit\"";
+    assert!(exit_good.contains(role_line), "{exit_good}");
+    let exit_role = |topo: &Topology| {
+        topo.peers(Node::Entry).ok().and_then(|p| {
+            p.first()
+                .and_then(|p| p["role"].as_str().map(str::to_string))
+        })
+    };
+    let line = reload_with(&mut topo, Node::Exit, &exit_good.replacen(role_line, "", 1));
+    assert!(line.contains("node.hint"), "{line}");
+    wait_until("the entry to see the exit undecided", WAIT, || {
+        (exit_role(&topo).as_deref() == Some("indeterminate")
+            && !entry_routes(&topo).contains(&PRIVATE_NET.to_string()))
+        .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?} {:?}", exit_role(&topo), entry_routes(&topo)));
+    reload_with(&mut topo, Node::Exit, &exit_good);
+    wait_until("the exit to be the exit again", WAIT, || {
+        (exit_role(&topo).as_deref() == Some("exit")
+            && entry_routes(&topo).contains(&PRIVATE_NET.to_string()))
+        .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?} {:?}", exit_role(&topo), entry_routes(&topo)));
+    topo.wait_for_tunnel();
+    assert_eq!(log_count(&topo, Node::Entry, "peer_disconnected"), 0);
 }
 per_transport!(reload_live);
 
