@@ -1,0 +1,1 @@
+//! One's-complement Internet checksum (RFC 1071).
