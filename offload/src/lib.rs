@@ -73,8 +73,9 @@ pub enum Error {
     /// A GSO type this crate does not handle (UFO, ECN with UDP, unknown bits).
     #[error("unknown GSO type")]
     UnknownGsoType,
-    /// `hdr_len` or `csum_start` inconsistent with the packet.
-    #[error("bad vnet header length or checksum start")]
+    /// A header length inconsistent with the packet: vnet `hdr_len` beyond
+    /// it, `csum_start` not at the L4 header, a TCP data offset under 20.
+    #[error("bad header length")]
     BadHeaderLength,
     /// `csum_offset` does not point at the TCP/UDP checksum (or out of the packet).
     #[error("bad vnet checksum offset")]
@@ -82,6 +83,10 @@ pub enum Error {
     /// Larger than [`MAX_SUPER`].
     #[error("packet larger than a super-packet can be")]
     TooBig,
+    /// A UDP super-packet of more than [`MAX_UDP_SEGMENTS`] datagrams (the
+    /// kernel refuses those on write).
+    #[error("too many segments in a UDP super-packet")]
+    TooManySegments,
     /// The packet needs an offload the TUN did not accept.
     #[error("offload not enabled on the TUN")]
     OffloadDisabled,
@@ -101,6 +106,7 @@ impl Error {
             Error::BadHeaderLength => "bad_header_length",
             Error::BadChecksumOffset => "bad_checksum_offset",
             Error::TooBig => "too_big",
+            Error::TooManySegments => "too_many_segments",
             Error::OffloadDisabled => "offload_disabled",
         }
     }
