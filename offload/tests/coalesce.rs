@@ -250,17 +250,17 @@ fn nothing_joins_after_psh_or_fin() {
 fn header_fields_that_must_match() {
     let f = Flow::tcp4();
     let base = run(&f, 2, 1000, 1000);
-    let mut changes: Vec<Box<dyn Fn(&mut Flow)>> = vec![
-        Box::new(|g| g.ack += 1),
-        Box::new(|g| g.window += 1),
-        Box::new(|g| g.ttl -= 1),
-        Box::new(|g| g.tos = 4),
-        Box::new(|g| g.df = false),
-        Box::new(|g| g.tcp_opts[11] ^= 1),
-        Box::new(|g| g.id += 1),
-        Box::new(|g| g.flags |= ECE),
+    let changes: [fn(&mut Flow); 9] = [
+        |g| g.ack += 1,
+        |g| g.window += 1,
+        |g| g.ttl -= 1,
+        |g| g.tos = 4,
+        |g| g.df = false,
+        |g| g.tcp_opts[11] ^= 1,
+        |g| g.id += 1,
+        |g| g.flags |= ECE,
+        |g| g.dst[3] = 3,
     ];
-    changes.push(Box::new(|g| g.dst[3] = 3));
     for (i, ch) in changes.iter().enumerate() {
         let mut g = f.clone();
         g.seq += 1000;

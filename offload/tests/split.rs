@@ -108,7 +108,7 @@ fn empty_payload_is_one_header_only_segment() {
 fn gso_none_is_passed_through() {
     let p = packet(&Flow::udp4(), &payload(100));
     let segs = segments(&VnetHdr::default(), &p, 1500).unwrap();
-    assert_eq!(segs, [p.clone()]);
+    assert_eq!(segs, [p]);
     // Whatever it is and however big: the TUN's own MTU bounds it.
     let junk = vec![0xee; 3000];
     assert_eq!(segments(&VnetHdr::default(), &junk, 1500).unwrap(), [junk]);
