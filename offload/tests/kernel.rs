@@ -323,24 +323,41 @@ fn kernel_forwards_coalesced_super_packets_as_the_original_packets() {
                 ..base
             }
         };
+        let first = f.clone();
         let pkts = flow_packets(&mut f, 6, 1201, 333);
         let w = coalesce_one(&pkts);
         assert_ne!(VnetHdr::decode(&w).expect("hdr").gso_type, GSO_NONE);
-        tun.write(&w);
-        for (i, want) in pkts.iter().enumerate() {
-            let (_, got) = out.read_until(|p| is(p, f.v6, f.proto()));
-            verify(&got).unwrap_or_else(|e| panic!("{:?} segment {i}: {e}", (f.v6, f.tcp)));
-            // Forwarding took one off the TTL / hop limit (and changed the
-            // IPv4 header checksum); all else is as coalesced.
-            let (mut g, mut w) = (got.clone(), want.clone());
-            if f.v6 {
-                g[7] += 1;
-            } else {
-                g[8] += 1;
-                g[10..12].fill(0);
-                w[10..12].fill(0);
-            }
-            assert_eq!(g, w, "{:?} segment {i}", (f.v6, f.tcp));
+        // The same super-packet as a peer would send it (fully checksummed),
+        // written with header_for's header.
+        let data: Vec<u8> = pkts
+            .iter()
+            .flat_map(|p| p[first.hdr_len()..].to_vec())
+            .collect();
+        let mut peer = packet(&first, &data);
+        let h = header_for(&mut peer, 1201, MTU, ALL).expect("header_for");
+        assert_eq!(h, VnetHdr::decode(&w).expect("hdr"));
+        for w in [w, [&h.encode()[..], &peer[..]].concat()] {
+            tun.write(&w);
+            expect_forwarded(&mut out, &f, &pkts);
         }
+    }
+}
+
+/// Reads `pkts` back from the plain TUN, one by one.
+fn expect_forwarded(out: &mut Tun, f: &Flow, pkts: &[Vec<u8>]) {
+    for (i, want) in pkts.iter().enumerate() {
+        let (_, got) = out.read_until(|p| is(p, f.v6, f.proto()));
+        verify(&got).unwrap_or_else(|e| panic!("{:?} segment {i}: {e}", (f.v6, f.tcp)));
+        // Forwarding took one off the TTL / hop limit (and changed the
+        // IPv4 header checksum); all else is as coalesced.
+        let (mut g, mut w) = (got.clone(), want.clone());
+        if f.v6 {
+            g[7] += 1;
+        } else {
+            g[8] += 1;
+            g[10..12].fill(0);
+            w[10..12].fill(0);
+        }
+        assert_eq!(g, w, "{:?} segment {i}", (f.v6, f.tcp));
     }
 }
