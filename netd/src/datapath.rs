@@ -8,49 +8,69 @@ use crate::tun::Tun;
 use arc_swap::ArcSwap;
 use bytes::{BufMut, Bytes, BytesMut};
 use sapper_control::{ForwardingTable, LinkId};
-use sapper_shared::framing::WS_TAG_PACKET;
+use crate::gso::{Rx, Segmenter, SuperDrops};
+use sapper_shared::framing::{WS_SUPER_HEADER, WS_TAG_PACKET, WS_TAG_SUPER};
 use sapper_shared::routing;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use tokio_util::sync::CancellationToken;
 
-/// One IP packet on the data path. It may keep one byte of headroom in
-/// front (WebSocket's packet tag, already written), so that a packet read
-/// from the TUN or received over WebSocket leaves over WebSocket without a
-/// copy, and over QUIC as a slice of the same buffer.
+/// One IP packet on the data path. It may keep headroom in front (a
+/// WebSocket tag, already written), so that a packet read from the TUN or
+/// received over WebSocket leaves over WebSocket without a copy, and over
+/// QUIC as a slice of the same buffer. A GSO super-packet (up to 64 KiB of
+/// one TCP or UDP flow) always carries the [`WS_TAG_SUPER`] header: it only
+/// ever leaves whole over a WebSocket link whose peer takes it.
 #[derive(Clone)]
 pub struct Packet {
     buf: Bytes,
-    tagged: bool,
+    /// Bytes of headroom: 0, 1 ([`WS_TAG_PACKET`]) or
+    /// [`WS_SUPER_HEADER`] ([`WS_TAG_SUPER`] and the segment size).
+    head: u8,
 }
 
 impl Packet {
     /// A bare packet.
     pub fn plain(buf: Bytes) -> Self {
-        Self { buf, tagged: false }
+        Self { buf, head: 0 }
     }
 
     /// `buf` is [`WS_TAG_PACKET`] followed by the packet.
     pub fn tagged(buf: Bytes) -> Self {
         debug_assert_eq!(buf.first(), Some(&WS_TAG_PACKET));
-        Self { buf, tagged: true }
+        Self { buf, head: 1 }
+    }
+
+    /// `buf` is a [`WS_TAG_SUPER`] message: the tag, the segment size
+    /// (u16, big-endian), then the super-packet. `None` when too short.
+    pub fn super_packet(buf: Bytes) -> Option<Self> {
+        (buf.len() > WS_SUPER_HEADER && buf[0] == WS_TAG_SUPER).then_some(Self {
+            buf,
+            head: WS_SUPER_HEADER as u8,
+        })
+    }
+
+    /// The segment size of a super-packet; `None` for a plain packet.
+    pub fn gso_size(&self) -> Option<u16> {
+        (self.head as usize == WS_SUPER_HEADER).then(|| u16::from_be_bytes([self.buf[1], self.buf[2]]))
     }
 
     /// The packet alone (no allocation: a slice of the same buffer).
     pub fn into_bytes(self) -> Bytes {
-        if self.tagged {
-            self.buf.slice(1..)
+        if self.head > 0 {
+            self.buf.slice(self.head as usize..)
         } else {
             self.buf
         }
     }
 
-    /// The packet behind a WebSocket packet tag. A packet that came without
-    /// headroom (from QUIC) is copied into `arena`, which the WebSocket
-    /// writer keeps: one allocation serves many packets and is reclaimed
-    /// in place once they are written (as the TUN reader's buffer is).
+    /// The packet behind its WebSocket tag (a super-packet: behind its
+    /// tag and segment size). A packet that came without headroom (from
+    /// QUIC) is copied into `arena`, which the WebSocket writer keeps: one
+    /// allocation serves many packets and is reclaimed in place once they
+    /// are written (as the TUN reader's buffer is).
     pub fn into_tagged(self, arena: &mut BytesMut) -> Bytes {
-        if self.tagged {
+        if self.head > 0 {
             return self.buf;
         }
         if arena.capacity() < 1 + self.buf.len() {
@@ -69,11 +89,7 @@ pub const ARENA: usize = 64 * 1024;
 impl std::ops::Deref for Packet {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        if self.tagged {
-            &self.buf[1..]
-        } else {
-            &self.buf
-        }
+        &self.buf[self.head as usize..]
     }
 }
 
@@ -102,6 +118,9 @@ pub struct Counters {
     /// Control messages dropped by the link's rate limit before they reach
     /// the driver.
     pub control_drops: AtomicU64,
+    /// Super-packets from this peer dropped as malformed (also in `drops`;
+    /// by reason in [`Stats::super_drops`]).
+    pub super_drops: AtomicU64,
 }
 
 /// What the data path holds for one link.
@@ -111,20 +130,36 @@ pub struct LinkData {
     tx: Box<dyn PacketTx>,
     /// What the link's TLS handshake negotiated, for `peers`.
     pub tls: crate::tls::Negotiated,
+    /// The link carries super-packets whole: WebSocket, and the peer's
+    /// Handshake said `super_packets`.
+    pub takes_super: bool,
 }
 
 impl LinkData {
-    pub fn new(id: LinkId, tx: Box<dyn PacketTx>, tls: crate::tls::Negotiated) -> Self {
+    pub fn new(
+        id: LinkId,
+        tx: Box<dyn PacketTx>,
+        tls: crate::tls::Negotiated,
+        takes_super: bool,
+    ) -> Self {
         Self {
             id,
             counters: Counters::default(),
             tx,
             tls,
+            takes_super,
         }
     }
 
     /// Queues one packet to the peer; never waits.
     pub fn send(&self, pkt: Packet) {
+        if pkt.gso_size().is_some() && !self.takes_super {
+            // Callers cut super-packets for such links (send_or_split);
+            // one that slipped through would reach the peer as garbage.
+            debug_assert!(false, "super-packet to a link that does not take it");
+            self.counters.drops.fetch_add(1, Relaxed);
+            return;
+        }
         let len = pkt.len() as u64;
         if self.tx.try_send(pkt) {
             self.counters.packets_out.fetch_add(1, Relaxed);
@@ -151,6 +186,8 @@ pub struct Stats {
     pub tun_out: AtomicU64,
     pub drops: AtomicU64,
     pub handshake_failures: AtomicU64,
+    /// Super-packets dropped (from peers or the TUN), by reason.
+    pub super_drops: SuperDrops,
 }
 
 pub struct DataPath {
@@ -181,9 +218,20 @@ impl DataPath {
         self.table.store(Arc::new(t));
     }
 
+    /// The receive state one link reader keeps (see [`Rx`]).
+    pub fn rx(&self) -> Rx {
+        match &self.tun {
+            Some(t) if t.vnet_hdr() => Rx::new(Some(t.offloads), t.mtu as usize),
+            Some(t) => Rx::new(None, t.mtu as usize),
+            None => Rx::new(None, sapper_offload::MAX_SUPER),
+        }
+    }
+
     /// A packet arrived from link `from`: to the TUN, the userspace exit,
-    /// or (on a relay) on to the next link.
-    pub fn deliver(&self, from: &LinkData, pkt: Packet) {
+    /// or (on a relay) on to the next link. Packets for a vnet TUN are held
+    /// in `rx` to be joined: the reader calls [`DataPath::flush`] before it
+    /// waits for more.
+    pub fn deliver(&self, from: &LinkData, pkt: Packet, rx: &mut Rx) {
         let c = &from.counters;
         c.packets_in.fetch_add(1, Relaxed);
         c.bytes_in.fetch_add(pkt.len() as u64, Relaxed);
@@ -205,11 +253,20 @@ impl DataPath {
                 return;
             }
         }
+        let malformed = |e| self.malformed(from, e);
         if table.relay {
             // A relay has no TUN in the path: packets go on to the
-            // neighbour on the other side, as they came.
+            // neighbour on the other side, as they came (a super-packet
+            // whole to a WebSocket peer that takes it, else cut).
             match table.next_hop(dst, Some(from.id)) {
-                Some((_, next)) => next.send(pkt),
+                Some((_, next)) => match pkt.gso_size() {
+                    Some(gso) if !next.takes_super => {
+                        if let Err(e) = rx.segmenter.split_peer(&pkt, gso, rx.mtu, |p| next.send(p)) {
+                            malformed(e);
+                        }
+                    }
+                    _ => next.send(pkt),
+                },
                 None => {
                     self.stats.drops.fetch_add(1, Relaxed);
                 }
@@ -217,18 +274,85 @@ impl DataPath {
             return;
         }
         match (&self.tun, self.terminus.get()) {
-            (Some(tun), _) => match tun.try_write(&pkt) {
-                Ok(()) => {
-                    self.stats.tun_out.fetch_add(1, Relaxed);
+            (Some(tun), _) => {
+                let Rx {
+                    coalescer,
+                    segmenter,
+                    mtu,
+                } = rx;
+                match (pkt.gso_size(), coalescer) {
+                    // Whole to the TUN, behind what was held before it.
+                    (Some(gso), Some(co)) => {
+                        if let Err(e) = co.push_super(&pkt, gso, *mtu, |f| self.write_frame(tun, f)) {
+                            malformed(e);
+                        }
+                    }
+                    (Some(gso), None) => {
+                        if let Err(e) = segmenter.split_peer(&pkt, gso, *mtu, |p| self.write(tun, &p)) {
+                            malformed(e);
+                        }
+                    }
+                    (None, Some(co)) => {
+                        // What the coalescer cannot parse goes to the kernel
+                        // as it came (as without offloads), after what it holds.
+                        if co.push(&pkt, |f| self.write_frame(tun, f)).is_err() {
+                            co.flush(|f| self.write_frame(tun, f));
+                            self.write(tun, &pkt);
+                        }
+                    }
+                    (None, None) => self.write(tun, &pkt),
                 }
-                Err(e) => {
-                    self.stats.drops.fetch_add(1, Relaxed);
-                    tracing::debug!(error = %e, "TUN write failed");
+            }
+            (None, Some(exit)) => match pkt.gso_size() {
+                // smoltcp takes packets of the MTU, one at a time.
+                Some(gso) => {
+                    if let Err(e) = rx.segmenter.split_peer(&pkt, gso, rx.mtu, |p| exit.handle(from.id, p.into_bytes())) {
+                        malformed(e);
+                    }
                 }
+                None => exit.handle(from.id, pkt.into_bytes()),
             },
-            (None, Some(exit)) => exit.handle(from.id, pkt.into_bytes()),
             (None, None) => {
                 self.stats.drops.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// A super-packet from `from` that is not one: dropped and counted, by
+    /// reason (never trusted, never passed on).
+    pub fn malformed(&self, from: &LinkData, e: sapper_offload::Error) {
+        self.stats.super_drops.count(e);
+        from.counters.drops.fetch_add(1, Relaxed);
+        from.counters.super_drops.fetch_add(1, Relaxed);
+    }
+
+    /// Writes what `rx` holds for the TUN; a reader calls it before it waits.
+    pub fn flush(&self, rx: &mut Rx) {
+        if let (Some(tun), Some(co)) = (&self.tun, rx.coalescer.as_mut()) {
+            if !co.is_empty() {
+                co.flush(|f| self.write_frame(tun, f));
+            }
+        }
+    }
+
+    /// One complete packet to the TUN.
+    fn write(&self, tun: &Tun, pkt: &[u8]) {
+        self.written(tun.try_write(pkt));
+    }
+
+    /// One vnet header + packet to a vnet TUN.
+    fn write_frame(&self, tun: &Tun, frame: &[u8]) {
+        self.written(tun.try_write_frame(frame));
+    }
+
+    fn written(&self, r: std::io::Result<()>) {
+        match r {
+            Ok(()) => {
+                self.stats.tun_out.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                self.stats.drops.fetch_add(1, Relaxed);
+                tracing::debug!(error = %e, "TUN write failed");
             }
         }
     }
@@ -257,10 +381,15 @@ impl DataPath {
 /// One allocation holds many packets; it is reclaimed in place once the
 /// packets cut from it have been sent (BytesMut::reserve).
 const TUN_BUFFER: usize = 256 * 1024;
+/// On a vnet TUN, where one read may be 64 KiB.
+const VNET_TUN_BUFFER: usize = 1024 * 1024;
 
 /// Reads the TUN and sends each packet to its link until shutdown.
 pub async fn tun_reader(data: Arc<DataPath>, shutdown: CancellationToken) {
     let Some(tun) = data.tun.clone() else { return };
+    if tun.vnet_hdr() {
+        return vnet_tun_reader(data, tun, shutdown).await;
+    }
     let read_size = (tun.mtu as usize).clamp(576, routing::MAX_IP_PACKET);
     let mut buf = BytesMut::with_capacity(TUN_BUFFER);
     loop {
@@ -291,6 +420,76 @@ pub async fn tun_reader(data: Arc<DataPath>, shutdown: CancellationToken) {
             None => {
                 data.stats.drops.fetch_add(1, Relaxed);
             }
+        }
+    }
+}
+
+/// The TUN reader on a vnet TUN: every read is a virtio_net_hdr and a
+/// packet that may be a GSO super-packet with a partial checksum. The
+/// header's room is reused as headroom: its last byte becomes the
+/// WebSocket packet tag of a complete packet, its last three the super tag
+/// and segment size of a super-packet that leaves whole. Everything else
+/// is cut into complete packets of the TUN's MTU, from one arena.
+async fn vnet_tun_reader(data: Arc<DataPath>, tun: Arc<Tun>, shutdown: CancellationToken) {
+    use crate::gso::{F_NEEDS_CSUM, GSO_NONE, VNET_HDR_LEN};
+    let read_size = VNET_HDR_LEN + sapper_offload::MAX_SUPER;
+    let mtu = tun.mtu as usize;
+    let mut buf = BytesMut::with_capacity(VNET_TUN_BUFFER);
+    let mut seg = Segmenter::default();
+    loop {
+        buf.clear();
+        let n = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tun.read_buf(&mut buf, read_size) => match r {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the TUN failed; stopping the data path");
+                    return;
+                }
+            },
+        };
+        debug_assert_eq!(buf.len(), n);
+        data.stats.tun_in.fetch_add(1, Relaxed);
+        let hdr = match sapper_offload::VnetHdr::decode(&buf) {
+            Ok(h) => h,
+            Err(e) => {
+                data.stats.super_drops.count(e);
+                data.stats.drops.fetch_add(1, Relaxed);
+                continue;
+            }
+        };
+        let table = data.table.load();
+        if !table.forwarding {
+            data.stats.drops.fetch_add(1, Relaxed);
+            continue;
+        }
+        let Some((_, link)) = table.next_hop(routing::destination(&buf[VNET_HDR_LEN..]), None)
+        else {
+            data.stats.drops.fetch_add(1, Relaxed);
+            continue;
+        };
+        if hdr.gso_type == GSO_NONE && hdr.flags & F_NEEDS_CSUM == 0 {
+            // Complete as it is.
+            buf[VNET_HDR_LEN - 1] = WS_TAG_PACKET;
+            let frozen = buf.split().freeze();
+            link.send(Packet::tagged(frozen.slice(VNET_HDR_LEN - 1..)));
+        } else if hdr.gso_type != GSO_NONE && link.takes_super {
+            // Whole, checksum partial: the peer rebuilds the header from
+            // the packet's own headers (or cuts it).
+            buf[VNET_HDR_LEN - WS_SUPER_HEADER] = WS_TAG_SUPER;
+            buf[VNET_HDR_LEN - 2..VNET_HDR_LEN].copy_from_slice(&hdr.gso_size.to_be_bytes());
+            let frozen = buf.split().freeze();
+            match Packet::super_packet(frozen.slice(VNET_HDR_LEN - WS_SUPER_HEADER..)) {
+                Some(p) => link.send(p),
+                None => {
+                    data.stats.drops.fetch_add(1, Relaxed);
+                }
+            }
+        } else if let Err(e) = seg.split(&hdr, &mut buf[VNET_HDR_LEN..], mtu, |p| link.send(p)) {
+            // Cut (and checksummed) into packets of the MTU; `buf` stays
+            // ours for the next read.
+            data.stats.super_drops.count(e);
+            data.stats.drops.fetch_add(1, Relaxed);
         }
     }
 }
