@@ -4,11 +4,11 @@
 //! the steady state no allocation — packets from links are forwarded as the
 //! `Bytes` they arrived in, and TUN reads fill one reusable buffer.
 
+use crate::gso::{Rx, Segmenter, SuperDrops};
 use crate::tun::Tun;
 use arc_swap::ArcSwap;
 use bytes::{BufMut, Bytes, BytesMut};
 use sapper_control::{ForwardingTable, LinkId};
-use crate::gso::{Rx, Segmenter, SuperDrops};
 use sapper_shared::framing::{WS_SUPER_HEADER, WS_TAG_PACKET, WS_TAG_SUPER};
 use sapper_shared::routing;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -52,7 +52,8 @@ impl Packet {
 
     /// The segment size of a super-packet; `None` for a plain packet.
     pub fn gso_size(&self) -> Option<u16> {
-        (self.head as usize == WS_SUPER_HEADER).then(|| u16::from_be_bytes([self.buf[1], self.buf[2]]))
+        (self.head as usize == WS_SUPER_HEADER)
+            .then(|| u16::from_be_bytes([self.buf[1], self.buf[2]]))
     }
 
     /// The packet alone (no allocation: a slice of the same buffer).
@@ -261,7 +262,8 @@ impl DataPath {
             match table.next_hop(dst, Some(from.id)) {
                 Some((_, next)) => match pkt.gso_size() {
                     Some(gso) if !next.takes_super => {
-                        if let Err(e) = rx.segmenter.split_peer(&pkt, gso, rx.mtu, |p| next.send(p)) {
+                        if let Err(e) = rx.segmenter.split_peer(&pkt, gso, rx.mtu, |p| next.send(p))
+                        {
                             malformed(e);
                         }
                     }
@@ -283,12 +285,15 @@ impl DataPath {
                 match (pkt.gso_size(), coalescer) {
                     // Whole to the TUN, behind what was held before it.
                     (Some(gso), Some(co)) => {
-                        if let Err(e) = co.push_super(&pkt, gso, *mtu, |f| self.write_frame(tun, f)) {
+                        if let Err(e) = co.push_super(&pkt, gso, *mtu, |f| self.write_frame(tun, f))
+                        {
                             malformed(e);
                         }
                     }
                     (Some(gso), None) => {
-                        if let Err(e) = segmenter.split_peer(&pkt, gso, *mtu, |p| self.write(tun, &p)) {
+                        if let Err(e) =
+                            segmenter.split_peer(&pkt, gso, *mtu, |p| self.write(tun, &p))
+                        {
                             malformed(e);
                         }
                     }
@@ -306,7 +311,10 @@ impl DataPath {
             (None, Some(exit)) => match pkt.gso_size() {
                 // smoltcp takes packets of the MTU, one at a time.
                 Some(gso) => {
-                    if let Err(e) = rx.segmenter.split_peer(&pkt, gso, rx.mtu, |p| exit.handle(from.id, p.into_bytes())) {
+                    if let Err(e) = rx
+                        .segmenter
+                        .split_peer(&pkt, gso, rx.mtu, |p| exit.handle(from.id, p.into_bytes()))
+                    {
                         malformed(e);
                     }
                 }
@@ -497,6 +505,215 @@ async fn vnet_tun_reader(data: Arc<DataPath>, tun: Arc<Tun>, shutdown: Cancellat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sapper_control::Forwarding;
+    use std::sync::Mutex;
+
+    /// A link sender that keeps what it is given.
+    #[derive(Clone, Default)]
+    struct Keep(Arc<Mutex<Vec<Packet>>>);
+
+    impl PacketTx for Keep {
+        fn try_send(&self, pkt: Packet) -> bool {
+            self.0.lock().unwrap().push(pkt);
+            true
+        }
+    }
+
+    impl Keep {
+        fn take(&self) -> Vec<Packet> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    impl Terminus for Keep {
+        fn handle(&self, _from: LinkId, pkt: Bytes) {
+            self.0.lock().unwrap().push(Packet::plain(pkt));
+        }
+    }
+
+    fn sum16(b: &[u8], mut acc: u32) -> u32 {
+        for c in b.chunks(2) {
+            acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+        acc
+    }
+
+    fn fold(mut acc: u32) -> u16 {
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        acc as u16
+    }
+
+    /// An IPv4/TCP packet 10.0.0.1 → 10.0.0.2 carrying `payload` bytes,
+    /// checksums left as the kernel leaves a super-packet's (IP valid, TCP
+    /// whatever): the receiver must not care.
+    fn tcp4(payload: usize) -> Vec<u8> {
+        let total = 40 + payload;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[6] = 0x40; // DF
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        p[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        let c = !fold(sum16(&p[..20], 0));
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&5201u16.to_be_bytes());
+        p[24..28].copy_from_slice(&1000u32.to_be_bytes());
+        p[32] = 5 << 4;
+        p[33] = 0x10; // ACK
+        p[34..36].copy_from_slice(&512u16.to_be_bytes());
+        for (i, b) in p[40..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        p
+    }
+
+    /// The TCP checksum of an IPv4 packet verifies.
+    fn tcp4_valid(p: &[u8]) -> bool {
+        let l4 = &p[20..];
+        let mut acc = sum16(&p[12..20], 0) + 6 + l4.len() as u32;
+        acc = sum16(l4, acc);
+        fold(acc) == 0xffff && fold(sum16(&p[..20], 0)) == 0xffff
+    }
+
+    fn super_msg(gso: u16, pkt: &[u8]) -> Packet {
+        let mut b = vec![WS_TAG_SUPER];
+        b.extend_from_slice(&gso.to_be_bytes());
+        b.extend_from_slice(pkt);
+        Packet::super_packet(Bytes::from(b)).unwrap()
+    }
+
+    /// A data path without a TUN and links 1 (10.0.0.1, the sender) and 2
+    /// (10.0.0.2); link 2 takes super-packets when `whole`.
+    fn two_links(relay: bool, whole: bool) -> (DataPath, Arc<LinkData>, Keep) {
+        let data = DataPath::new(None);
+        let (k1, k2) = (Keep::default(), Keep::default());
+        let l1 = Arc::new(LinkData::new(
+            LinkId(1),
+            Box::new(k1),
+            Default::default(),
+            true,
+        ));
+        let l2 = Arc::new(LinkData::new(
+            LinkId(2),
+            Box::new(k2.clone()),
+            Default::default(),
+            whole,
+        ));
+        let f = Forwarding {
+            forwarding: true,
+            relay,
+            routes: vec![
+                ("10.0.0.1/32".parse().unwrap(), LinkId(1)),
+                ("10.0.0.2/32".parse().unwrap(), LinkId(2)),
+            ],
+            active: vec![LinkId(1), LinkId(2)],
+            peer_of: vec![],
+        };
+        let (a, b) = (l1.clone(), l2);
+        data.publish(Table::build(&f, |id| match id.0 {
+            1 => Some(a.clone()),
+            2 => Some(b.clone()),
+            _ => None,
+        }));
+        (data, l1, k2)
+    }
+
+    #[test]
+    fn super_packet_headroom() {
+        let p = super_msg(1000, &tcp4(3000));
+        assert_eq!(p.gso_size(), Some(1000));
+        assert_eq!(p.len(), 3040);
+        assert_eq!(p[0], 0x45);
+        let mut arena = BytesMut::new();
+        let whole = p.clone().into_tagged(&mut arena);
+        assert_eq!(&whole[..3], &[WS_TAG_SUPER, 0x03, 0xe8]);
+        assert_eq!(whole.as_ptr(), p.buf.as_ptr(), "sent as it came");
+        assert!(Packet::super_packet(Bytes::from_static(&[WS_TAG_SUPER, 0, 1])).is_none());
+        assert!(Packet::super_packet(Bytes::from_static(&[WS_TAG_PACKET, 0, 1, 0x45])).is_none());
+        assert_eq!(Packet::plain(Bytes::from_static(&[0x45])).gso_size(), None);
+    }
+
+    #[test]
+    fn relay_cuts_super_packets_for_a_link_that_does_not_take_them() {
+        let (data, from, to) = two_links(true, false);
+        let mut rx = data.rx();
+        data.deliver(&from, super_msg(1000, &tcp4(3500)), &mut rx);
+        let segs = to.take();
+        assert_eq!(segs.len(), 4);
+        let mut seq = 1000u32;
+        for (i, s) in segs.iter().enumerate() {
+            assert_eq!(s.gso_size(), None);
+            let want = if i < 3 { 1000 } else { 500 };
+            assert_eq!(s.len(), 40 + want);
+            assert!(tcp4_valid(s), "segment {i} checksummed");
+            assert_eq!(u32::from_be_bytes([s[24], s[25], s[26], s[27]]), seq);
+            seq += want as u32;
+        }
+        assert_eq!(from.counters.super_drops.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn relay_passes_super_packets_whole_to_a_link_that_takes_them() {
+        let (data, from, to) = two_links(true, true);
+        let mut rx = data.rx();
+        let p = super_msg(1000, &tcp4(3500));
+        let ptr = p.buf.as_ptr();
+        data.deliver(&from, p, &mut rx);
+        let got = to.take();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].gso_size(), Some(1000));
+        assert_eq!(
+            got[0].clone().into_tagged(&mut BytesMut::new()).as_ptr(),
+            ptr
+        );
+    }
+
+    #[test]
+    fn malformed_super_packets_are_dropped_and_counted() {
+        let (data, from, to) = two_links(true, false);
+        let mut rx = data.rx();
+        let mut short = tcp4(3000);
+        short.truncate(2000); // IP total length says 3040
+        let mut bad_ihl = tcp4(3000);
+        bad_ihl[0] = 0x43;
+        for p in [
+            super_msg(0, &tcp4(3000)),
+            super_msg(1000, &short),
+            super_msg(1000, &bad_ihl),
+            super_msg(1000, &tcp4(3000)[..30]),
+        ] {
+            data.deliver(&from, p, &mut rx);
+        }
+        assert!(to.take().is_empty(), "nothing malformed goes on");
+        assert_eq!(from.counters.super_drops.load(Relaxed), 4);
+        assert_eq!(from.counters.drops.load(Relaxed), 4);
+        let by: Vec<_> = data
+            .stats
+            .super_drops
+            .snapshot()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert!(by.contains(&("segment_size_zero", 1)), "{by:?}");
+        assert_eq!(by.iter().map(|(_, n)| n).sum::<u64>(), 4, "{by:?}");
+    }
+
+    #[test]
+    fn userspace_exit_gets_super_packets_cut() {
+        let (data, from, _) = two_links(false, true);
+        let exit = Keep::default();
+        assert!(data.set_terminus(Arc::new(exit.clone())));
+        let mut rx = data.rx();
+        data.deliver(&from, super_msg(1200, &tcp4(6000)), &mut rx);
+        data.flush(&mut rx);
+        let segs = exit.take();
+        assert_eq!(segs.len(), 5);
+        assert!(segs.iter().all(|s| s.len() == 1240 && tcp4_valid(s)));
+    }
 
     #[test]
     fn headroom_is_used_not_copied() {

@@ -24,58 +24,51 @@ const ARENA: usize = 256 * 1024;
 /// between two looks at the other tasks.
 pub const RX_BATCH: usize = 64;
 
-/// Every reason [`sapper_offload::Error`] gives, in the order of
-/// [`reason_index`].
-pub const REASONS: [&str; 11] = [
-    "truncated",
-    "bad_ip_header",
-    "not_tcp_or_udp",
-    "segment_size_zero",
-    "segment_too_big",
-    "length_mismatch",
-    "unknown_gso_type",
-    "bad_header_length",
-    "bad_checksum_offset",
-    "too_big",
-    "offload_disabled",
+/// Every refusal [`sapper_offload::Error`] has; a later one this list
+/// lacks is counted as `other`.
+const REFUSALS: [Error; 12] = [
+    Error::Truncated,
+    Error::BadIpHeader,
+    Error::NotTcpOrUdp,
+    Error::SegmentSizeZero,
+    Error::SegmentTooBig,
+    Error::LengthMismatch,
+    Error::UnknownGsoType,
+    Error::BadHeaderLength,
+    Error::BadChecksumOffset,
+    Error::TooBig,
+    Error::TooManySegments,
+    Error::OffloadDisabled,
 ];
+const SLOTS: usize = REFUSALS.len() + 1;
 
-fn reason_index(e: Error) -> usize {
-    match e {
-        Error::Truncated => 0,
-        Error::BadIpHeader => 1,
-        Error::NotTcpOrUdp => 2,
-        Error::SegmentSizeZero => 3,
-        Error::SegmentTooBig => 4,
-        Error::LengthMismatch => 5,
-        Error::UnknownGsoType => 6,
-        Error::BadHeaderLength => 7,
-        Error::BadChecksumOffset => 8,
-        Error::TooBig => 9,
-        Error::OffloadDisabled => 10,
-    }
+fn slot(e: Error) -> usize {
+    REFUSALS
+        .iter()
+        .position(|r| *r == e)
+        .unwrap_or(REFUSALS.len())
+}
+
+fn slot_reason(i: usize) -> &'static str {
+    REFUSALS.get(i).map_or("other", |e| e.reason())
 }
 
 /// Super-packets (from a peer, or from our own TUN) dropped because they
 /// could not be parsed, split or written, by reason.
 #[derive(Default)]
-pub struct SuperDrops([AtomicU64; REASONS.len()]);
+pub struct SuperDrops([AtomicU64; SLOTS]);
 
 impl SuperDrops {
     pub fn count(&self, e: Error) {
-        self.0[reason_index(e)].fetch_add(1, Relaxed);
+        self.0[slot(e)].fetch_add(1, Relaxed);
     }
 
     /// `(reason, count)` for every reason, zeros included.
     pub fn snapshot(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        REASONS
+        self.0
             .iter()
-            .zip(self.0.iter())
-            .map(|(r, c)| (*r, c.load(Relaxed)))
-    }
-
-    pub fn total(&self) -> u64 {
-        self.0.iter().map(|c| c.load(Relaxed)).sum()
+            .enumerate()
+            .map(|(i, c)| (slot_reason(i), c.load(Relaxed)))
     }
 }
 

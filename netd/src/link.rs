@@ -197,11 +197,8 @@ pub async fn run_link<L: Link>(
     let id: LinkId = node.next_link_id();
     // Super-packets go whole only over WebSocket (a QUIC datagram holds
     // one MTU-sized packet), and only to a peer that said it takes them.
-    let takes_super = transport == Transport::Ws
-        && accepted
-            .peer
-            .capabilities
-            .is_some_and(|c| c.super_packets);
+    let takes_super =
+        transport == Transport::Ws && accepted.peer.capabilities.is_some_and(|c| c.super_packets);
     let data = Arc::new(LinkData::new(
         id,
         link.packet_tx(),

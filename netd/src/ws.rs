@@ -34,19 +34,20 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use sapper_shared::framing::MAX_CONTROL_FRAME;
+use sapper_shared::framing::WS_SUPER_HEADER;
 pub use sapper_shared::framing::{
     WS_TAG_CONTROL as TAG_CONTROL, WS_TAG_PACKET as TAG_PACKET, WS_TAG_SUPER as TAG_SUPER,
 };
-use sapper_shared::framing::WS_SUPER_HEADER;
 use sapper_shared::routing::MAX_IP_PACKET;
 
 /// One IP packet (a super-packet too) or one control frame, plus its tag
 /// (and segment size), fits; nothing larger is buffered for a peer.
-const MAX_MESSAGE: usize = WS_SUPER_HEADER + if MAX_IP_PACKET > MAX_CONTROL_FRAME {
-    MAX_IP_PACKET
-} else {
-    MAX_CONTROL_FRAME
-};
+const MAX_MESSAGE: usize = WS_SUPER_HEADER
+    + if MAX_IP_PACKET > MAX_CONTROL_FRAME {
+        MAX_IP_PACKET
+    } else {
+        MAX_CONTROL_FRAME
+    };
 /// Interval of WebSocket-level pings.
 const WS_PING: Duration = Duration::from_secs(15);
 
