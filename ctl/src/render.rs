@@ -296,11 +296,17 @@ pub fn render(body: &Resp, json_out: bool) -> String {
             "bytes_in": st.bytes_in,
             "bytes_out": st.bytes_out,
             "super_packet_drops": st.super_packet_drops,
+            "tun_super_packets_in": st.tun_super_packets_in,
+            "tun_super_packets_out": st.tun_super_packets_out,
         })
         .to_string(),
         Resp::Stats(st) => [
             format!("tun packets in:     {}", st.tun_packets_in),
             format!("tun packets out:    {}", st.tun_packets_out),
+            format!(
+                "super-packets:      {} in, {} out",
+                st.tun_super_packets_in, st.tun_super_packets_out
+            ),
             format!("bytes in:           {}", human_bytes(st.bytes_in)),
             format!("bytes out:          {}", human_bytes(st.bytes_out)),
             format!("drops:              {}", st.drops),

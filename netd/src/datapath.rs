@@ -189,6 +189,10 @@ pub struct Stats {
     pub handshake_failures: AtomicU64,
     /// Super-packets dropped (from peers or the TUN), by reason.
     pub super_drops: SuperDrops,
+    /// Of `tun_in`: GSO super-packets the kernel handed us.
+    pub tun_super_in: AtomicU64,
+    /// Of `tun_out`: GSO super-packets written (joined here or arrived whole).
+    pub tun_super_out: AtomicU64,
 }
 
 pub struct DataPath {
@@ -350,6 +354,10 @@ impl DataPath {
 
     /// One vnet header + packet to a vnet TUN.
     fn write_frame(&self, tun: &Tun, frame: &[u8]) {
+        // Byte 1 of a virtio_net_hdr is its GSO type.
+        if frame.get(1).is_some_and(|t| *t != crate::gso::GSO_NONE) {
+            self.stats.tun_super_out.fetch_add(1, Relaxed);
+        }
         self.written(tun.try_write_frame(frame));
     }
 
@@ -466,6 +474,9 @@ async fn vnet_tun_reader(data: Arc<DataPath>, tun: Arc<Tun>, shutdown: Cancellat
                 continue;
             }
         };
+        if hdr.gso_type != GSO_NONE {
+            data.stats.tun_super_in.fetch_add(1, Relaxed);
+        }
         let table = data.table.load();
         if !table.forwarding {
             data.stats.drops.fetch_add(1, Relaxed);

@@ -366,6 +366,16 @@ pub fn render(node: &Node, snap: Snapshot) -> String {
         "Failed handshakes (`stats` handshake_failures)",
         counter(s.handshake_failures.load(Relaxed)),
     );
+    reg.register(
+        "sapper_tun_receive_super_packets",
+        "GSO super-packets read from the TUN, of sapper_tun_receive_packets (`stats` tun_super_packets_in)",
+        counter(s.tun_super_in.load(Relaxed)),
+    );
+    reg.register(
+        "sapper_tun_transmit_super_packets",
+        "GSO super-packets written to the TUN, of sapper_tun_transmit_packets (`stats` tun_super_packets_out)",
+        counter(s.tun_super_out.load(Relaxed)),
+    );
     let super_drops = Family::<ReasonLabel, Counter>::default();
     for (reason, v) in s.super_drops.snapshot() {
         super_drops

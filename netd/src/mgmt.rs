@@ -329,6 +329,8 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
                 handshake_failures: s.handshake_failures.load(Relaxed),
                 bytes_in,
                 bytes_out,
+                tun_super_packets_in: s.tun_super_in.load(Relaxed),
+                tun_super_packets_out: s.tun_super_out.load(Relaxed),
                 super_packet_drops: s
                     .super_drops
                     .snapshot()
