@@ -387,6 +387,10 @@ pub fn privd_status(s: &PrivStatus, json_out: bool) -> String {
             "forwarding": s.forwarding,
             "granted": s.granted,
             "refused": s.refused,
+            "offloads": s.offloads,
+            "last_refusals": s.last_refusals.iter()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|_| json!(l)))
+                .collect::<Vec<_>>(),
         })
         .to_string();
     }
@@ -409,8 +413,23 @@ pub fn privd_status(s: &PrivStatus, json_out: bool) -> String {
         ),
         format!("nat:        {}", if s.nat_active { "on" } else { "off" }),
         format!("forwarding: {}", if s.forwarding { "on" } else { "off" }),
+        format!(
+            "offloads:   {}",
+            if s.offloads.is_empty() {
+                "off".into()
+            } else {
+                s.offloads.join(" ")
+            }
+        ),
         format!("requests:   {} granted, {} refused", s.granted, s.refused),
     ]
+    .into_iter()
+    .chain(
+        s.last_refusals
+            .iter()
+            .map(|l| format!("refused:    {}", clean(l))),
+    )
+    .collect::<Vec<_>>()
     .join("\n")
 }
 
