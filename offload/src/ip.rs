@@ -16,7 +16,7 @@ pub(crate) const TCP_CWR: u8 = 0x80;
 pub(crate) const TCP_FLAGS: usize = 13;
 
 /// The IP header of a packet whose length fields agree with the slice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Ip {
     pub v6: bool,
     /// IP header length (IPv4 with options; always 40 for IPv6).
@@ -88,7 +88,7 @@ pub(crate) fn parse_ip(pkt: &[u8]) -> Result<Ip, Error> {
 }
 
 /// A whole TCP or UDP packet: IP header plus a checked L4 header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Packet {
     pub ip: Ip,
     /// TCP header length with options, or 8 for UDP.

@@ -50,10 +50,10 @@ pub fn split(
     if pkt.len() > MAX_SUPER {
         return Err(Error::TooBig);
     }
+    let p = ip::parse(pkt)?;
     if usize::from(hdr.hdr_len) > pkt.len() {
         return Err(Error::BadHeaderLength);
     }
-    let p = ip::parse(pkt)?;
     if p.ip.proto != proto || v6.is_some_and(|v6| v6 != p.ip.v6) {
         return Err(Error::NotTcpOrUdp);
     }
