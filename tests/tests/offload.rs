@@ -350,3 +350,72 @@ mod relay {
         super::relay_chain(Ws, Ws);
     }
 }
+
+/// A peer's super-packet headers are never trusted: an authenticated
+/// WebSocket peer (`sapper-rogue`, its own tunnel address) sends five tag-2
+/// messages that lie (too short, segment size 0, an IP length that
+/// disagrees, a bad IHL, a fragment). The entry (offloads on) drops each,
+/// counts it for that peer and by reason, keeps the link, and the honest
+/// exit's traffic goes on.
+#[test]
+fn malformed_super_packets_are_dropped_and_counted() {
+    let mut o = Options::new(Transport::Ws).extra(
+        Node::Entry,
+        &[
+            "[[netd.listen]]",
+            "transport = \"ws\"",
+            "address = \"0.0.0.0:8443\"",
+            "ws_path = \"/sapper\"",
+        ],
+    );
+    o.tun_lines[0].push(OFFLOAD.into());
+    let mut topo = Topology::start(o);
+    topo.wait_for_tunnel();
+    let fp = topo.fingerprint(Node::Entry);
+    let psk = topo.node_dir(Node::Exit).join("psk");
+    let mut rogue = topo.exit.cmd(tool("sapper-rogue"));
+    rogue.args([
+        "peer",
+        "10.10.0.1:8443",
+        &fp,
+        &psk.display().to_string(),
+        "--ws",
+        "--name",
+        "rogue",
+        "--hint",
+        "exit",
+        "--address",
+        "10.99.0.66",
+        "super-malformed",
+        "10.99.0.66",
+        "10.99.0.1",
+        "hold",
+        "2",
+    ]);
+    let out = run_timeout(&mut rogue, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "sapper-rogue: {}", show(&out));
+    assert!(
+        text.contains("sent=5") && text.contains("done hold"),
+        "{text}"
+    );
+    let s = stats(&topo, Node::Entry);
+    let drops = s["super_packet_drops"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{s}"));
+    eprintln!("super-packet drops by reason: {drops:?}");
+    let total: u64 = drops.values().filter_map(Value::as_u64).sum();
+    assert_eq!(total, 5, "{s}");
+    for reason in ["truncated", "segment_size_zero"] {
+        assert!(drops.contains_key(reason), "{reason} not counted: {s}");
+    }
+    assert!(drops.len() >= 3, "by reason: {s}");
+    // The rogue is gone by now; its drops were its own, not the exit's.
+    let exit = peer(&topo, Node::Entry, "exit");
+    assert_eq!(num(&exit, "super_packet_drops"), 0, "{exit}");
+    let out = topo.ping(&topo.entry, PRIVATE_HOST, 2, 2);
+    assert!(out.status.success(), "ping after the rogue: {}", show(&out));
+    let (sent, received) = topo.blast(Node::Entry, "private", PRIVATE_HOST, BYTES);
+    assert_eq!(sent, received, "transfer after the rogue");
+    topo.assert_daemons_alive();
+}
