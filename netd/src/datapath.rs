@@ -155,8 +155,9 @@ impl LinkData {
     /// Queues one packet to the peer; never waits.
     pub fn send(&self, pkt: Packet) {
         if pkt.gso_size().is_some() && !self.takes_super {
-            // Callers cut super-packets for such links (send_or_split);
-            // one that slipped through would reach the peer as garbage.
+            // Callers cut super-packets for such links (the TUN reader,
+            // DataPath::deliver); one that slipped through would reach the
+            // peer as garbage.
             debug_assert!(false, "super-packet to a link that does not take it");
             self.counters.drops.fetch_add(1, Relaxed);
             return;
@@ -289,9 +290,20 @@ impl DataPath {
                 match (pkt.gso_size(), coalescer) {
                     // Whole to the TUN, behind what was held before it.
                     (Some(gso), Some(co)) => {
-                        if let Err(e) = co.push_super(&pkt, gso, *mtu, |f| self.write_frame(tun, f))
-                        {
-                            malformed(e);
+                        match co.push_super(&pkt, gso, *mtu, |f| self.write_frame(tun, f)) {
+                            Ok(()) => {}
+                            // A kind of super-packet this TUN does not
+                            // take (USO on an older kernel): cut, after
+                            // what is held.
+                            Err(sapper_offload::Error::OffloadDisabled) => {
+                                co.flush(|f| self.write_frame(tun, f));
+                                if let Err(e) =
+                                    segmenter.split_peer(&pkt, gso, *mtu, |p| self.write(tun, &p))
+                                {
+                                    malformed(e);
+                                }
+                            }
+                            Err(e) => malformed(e),
                         }
                     }
                     (Some(gso), None) => {
@@ -632,6 +644,135 @@ mod tests {
             _ => None,
         }));
         (data, l1, k2)
+    }
+
+    /// An IPv4/UDP packet 10.0.0.1 → 10.0.0.2 with `payload` bytes (IP
+    /// checksum valid, UDP checksum 0: a super-packet's is rewritten).
+    fn udp4(payload: usize) -> Vec<u8> {
+        let total = 28 + payload;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        p[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        let c = !fold(sum16(&p[..20], 0));
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&7002u16.to_be_bytes());
+        p[24..26].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        p
+    }
+
+    /// A TUN stand-in: a vnet `Tun` over one end of a SOCK_SEQPACKET pair
+    /// (one message per write, as a TUN), without USO; the other end reads
+    /// what netd wrote.
+    fn vnet_tun() -> (Arc<Tun>, std::os::fd::OwnedFd) {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let vnet = crate::tun::VnetInfo {
+            vnet_hdr: true,
+            offloads: vec!["csum".into(), "tso4".into(), "tso6".into()],
+        };
+        let tun = Tun::new(a, "t".into(), 1280, vec![], vnet).unwrap();
+        (Arc::new(tun), b)
+    }
+
+    /// Every message waiting on `fd`.
+    fn written(fd: &std::os::fd::OwnedFd) -> Vec<Vec<u8>> {
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 70_000];
+        while let Ok(n) = recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            out.push(buf[..n].to_vec());
+        }
+        out
+    }
+
+    /// A data path with `tun` and link 1 (10.0.0.1) sending to it.
+    fn to_tun(tun: Arc<Tun>) -> (DataPath, Arc<LinkData>) {
+        let data = DataPath::new(Some(tun));
+        let l1 = Arc::new(LinkData::new(
+            LinkId(1),
+            Box::new(Keep::default()),
+            Default::default(),
+            true,
+        ));
+        let f = Forwarding {
+            forwarding: true,
+            relay: false,
+            routes: vec![("10.0.0.1/32".parse().unwrap(), LinkId(1))],
+            active: vec![LinkId(1)],
+            peer_of: vec![],
+        };
+        let a = l1.clone();
+        data.publish(Table::build(&f, |id| (id.0 == 1).then(|| a.clone())));
+        (data, l1)
+    }
+
+    #[test]
+    fn vnet_tun_takes_joined_and_whole_super_packets_and_cuts_what_it_cannot() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let (tun, other) = vnet_tun();
+        let (data, from) = to_tun(tun);
+        let mut rx = data.rx();
+        // A TCP super-packet: whole, behind a TSO header.
+        data.deliver(&from, super_msg(1000, &tcp4(3500)), &mut rx);
+        data.flush(&mut rx);
+        let w = written(&other);
+        assert_eq!(w.len(), 1);
+        let hdr = sapper_offload::VnetHdr::decode(&w[0]).unwrap();
+        assert_eq!(
+            (hdr.gso_type, hdr.gso_size),
+            (sapper_offload::GSO_TCPV4, 1000)
+        );
+        assert_eq!(w[0].len(), 10 + 3540);
+        // A UDP one without USO on the TUN: cut, each datagram complete.
+        data.deliver(&from, super_msg(1000, &udp4(4000)), &mut rx);
+        data.flush(&mut rx);
+        let w = written(&other);
+        assert_eq!(w.len(), 4, "cut into four datagrams");
+        for m in &w {
+            assert_eq!(&m[..10], &[0; 10], "a header that asks nothing");
+            assert_eq!(m.len(), 10 + 1028);
+            let p = &m[10..];
+            let acc = sum16(&p[12..20], 0) + 17 + 1008;
+            assert_eq!(fold(sum16(&p[20..], acc)), 0xffff, "UDP checksum");
+        }
+        // Three in-order TCP segments of one flow: one TUN write.
+        for k in 0..3u32 {
+            let mut s = tcp4(1000);
+            s[24..28].copy_from_slice(&(1000 + 1000 * k).to_be_bytes());
+            s[4..6].copy_from_slice(&(k as u16).to_be_bytes());
+            s[10..12].copy_from_slice(&[0, 0]);
+            let c = !fold(sum16(&s[..20], 0));
+            s[10..12].copy_from_slice(&c.to_be_bytes());
+            let acc = sum16(&s[12..20], 0) + 6 + 1020;
+            let c = !fold(sum16(&s[20..], acc));
+            s[36..38].copy_from_slice(&c.to_be_bytes());
+            assert!(tcp4_valid(&s));
+            data.deliver(&from, Packet::plain(Bytes::from(s)), &mut rx);
+        }
+        assert!(written(&other).is_empty(), "held until the flush");
+        data.flush(&mut rx);
+        let w = written(&other);
+        assert_eq!(w.len(), 1, "joined");
+        assert_eq!(w[0].len(), 10 + 40 + 3000);
+        assert_eq!(data.stats.tun_super_out.load(Relaxed), 2);
+        assert_eq!(data.stats.tun_out.load(Relaxed), 6);
+        assert_eq!(from.counters.super_drops.load(Relaxed), 0);
     }
 
     #[test]
