@@ -28,6 +28,22 @@
 //!   field held before (so a peer may forward the TUN's super-packet as read).
 //!
 //! Nothing here panics on any input or reads outside the slices it is given.
+//!
+//! # How netd uses it
+//!
+//! * **TUN read** (buffer of `VNET_HDR_LEN + MAX_SUPER`): [`VnetHdr::decode`]
+//!   the front, then either [`split`] the rest into packets for a peer, or,
+//!   for a peer that takes super-packets, send a GSO packet as it is with its
+//!   `gso_size` in front (its checksum field may stay partial; the receiver
+//!   rewrites it). A GSO_NONE packet still goes through `split` to complete a
+//!   `NEEDS_CSUM` checksum. `split` needs `&mut` only for that.
+//! * **Peer → TUN**: ordinary packets into [`Coalescer::push`], super-packets
+//!   into [`Coalescer::push_super`] (or [`header_for`] and a write, after a
+//!   flush, to keep a flow in order); [`Coalescer::flush`] at the end of each
+//!   receive burst. Every write carries a vnet header, joined or not.
+//! * **Peer super-packet, no TUN** (userspace exit, or a TUN without the
+//!   offload): `header_for(pkt, gso_size, mtu, Offloads::ALL)` then `split`
+//!   with that header gives complete packets.
 
 mod checksum;
 mod coalesce;

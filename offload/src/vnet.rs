@@ -94,6 +94,16 @@ pub struct Offloads {
 impl Offloads {
     const NAMES: [&'static str; 5] = ["csum", "tso4", "tso6", "uso4", "uso6"];
 
+    /// Everything on: for [`crate::header_for`] when its header only feeds
+    /// [`crate::split`] (a peer's super-packet cut without a TUN).
+    pub const ALL: Offloads = Offloads {
+        csum: true,
+        tso4: true,
+        tso6: true,
+        uso4: true,
+        uso6: true,
+    };
+
     /// From the names in privd's `TunOpened.offloads`. Unknown names are
     /// ignored, so a newer privd can report more than this netd knows.
     pub fn from_names<I, S>(names: I) -> Self

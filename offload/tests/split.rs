@@ -321,6 +321,25 @@ fn header_for_super_packet_gives_the_kernel_header() {
 }
 
 #[test]
+fn header_for_then_split_cuts_a_peer_super_packet_without_a_tun() {
+    for f in [Flow::tcp4(), Flow::udp6()] {
+        for len in [500, 3000] {
+            let data = payload(len);
+            let (_, mut sup) = kernel_super(&f, &data, 1000);
+            let h = header_for(&mut sup, 1000, 1500, Offloads::ALL).unwrap();
+            let segs = segments(&h, &sup, 1500).unwrap();
+            assert_eq!(segs.len(), len.div_ceil(1000));
+            let mut got = Vec::new();
+            for s in &segs {
+                verify(s).unwrap();
+                got.extend_from_slice(&s[f.hdr_len()..]);
+            }
+            assert_eq!(got, data);
+        }
+    }
+}
+
+#[test]
 fn header_for_sets_ecn_with_cwr() {
     let mut f = Flow::tcp6();
     f.flags |= CWR;
