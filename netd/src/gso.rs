@@ -116,14 +116,8 @@ impl Segmenter {
         }
         self.work.clear();
         self.work.extend_from_slice(pkt);
-        let all = Offloads {
-            csum: true,
-            tso4: true,
-            tso6: true,
-            uso4: true,
-            uso6: true,
-        };
-        let hdr = sapper_offload::header_for(&mut self.work, gso_size, mtu, all)?;
+        // Every offload: only a header to cut by is wanted, never a write.
+        let hdr = sapper_offload::header_for(&mut self.work, gso_size, mtu, Offloads::ALL)?;
         let arena = &mut self.arena;
         sapper_offload::split(&hdr, &mut self.work, mtu, &mut self.scratch, |seg| {
             out(Self::cut(arena, seg))
