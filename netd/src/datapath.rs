@@ -775,6 +775,77 @@ mod tests {
         assert_eq!(from.counters.super_drops.load(Relaxed), 0);
     }
 
+    /// The vnet TUN reader: a TSO read goes whole to a link that takes
+    /// super-packets and cut (checksummed) to one that does not; a complete
+    /// packet goes as read, its tag in the header's room.
+    #[test]
+    fn vnet_tun_reader_sends_whole_or_cut_by_the_link() {
+        use nix::sys::socket::{send, MsgFlags};
+        use std::os::fd::AsRawFd;
+        for whole in [true, false] {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _guard = rt.enter();
+            let (tun, kernel) = vnet_tun();
+            let data = Arc::new(DataPath::new(Some(tun)));
+            let k2 = Keep::default();
+            let l2 = Arc::new(LinkData::new(
+                LinkId(2),
+                Box::new(k2.clone()),
+                Default::default(),
+                whole,
+            ));
+            let f = Forwarding {
+                forwarding: true,
+                relay: false,
+                routes: vec![("10.0.0.2/32".parse().unwrap(), LinkId(2))],
+                active: vec![LinkId(2)],
+                peer_of: vec![],
+            };
+            data.publish(Table::build(&f, |id| (id.0 == 2).then(|| l2.clone())));
+            let tso = sapper_offload::VnetHdr {
+                flags: sapper_offload::F_NEEDS_CSUM,
+                gso_type: sapper_offload::GSO_TCPV4,
+                hdr_len: 40,
+                gso_size: 1000,
+                csum_start: 20,
+                csum_offset: 16,
+            };
+            let mut frame = tso.encode().to_vec();
+            frame.extend_from_slice(&tcp4(3500));
+            send(kernel.as_raw_fd(), &frame, MsgFlags::empty()).unwrap();
+            let mut plain = vec![0u8; 10];
+            plain.extend_from_slice(&udp4(100));
+            send(kernel.as_raw_fd(), &plain, MsgFlags::empty()).unwrap();
+            let stop = CancellationToken::new();
+            let want = if whole { 2 } else { 5 };
+            let got = rt.block_on(async {
+                let reader = tokio::spawn(tun_reader(data.clone(), stop.clone()));
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+                while k2.0.lock().unwrap().len() < want && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                stop.cancel();
+                let _ = reader.await;
+                k2.take()
+            });
+            assert_eq!(got.len(), want, "whole={whole}");
+            let (sup, rest) = got.split_at(want - 1);
+            if whole {
+                assert_eq!(sup[0].gso_size(), Some(1000));
+                assert_eq!(sup[0].len(), 3540);
+            } else {
+                assert!(sup.iter().all(|p| p.gso_size().is_none() && tcp4_valid(p)));
+                assert_eq!(sup.iter().map(|p| p.len() - 40).sum::<usize>(), 3500);
+            }
+            assert_eq!(rest[0].len(), 128, "the complete packet as read");
+            assert_eq!(data.stats.tun_super_in.load(Relaxed), 1);
+            assert_eq!(data.stats.tun_in.load(Relaxed), 2);
+        }
+    }
+
     #[test]
     fn super_packet_headroom() {
         let p = super_msg(1000, &tcp4(3000));
