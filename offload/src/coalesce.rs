@@ -88,9 +88,11 @@ impl Item {
         if payload == 0 || payload > self.seg || head.len() + payload > MAX_SUPER {
             return false;
         }
+        // The L4 header starts where the IP header (with options) ends.
         let (ihl, l4) = (p.ip.hlen, p.ip.hlen);
-
-        // IP: everything but the lengths, ID and header checksum must match.
+        // IP: everything but the lengths, ID and header checksum must match,
+        // and the ID must be the next one: the kernel's segmentation gives
+        // segments ID, ID+1, ..., so a joined run comes apart as it came.
         let ip_same = if p.ip.v6 {
             head[..4] == pkt[..4] && head[6..40] == pkt[6..40]
         } else {
