@@ -107,10 +107,9 @@ fn udp_ping(mut cmd: Command, addr: &str) {
 /// transfer and echo ports to the tunnel (its input chain drops the rest).
 fn pair(t: Transport, entry: bool, exit: bool) -> Topology {
     let mut o = Options::new(t);
+    // Explicit both ways: the default is on.
     for (i, on) in [entry, exit].into_iter().enumerate() {
-        if on {
-            o.tun_lines[i].push(OFFLOAD.into());
-        }
+        o.tun_lines[i].push(format!("offload = {on}"));
     }
     o.exit_nat_lines = vec![format!("host_ports = [5001, {UDP_PORT}]")];
     Topology::start(o)

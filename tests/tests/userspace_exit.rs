@@ -234,9 +234,7 @@ impl Ux {
             s,
             "addresses = [\"10.99.0.1/24\", \"fd99::1/64\"]\nmtu = 1280"
         );
-        if self.entry_offload {
-            let _ = writeln!(s, "offload = true");
-        }
+        let _ = writeln!(s, "offload = {}", self.entry_offload);
         let _ = writeln!(
             s,
             "routes = [\"10.20.0.0/24\", \"fd20::/64\", \"169.254.77.0/24\"]"
