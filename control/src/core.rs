@@ -15,6 +15,7 @@ use sapper_shared::proto::data::{Capabilities, Handshake, HintLevel, NodeRole, P
 use sapper_shared::proto::management::{
     event, ListenerInfo, PeerDisconnected, PeerInfo, RouteInfo,
 };
+use sapper_shared::rate::TokenBucket;
 use sapper_shared::roles::{self, fixed_target, role_from_wire, role_name, Party};
 use sapper_shared::routing::parse_prefixes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -285,12 +286,6 @@ struct PendingPing {
     sent: Instant,
 }
 
-/// A per-link token bucket on control messages.
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
 /// One learned prefix: the link it came over, the node it originates at
 /// (shared by every prefix of one update), and whether it is the peer's own
 /// tunnel address (a source, never installed as a route here).
@@ -310,7 +305,8 @@ struct Link {
     /// What this link announced that a twin link (same peer) owns: taken
     /// over when the twin goes down. Bounded like `owned`.
     standby: BTreeMap<IpNet, (Arc<str>, bool)>,
-    bucket: Bucket,
+    /// The rate limit on the link's control messages.
+    bucket: TokenBucket,
     control_drops: u64,
     routes_refused: u64,
     local: NodeRole,
@@ -655,7 +651,8 @@ impl Core {
         let routes = up.accepted.routes.clone();
         let addresses = up.accepted.addresses.clone();
         let origin: Arc<str> = Arc::from(up.accepted.peer.name.as_str());
-        let burst = f64::from(self.cfg.limits.control_burst);
+        let limits = &self.cfg.limits;
+        let bucket = TokenBucket::new(limits.control_burst, limits.control_rate, now);
         self.links.insert(
             id,
             Link {
@@ -663,10 +660,7 @@ impl Core {
                 held: Vec::new(),
                 owned: 0,
                 standby: BTreeMap::new(),
-                bucket: Bucket {
-                    tokens: burst,
-                    last: now,
-                },
+                bucket,
                 control_drops: 0,
                 routes_refused: 0,
                 local: INDET,
@@ -731,17 +725,10 @@ impl Core {
             return;
         };
         // The rate limit first: a flood costs a counter, not the work.
-        let rate = f64::from(self.cfg.limits.control_rate);
-        let burst = f64::from(self.cfg.limits.control_burst);
-        let b = &mut link.bucket;
-        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * rate).min(burst);
-        b.last = now;
-        if b.tokens < 1.0 {
+        if !link.bucket.take(now) {
             link.control_drops += 1;
             return;
         }
-        b.tokens -= 1.0;
         let name = link.name().to_string();
         match m.body {
             Some(Body::Ping(p)) => self
