@@ -19,10 +19,12 @@
 #
 #   sudo bench/throughput.sh [--transport quic|ws|both] [--exit kernel|userspace|both]
 #                            [--relay IN-OUT|none] [--time SECS] [--streams N]
-#                            [--pings N] [--no-build]
+#                            [--pings N] [--offload off|on|both] [--no-build]
 #
 # Defaults: both transports, both exits, --relay quic-ws, 10 s, 4 streams,
-# 20 pings. The netds inherit the environment.
+# 20 pings, offload off. --offload on opens the TUNs with TSO/USO ([privd.tun]
+# offload = true: netd then moves GSO super-packets); both measures every
+# path twice. The netds inherit the environment.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,6 +36,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TRANSPORTS=(quic ws)
 EXITS=(kernel userspace)
 RELAY=quic-ws
+OFFLOADS=(0)
 SECS=10
 STREAMS=4
 PINGS=20
@@ -61,11 +64,19 @@ while [ $# -gt 0 ]; do
                 *) die "--relay takes IN-OUT (quic or ws each, e.g. quic-ws) or none" ;;
             esac
             shift 2 ;;
+        --offload)
+            case ${2:-} in
+                off) OFFLOADS=(0) ;;
+                on) OFFLOADS=(1) ;;
+                both) OFFLOADS=(0 1) ;;
+                *) die "--offload takes off, on or both" ;;
+            esac
+            shift 2 ;;
         --time) SECS=${2:?}; shift 2 ;;
         --streams) STREAMS=${2:?}; shift 2 ;;
         --pings) PINGS=${2:?}; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (try --help)" ;;
     esac
 done
@@ -73,12 +84,14 @@ done
 [[ $STREAMS =~ ^[0-9]+$ ]] && [ "$STREAMS" -ge 1 ] && [ "$STREAMS" -le 32 ] || die "--streams must be 1..32"
 [[ $PINGS =~ ^[0-9]+$ ]] && [ "$PINGS" -ge 1 ] && [ "$PINGS" -le 1000 ] || die "--pings must be 1..1000"
 
-# Each path: "TRANSPORT EXIT RELAY_OUT" (RELAY_OUT empty: no relay).
+# Each path: "TRANSPORT EXIT RELAY_OUT OFFLOAD" (RELAY_OUT -: no relay).
 PATHS=()
-for exit_mode in "${EXITS[@]}"; do
-    for transport in "${TRANSPORTS[@]}"; do PATHS+=("$transport $exit_mode -"); done
+for offload in "${OFFLOADS[@]}"; do
+    for exit_mode in "${EXITS[@]}"; do
+        for transport in "${TRANSPORTS[@]}"; do PATHS+=("$transport $exit_mode - $offload"); done
+    done
+    [ "$RELAY" != none ] && PATHS+=("${RELAY%-*} kernel ${RELAY#*-} $offload")
 done
-[ "$RELAY" != none ] && PATHS+=("${RELAY%-*} kernel ${RELAY#*-}")
 [ ${#PATHS[@]} -gt 0 ] || die "nothing to measure (--transport none and --relay none)"
 
 need_root throughput.sh
@@ -130,14 +143,15 @@ measure() {
     done
     one=${one% *} four=${four% *}
     if [ -z "$VETH1" ]; then VETH1=$one VETH4=$four; fi
-    ROWS+=("$(printf '%-30s %7s %6s %7s %6s %8s %8s %15s %15s' "$label" \
+    ROWS+=("$(printf '%-36s %7s %6s %7s %6s %8s %8s %15s %15s' "$label" \
         "$one" "$(ratio "$one" "$VETH1")" "$four" "$(ratio "$four" "$VETH4")" \
         "${idle:-n/a}" "${loaded:-n/a}" "${cpu:--}" "${rss:--}")")
 }
 
 for path in "${PATHS[@]}"; do
-    read -r transport exit_mode relay_out <<<"$path"
+    read -r transport exit_mode relay_out offload <<<"$path"
     TOPO_EXIT=$exit_mode
+    TOPO_OFFLOAD=$offload
     TOPO_RELAY=${relay_out#-}
     if [ -n "$TOPO_RELAY" ]; then
         label="relay $transport>$TOPO_RELAY, kernel exit"
@@ -146,6 +160,7 @@ for path in "${PATHS[@]}"; do
         label="$transport, $exit_mode exit"
         netds=(entry-netd exit-netd)
     fi
+    if [ "$offload" = 1 ]; then label="$label, offload"; fi
     log "$label: starting the topology"
     topo_up "$transport"
     topo_wait_tunnel 30
@@ -160,7 +175,7 @@ for path in "${PATHS[@]}"; do
 done
 
 echo
-printf '%-30s %7s %6s %7s %6s %8s %8s %15s %15s\n' "path" "1 TCP" "xveth" "$STREAMS TCP" "xveth" \
+printf '%-36s %7s %6s %7s %6s %8s %8s %15s %15s\n' "path" "1 TCP" "xveth" "$STREAMS TCP" "xveth" \
     "RTT idle" "RTT load" "CPU s/GB" "peak RSS MiB"
 printf '%s\n' "${ROWS[@]}"
 echo

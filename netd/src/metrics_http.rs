@@ -4,6 +4,11 @@
 //! read and write on a socket it already has: nothing seccomp or Landlock
 //! withholds).
 //!
+//! A reload may turn the endpoint on, off or move it (see reload.rs): the
+//! running one is stopped by its token and a new one bound then, by the
+//! unprivileged netd (a loopback port, or a socket in a directory netd may
+//! write; owned by netd's user and group until the next restart).
+//!
 //! A deliberately small HTTP/1.x: one request per connection, then close.
 //! Whatever is not `GET /metrics` (or `GET /`) with an HTTP/1.0 or 1.1
 //! request line, complete headers within [`MAX_REQUEST`] bytes and
@@ -18,6 +23,7 @@ use sapper_shared::config::{MetricsConfig, MetricsEndpoint};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 /// The longest request (line plus headers) read.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -62,36 +68,8 @@ pub fn bind(
         }
         MetricsEndpoint::Unix(p) => p,
     };
-    crate::mgmt_socket::check_dir(sapper_shared::sockdir::parent_of(path), own_uid)?;
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
-            .with_context(|| format!("removing stale {}", path.display()))?,
-        Ok(_) => anyhow::bail!(
-            "{} exists and is not a socket; refusing to remove it",
-            path.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
-    }
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let l = bound.with_context(|| format!("binding netd.metrics.socket {}", path.display()))?;
-    l.set_nonblocking(true)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    if owner.is_some() || group.is_some() {
-        nix::unistd::fchownat(
-            None,
-            path,
-            owner,
-            group,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .with_context(|| format!("chown {}", path.display()))?;
-    }
+    let l = sapper_unixsock::bind(path, own_uid, owner, group)
+        .context("binding netd.metrics.socket")?;
     Ok(Listener::Unix(l))
 }
 
@@ -222,9 +200,9 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(node: Arc<Node>, mut s: S)
     Ok(())
 }
 
-/// Serves scrapes until shutdown.
-pub async fn serve(node: Arc<Node>, listener: Listener) {
-    let max = node.cfg.metrics.as_ref().map_or(4, |m| m.max_connections);
+/// Serves scrapes, at most `max` at once, until shutdown or `stop` (a reload
+/// that turns the endpoint off or moves it); the listener closes then.
+pub async fn serve(node: Arc<Node>, listener: Listener, max: usize, stop: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(max));
     let (tcp, unix) = match listener {
         Listener::Tcp(l) => (tokio::net::TcpListener::from_std(l).ok(), None),
@@ -238,11 +216,11 @@ pub async fn serve(node: Arc<Node>, listener: Listener) {
     loop {
         // A slot first: past the bound, connections wait in the backlog.
         let permit = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
         };
         let accepted: std::io::Result<Box<dyn Stream>> = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             r = async {
                 match (&tcp, &unix) {
                     (Some(t), _) => t.accept().await.map(|(s, _)| Box::new(s) as Box<dyn Stream>),

@@ -252,6 +252,7 @@ fn peer_info(node: &Node, v: LinkView, links: &Links) -> PeerInfo {
         info.drops = c.drops.load(Relaxed);
         info.source_drops = c.source_drops.load(Relaxed);
         info.control_drops += c.control_drops.load(Relaxed);
+        info.super_packet_drops = c.super_drops.load(Relaxed);
         info.tls = Some(sapper_shared::proto::management::LinkTls {
             version: l.data.tls.version.clone(),
             cipher_suite: l.data.tls.cipher_suite.clone(),
@@ -281,6 +282,7 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
                     name: t.name.clone(),
                     addresses: t.addresses.clone(),
                     mtu: t.mtu,
+                    offloads: t.vnet.offloads.clone(),
                 }),
                 peer_count: st.peer_count,
                 role_reason: st.role_reason,
@@ -327,6 +329,14 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
                 handshake_failures: s.handshake_failures.load(Relaxed),
                 bytes_in,
                 bytes_out,
+                tun_super_packets_in: s.tun_super_in.load(Relaxed),
+                tun_super_packets_out: s.tun_super_out.load(Relaxed),
+                super_packet_drops: s
+                    .super_drops
+                    .snapshot()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(r, n)| (r.to_string(), n))
+                    .collect(),
             }))
         }
         Req::Routes(r) => {
@@ -614,12 +624,18 @@ fn listen(node: &Arc<Node>, l: ListenRequest) -> Result<(), Failure> {
         Transport::Quic => {
             let s = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
             s.set_nonblocking(true).map_err(bind_err)?;
-            crate::listen::quic(node, s, addr.to_string()).map_err(failed)
+            let allowed = crate::listen::allowed_at_start(node, &addr.to_string());
+            crate::listen::quic(node, s, addr.to_string(), allowed)
+                .map(drop)
+                .map_err(failed)
         }
         Transport::Ws => {
             let s = std::net::TcpListener::bind(addr).map_err(bind_err)?;
             s.set_nonblocking(true).map_err(bind_err)?;
-            crate::listen::ws(node, s, addr.to_string(), path.as_str().into()).map_err(failed)
+            let allowed = crate::listen::allowed_at_start(node, &addr.to_string());
+            crate::listen::ws(node, s, addr.to_string(), path.as_str().into(), allowed)
+                .map(drop)
+                .map_err(failed)
         }
     }
 }

@@ -11,11 +11,12 @@
 # TOPO_TAG (two lower-case letters naming the caller in namespace names).
 # TOPO_EXIT=userspace (default kernel) runs the exit as netd alone, started
 # as nobody with no privd and no TUN (the userspace exit), with ping sockets
-# allowed in X. TOPO_RELAY=quic|ws puts a relay R (netd alone, no TUN)
-# between E and X: E dials R over topo_up's transport, R dials X over
-# TOPO_RELAY's (E ve-x 10.10.0.1 ── vr-e 10.10.0.2 R vr-x 10.11.0.1 ── vx-r
-# 10.11.0.2 X), so E still dials 10.10.0.2. Call topo_cleanup from an EXIT
-# trap.
+# allowed in X. TOPO_OFFLOAD=1 opens both TUNs with offloads
+# ([privd.tun] offload = true: virtio_net_hdr, TSO/USO). TOPO_RELAY=quic|ws
+# puts a relay R (netd alone, no TUN) between E and X: E dials R over
+# topo_up's transport, R dials X over TOPO_RELAY's (E ve-x 10.10.0.1 ──
+# vr-e 10.10.0.2 R vr-x 10.11.0.1 ── vx-r 10.11.0.2 X), so E still dials
+# 10.10.0.2. Call topo_cleanup from an EXIT trap.
 
 # shellcheck source=common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -24,6 +25,7 @@ TOPO_PIDS=()
 TOPO_DIR=""
 TOPO_EXIT=${TOPO_EXIT:-kernel}
 TOPO_RELAY=${TOPO_RELAY:-}
+TOPO_OFFLOAD=${TOPO_OFFLOAD:-0}
 TOPO_NAMESPACES=()
 
 topo_names() {
@@ -188,6 +190,7 @@ name = "sap0"
 addresses = ["10.99.0.2/24", "fd99::2/64"]
 mtu = 1280
 allowed_routes = ["10.0.0.0/8", "fd00::/8"]
+offload = $( [ "$TOPO_OFFLOAD" = 1 ] && echo true || echo false )
 
 [privd.nat]
 enable = true
@@ -213,6 +216,7 @@ addresses = ["10.99.0.1/24", "fd99::1/64"]
 mtu = 1280
 routes = ["10.20.0.0/24"]
 allowed_routes = ["10.0.0.0/8", "fd00::/8"]
+offload = $( [ "$TOPO_OFFLOAD" = 1 ] && echo true || echo false )
 CFG
     fi
 }

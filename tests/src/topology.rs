@@ -133,6 +133,9 @@ pub struct Options {
     pub connect_lines: Vec<String>,
     /// Keys added to the exit's `[privd.nat]` table (e.g. `sources`).
     pub exit_nat_lines: Vec<String>,
+    /// Keys added to the entry's and the exit's `[privd.tun]` table (e.g.
+    /// `offload = true`).
+    pub tun_lines: [Vec<String>; 2],
 }
 
 impl Options {
@@ -152,6 +155,7 @@ impl Options {
             connect_host: None,
             connect_lines: Vec::new(),
             exit_nat_lines: Vec::new(),
+            tun_lines: [Vec::new(), Vec::new()],
         }
     }
 
@@ -638,6 +642,9 @@ impl Topology {
             let _ = writeln!(s, "routes = [\"{PRIVATE_NET}\"]");
         }
         let _ = writeln!(s, "allowed_routes = [\"10.0.0.0/8\", \"fd00::/8\"]");
+        for l in &self.opts.tun_lines[node as usize] {
+            let _ = writeln!(s, "{l}");
+        }
         if node == Node::Exit {
             let _ = writeln!(s);
             let _ = writeln!(s, "[privd.nat]");
