@@ -39,6 +39,8 @@ pub fn status_json(s: &StatusResponse) -> Value {
         "exit": s.exit.as_ref().map(exit_json),
         "landlock": s.landlock,
         "pid": s.pid,
+        "announced_routes": s.announced_routes,
+        "announce_source": s.announce_source,
     })
 }
 
@@ -194,6 +196,19 @@ pub fn render(body: &Resp, json_out: bool) -> String {
             for l in &s.listeners {
                 out.push(format!("listening:   {} {}", l.transport, l.address));
             }
+            out.push(format!(
+                "announces:   {}{}",
+                if s.announced_routes.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    s.announced_routes.iter().map(|r| clean(r)).collect::<Vec<_>>().join(" ")
+                },
+                if s.announce_source == "interfaces" {
+                    " (networks of this node's interfaces)"
+                } else {
+                    ""
+                }
+            ));
             match (&s.exit, s.exit_mode.as_str()) {
                 (Some(x), _) => {
                     out.push(format!(
