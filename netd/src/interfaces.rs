@@ -16,7 +16,7 @@
 //! without one that listens on the wildcard names its underlay in
 //! `announce_exclude`.
 
-use crate::underlay::{KernelRoute, RouteTables, RTF_CACHE, RTF_LOCAL, RTF_REJECT};
+use crate::underlay::{KernelRoute, RouteTables, RTF_ANYCAST, RTF_CACHE, RTF_LOCAL, RTF_REJECT};
 use ipnet::IpNet;
 use sapper_shared::config::{Announce, AnnounceExclude, NetdConfig};
 use std::collections::BTreeMap;
@@ -138,7 +138,7 @@ pub fn discover(
     let mut out: Vec<IpNet> = Vec::new();
     for r in routes {
         let usable = r.gateway.is_none()
-            && r.flags & (RTF_REJECT | RTF_LOCAL | RTF_CACHE) == 0
+            && r.flags & (RTF_REJECT | RTF_LOCAL | RTF_ANYCAST | RTF_CACHE) == 0
             && r.net.prefix_len() > 0
             && !never_announced(&r.net);
         if !usable || d.underlay.contains_key(&r.iface) {
@@ -241,6 +241,7 @@ mod tests {
             r("lan0", "fd30::/64", None, 1),
             r("lan0", "fe80::/64", None, 1),
             r("lan0", "fd30::1/128", None, 0x8020_0001),
+            r("lan0", "fd30::/128", None, 0x0030_0001),
             r("lan0", "ff00::/8", None, 1),
             r("eth0", "::/0", Some("fe80::1"), 3),
             r("lo", "::/0", None, 0x0020_0200),

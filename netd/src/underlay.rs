@@ -83,6 +83,8 @@ pub struct KernelRoute {
 pub const RTF_REJECT: u32 = 0x0200;
 /// A route to one of this host's own addresses (IPv6 table only).
 pub const RTF_LOCAL: u32 = 0x8000_0000;
+/// A subnet-router anycast address (IPv6 local table, with forwarding on).
+pub const RTF_ANYCAST: u32 = 0x0010_0000;
 /// A cached (learned) IPv6 route.
 pub const RTF_CACHE: u32 = 0x0100_0000;
 

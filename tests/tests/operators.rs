@@ -4,7 +4,7 @@
 
 use sapper_tests::bins::bins;
 use sapper_tests::cmd::{run_timeout, wait_until, WAIT};
-use sapper_tests::topology::{EXIT_UNDERLAY, PRIVATE_HOST, PRIVATE_NET};
+use sapper_tests::topology::{ping_ns, ENTRY_UNDERLAY, EXIT_UNDERLAY, PRIVATE_HOST, PRIVATE_NET};
 use sapper_tests::{Node, Options, Topology, Transport};
 use serde_json::Value;
 use std::path::Path;
@@ -1017,4 +1017,81 @@ fn audit_matches_proc() {
         shown.contains(&format!("pid:          {}", topo.netd(Node::Exit).pid())),
         "{shown}"
     );
+}
+
+/// `announce_routes = "interfaces"` on an exit with its underlay veth (which
+/// holds the default route), the standard private LAN, a second LAN veth
+/// into its own namespace (IPv4 and IPv6) and a third LAN the operator
+/// excludes: the entry learns exactly the two LANs' prefixes (not the
+/// underlay, not the TUN's networks, not link-local, not the excluded one),
+/// the exit's status lists the same, and a ping from the entry reaches the
+/// host in the second LAN, whose only route back is the exit.
+#[test]
+fn announce_interfaces() {
+    use sapper_tests::netns::{self, Netns};
+    let mut topo = Topology::start(Options {
+        start_daemons: false,
+        exit_announce: vec![
+            "announce_routes = \"interfaces\"".into(),
+            "announce_exclude = [\"10.40.0.0/16\"]".into(),
+        ],
+        ..Options::new(Transport::Quic).node_lines(Node::Entry, &["auto_routes = true"])
+    });
+    topo.bins = Some(bins());
+    let lan = Netns::create(netns::name_for('L', netns::next_id()));
+    let x = &topo.exit;
+    x.ip(&[
+        "link", "add", "vx-l", "type", "veth", "peer", "name", "vl-x", "netns",
+        lan.name(),
+    ]);
+    x.ip(&["addr", "add", "10.30.0.1/24", "dev", "vx-l"]);
+    x.ip(&["addr", "add", "fd30::1/64", "dev", "vx-l", "nodad"]);
+    x.ip(&["link", "set", "vx-l", "up"]);
+    lan.ip(&["addr", "add", "10.30.0.2/24", "dev", "vl-x"]);
+    lan.ip(&["link", "set", "vl-x", "up"]);
+    // No dummy module on every test kernel: a veth pair with one end
+    // addressed is a LAN just the same.
+    x.ip(&["link", "add", "lan3", "type", "veth", "peer", "name", "lan3p"]);
+    x.ip(&["addr", "add", "10.40.0.1/24", "dev", "lan3"]);
+    x.ip(&["link", "set", "lan3", "up"]);
+    x.ip(&["link", "set", "lan3p", "up"]);
+    x.ip(&["route", "add", "default", "via", ENTRY_UNDERLAY, "dev", "vx-e"]);
+    topo.start_daemons();
+    topo.wait_for_peers();
+    let want = vec!["10.20.0.0/24", "10.30.0.0/24", "fd30::/64"];
+    // Polled until it matches (or the deadline); the last answer is shown.
+    let mut last = Vec::new();
+    let learned = wait_until("the exit's announcement at the entry", WAIT, || {
+        let peers = topo.peers(Node::Entry).ok()?;
+        let mut routes: Vec<String> = peers
+            .first()?
+            .get("routes")?
+            .as_array()?
+            .iter()
+            .filter_map(|r| r.as_str().map(str::to_string))
+            .collect();
+        routes.sort();
+        last = routes.clone();
+        (routes == want).then_some(routes)
+    });
+    assert!(learned.is_ok(), "the entry learned {last:?}, want {want:?}");
+    let status = topo.ctl_json(Node::Exit, &["status"]).expect("status");
+    assert_eq!(status["announce_source"], "interfaces", "{status}");
+    assert_eq!(status["announced_routes"], serde_json::json!(want), "{status}");
+    let text = String::from_utf8_lossy(&topo.ctl(Node::Exit, &["status"]).stdout).to_string();
+    assert!(
+        text.contains("announces:   10.20.0.0/24 10.30.0.0/24 fd30::/64 (networks of this node's interfaces)"),
+        "{text}"
+    );
+    let log = topo.netd(Node::Exit).stderr_text();
+    assert!(
+        log.contains("announce_interfaces") && log.contains("vx-e (default route)"),
+        "{log}"
+    );
+    let ns = topo.entry.name().to_string();
+    topo.wait_for("a ping from E to the second LAN's host", WAIT, || {
+        ping_ns(&ns, "10.30.0.2", 1, 1).status.success().then_some(())
+    });
+    drop(topo);
+    drop(lan);
 }
