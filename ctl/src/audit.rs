@@ -286,6 +286,8 @@ pub fn collect(
         Ok(s) => json!({
             "granted": s.get("granted").cloned().unwrap_or(Value::Null),
             "refused": s.get("refused").cloned().unwrap_or(Value::Null),
+            // privd's own audit lines, newest last (at most 8).
+            "last_refusals": s.get("last_refusals").cloned().unwrap_or_else(|| json!([])),
         }),
         Err(e) => json!({"error": e}),
     };
@@ -373,10 +375,19 @@ pub fn text(v: &Value) -> String {
                     "  requests:     unavailable ({})\n",
                     e.as_str().unwrap_or_default()
                 )),
-                None => s.push_str(&format!(
-                    "  requests:     {} granted, {} refused\n",
-                    r["granted"], r["refused"]
-                )),
+                None => {
+                    s.push_str(&format!(
+                        "  requests:     {} granted, {} refused\n",
+                        r["granted"], r["refused"]
+                    ));
+                    // Strings a daemon wrote: escaped for the terminal.
+                    for line in r["last_refusals"].as_array().into_iter().flatten() {
+                        s.push_str(&format!(
+                            "  refused:      {}\n",
+                            crate::render::clean(line.as_str().unwrap_or_default())
+                        ));
+                    }
+                }
             }
         }
         match d["exposure"].get("score") {
@@ -406,5 +417,26 @@ mod tests {
         assert_eq!(me["uid"]["real"], nix::unistd::getuid().as_raw());
         assert_eq!(me["pid"], std::process::id());
         assert!(proc_status(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn last_refusals_listed_and_escaped() {
+        let page = collect(
+            Path::new("/nonexistent/netd.sock"),
+            Path::new("/nonexistent/privd.sock"),
+            None,
+            Ok(json!({"granted": 3, "refused": 2,
+                "last_refusals": ["refused add_route 8.8.8.0/24: not allowed", "bad \u{1b}[2J"]})),
+        );
+        assert_eq!(
+            page["privd"]["requests"]["last_refusals"][0],
+            "refused add_route 8.8.8.0/24: not allowed"
+        );
+        let t = text(&page);
+        assert!(
+            t.contains("  refused:      refused add_route 8.8.8.0/24: not allowed\n"),
+            "{t}"
+        );
+        assert!(!t.contains('\u{1b}'), "{t}");
     }
 }

@@ -385,6 +385,7 @@ pub fn privd_status(s: &PrivStatus, json_out: bool) -> String {
             "forwarding": s.forwarding,
             "granted": s.granted,
             "refused": s.refused,
+            "last_refusals": s.last_refusals,
         })
         .to_string();
     }
@@ -409,6 +410,13 @@ pub fn privd_status(s: &PrivStatus, json_out: bool) -> String {
         format!("forwarding: {}", if s.forwarding { "on" } else { "off" }),
         format!("requests:   {} granted, {} refused", s.granted, s.refused),
     ]
+    .into_iter()
+    .chain(
+        s.last_refusals
+            .iter()
+            .map(|l| format!("refused:    {}", clean(l))),
+    )
+    .collect::<Vec<_>>()
     .join("\n")
 }
 

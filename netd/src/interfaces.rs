@@ -178,7 +178,12 @@ pub fn announced(cfg: &NetdConfig, tables: &RouteTables) -> Option<Vec<IpNet>> {
     };
     let (peers, listen) = underlay_addresses(cfg);
     let d = discover(&routes, tables.tun(), &peers, &listen, exclude);
-    let list = |v: &[IpNet]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
+    let list = |v: &[IpNet]| {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let underlay = d
         .underlay
         .iter()
@@ -298,7 +303,12 @@ mod tests {
         // Without a TUN name sap0 is just another interface.
         assert_eq!(
             d.routes,
-            nets(&["10.20.0.0/24", "10.40.0.0/24", "10.99.0.0/24", "198.51.100.0/24"])
+            nets(&[
+                "10.20.0.0/24",
+                "10.40.0.0/24",
+                "10.99.0.0/24",
+                "198.51.100.0/24"
+            ])
         );
         assert_eq!(d.underlay["lan0"], Underlay::Peer);
     }

@@ -7,6 +7,7 @@ use sapper_tests::cmd::{run_timeout, wait_until, WAIT};
 use sapper_tests::topology::{ping_ns, ENTRY_UNDERLAY, EXIT_UNDERLAY, PRIVATE_HOST, PRIVATE_NET};
 use sapper_tests::{Node, Options, Topology, Transport};
 use serde_json::Value;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -923,6 +924,20 @@ fn audit_matches_proc() {
     let mut topo = Topology::start(Options::new(Transport::Quic));
     topo.wait_for_tunnel();
     let privd_sock = topo.privd_socket(Node::Exit);
+    // A refusal for the page to list: a uid that is not netd's, in the
+    // socket's group so that privd itself (not the file mode) says no.
+    let mut probe = Command::new(sapper_tests::bins::tool("sapper-privd-probe"));
+    probe
+        .arg(&privd_sock)
+        .uid(4242)
+        .gid(sapper_tests::gid_of("nogroup"));
+    let out = run_timeout(&mut probe, Duration::from_secs(15)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("outcome=refused "),
+        "{}",
+        show(&out)
+    );
+    topo.wait_for_log("exit-privd", "4242", WAIT);
     let page = topo
         .ctl_json(
             Node::Exit,
@@ -1008,6 +1023,27 @@ fn audit_matches_proc() {
         .expect("granted");
     assert!(granted > 0, "privd granted the TUN at least: {page}");
     assert!(granted <= privd_status["granted"].as_u64().unwrap_or(0));
+    // The refusal provoked above: counted, and the newest of the last
+    // refusals is the audit line privd logged for it.
+    let requests = &page["privd"]["requests"];
+    assert!(requests["refused"].as_u64().unwrap_or(0) >= 1, "{page}");
+    let refusals = requests["last_refusals"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(refusals.len() <= 8, "{page}");
+    let newest = refusals
+        .last()
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("audit lists no refusal of privd: {page}"));
+    assert!(newest.contains("4242"), "newest refusal {newest:?}");
+    let privd_log = topo.privd(Node::Exit).stderr_text();
+    assert!(
+        privd_log
+            .lines()
+            .any(|l| l.contains("4242") && (l.contains(newest) || newest.contains(l.trim()))),
+        "privd logged no line like {newest:?}:\n{privd_log}"
+    );
     let text = topo.ctl(
         Node::Exit,
         &["--privd-socket", &privd_sock.display().to_string(), "audit"],
@@ -1015,6 +1051,12 @@ fn audit_matches_proc() {
     let shown = String::from_utf8_lossy(&text.stdout);
     assert!(
         shown.contains(&format!("pid:          {}", topo.netd(Node::Exit).pid())),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("  refused:") && l.contains("4242")),
         "{shown}"
     );
 }
@@ -1041,7 +1083,15 @@ fn announce_interfaces() {
     let lan = Netns::create(netns::name_for('L', netns::next_id()));
     let x = &topo.exit;
     x.ip(&[
-        "link", "add", "vx-l", "type", "veth", "peer", "name", "vl-x", "netns",
+        "link",
+        "add",
+        "vx-l",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vl-x",
+        "netns",
         lan.name(),
     ]);
     x.ip(&["addr", "add", "10.30.0.1/24", "dev", "vx-l"]);
@@ -1051,11 +1101,21 @@ fn announce_interfaces() {
     lan.ip(&["link", "set", "vl-x", "up"]);
     // No dummy module on every test kernel: a veth pair with one end
     // addressed is a LAN just the same.
-    x.ip(&["link", "add", "lan3", "type", "veth", "peer", "name", "lan3p"]);
+    x.ip(&[
+        "link", "add", "lan3", "type", "veth", "peer", "name", "lan3p",
+    ]);
     x.ip(&["addr", "add", "10.40.0.1/24", "dev", "lan3"]);
     x.ip(&["link", "set", "lan3", "up"]);
     x.ip(&["link", "set", "lan3p", "up"]);
-    x.ip(&["route", "add", "default", "via", ENTRY_UNDERLAY, "dev", "vx-e"]);
+    x.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        ENTRY_UNDERLAY,
+        "dev",
+        "vx-e",
+    ]);
     topo.start_daemons();
     topo.wait_for_peers();
     let want = vec!["10.20.0.0/24", "10.30.0.0/24", "fd30::/64"];
@@ -1077,10 +1137,16 @@ fn announce_interfaces() {
     assert!(learned.is_ok(), "the entry learned {last:?}, want {want:?}");
     let status = topo.ctl_json(Node::Exit, &["status"]).expect("status");
     assert_eq!(status["announce_source"], "interfaces", "{status}");
-    assert_eq!(status["announced_routes"], serde_json::json!(want), "{status}");
+    assert_eq!(
+        status["announced_routes"],
+        serde_json::json!(want),
+        "{status}"
+    );
     let text = String::from_utf8_lossy(&topo.ctl(Node::Exit, &["status"]).stdout).to_string();
     assert!(
-        text.contains("announces:   10.20.0.0/24 10.30.0.0/24 fd30::/64 (networks of this node's interfaces)"),
+        text.contains(
+            "announces:   10.20.0.0/24 10.30.0.0/24 fd30::/64 (networks of this node's interfaces)"
+        ),
         "{text}"
     );
     let log = topo.netd(Node::Exit).stderr_text();
@@ -1090,7 +1156,10 @@ fn announce_interfaces() {
     );
     let ns = topo.entry.name().to_string();
     topo.wait_for("a ping from E to the second LAN's host", WAIT, || {
-        ping_ns(&ns, "10.30.0.2", 1, 1).status.success().then_some(())
+        ping_ns(&ns, "10.30.0.2", 1, 1)
+            .status
+            .success()
+            .then_some(())
     });
     drop(topo);
     drop(lan);

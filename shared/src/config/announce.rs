@@ -73,7 +73,9 @@ fn interface_name(s: &str) -> bool {
         && s != "."
         && s != ".."
         && !s.contains('/')
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':')
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ':')
 }
 
 fn exclude_entry(i: usize, s: &str) -> Result<Result<IpNet, String>, KeyError> {
@@ -172,7 +174,11 @@ mod tests {
         assert_eq!(r.as_slice(), &["10.0.0.0/24".parse::<IpNet>().unwrap()]);
         let a = parse(
             Some(v("\"interfaces\"")),
-            Some(vec!["10.1.2.3/16".into(), "192.0.2.7".into(), "eth2".into()]),
+            Some(vec![
+                "10.1.2.3/16".into(),
+                "192.0.2.7".into(),
+                "eth2".into(),
+            ]),
         )
         .unwrap();
         let Announce::Interfaces(x) = &a else {
