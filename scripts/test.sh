@@ -16,7 +16,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 need_root test.sh
-ensure_packages ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping ps:procps cc:gcc tinyproxy:tinyproxy \
+ensure_packages ip:iproute2 nft:nftables iperf3:iperf3 ping:iputils-ping ps:procps cc:gcc tinyproxy:tinyproxy ethtool:ethtool \
     promtool:prometheus
 find_cargo
 trap 'restore_target_owner "$ROOT"; cleanup_stale_netns' EXIT

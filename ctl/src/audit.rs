@@ -382,10 +382,11 @@ pub fn text(v: &Value) -> String {
                     ));
                     // Strings a daemon wrote: escaped for the terminal.
                     for line in r["last_refusals"].as_array().into_iter().flatten() {
-                        s.push_str(&format!(
-                            "  refused:      {}\n",
-                            crate::render::clean(line.as_str().unwrap_or_default())
-                        ));
+                        let shown = match line.as_str() {
+                            Some(text) => crate::render::refusal_text(text),
+                            None => crate::render::refusal_text(&line.to_string()),
+                        };
+                        s.push_str(&format!("  refused:      {shown}\n"));
                     }
                 }
             }
@@ -425,18 +426,21 @@ mod tests {
             Path::new("/nonexistent/netd.sock"),
             Path::new("/nonexistent/privd.sock"),
             None,
-            Ok(json!({"granted": 3, "refused": 2,
-                "last_refusals": ["refused add_route 8.8.8.0/24: not allowed", "bad \u{1b}[2J"]})),
+            Ok(json!({"granted": 3, "refused": 2, "last_refusals": [
+                {"ts": "2026-12-02T04:00:00Z", "audit": true, "msg": "refused add_route 8.8.8.0/24"},
+                "bad \u{1b}[2J"
+            ]})),
         );
         assert_eq!(
-            page["privd"]["requests"]["last_refusals"][0],
-            "refused add_route 8.8.8.0/24: not allowed"
+            page["privd"]["requests"]["last_refusals"][0]["msg"],
+            "refused add_route 8.8.8.0/24"
         );
         let t = text(&page);
         assert!(
-            t.contains("  refused:      refused add_route 8.8.8.0/24: not allowed\n"),
+            t.contains("  refused:      2026-12-02T04:00:00Z refused add_route 8.8.8.0/24\n"),
             "{t}"
         );
+        assert!(t.contains("  refused:      bad "), "{t}");
         assert!(!t.contains('\u{1b}'), "{t}");
     }
 }

@@ -516,7 +516,7 @@ fn audit(mgmt: &std::path::Path, privd: &std::path::Path, json: bool) -> ExitCod
             serde_json::json!({
                 "granted": s.granted,
                 "refused": s.refused,
-                "last_refusals": s.last_refusals,
+                "last_refusals": s.last_refusals.iter().map(|l| render::refusal_json(l)).collect::<Vec<_>>(),
             })
         })
         .map_err(|e| e.to_string());

@@ -140,6 +140,27 @@ pub fn duration(s: u64) -> String {
 }
 
 /// Left-aligned columns sized to their widest cell.
+/// One of privd's last refusals (its JSON audit line) as JSON: the line's
+/// object, or the text when it is not one.
+pub fn refusal_json(line: &str) -> Value {
+    serde_json::from_str::<Value>(line)
+        .ok()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!(line))
+}
+
+/// One of privd's last refusals for people: its time and message, escaped.
+pub fn refusal_text(line: &str) -> String {
+    let v = refusal_json(line);
+    match (
+        v.get("ts").and_then(Value::as_str),
+        v.get("msg").and_then(Value::as_str),
+    ) {
+        (Some(ts), Some(msg)) => clean(&format!("{ts} {msg}")),
+        _ => clean(line),
+    }
+}
+
 /// What a daemon (and so possibly a peer) put in a string, fit for a
 /// terminal: control characters escaped, length bounded.
 pub fn clean(s: &str) -> String {
@@ -385,7 +406,8 @@ pub fn privd_status(s: &PrivStatus, json_out: bool) -> String {
             "forwarding": s.forwarding,
             "granted": s.granted,
             "refused": s.refused,
-            "last_refusals": s.last_refusals,
+            "offloads": s.offloads,
+            "last_refusals": s.last_refusals.iter().map(|l| refusal_json(l)).collect::<Vec<_>>(),
         })
         .to_string();
     }
@@ -408,13 +430,21 @@ pub fn privd_status(s: &PrivStatus, json_out: bool) -> String {
         ),
         format!("nat:        {}", if s.nat_active { "on" } else { "off" }),
         format!("forwarding: {}", if s.forwarding { "on" } else { "off" }),
+        format!(
+            "offloads:   {}",
+            if s.offloads.is_empty() {
+                "off".into()
+            } else {
+                s.offloads.join(" ")
+            }
+        ),
         format!("requests:   {} granted, {} refused", s.granted, s.refused),
     ]
     .into_iter()
     .chain(
         s.last_refusals
             .iter()
-            .map(|l| format!("refused:    {}", clean(l))),
+            .map(|l| format!("refused:    {}", refusal_text(l))),
     )
     .collect::<Vec<_>>()
     .join("\n")

@@ -62,36 +62,8 @@ pub fn bind(
         }
         MetricsEndpoint::Unix(p) => p,
     };
-    crate::mgmt_socket::check_dir(sapper_shared::sockdir::parent_of(path), own_uid)?;
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
-            .with_context(|| format!("removing stale {}", path.display()))?,
-        Ok(_) => anyhow::bail!(
-            "{} exists and is not a socket; refusing to remove it",
-            path.display()
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("inspecting {}", path.display())),
-    }
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let l = bound.with_context(|| format!("binding netd.metrics.socket {}", path.display()))?;
-    l.set_nonblocking(true)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    if owner.is_some() || group.is_some() {
-        nix::unistd::fchownat(
-            None,
-            path,
-            owner,
-            group,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .with_context(|| format!("chown {}", path.display()))?;
-    }
+    let l = sapper_unixsock::bind(path, own_uid, owner, group)
+        .context("binding netd.metrics.socket")?;
     Ok(Listener::Unix(l))
 }
 

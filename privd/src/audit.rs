@@ -2,22 +2,22 @@
 //! any log shipper keeps each decision as one record and a reviewer can grep
 //! or `jq` it. Every request privd reads produces exactly one record.
 
+use sapper_shared::rate::TokenBucket;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::time::{Instant, SystemTime};
 
 /// Audit lines written at once before the rate bound applies.
-const BURST: u64 = 200;
+const BURST: u32 = 200;
 /// Audit lines per second allowed after the burst.
-const PER_SECOND: u64 = 50;
+const PER_SECOND: u32 = 50;
 
 /// Bounds the audit output (a token bucket), so that a caller flooding
 /// privd with requests cannot flood the journal; what it leaves out is
 /// counted, reported in the next line written and in the status reply.
 #[derive(Debug)]
 pub struct RateBound {
-    tokens: u64,
-    last: Instant,
+    bucket: TokenBucket,
     pending: u64,
     total: u64,
 }
@@ -25,9 +25,9 @@ pub struct RateBound {
 impl RateBound {
     /// A full bucket.
     pub fn new(now: Instant) -> Self {
+        let bucket = TokenBucket::new(BURST, PER_SECOND, now);
         RateBound {
-            tokens: BURST,
-            last: now,
+            bucket,
             pending: 0,
             total: 0,
         }
@@ -36,19 +36,12 @@ impl RateBound {
     /// `Some(n)`: write this line, after saying that `n` were left out since
     /// the last one written; `None`: leave it out (it is counted).
     pub fn admit(&mut self, now: Instant) -> Option<u64> {
-        let refill =
-            now.saturating_duration_since(self.last).as_millis() as u64 * PER_SECOND / 1000;
-        if refill > 0 {
-            self.tokens = self.tokens.saturating_add(refill).min(BURST);
-            self.last = now;
+        if self.bucket.take(now) {
+            return Some(std::mem::take(&mut self.pending));
         }
-        if self.tokens == 0 {
-            self.pending += 1;
-            self.total += 1;
-            return None;
-        }
-        self.tokens -= 1;
-        Some(std::mem::take(&mut self.pending))
+        self.pending += 1;
+        self.total += 1;
+        None
     }
 
     /// Lines left out since start.
@@ -102,11 +95,6 @@ pub fn line(audit: bool, rest: impl Serialize, now: SystemTime) -> String {
     serde_json::to_string(&Line { ts, audit, rest }).unwrap_or_default()
 }
 
-/// Writes a record to stderr.
-pub fn emit(rec: &Record<'_>) {
-    write_line(line(true, rec, SystemTime::now()));
-}
-
 /// Operational messages (start, stop, warnings) in the same JSON-lines
 /// stream, marked `"audit": false` so they are never mistaken for decisions.
 pub fn operational(level: &str, msg: &str) {
@@ -123,7 +111,7 @@ macro_rules! log {
 pub(crate) use log;
 
 /// One write(2) per line, so lines never interleave or tear.
-fn write_line(mut line: String) {
+pub fn write_line(mut line: String) {
     line.push('\n');
     let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }

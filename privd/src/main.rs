@@ -16,7 +16,6 @@ mod privs;
 mod sd;
 mod seccomp;
 mod server;
-mod socket;
 mod tun;
 
 use anyhow::{bail, Context};
@@ -25,6 +24,7 @@ use clap::Parser;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sapper_shared::config::{Config, PrivdConfig};
 use sapper_shared::proto::privd::{priv_request::Body, RouteChange, TunOpened};
+use sapper_unixsock as unixsock;
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -70,16 +70,13 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .partition(|(_, name)| name == "tun");
     let activated = !sockets.is_empty();
+    // Non-blocking either way (the loop's accept must never block), before
+    // the seccomp filter, which has no ioctl.
     let listener = match sockets.len() {
-        0 => socket::bind(&cfg.socket, cfg.socket_group.as_deref())
-            .context("setting up the privd socket")?,
-        1 => socket::activated(sockets.remove(0).0).context("the socket systemd passed")?,
+        0 => bind(&cfg).context("setting up the privd socket")?,
+        1 => unixsock::activated(sockets.remove(0).0).context("the socket systemd passed")?,
         _ => bail!("systemd passed more than one socket; privd serves one"),
     };
-    // The loop's accept must never block (set here: the filter has no ioctl).
-    listener
-        .set_nonblocking(true)
-        .context("non-blocking privd socket")?;
     let stored_tun = stored.into_iter().next().map(|(fd, _)| fd);
     let result = run(&cfg, netd_uid, user.as_ref(), &listener, stored_tun, &stop);
     // An activated socket is systemd's: it must outlive this process. One
@@ -95,6 +92,21 @@ fn main() -> anyhow::Result<()> {
         Err(e) => log!("error", "{e:#}"),
     }
     result
+}
+
+/// The request socket, bound by privd itself. Its mode and group are the
+/// first gate (only the socket group can connect at all); SO_PEERCRED in
+/// server.rs is the second.
+fn bind(cfg: &PrivdConfig) -> anyhow::Result<UnixListener> {
+    let gid = match &cfg.socket_group {
+        Some(name) => match nix::unistd::Group::from_name(name).ok().flatten() {
+            Some(g) => Some(g.gid),
+            None => bail!("privd.socket_group {name:?}: no such group"),
+        },
+        None => None,
+    };
+    let own = nix::unistd::geteuid().as_raw();
+    Ok(sapper_unixsock::bind(&cfg.socket, own, None, gid)?)
 }
 
 /// netd's uid: `netd_uid`, or that of `netd_user` (config validation lets
@@ -119,7 +131,7 @@ fn run(
     let mut net = netlink::Netlink::connect()?;
     let t = &cfg.tun;
     let adopted = match stored_tun.map(tun::adopt).transpose()? {
-        Some((_, name)) if name != t.name => {
+        Some((_, name, _)) if name != t.name => {
             // Dropping our copy and systemd's lets that interface go once
             // netd lets go, and makes room in the store for the new one.
             let _ = sd::notify("FDSTOREREMOVE=1\nFDNAME=tun", None);
@@ -133,7 +145,13 @@ fn run(
         adopted => adopted,
     };
     let from_store = adopted.is_some();
-    let (tun_fd, tun_name) = adopted.map_or_else(|| tun::create(&t.name), Ok)?;
+    let (tun_fd, tun_name, vnet_hdr) =
+        adopted.map_or_else(|| tun::create(&t.name, t.offload), Ok)?;
+    let offloads = if vnet_hdr {
+        tun::offload(&tun_fd)
+    } else {
+        Vec::new()
+    };
     let ifindex = nix::net::if_::if_nametoindex(tun_name.as_str())
         .with_context(|| format!("interface index of {tun_name}"))?;
     net.configure_link(ifindex, t.mtu, &t.addresses)
@@ -151,9 +169,9 @@ fn run(
             name: tun_name.clone(),
             mtu: t.mtu,
             addresses: t.addresses.iter().map(ToString::to_string).collect(),
-            ..Default::default()
+            vnet_hdr,
+            offloads,
         },
-        tun_name: tun_name.clone(),
         ifindex,
         tun_fd,
         net,
@@ -167,6 +185,7 @@ fn run(
         nat_active: false,
         audit: audit::RateBound::new(std::time::Instant::now()),
         counts: [0; 2],
+        refusals: Default::default(),
     };
     if from_store {
         // Routes netd had the previous privd add are still on this TUN; they
@@ -201,7 +220,8 @@ fn run(
     })?;
     let origin = ["created", "from the fd store"][usize::from(from_store)];
     let (nat, fwd) = (on(privd.nat_active), on(nat::forwarding_enabled()));
-    let state = format!("tun {tun_name} (index {ifindex}, {origin}), nat {nat}, forwarding {fwd}");
+    let offloads = privd.opened.offloads.join(",");
+    let state = format!("tun {tun_name} (index {ifindex}, {origin}, offloads [{offloads}]), nat {nat}, forwarding {fwd}");
     let socket = cfg.socket.display();
     log!("info", "serving {socket} for uid {netd_uid}: {state}");
     // Ready: the socket is listening, the TUN configured, privd restricted.

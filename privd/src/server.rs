@@ -20,11 +20,11 @@ use sapper_shared::proto::privd::{
     Refusal as Refused, RouteChange, TunOpened,
 };
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{self, ErrorKind::Interrupted, ErrorKind::WouldBlock, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Requests are tiny (the largest is a prefix string); anything bigger is
 /// not a privd client.
@@ -42,10 +42,9 @@ const STATUS_ROUTES: usize = sapper_shared::config::MAX_TUN_ROUTES;
 
 /// Everything privd holds. The TUN facts come from the config only.
 pub struct Privd {
-    /// The open_tun answer: name, MTU and addresses (from the config only).
+    /// The open_tun answer: the name the kernel reported, MTU and addresses
+    /// from the config, the TUN's framing and offloads.
     pub opened: TunOpened,
-    /// Interface name as the kernel reported it.
-    pub tun_name: String,
     /// Kernel interface index of the TUN.
     pub ifindex: u32,
     /// privd's own TUN fd; callers get duplicates.
@@ -61,7 +60,13 @@ pub struct Privd {
     pub audit: RateBound,
     /// Requests granted, and refused or failed, since start.
     pub counts: [u64; 2],
+    /// The audit lines of the last [`LAST_REFUSALS`] refusals, oldest first.
+    pub refusals: VecDeque<String>,
 }
+
+/// Refusals the status reply repeats. Each line is short (privd's own
+/// reasons; peer text clipped), so they fit the frame beside every route.
+pub const LAST_REFUSALS: usize = 8;
 
 /// One client: who, its bytes so far, when it is hung up on.
 struct Conn {
@@ -233,8 +238,9 @@ impl Privd {
             Ok(Action::DelRoute(net, within)) => self.change_route(net, false, within),
             Ok(Action::Status) => {
                 let counts = [self.counts[0], self.counts[1], self.audit.suppressed()];
-                let (tun, routes) = (&self.tun_name, &self.policy.installed);
-                let body = status_body(tun, routes, self.nat_active, counts);
+                let (tun, routes) = (&self.opened, &self.policy.installed);
+                let mut body = status_body(tun, routes, self.nat_active, counts);
+                body.last_refusals = self.refusals.iter().cloned().collect();
                 Reply::new(Ok(priv_response::Body::Status(body)), "ok".into())
             }
         };
@@ -266,23 +272,31 @@ impl Privd {
 
     /// Counts the outcome and writes its audit line, within the rate bound.
     fn record(&mut self, peer: UnixCredentials, req: &'static str, params: Value, reply: &Reply) {
-        self.counts[usize::from(reply.outcome() != Outcome::Granted)] += 1;
-        let Some(left_out) = self.audit.admit(Instant::now()) else {
-            return;
-        };
-        if left_out > 0 {
-            audit::log!("warn", "rate bound: {left_out} audit lines suppressed");
-        }
-        let peer_pid = Some(peer.pid()).filter(|p| *p > 0);
         let (outcome, reason) = (reply.outcome(), reply.reason.as_str());
-        audit::emit(&Record {
+        self.counts[usize::from(outcome != Outcome::Granted)] += 1;
+        let peer_pid = Some(peer.pid()).filter(|p| *p > 0);
+        let rec = Record {
             peer_uid: peer.uid(),
             peer_pid,
             request: req,
             params,
             outcome,
             reason,
-        });
+        };
+        let line = audit::line(true, rec, SystemTime::now());
+        if outcome != Outcome::Granted {
+            // Kept even when the rate bound leaves the line out of the log.
+            if self.refusals.len() == LAST_REFUSALS {
+                self.refusals.pop_front();
+            }
+            self.refusals.push_back(line.clone());
+        }
+        match self.audit.admit(Instant::now()) {
+            Some(0) => {}
+            Some(n) => audit::log!("warn", "rate bound: {n} audit lines suppressed"),
+            None => return,
+        }
+        audit::write_line(line);
     }
 
     /// Writes one reply frame without blocking; the TUN fd rides on the
@@ -309,7 +323,7 @@ impl Privd {
 
     fn open_tun(&self) -> Reply {
         let opened = priv_response::Body::TunOpened(self.opened.clone());
-        Reply::new(Ok(opened), format!("fd for {}", self.tun_name))
+        Reply::new(Ok(opened), format!("fd for {}", self.opened.name))
     }
 }
 
@@ -320,9 +334,15 @@ fn deadline(hurry: bool) -> Instant {
 }
 
 /// The status reply; `counts` is granted, refused, audit lines suppressed.
-fn status_body(tun: &str, routes: &BTreeSet<IpNet>, nat: bool, counts: [u64; 3]) -> PrivStatus {
+fn status_body(
+    tun: &TunOpened,
+    routes: &BTreeSet<IpNet>,
+    nat: bool,
+    counts: [u64; 3],
+) -> PrivStatus {
     PrivStatus {
-        tun_name: tun.to_string(),
+        tun_name: tun.name.clone(),
+        offloads: tun.offloads.clone(),
         routes: routes
             .iter()
             .take(STATUS_ROUTES)
@@ -333,7 +353,7 @@ fn status_body(tun: &str, routes: &BTreeSet<IpNet>, nat: bool, counts: [u64; 3])
         refused: counts[1],
         audit_suppressed: counts[2],
         forwarding: nat::forwarding_enabled(),
-        ..Default::default()
+        last_refusals: Vec::new(),
     }
 }
 
@@ -347,8 +367,14 @@ mod tests {
         let routes = (0..2 * STATUS_ROUTES as u128)
             .map(|i| IpNet::V6(ipnet::Ipv6Net::new((u128::MAX - i).into(), 128).unwrap()))
             .collect();
-        let body = status_body("sapper-fifteen!", &routes, true, [u64::MAX; 3]);
+        let tun = TunOpened {
+            name: "sapper-fifteen!".into(),
+            ..Default::default()
+        };
+        let mut body = status_body(&tun, &routes, true, [u64::MAX; 3]);
         assert_eq!(body.routes.len(), STATUS_ROUTES);
+        // Twice the longest line a refusal writes (peer text is clipped).
+        body.last_refusals = vec!["x".repeat(1200); LAST_REFUSALS];
         let body = Some(priv_response::Body::Status(body));
         let len = framing::encode(&PrivResponse { body }).len();
         assert!(len <= framing::MAX_CONTROL_FRAME, "{len}");

@@ -14,6 +14,7 @@ pub mod posture;
 pub mod proof;
 pub mod proto;
 pub mod psk;
+pub mod rate;
 pub mod roles;
 pub mod routing;
 pub mod sockdir;

@@ -148,7 +148,7 @@ mod tests {
                 tun_capable: true,
                 listening: false,
                 connecting: true,
-                super_packets: true,
+                super_packets: false,
             }),
             name: "entry".into(),
             version: 1,

@@ -429,6 +429,8 @@ fn read_commands_and_ping() {
                 "forwarding",
                 "granted",
                 "refused",
+                "offloads",
+                "last_refusals",
             ],
             "privd status",
         );

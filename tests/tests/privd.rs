@@ -312,6 +312,9 @@ fn privd_end_to_end() {
     assert_eq!(name, "sapt0");
     assert_eq!(flags & libc::IFF_TUN, libc::IFF_TUN);
     assert_eq!(flags & libc::IFF_NO_PI, libc::IFF_NO_PI);
+    // Offloads are off in this config: plain packets, nothing turned on.
+    assert_eq!(flags & libc::IFF_VNET_HDR, 0);
+    assert!(!opened.vnet_hdr && opened.offloads.is_empty(), "{opened:?}");
     let fdflags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
     assert_ne!(
         fdflags & libc::FD_CLOEXEC,
@@ -394,6 +397,18 @@ fn privd_end_to_end() {
     assert!(status.forwarding);
     assert!(status.granted >= 6, "{status:?}");
     assert!(status.refused >= 6, "{status:?}");
+    // The last refusals, each its audit line, newest last, at most eight.
+    assert_eq!(status.last_refusals.len() as u64, status.refused.min(8));
+    let newest: Value = serde_json::from_str(status.last_refusals.last().unwrap()).unwrap();
+    assert_eq!(newest["outcome"], "refused", "{newest}");
+    assert_eq!(newest["params"]["prefix"], "10.78.0.0/24", "{newest}");
+    assert!(status.offloads.is_empty());
+    for i in 0..8 {
+        let _ = w.client().route_change(&format!("10.9{i}.0.0/24"), true);
+    }
+    let last = w.client().status().unwrap().last_refusals;
+    assert_eq!(last.len(), 8);
+    assert!(last[0].contains("10.90.0.0/24") && last[7].contains("10.97.0.0/24"));
     drop(stalled);
 
     // Garbage, empty and unknown bodies get an error reply.
@@ -491,6 +506,38 @@ fn privd_end_to_end() {
         !w.ip(&["link"]).contains("sapt0"),
         "TUN gone with privd's fd"
     );
+}
+
+/// With `offload = true` the TUN carries a virtio_net_hdr and has the
+/// kernel's checksum and segmentation offloads on; privd names them in its
+/// replies and the kernel shows them (ethtool).
+#[test]
+fn tun_offloads_are_probed_and_reported() {
+    let config = MAIN_CONFIG.replace("[privd.tun]\n", "[privd.tun]\noffload = true\n");
+    let w = World::new(&config);
+    let (fd, opened) = w.client().open_tun().unwrap();
+    assert!(opened.vnet_hdr, "{opened:?}");
+    let (_, flags) = tun_info(&fd);
+    assert_eq!(flags & libc::IFF_VNET_HDR, libc::IFF_VNET_HDR);
+    for want in ["csum", "tso4", "tso6"] {
+        assert!(
+            opened.offloads.iter().any(|o| o == want),
+            "{want}: {opened:?}"
+        );
+    }
+    assert_eq!(w.client().status().unwrap().offloads, opened.offloads);
+    let k = w.in_ns(&["ethtool", "-k", "sapt0"]);
+    let k = String::from_utf8_lossy(&k.stdout);
+    for want in ["tx-checksumming: on", "tcp-segmentation-offload: on"] {
+        assert!(k.contains(want), "{want:?} missing in:\n{k}");
+    }
+    let uso = opened.offloads.iter().any(|o| o == "uso4");
+    assert_eq!(k.contains("tx-udp-segmentation: on"), uso, "{k}");
+    let started = w.lines().into_iter().find(|l| l.contains("serving"));
+    let joined = opened.offloads.join(",");
+    assert!(started
+        .unwrap_or_default()
+        .contains(&format!("offloads [{joined}]")));
 }
 
 #[test]
