@@ -12,7 +12,10 @@
 #
 #   sudo bench/throughput.sh [--transport quic|ws|both] [--time SECS]
 #                            [--pings N] [--exit kernel|userspace|both]
-#                            [--no-build]
+#                            [--offload off|on|both] [--no-build]
+#
+# --offload on opens the TUNs with TSO/USO ([privd.tun] offload = true):
+# netd then moves GSO super-packets (default off, as privd's default).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,6 +24,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 TRANSPORTS=(quic ws)
 EXITS=(kernel)
+OFFLOADS=(0)
 SECS=10
 PINGS=20
 BUILD=1
@@ -40,10 +44,18 @@ while [ $# -gt 0 ]; do
                 *) die "--exit takes kernel, userspace or both" ;;
             esac
             shift 2 ;;
+        --offload)
+            case ${2:-} in
+                off) OFFLOADS=(0) ;;
+                on) OFFLOADS=(1) ;;
+                both) OFFLOADS=(0 1) ;;
+                *) die "--offload takes off, on or both" ;;
+            esac
+            shift 2 ;;
         --time) SECS=${2:?}; shift 2 ;;
         --pings) PINGS=${2:?}; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (try --help)" ;;
     esac
 done
@@ -84,6 +96,8 @@ RESULTS=()
 add_result() { RESULTS+=("$(printf '%-40s %12s %14s' "$1" "$2" "$3")"); }
 
 underlay_done=0
+for offload in "${OFFLOADS[@]}"; do
+TOPO_OFFLOAD=$offload
 for exit_mode in "${EXITS[@]}"; do
     TOPO_EXIT=$exit_mode
     for transport in "${TRANSPORTS[@]}"; do
@@ -105,9 +119,11 @@ for exit_mode in "${EXITS[@]}"; do
         else
             label="sapper $transport E->P (tunnel+NAT)"
         fi
+        if [ "$offload" = 1 ]; then label="$label offload"; fi
         add_result "$label" "${gbps:-n/a}" "${rtt:-n/a}"
         topo_cleanup
     done
+done
 done
 
 echo

@@ -67,6 +67,13 @@ MUTANTS=(
     # The egress deny list.
     'deny-list-loses-broadcast|shared/src/egress.rs|s/\n    v4\(255, 255, 255, 255, 32\),//|-p sapper-shared --lib egress'
     'deny-list-narrows-multicast|shared/src/egress.rs|s/v4\(224, 0, 0, 0, 4\)/v4(224, 0, 0, 0, 8)/|-p sapper-shared --lib egress'
+    # TUN offloads (issue 14): super-packets whole over WebSocket, joined
+    # for the TUN, cut for QUIC, malformed ones counted.
+    'ws-never-takes-super-packets|netd/src/main.rs|s/super_packets: true,/super_packets: false,/|-p sapper-tests --test offload both_on::ws'
+    'tun-writes-never-joined|netd/src/gso.rs|s/coalescer: vnet\.map\(Coalescer::new\),/coalescer: vnet.and(None).map(Coalescer::new),/|-p sapper-tests --test offload both_on::quic'
+    'relay-passes-super-packets-to-quic|netd/src/datapath.rs|s/Some\(gso\) if !next\.takes_super =>/Some(gso) if false \&\& !next.takes_super =>/|-p sapper-netd --bin sapper-netd relay_cuts_super_packets'
+    'malformed-super-packets-uncounted|netd/src/datapath.rs|s/        self\.stats\.super_drops\.count\(e\);\n        from\.counters/        from.counters/|-p sapper-netd --bin sapper-netd malformed_super_packets'
+    'peer-super-drops-uncounted|netd/src/datapath.rs|s/        self\.stats\.super_drops\.count\(e\);\n        from\.counters/        from.counters/|-p sapper-tests --test offload malformed_super_packets_are_dropped_and_counted'
 )
 
 field() { cut -d'|' -f"$1" <<<"$2"; }

@@ -21,7 +21,7 @@ fn role(r: i32) -> &'static str {
 
 fn caps_json(c: &Option<Capabilities>) -> Value {
     let c = c.unwrap_or_default();
-    json!({"tun_capable": c.tun_capable, "listening": c.listening, "connecting": c.connecting})
+    json!({"tun_capable": c.tun_capable, "listening": c.listening, "connecting": c.connecting, "super_packets": c.super_packets})
 }
 
 pub fn status_json(s: &StatusResponse) -> Value {
@@ -33,7 +33,7 @@ pub fn status_json(s: &StatusResponse) -> Value {
         "uptime_s": s.uptime_s,
         "listeners": s.listeners.iter().map(|l| json!({"address": l.address, "transport": l.transport})).collect::<Vec<_>>(),
         "cert_fingerprint": s.cert_fingerprint,
-        "tun": s.tun.as_ref().map(|t| json!({"name": t.name, "addresses": t.addresses, "mtu": t.mtu})),
+        "tun": s.tun.as_ref().map(|t| json!({"name": t.name, "addresses": t.addresses, "mtu": t.mtu, "offloads": t.offloads})),
         "peer_count": s.peer_count,
         "exit_mode": if s.exit_mode.is_empty() { "none" } else { s.exit_mode.as_str() },
         "exit": s.exit.as_ref().map(exit_json),
@@ -93,6 +93,7 @@ pub fn peer_json(p: &PeerInfo) -> Value {
         "drops": p.drops,
         "source_drops": p.source_drops,
         "control_drops": p.control_drops,
+        "super_packet_drops": p.super_packet_drops,
         "routes_refused": p.routes_refused,
         "connected_at": p.connected_at,
         "routes": p.routes,
@@ -207,10 +208,15 @@ pub fn render(body: &Resp, json_out: bool) -> String {
             ];
             match &s.tun {
                 Some(t) => out.push(format!(
-                    "tun:         {} mtu {} {}",
+                    "tun:         {} mtu {} {}{}",
                     t.name,
                     t.mtu,
-                    t.addresses.join(" ")
+                    t.addresses.join(" "),
+                    if t.offloads.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" offloads {}", t.offloads.join(","))
+                    }
                 )),
                 None => out.push("tun:         none (no privd)".into()),
             }
@@ -325,15 +331,26 @@ pub fn render(body: &Resp, json_out: bool) -> String {
             "handshake_failures": st.handshake_failures,
             "bytes_in": st.bytes_in,
             "bytes_out": st.bytes_out,
+            "super_packet_drops": st.super_packet_drops,
+            "tun_super_packets_in": st.tun_super_packets_in,
+            "tun_super_packets_out": st.tun_super_packets_out,
         })
         .to_string(),
         Resp::Stats(st) => [
             format!("tun packets in:     {}", st.tun_packets_in),
             format!("tun packets out:    {}", st.tun_packets_out),
+            format!(
+                "super-packets:      {} in, {} out",
+                st.tun_super_packets_in, st.tun_super_packets_out
+            ),
             format!("bytes in:           {}", human_bytes(st.bytes_in)),
             format!("bytes out:          {}", human_bytes(st.bytes_out)),
             format!("drops:              {}", st.drops),
             format!("handshake failures: {}", st.handshake_failures),
+            format!(
+                "super-packet drops: {}",
+                st.super_packet_drops.values().sum::<u64>()
+            ),
         ]
         .join("\n"),
         Resp::Routes(r) if json_out => json!({

@@ -4,6 +4,7 @@
 //! control core's.
 
 use crate::datapath::{DataPath, LinkData, Packet, PacketTx};
+use crate::gso::Rx;
 use crate::inputs::{Input, LinkHandle, LINK_CONTROL_QUEUE};
 use crate::node::Node;
 use crate::tls::Negotiated;
@@ -30,9 +31,25 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    /// One packet from the peer; never waits.
-    pub fn packet(&self, pkt: Packet) {
-        self.data.deliver(&self.link, pkt);
+    /// The state one reader of this link keeps (each reader its own).
+    pub fn rx(&self) -> Rx {
+        self.data.rx()
+    }
+
+    /// One packet from the peer; never waits. Packets for the TUN may be
+    /// held in `rx` until [`Inbound::flush`].
+    pub fn packet(&self, pkt: Packet, rx: &mut Rx) {
+        self.data.deliver(&self.link, pkt, rx);
+    }
+
+    /// Writes what `rx` holds; a reader calls it before it waits.
+    pub fn flush(&self, rx: &mut Rx) {
+        self.data.flush(rx);
+    }
+
+    /// A super-packet from the peer too short to be one: dropped, counted.
+    pub fn malformed(&self, e: sapper_offload::Error) {
+        self.data.malformed(&self.link, e);
     }
 }
 
@@ -178,7 +195,16 @@ pub async fn run_link<L: Link>(
     let transport = link.transport();
     let name = accepted.peer.name.clone();
     let id: LinkId = node.next_link_id();
-    let data = Arc::new(LinkData::new(id, link.packet_tx(), link.tls().clone()));
+    // Super-packets go whole only over WebSocket (a QUIC datagram holds
+    // one MTU-sized packet), and only to a peer that said it takes them.
+    let takes_super =
+        transport == Transport::Ws && accepted.peer.capabilities.is_some_and(|c| c.super_packets);
+    let data = Arc::new(LinkData::new(
+        id,
+        link.packet_tx(),
+        link.tls().clone(),
+        takes_super,
+    ));
     let (control_tx, mut control_rx) = mpsc::channel(LINK_CONTROL_QUEUE);
     let close = CancellationToken::new();
     let up = LinkUp {

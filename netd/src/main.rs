@@ -8,6 +8,7 @@ mod dial;
 mod driver;
 mod exit;
 mod fs_sandbox;
+mod gso;
 mod inputs;
 mod interfaces;
 mod link;
@@ -312,8 +313,9 @@ fn run(args: Args) -> Result<()> {
                 tun_capable: tun.is_some(),
                 listening: !netd.listen.is_empty(),
                 connecting: !netd.connect.is_empty(),
-                // Set once the WebSocket reader takes super-packets (issue 14).
-                super_packets: false,
+                // The WebSocket reader takes tag-2 super-packets: cut for a
+                // TUN without offloads, the userspace exit or a QUIC hop.
+                super_packets: true,
             },
             announce_routes,
             installs_routes: tun.is_some() && netd.privd_socket.is_some(),
@@ -550,11 +552,20 @@ fn open_tun(
         );
     }
     let (fd, info) = client.open_tun().context("asking privd for the TUN")?;
-    tracing::info!(tun = %info.name, mtu = info.mtu, "received the TUN from privd");
+    tracing::info!(tun = %info.name, mtu = info.mtu, vnet_hdr = info.vnet_hdr, offloads = ?info.offloads, "received the TUN from privd");
     let name = info.name.clone();
+    let vnet = tun::VnetInfo {
+        vnet_hdr: info.vnet_hdr,
+        offloads: if info.vnet_hdr {
+            info.offloads
+        } else {
+            Vec::new()
+        },
+    };
     Ok((
         move || {
-            tun::Tun::new(fd, info.name, info.mtu, info.addresses).context("registering the TUN")
+            tun::Tun::new(fd, info.name, info.mtu, info.addresses, vnet)
+                .context("registering the TUN")
         },
         name,
     ))

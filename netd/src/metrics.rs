@@ -193,6 +193,7 @@ struct PeerSnapshot {
     packets_out: u64,
     drops_queue_full: u64,
     drops_not_forwarded: u64,
+    drops_malformed_super: u64,
 }
 
 /// Taken inside the driver (`Node::inspect`).
@@ -221,6 +222,7 @@ pub fn snapshot(core: &mut Core, links: &Links) -> Snapshot {
                 packets_out: g(|c| &c.packets_out),
                 drops_queue_full: g(|c| &c.drops_queue_full),
                 drops_not_forwarded: g(|c| &c.drops_not_forwarded),
+                drops_malformed_super: g(|c| &c.super_drops),
                 name: v.info.name,
             }
         })
@@ -256,6 +258,7 @@ pub fn render(node: &Node, snap: Snapshot) -> String {
         for (reason, v) in [
             ("queue_full", p.drops_queue_full),
             ("not_forwarded", p.drops_not_forwarded),
+            ("malformed_super_packet", p.drops_malformed_super),
         ] {
             drops
                 .get_or_create(&PeerReason {
@@ -298,7 +301,7 @@ pub fn render(node: &Node, snap: Snapshot) -> String {
     );
     reg.register(
         "sapper_peer_dropped_packets",
-        "Packets to or from the peer dropped, by reason (queue_full: its send queue; not_forwarded: arrived while forwarding was off or with no destination)",
+        "Packets to or from the peer dropped, by reason (queue_full: its send queue; not_forwarded: arrived while forwarding was off or with no destination; malformed_super_packet: a GSO super-packet whose headers did not check, by cause in sapper_super_packet_drops)",
         drops,
     );
     reg.register(
@@ -362,6 +365,29 @@ pub fn render(node: &Node, snap: Snapshot) -> String {
         "sapper_handshake_failures",
         "Failed handshakes (`stats` handshake_failures)",
         counter(s.handshake_failures.load(Relaxed)),
+    );
+    reg.register(
+        "sapper_tun_receive_super_packets",
+        "GSO super-packets read from the TUN, of sapper_tun_receive_packets (`stats` tun_super_packets_in)",
+        counter(s.tun_super_in.load(Relaxed)),
+    );
+    reg.register(
+        "sapper_tun_transmit_super_packets",
+        "GSO super-packets written to the TUN, of sapper_tun_transmit_packets (`stats` tun_super_packets_out)",
+        counter(s.tun_super_out.load(Relaxed)),
+    );
+    let super_drops = Family::<ReasonLabel, Counter>::default();
+    for (reason, v) in s.super_drops.snapshot() {
+        super_drops
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc_by(v);
+    }
+    reg.register(
+        "sapper_super_packet_drops",
+        "GSO super-packets dropped, from peers (malformed) or from the TUN (could not be cut), by reason (`stats` super_packet_drops)",
+        super_drops,
     );
     reg.register("sapper_peers", "Live links", gauge(snap.peers.len() as i64));
     reg.register(

@@ -252,6 +252,7 @@ fn peer_info(node: &Node, v: LinkView, links: &Links) -> PeerInfo {
         info.drops = c.drops.load(Relaxed);
         info.source_drops = c.source_drops.load(Relaxed);
         info.control_drops += c.control_drops.load(Relaxed);
+        info.super_packet_drops = c.super_drops.load(Relaxed);
         info.tls = Some(sapper_shared::proto::management::LinkTls {
             version: l.data.tls.version.clone(),
             cipher_suite: l.data.tls.cipher_suite.clone(),
@@ -281,6 +282,7 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
                     name: t.name.clone(),
                     addresses: t.addresses.clone(),
                     mtu: t.mtu,
+                    offloads: t.vnet.offloads.clone(),
                 }),
                 peer_count: st.peer_count,
                 role_reason: st.role_reason,
@@ -329,6 +331,14 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
                 handshake_failures: s.handshake_failures.load(Relaxed),
                 bytes_in,
                 bytes_out,
+                tun_super_packets_in: s.tun_super_in.load(Relaxed),
+                tun_super_packets_out: s.tun_super_out.load(Relaxed),
+                super_packet_drops: s
+                    .super_drops
+                    .snapshot()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(r, n)| (r.to_string(), n))
+                    .collect(),
             }))
         }
         Req::Routes(r) => {

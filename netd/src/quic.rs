@@ -419,12 +419,7 @@ impl Link for QuicLink {
             d.abort();
         }
         let conn = self.conn.clone();
-        let datagrams = inbound.clone();
-        self.tasks.spawn(async move {
-            while let Ok(d) = conn.read_datagram().await {
-                datagrams.packet(Packet::plain(d));
-            }
-        });
+        self.tasks.spawn(datagram_reader(conn, inbound.clone()));
         self.tasks.spawn(big_reader(self.conn.clone(), inbound));
         if let Some(rx) = self.big_rx.take() {
             self.tasks.spawn(big_writer(self.conn.clone(), rx));
@@ -450,6 +445,31 @@ impl Link for QuicLink {
     }
 }
 
+/// Hands the peer's datagrams to the data path: every datagram already
+/// there (up to a batch) is taken without waiting, so that packets of one
+/// flow can be joined into one TUN write before the reader waits again.
+async fn datagram_reader(conn: quinn::Connection, inbound: Inbound) {
+    use futures_util::FutureExt;
+    let mut rx = inbound.rx();
+    while let Ok(d) = conn.read_datagram().await {
+        inbound.packet(Packet::plain(d), &mut rx);
+        for _ in 1..crate::gso::RX_BATCH {
+            // A pending read that is dropped loses nothing: quinn hands a
+            // datagram over only to a poll that returns it.
+            match conn.read_datagram().now_or_never() {
+                Some(Ok(d)) => inbound.packet(Packet::plain(d), &mut rx),
+                Some(Err(_)) => {
+                    inbound.flush(&mut rx);
+                    return;
+                }
+                None => break,
+            }
+        }
+        inbound.flush(&mut rx);
+    }
+    inbound.flush(&mut rx);
+}
+
 /// Big-packet streams read at once per link.
 const MAX_BIG_STREAMS: usize = 16;
 
@@ -465,8 +485,10 @@ async fn big_reader(conn: quinn::Connection, inbound: Inbound) {
         let inbound = inbound.clone();
         readers.spawn(async move {
             let mut decoder = FrameDecoder::new(sapper_shared::routing::MAX_IP_PACKET);
+            let mut rx = inbound.rx();
             while let Ok(pkt) = next_frame(&mut recv, &mut decoder).await {
-                inbound.packet(Packet::plain(Bytes::from(pkt)));
+                inbound.packet(Packet::plain(Bytes::from(pkt)), &mut rx);
+                inbound.flush(&mut rx);
             }
         });
     }

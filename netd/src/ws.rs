@@ -1,7 +1,9 @@
 //! WebSocket-over-TLS links (tokio-rustls + tokio-tungstenite), for networks
 //! where only HTTPS gets through or a reverse proxy fronts the node. Every
 //! binary message starts with a one-byte tag: `TAG_CONTROL` followed by one
-//! encoded ControlMessage, or `TAG_PACKET` followed by one IP packet.
+//! encoded ControlMessage, `TAG_PACKET` followed by one IP packet, or (to a
+//! peer that advertised `super_packets`) `TAG_SUPER`, a u16 segment size and
+//! one GSO super-packet (see `sapper_shared::framing`).
 //! WebSocket pings keep middleboxes from timing the link out; Sapper's own
 //! pings measure latency and detect a dead peer.
 
@@ -32,16 +34,20 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use sapper_shared::framing::MAX_CONTROL_FRAME;
-pub use sapper_shared::framing::{WS_TAG_CONTROL as TAG_CONTROL, WS_TAG_PACKET as TAG_PACKET};
+use sapper_shared::framing::WS_SUPER_HEADER;
+pub use sapper_shared::framing::{
+    WS_TAG_CONTROL as TAG_CONTROL, WS_TAG_PACKET as TAG_PACKET, WS_TAG_SUPER as TAG_SUPER,
+};
 use sapper_shared::routing::MAX_IP_PACKET;
 
-/// One IP packet or one control frame, plus its tag, fits; nothing larger
-/// is buffered for a peer.
-const MAX_MESSAGE: usize = 1 + if MAX_IP_PACKET > MAX_CONTROL_FRAME {
-    MAX_IP_PACKET
-} else {
-    MAX_CONTROL_FRAME
-};
+/// One IP packet (a super-packet too) or one control frame, plus its tag
+/// (and segment size), fits; nothing larger is buffered for a peer.
+const MAX_MESSAGE: usize = WS_SUPER_HEADER
+    + if MAX_IP_PACKET > MAX_CONTROL_FRAME {
+        MAX_IP_PACKET
+    } else {
+        MAX_CONTROL_FRAME
+    };
 /// Interval of WebSocket-level pings.
 const WS_PING: Duration = Duration::from_secs(15);
 
@@ -253,6 +259,10 @@ pub struct WsLink<S> {
     remote: SocketAddr,
     binding: ChannelBinding,
     inbound: Option<Inbound>,
+    /// The reader's receive state, from `start` on.
+    rx: Option<crate::gso::Rx>,
+    /// Packets handed on since the last flush of `rx`.
+    unflushed: usize,
     /// What the TLS handshake negotiated.
     tls: Negotiated,
     /// An accepted link's place at the pre-auth gate.
@@ -284,6 +294,8 @@ where
             remote,
             binding,
             inbound: None,
+            rx: None,
+            unflushed: 0,
             tls,
             ticket: None,
         }
@@ -343,6 +355,7 @@ where
     }
 
     fn start(&mut self, inbound: Inbound) {
+        self.rx = Some(inbound.rx());
         self.inbound = Some(inbound);
     }
 
@@ -362,25 +375,66 @@ impl<S> WsLink<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    /// Reads until a control message, handing packets on; cancel-safe.
+    /// Reads until a control message, handing packets on; cancel-safe
+    /// (what is held for the TUN is written before every wait, so a
+    /// cancelled read leaves nothing behind). Messages already received are
+    /// taken without waiting, up to a batch, so that a flow's packets can be
+    /// joined into one TUN write.
     async fn read_control(&mut self) -> Result<Vec<u8>> {
+        use futures_util::FutureExt;
         loop {
-            match self.stream.next().await {
+            let next = match self.stream.next().now_or_never() {
+                Some(m) if self.unflushed < crate::gso::RX_BATCH => m,
+                ready => {
+                    self.flush();
+                    match ready {
+                        Some(m) => m,
+                        None => self.stream.next().await,
+                    }
+                }
+            };
+            match next {
                 None => bail!("connection closed"),
                 Some(Err(e)) => return Err(anyhow!(e).context("reading the WebSocket")),
-                Some(Ok(Message::Binary(b))) => match b.first() {
-                    Some(&TAG_CONTROL) => return Ok(b[1..].to_vec()),
-                    Some(&TAG_PACKET) => match &self.inbound {
-                        Some(inbound) => inbound.packet(Packet::tagged(b)),
-                        None => bail!("expected a control message"),
-                    },
-                    _ => bail!("unknown WebSocket message tag"),
-                },
+                Some(Ok(Message::Binary(b))) => {
+                    let pkt = match b.first() {
+                        Some(&TAG_CONTROL) => {
+                            self.flush();
+                            return Ok(b[1..].to_vec());
+                        }
+                        Some(&TAG_PACKET) => Packet::tagged(b),
+                        Some(&TAG_SUPER) => match Packet::super_packet(b) {
+                            Some(p) => p,
+                            None => {
+                                if let Some(inbound) = &self.inbound {
+                                    inbound.malformed(sapper_offload::Error::Truncated);
+                                }
+                                continue;
+                            }
+                        },
+                        _ => bail!("unknown WebSocket message tag"),
+                    };
+                    match (&self.inbound, self.rx.as_mut()) {
+                        (Some(inbound), Some(rx)) => {
+                            inbound.packet(pkt, rx);
+                            self.unflushed += 1;
+                        }
+                        _ => bail!("expected a control message"),
+                    }
+                }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(Message::Close(_))) => bail!("connection closed"),
                 Some(Ok(other)) => bail!("unexpected WebSocket message {other:?}"),
             }
         }
+    }
+
+    /// Writes what the reader holds for the TUN.
+    fn flush(&mut self) {
+        if let (Some(inbound), Some(rx)) = (&self.inbound, self.rx.as_mut()) {
+            inbound.flush(rx);
+        }
+        self.unflushed = 0;
     }
 }
 

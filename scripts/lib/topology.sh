@@ -11,7 +11,9 @@
 # TOPO_TAG (two lower-case letters naming the caller in namespace names).
 # TOPO_EXIT=userspace (default kernel) runs the exit as netd alone, started
 # as nobody with no privd and no TUN (the userspace exit), with ping sockets
-# allowed in X. Call topo_cleanup from an EXIT trap.
+# allowed in X. TOPO_OFFLOAD=1 opens both TUNs with offloads
+# ([privd.tun] offload = true: virtio_net_hdr, TSO/USO). Call topo_cleanup
+# from an EXIT trap.
 
 # shellcheck source=common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -19,6 +21,7 @@
 TOPO_PIDS=()
 TOPO_DIR=""
 TOPO_EXIT=${TOPO_EXIT:-kernel}
+TOPO_OFFLOAD=${TOPO_OFFLOAD:-0}
 TOPO_NAMESPACES=()
 
 topo_names() {
@@ -154,6 +157,7 @@ name = "sap0"
 addresses = ["10.99.0.2/24", "fd99::2/64"]
 mtu = 1280
 allowed_routes = ["10.0.0.0/8", "fd00::/8"]
+offload = $( [ "$TOPO_OFFLOAD" = 1 ] && echo true || echo false )
 
 [privd.nat]
 enable = true
@@ -179,6 +183,7 @@ addresses = ["10.99.0.1/24", "fd99::1/64"]
 mtu = 1280
 routes = ["10.20.0.0/24"]
 allowed_routes = ["10.0.0.0/8", "fd00::/8"]
+offload = $( [ "$TOPO_OFFLOAD" = 1 ] && echo true || echo false )
 CFG
     fi
 }

@@ -4,6 +4,12 @@
 //! length is checked against the caller's limit *before* any buffer for the
 //! body is allocated, so a peer cannot make us reserve memory by announcing a
 //! huge frame.
+//!
+//! WebSocket links frame by message instead: each binary message is one tag
+//! byte and its body — `WS_TAG_CONTROL` + an encoded ControlMessage,
+//! `WS_TAG_PACKET` + one IP packet, or (to a peer that advertised
+//! `super_packets`) `WS_TAG_SUPER` + a u16 big-endian segment size + one
+//! GSO super-packet, which the receiver splits or hands its TUN whole.
 
 use bytes::{Buf, BytesMut};
 use prost::Message;
@@ -20,6 +26,18 @@ pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
 pub const WS_TAG_CONTROL: u8 = 0;
 /// One IP packet follows [`WS_TAG_PACKET`].
 pub const WS_TAG_PACKET: u8 = 1;
+/// A GSO super-packet follows [`WS_TAG_SUPER`]: a 2-byte big-endian
+/// segment size (the payload bytes of every segment but the last, as the
+/// sender's kernel cut them), then one IP packet of up to 64 KiB whose
+/// TCP or UDP payload is that many segments long. Its transport checksum
+/// need not be complete (the receiver rebuilds the offload header or
+/// splits and completes it). Sent only to a peer whose Handshake set
+/// `Capabilities.super_packets`; every other peer gets the segments as
+/// [`WS_TAG_PACKET`] messages. A receiver trusts none of it: the IP and
+/// transport headers are parsed and checked before the packet goes on.
+pub const WS_TAG_SUPER: u8 = 2;
+/// Bytes in front of the packet in a [`WS_TAG_SUPER`] message.
+pub const WS_SUPER_HEADER: usize = 3;
 
 /// Errors from decoding frames.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

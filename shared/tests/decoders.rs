@@ -446,6 +446,7 @@ fn management_response() -> impl Strategy<Value = management::Response> {
                     name: "sapper0".into(),
                     addresses: vec!["10.99.0.1/24".into()],
                     mtu: 1280,
+                    offloads: vec!["csum".into(), "tso4".into()],
                 }),
                 ..Default::default()
             })

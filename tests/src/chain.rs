@@ -74,6 +74,8 @@ pub struct NodeSpec {
     pub psk: Option<String>,
     /// Extra lines for `[node]`, e.g. `zero_config = true`.
     pub node_lines: Vec<String>,
+    /// Extra lines for `[privd.tun]`, e.g. `offload = true`.
+    pub tun_lines: Vec<String>,
 }
 
 impl NodeSpec {
@@ -91,6 +93,7 @@ impl NodeSpec {
             announce: Vec::new(),
             psk: None,
             node_lines: Vec::new(),
+            tun_lines: Vec::new(),
         }
     }
 
@@ -121,6 +124,12 @@ impl NodeSpec {
     /// Adds a line to `[node]`.
     pub fn node_line(mut self, line: &str) -> NodeSpec {
         self.node_lines.push(line.to_string());
+        self
+    }
+
+    /// Adds a line to `[privd.tun]` (the node needs a privd).
+    pub fn tun_line(mut self, line: &str) -> NodeSpec {
+        self.tun_lines.push(line.to_string());
         self
     }
 }
@@ -394,6 +403,9 @@ impl Chain {
                 let _ = writeln!(s, "routes = [{}]", list(&spec.tun_routes));
             }
             let _ = writeln!(s, "allowed_routes = [\"10.0.0.0/8\", \"fd00::/8\"]");
+            for l in &spec.tun_lines {
+                let _ = writeln!(s, "{l}");
+            }
             if last {
                 let _ = writeln!(s);
                 let _ = writeln!(s, "[privd.nat]");
@@ -690,6 +702,21 @@ impl Chain {
     pub fn blast_to_private(&mut self, from: &str, bytes: u64) -> (Summary, Summary) {
         let addr = format!("{PRIVATE_HOST}:5001");
         let mut serve = self.private.cmd(&self.blast_bin);
+        serve.args(["serve", &addr, "--timeout", "90"]);
+        let mut send = self.ns(from).cmd(&self.blast_bin);
+        send.args(["send", &addr, &bytes.to_string(), "--timeout", "60"]);
+        crate::topology::blast_transfer(&mut self.daemons, &self.dir, serve, send)
+    }
+
+    /// Moves `bytes` bytes with `sapper-blast` from node `from` to
+    /// `addr:5001` served in node `to`'s namespace (or P's, `"private"`).
+    pub fn blast(&mut self, from: &str, to: &str, addr: &str, bytes: u64) -> (Summary, Summary) {
+        let addr = format!("{addr}:5001");
+        let mut serve = if to == "private" {
+            self.private.cmd(&self.blast_bin)
+        } else {
+            self.ns(to).cmd(&self.blast_bin)
+        };
         serve.args(["serve", &addr, "--timeout", "90"]);
         let mut send = self.ns(from).cmd(&self.blast_bin);
         send.args(["send", &addr, &bytes.to_string(), "--timeout", "60"]);

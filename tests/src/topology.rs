@@ -136,6 +136,9 @@ pub struct Options {
     /// The exit's announce keys instead of `announce_routes = [PRIVATE_NET]`
     /// (when not empty).
     pub exit_announce: Vec<String>,
+    /// Keys added to the entry's and the exit's `[privd.tun]` table (e.g.
+    /// `offload = true`).
+    pub tun_lines: [Vec<String>; 2],
 }
 
 impl Options {
@@ -156,6 +159,7 @@ impl Options {
             connect_lines: Vec::new(),
             exit_nat_lines: Vec::new(),
             exit_announce: Vec::new(),
+            tun_lines: [Vec::new(), Vec::new()],
         }
     }
 
@@ -646,6 +650,9 @@ impl Topology {
             let _ = writeln!(s, "routes = [\"{PRIVATE_NET}\"]");
         }
         let _ = writeln!(s, "allowed_routes = [\"10.0.0.0/8\", \"fd00::/8\"]");
+        for l in &self.opts.tun_lines[node as usize] {
+            let _ = writeln!(s, "{l}");
+        }
         if node == Node::Exit {
             let _ = writeln!(s);
             let _ = writeln!(s, "[privd.nat]");

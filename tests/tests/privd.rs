@@ -286,6 +286,7 @@ const MAIN_CONFIG: &str = r#"netd_uid = 0
 [privd.tun]
 name = "sapt0"
 mtu = 1400
+offload = false
 addresses = ["10.77.0.1/24", "fd77::1/64"]
 routes = ["10.78.0.0/24"]
 allowed_routes = ["10.80.0.0/16", "fd80::/48"]
@@ -513,7 +514,7 @@ fn privd_end_to_end() {
 /// replies and the kernel shows them (ethtool).
 #[test]
 fn tun_offloads_are_probed_and_reported() {
-    let config = MAIN_CONFIG.replace("[privd.tun]\n", "[privd.tun]\noffload = true\n");
+    let config = MAIN_CONFIG.replace("offload = false", "offload = true");
     let w = World::new(&config);
     let (fd, opened) = w.client().open_tun().unwrap();
     assert!(opened.vnet_hdr, "{opened:?}");

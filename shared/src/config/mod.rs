@@ -956,7 +956,7 @@ pub struct TunConfig {
     /// How many routes netd may hold through privd at once.
     #[serde(default = "default_max_routes")]
     pub max_routes: usize,
-    /// Open the TUN with a virtio_net_hdr on every packet and turn on the
+    /// Open the TUN (default: yes) with a virtio_net_hdr on every packet and turn on the
     /// checksum and segmentation offloads the kernel takes (TSO, USO), so
     /// that netd reads and writes up to 64 KiB at a time.
     #[serde(default = "default_offload")]
@@ -964,7 +964,7 @@ pub struct TunConfig {
 }
 
 fn default_offload() -> bool {
-    false
+    true
 }
 
 /// Default `privd.tun.max_routes`.

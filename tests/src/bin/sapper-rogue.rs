@@ -8,8 +8,9 @@
 //!     `first=nothing|handshake|error|closed` and
 //!     `after_bad_proof=nothing|handshake|error|closed`.
 //! sapper-rogue peer ADDR FINGERPRINT PSKFILE [--bind IP] [--name N]
-//!         [--hint entry|exit] [--address A]... [--announce P]... STEP...
-//!     A QUIC link with the right PSK, then the steps in order:
+//!         [--hint entry|exit] [--address A]... [--announce P]... [--ws] STEP...
+//!     A QUIC link (WebSocket with --ws) with the right PSK, then the steps
+//!     in order:
 //!       flood-routes N       N RouteUpdates of 1024 new /32s each
 //!       update ORIGIN P,P..  one RouteUpdate
 //!       withdraw ORIGIN P,P.. one RouteWithdraw
@@ -19,6 +20,12 @@
 //!                            apart; prints `ours=X foreign=Y` for the answers
 //!                            that came back (carrying "rogue" / anything else)
 //!       hold SECS            stay up (answering pings)
+//!       super-malformed SRC DST  (WebSocket only) five WebSocket super-packet
+//!                            messages (tag 2) SRC → DST that are not what they
+//!                            claim: too short for the tag's header, segment size
+//!                            0, an IP length that disagrees, a bad IHL, an IPv4
+//!                            fragment; prints `sent=5`
+//!     (spoof and udp-tagged need QUIC.)
 //!     Prints `connected peer=NAME`, one `done STEP` per step.
 //! sapper-rogue idle ADDR N SECS [--bind IP]
 //!     N TCP connections that never speak, held SECS; prints `opened=N`.
@@ -28,7 +35,7 @@
 
 use prost::Message as _;
 use rustls::pki_types::ServerName;
-use sapper_shared::framing::{self, FrameDecoder, MAX_CONTROL_FRAME, WS_TAG_CONTROL};
+use sapper_shared::framing::{self, FrameDecoder, MAX_CONTROL_FRAME, WS_TAG_CONTROL, WS_TAG_SUPER};
 use sapper_shared::handshake::Handshaker;
 use sapper_shared::proof::{ChannelBinding, Side, BINDING_LEN, EXPORTER_LABEL};
 use sapper_shared::proto::control::{
@@ -110,6 +117,13 @@ async fn run() -> Res<()> {
                 .unwrap_or("exit".into());
             let addresses = take_flag(&mut args, "--address");
             let announce = take_flag(&mut args, "--announce");
+            let ws = match args.iter().position(|a| a == "--ws") {
+                Some(i) => {
+                    args.remove(i);
+                    true
+                }
+                None => false,
+            };
             if args.len() < 4 {
                 return Err("usage: peer ADDR FINGERPRINT PSKFILE STEP...".into());
             }
@@ -140,6 +154,7 @@ async fn run() -> Res<()> {
                 addr(&args[1])?,
                 &fingerprint(&args[2])?,
                 bind,
+                ws,
                 psk,
                 local,
                 &args[4..],
@@ -213,6 +228,18 @@ enum Got {
 }
 
 impl Control {
+    /// One binary WebSocket message as it is.
+    async fn send_binary(&mut self, b: Vec<u8>) -> Res<()> {
+        use futures_util::SinkExt;
+        match self {
+            Control::Quic { .. } => Err("this step needs WebSocket".into()),
+            Control::Ws(ws) => ws
+                .send(tokio_tungstenite::tungstenite::Message::Binary(b.into()))
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     async fn send(&mut self, m: &ControlMessage) -> Res<()> {
         use futures_util::SinkExt;
         match self {
@@ -414,11 +441,16 @@ async fn peer(
     addr: SocketAddr,
     fp: &[u8; 32],
     bind: Option<IpAddr>,
+    ws: bool,
     psk: Psk,
     local: Handshake,
     steps: &[String],
 ) -> Res<()> {
-    let (mut c, binding) = quic_connect(addr, fp, bind).await?;
+    let (mut c, binding) = if ws {
+        ws_connect(addr, fp, bind).await?
+    } else {
+        quic_connect(addr, fp, bind).await?
+    };
     let mut hs = Handshaker::new(local, Side::Client, binding, Some(psk));
     c.send(&hs.outgoing()).await?;
     let name = match c.recv(Duration::from_secs(10)).await {
@@ -429,10 +461,14 @@ async fn peer(
         other => return Err(format!("no handshake back: {}", describe(&other))),
     };
     println!("connected peer={name}");
-    let Control::Quic { conn, .. } = &c else {
-        return Err("peer mode is QUIC only".into());
+    let quic = match &c {
+        Control::Quic { conn, .. } => Some(conn.clone()),
+        Control::Ws(_) => None,
     };
-    let conn = conn.clone();
+    let datagrams = || {
+        quic.clone()
+            .ok_or_else(|| "this step needs QUIC".to_string())
+    };
     let mut i = 0;
     let mut next_net: u32 = 0;
     while i < steps.len() {
@@ -496,6 +532,7 @@ async fn peer(
                 let src: Ipv4Addr = arg(1)?.parse().map_err(|_| "spoof SRC")?;
                 let dst: Ipv4Addr = arg(2)?.parse().map_err(|_| "spoof DST")?;
                 let n: u32 = arg(3)?.parse().map_err(|_| "spoof N")?;
+                let conn = datagrams()?;
                 for k in 0..n {
                     let pkt = udp_packet(src, dst, 40000, 9, &k.to_be_bytes());
                     conn.send_datagram(pkt.into()).map_err(|e| e.to_string())?;
@@ -509,6 +546,7 @@ async fn peer(
                 let src: Ipv4Addr = arg(1)?.parse().map_err(|_| "udp-tagged SRC")?;
                 let dst: Ipv4Addr = arg(2)?.parse().map_err(|_| "udp-tagged DST")?;
                 let n: u32 = arg(3)?.parse().map_err(|_| "udp-tagged N")?;
+                let conn = datagrams()?;
                 let (mut ours, mut foreign) = (0u32, 0u32);
                 let mut count = |d: &[u8]| {
                     // IPv4 + UDP to SRC:40000 only.
@@ -546,6 +584,36 @@ async fn peer(
                 }
                 println!("ours={ours} foreign={foreign}");
                 i += 4;
+            }
+            "super-malformed" => {
+                let src: Ipv4Addr = arg(1)?.parse().map_err(|_| "super-malformed SRC")?;
+                let dst: Ipv4Addr = arg(2)?.parse().map_err(|_| "super-malformed DST")?;
+                // A UDP super-packet of four 1000-byte datagrams, then ways
+                // for it to lie.
+                let good = udp_packet(src, dst, 40000, 7002, &[0x5a; 4000]);
+                let mut wrong_len = good.clone();
+                wrong_len[2..4].copy_from_slice(&5000u16.to_be_bytes());
+                let mut bad_ihl = good.clone();
+                bad_ihl[0] = 0x43;
+                let mut fragment = good.clone();
+                fragment[6] = 0x20; // more fragments
+                let msgs: [(u16, &[u8]); 5] = [
+                    (1000, &[]),
+                    (0, &good),
+                    (1000, &wrong_len),
+                    (1000, &bad_ihl),
+                    (1000, &fragment),
+                ];
+                for (k, (gso, pkt)) in msgs.iter().enumerate() {
+                    let mut b = vec![WS_TAG_SUPER];
+                    if k > 0 {
+                        b.extend_from_slice(&gso.to_be_bytes());
+                    }
+                    b.extend_from_slice(pkt);
+                    c.send_binary(b).await?;
+                }
+                println!("sent={}", msgs.len());
+                i += 3;
             }
             "hold" => {
                 let secs: u64 = arg(1)?.parse().map_err(|_| "hold SECS")?;
