@@ -136,8 +136,8 @@ impl Running {
             crate::target::Dial::client_tls(c, node.cfg.tls.key_exchange)
                 .with_context(|| format!("{shown}: netd.connect[{i}]"))?;
             if let Some(f) = c.proxy().and_then(|p| p.credentials_file.as_deref()) {
-                crate::proxy::credentials(f).with_context(|| {
-                    format!("{shown}: netd.connect[{i}].proxy_credentials_file (a file not read at start may be out of the sandboxed netd's reach: restart to use it)")
+                crate::proxy::credentials_at_reload(f, &node.cfg.state_dir).with_context(|| {
+                    format!("{shown}: netd.connect[{i}].proxy_credentials_file")
                 })?;
             }
         }
