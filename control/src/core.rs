@@ -15,6 +15,7 @@ use sapper_shared::proto::data::{Capabilities, Handshake, HintLevel, NodeRole, P
 use sapper_shared::proto::management::{
     event, ListenerInfo, PeerDisconnected, PeerInfo, RouteInfo,
 };
+use sapper_shared::rate::TokenBucket;
 use sapper_shared::roles::{self, fixed_target, role_from_wire, role_name, Party};
 use sapper_shared::routing::parse_prefixes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -56,6 +57,45 @@ pub struct CoreConfig {
     pub protected: Vec<IpNet>,
     /// Bounds on routes and control messages per peer (`[netd.limits]`).
     pub limits: PeerLimits,
+}
+
+/// What a reload may change in a running core (see
+/// [`Core::handle_config`]); every other part of [`CoreConfig`] is fixed for
+/// the life of the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveConfig {
+    /// netd.announce_routes.
+    pub announce_routes: Vec<IpNet>,
+    /// Whether this node announces them (not `node.no_announce_routes`).
+    pub announce: bool,
+    /// The configured hint (`[node.hint]` / `node.role`).
+    pub hint: Option<RoleHint>,
+    /// netd.ping_interval_ms.
+    pub ping_interval: Duration,
+    /// netd.ping_miss_limit.
+    pub ping_miss_limit: u32,
+}
+
+impl CoreConfig {
+    /// The part of this configuration a reload may change.
+    pub fn live(&self) -> LiveConfig {
+        LiveConfig {
+            announce_routes: self.announce_routes.clone(),
+            announce: self.posture.announce_routes,
+            hint: self.posture.hint,
+            ping_interval: self.ping_interval,
+            ping_miss_limit: self.ping_miss_limit,
+        }
+    }
+
+    /// What this node announces as its own routes.
+    fn own_routes(&self) -> Vec<IpNet> {
+        if self.posture.announce_routes {
+            self.announce_routes.clone()
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// Who opened a link.
@@ -246,12 +286,6 @@ struct PendingPing {
     sent: Instant,
 }
 
-/// A per-link token bucket on control messages.
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
 /// One learned prefix: the link it came over, the node it originates at
 /// (shared by every prefix of one update), and whether it is the peer's own
 /// tunnel address (a source, never installed as a route here).
@@ -271,7 +305,8 @@ struct Link {
     /// What this link announced that a twin link (same peer) owns: taken
     /// over when the twin goes down. Bounded like `owned`.
     standby: BTreeMap<IpNet, (Arc<str>, bool)>,
-    bucket: Bucket,
+    /// The rate limit on the link's control messages.
+    bucket: TokenBucket,
     control_drops: u64,
     routes_refused: u64,
     local: NodeRole,
@@ -383,15 +418,12 @@ impl Core {
             name: self.cfg.name.clone(),
             version: sapper_shared::PROTOCOL_VERSION,
             psk_proof: vec![],
-            routes: if self.cfg.posture.announce_routes {
-                self.cfg
-                    .announce_routes
-                    .iter()
-                    .map(|r| r.to_string())
-                    .collect()
-            } else {
-                vec![]
-            },
+            routes: self
+                .cfg
+                .own_routes()
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
             hint: self.hint,
             software: sapper_shared::SOFTWARE_VERSION.into(),
             addresses: self.cfg.addresses.iter().map(|a| a.to_string()).collect(),
@@ -619,7 +651,8 @@ impl Core {
         let routes = up.accepted.routes.clone();
         let addresses = up.accepted.addresses.clone();
         let origin: Arc<str> = Arc::from(up.accepted.peer.name.as_str());
-        let burst = f64::from(self.cfg.limits.control_burst);
+        let limits = &self.cfg.limits;
+        let bucket = TokenBucket::new(limits.control_burst, limits.control_rate, now);
         self.links.insert(
             id,
             Link {
@@ -627,10 +660,7 @@ impl Core {
                 held: Vec::new(),
                 owned: 0,
                 standby: BTreeMap::new(),
-                bucket: Bucket {
-                    tokens: burst,
-                    last: now,
-                },
+                bucket,
                 control_drops: 0,
                 routes_refused: 0,
                 local: INDET,
@@ -695,17 +725,10 @@ impl Core {
             return;
         };
         // The rate limit first: a flood costs a counter, not the work.
-        let rate = f64::from(self.cfg.limits.control_rate);
-        let burst = f64::from(self.cfg.limits.control_burst);
-        let b = &mut link.bucket;
-        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * rate).min(burst);
-        b.last = now;
-        if b.tokens < 1.0 {
+        if !link.bucket.take(now) {
             link.control_drops += 1;
             return;
         }
-        b.tokens -= 1.0;
         let name = link.name().to_string();
         match m.body {
             Some(Body::Ping(p)) => self
@@ -760,17 +783,33 @@ impl Core {
                 Ok(p) if !sapper_shared::handshake::valid_name(&u.origin) => {
                     self.refused(id, p.len(), "its origin is not a node name");
                 }
+                Ok(p) if !self.may_originate(id) && u.origin == name => {
+                    // The peer's own routes (a reload added them) wait for a
+                    // role that originates, like its Handshake's.
+                    self.peer_announces(id, &p, true);
+                    self.hold(id, p);
+                }
                 Ok(p) if !self.may_originate(id) => {
                     self.refused(id, p.len(), "its role does not originate routes");
                 }
-                Ok(p) => self.learn_routes(id, &p, Arc::from(u.origin.as_str()), false),
+                Ok(p) => {
+                    if u.origin == name {
+                        self.peer_announces(id, &p, true);
+                    }
+                    self.learn_routes(id, &p, Arc::from(u.origin.as_str()), false)
+                }
                 Err(e) => self.warn(
                     Some(id),
                     format!("ignored a bad route update from {name}: {e}"),
                 ),
             },
             Some(Body::RouteWithdraw(w)) => match parse_prefixes(&w.prefixes) {
-                Ok(p) => self.withdraw_routes(id, &p, &w.origin),
+                Ok(p) => {
+                    if w.origin == name {
+                        self.peer_announces(id, &p, false);
+                    }
+                    self.withdraw_routes(id, &p, &w.origin)
+                }
                 Err(e) => self.warn(
                     Some(id),
                     format!("ignored a bad route withdrawal from {name}: {e}"),
@@ -841,6 +880,87 @@ impl Core {
         self.renegotiate(true);
     }
 
+    /// A reload changed the live part of the configuration. Returns the keys
+    /// that changed (all applied now):
+    ///
+    /// - announced routes: what was added is sent to every peer as a
+    ///   `RouteUpdate`, what was removed as a `RouteWithdraw`, both with this
+    ///   node as origin — the messages a relay already passes on, so the
+    ///   change reaches nodes behind it too. New links get the new list in
+    ///   the Handshake.
+    /// - the hint: replaces the current one (also one the operator set with
+    ///   `sapperctl hint`) and renegotiates every link, telling the peers;
+    ///   that may change roles, and with them routes.
+    /// - ping interval: every link's next keepalive is due no later than one
+    ///   new interval from `now`.
+    /// - miss limit: every link's liveness tracker counts against the new
+    ///   limit from the next keepalive on.
+    pub fn handle_config(&mut self, now: Instant, new: LiveConfig) -> Vec<&'static str> {
+        let old = self.cfg.live();
+        let mut changed = Vec::new();
+        if new.announce_routes != old.announce_routes || new.announce != old.announce {
+            changed.push("netd.announce_routes");
+            let before = self.cfg.own_routes();
+            self.cfg.announce_routes = new.announce_routes;
+            self.cfg.posture.announce_routes = new.announce;
+            let after = self.cfg.own_routes();
+            let gone: Vec<String> = before
+                .iter()
+                .filter(|p| !after.contains(p))
+                .map(|p| p.to_string())
+                .collect();
+            let added: Vec<String> = after
+                .iter()
+                .filter(|p| !before.contains(p))
+                .map(|p| p.to_string())
+                .collect();
+            let origin = self.cfg.name.clone();
+            // Withdrawals first: a prefix replaced by an overlapping one
+            // (10.0.0.0/24 by 10.0.0.0/16) must be gone before the new one
+            // is checked against what the peer owns.
+            for chunk in gone.chunks(sapper_shared::routing::MAX_ROUTES) {
+                self.broadcast_except(
+                    None,
+                    Body::RouteWithdraw(RouteWithdraw {
+                        prefixes: chunk.to_vec(),
+                        origin: origin.clone(),
+                    }),
+                );
+            }
+            for chunk in added.chunks(sapper_shared::routing::MAX_ROUTES) {
+                self.broadcast_except(
+                    None,
+                    Body::RouteUpdate(RouteUpdate {
+                        prefixes: chunk.to_vec(),
+                        origin: origin.clone(),
+                    }),
+                );
+            }
+        }
+        if new.hint != old.hint {
+            changed.push("node.hint");
+            self.cfg.posture.hint = new.hint;
+            self.hint = new.hint;
+            self.renegotiate(true);
+        }
+        if new.ping_interval != old.ping_interval {
+            changed.push("netd.ping_interval_ms");
+            self.cfg.ping_interval = new.ping_interval;
+            let due = now + new.ping_interval.max(Duration::from_millis(1));
+            for l in self.links.values_mut() {
+                l.next_ping = l.next_ping.min(due);
+            }
+        }
+        if new.ping_miss_limit != old.ping_miss_limit {
+            changed.push("netd.ping_miss_limit");
+            self.cfg.ping_miss_limit = new.ping_miss_limit;
+            for l in self.links.values_mut() {
+                l.latency.set_miss_limit(new.ping_miss_limit as usize);
+            }
+        }
+        changed
+    }
+
     /// The operator pings a link; the answer comes from
     /// [`Core::poll_ping_reply`] with `token`.
     pub fn ping(&mut self, now: Instant, id: LinkId, token: u64) -> Result<(), OperatorError> {
@@ -886,6 +1006,12 @@ impl Core {
         if self.listeners.len() < MAX_LISTENERS {
             self.listeners.push(l);
         }
+    }
+
+    /// A listener closed (a reload removed it).
+    pub fn remove_listener(&mut self, address: &str, transport: &str) {
+        self.listeners
+            .retain(|l| !(l.address == address && l.transport == transport));
     }
 
     /// The host's underlay networks and gateways changed (an interface or
@@ -1317,6 +1443,10 @@ impl Core {
         for p in prefixes {
             let p = p.trunc();
             if let Some(l) = self.links.get_mut(&id) {
+                if l.name() == origin {
+                    // Its own route, not learned yet: no longer held back.
+                    l.held.retain(|h| h.trunc() != p);
+                }
                 if l.standby
                     .get(&p)
                     .is_some_and(|(o, a)| !*a && &**o == origin)
@@ -1438,6 +1568,51 @@ impl Core {
                 ));
             }
         }
+    }
+
+    /// The peer announced (or withdrew) `prefixes` of its own after its
+    /// Handshake: `peers` shows its current list. Bounded like a
+    /// Handshake's list.
+    fn peer_announces(&mut self, id: LinkId, prefixes: &[IpNet], add: bool) {
+        let Some(l) = self.links.get_mut(&id) else {
+            return;
+        };
+        let shown = &mut l.up.accepted.peer.routes;
+        for p in prefixes {
+            let p = p.trunc().to_string();
+            if !add {
+                shown.retain(|r| {
+                    r.parse::<IpNet>()
+                        .map_or(true, |n| n.trunc().to_string() != p)
+                });
+            } else if shown.len() < sapper_shared::routing::MAX_ROUTES && !shown.contains(&p) {
+                shown.push(p);
+            }
+        }
+    }
+
+    /// Keeps the peer's own `prefixes` until its role lets it originate
+    /// them; bounded like what it may own.
+    fn hold(&mut self, id: LinkId, prefixes: Vec<IpNet>) {
+        let max = self.cfg.limits.max_routes_per_peer;
+        let mut refused = 0;
+        if let Some(l) = self.links.get_mut(&id) {
+            for p in prefixes {
+                if l.held.contains(&p) {
+                    continue;
+                }
+                if l.held.len() >= max {
+                    refused += 1;
+                } else {
+                    l.held.push(p);
+                }
+            }
+        }
+        self.refused(
+            id,
+            refused,
+            "the link already holds netd.limits.max_routes_per_peer prefixes",
+        );
     }
 
     /// Links whose peer may now originate routes learn what their

@@ -18,8 +18,8 @@ mod forwarding;
 mod prefix_map;
 
 pub use crate::core::{
-    Close, Core, CoreConfig, Direction, Event, LinkUp, LinkView, OperatorError, PingOutcome,
-    PingReply, RouteOutcome, RouteRequest, StatusView,
+    Close, Core, CoreConfig, Direction, Event, LinkUp, LinkView, LiveConfig, OperatorError,
+    PingOutcome, PingReply, RouteOutcome, RouteRequest, StatusView,
 };
 pub use crate::forwarding::{Forwarding, ForwardingTable};
 pub use crate::prefix_map::PrefixMap;

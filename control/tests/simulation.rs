@@ -454,8 +454,13 @@ fn only_exits_and_relays_originate_routes() {
         owner(&s, "exit", "10.99.0.7/32"),
         Some(s.link_at(w, "exit"))
     );
+    // Its own routes sent later (a reload) are held back the same way...
     s.inject_from(w, "pretender", update(&["10.71.0.0/16"], "pretender"));
     assert_eq!(owner(&s, "exit", "10.71.0.0/16"), None);
+    assert_eq!(refused(&s, "exit", w), 0);
+    // ...and what it relays for another origin is refused.
+    s.inject_from(w, "pretender", update(&["10.72.0.0/16"], "elsewhere"));
+    assert_eq!(owner(&s, "exit", "10.72.0.0/16"), None);
     assert_eq!(refused(&s, "exit", w), 1);
 }
 

@@ -240,10 +240,12 @@ pub async fn run_link<L: Link>(
     // The rate limit on control messages sits here, before the driver's
     // queue: a flood costs this task a counter, never the driver's
     // attention (the core applies the same bound again, deterministically).
-    let rate = f64::from(node.cfg.limits.control_rate);
-    let burst = f64::from(node.cfg.limits.control_burst);
-    let mut tokens = burst;
-    let mut last = std::time::Instant::now();
+    let limits = &node.cfg.limits;
+    let mut bucket = sapper_shared::rate::TokenBucket::new(
+        limits.control_burst,
+        limits.control_rate,
+        std::time::Instant::now(),
+    );
     let reason = loop {
         tokio::select! {
             _ = close.cancelled() => break "closed".to_string(),
@@ -264,16 +266,10 @@ pub async fn run_link<L: Link>(
             },
             body = link.recv_control() => match body {
                 Ok(body) => match sapper_shared::framing::decode::<ControlMessage>(&body) {
-                    Ok(_) if {
-                        let now = std::time::Instant::now();
-                        tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(burst);
-                        last = now;
-                        tokens < 1.0
-                    } => {
+                    Ok(_) if !bucket.take(std::time::Instant::now()) => {
                         data.counters.control_drops.fetch_add(1, Relaxed);
                     }
                     Ok(msg) => {
-                        tokens -= 1.0;
                         if node.tell(Input::Control { id, msg }).await.is_err() {
                             break "driver unavailable".to_string();
                         }

@@ -120,7 +120,7 @@ fn run(args: Args) -> Result<()> {
     cfg.expand_credentials(&file, creds.as_deref())?;
     proxy::set_credentials_dir(creds.clone());
     proxy::read_env()?;
-    let node_debug = format!("{:?}", cfg.node);
+    let node_section = cfg.node.clone();
     let mut netd = cfg
         .netd
         .with_context(|| format!("{file}: no [netd] section"))?;
@@ -299,7 +299,7 @@ fn run(args: Args) -> Result<()> {
         .context("starting the async runtime")?;
     // Connect targets were parsed with the config: a bad one was an error
     // naming the file and key, not a retry loop later.
-    let running = (node_debug, netd.clone());
+    let running = (node_section, netd.clone());
     let config_file = args.config.clone();
     runtime.block_on(async move {
         let tun = match tun {
@@ -574,21 +574,33 @@ fn open_tun(
 async fn serve(
     node: Arc<Node>,
     bound: Bound,
-    running: (String, sapper_shared::config::NetdConfig),
+    running: (
+        sapper_shared::config::NodeConfig,
+        sapper_shared::config::NetdConfig,
+    ),
     config_file: PathBuf,
     posture: String,
 ) -> Result<()> {
+    use sapper_shared::config::Transport;
+    let mut started = Vec::new();
     for (sock, addr) in bound.quic {
-        listen::quic(&node, sock, addr)?;
+        let allowed = listen::allowed_at_start(&node, &addr);
+        let stop = listen::quic(&node, sock, addr.clone(), allowed)?;
+        started.push((addr, Transport::Quic, stop));
     }
     for (sock, addr, path) in bound.ws {
-        listen::ws(&node, sock, addr, path)?;
+        let allowed = listen::allowed_at_start(&node, &addr);
+        let stop = listen::ws(&node, sock, addr.clone(), path, allowed)?;
+        started.push((addr, Transport::Ws, stop));
     }
-    let mut running = reload::Running::start(&node, &running.0, &running.1)?;
-    if let Some(l) = bound.metrics {
+    let metrics = bound.metrics.map(|l| {
         tracing::info!(on = %l.describe(), "metrics endpoint serving");
-        tokio::spawn(metrics_http::serve(node.clone(), l));
-    }
+        let stop = node.shutdown.child_token();
+        let max = node.cfg.metrics.as_ref().map_or(4, |m| m.max_connections);
+        tokio::spawn(metrics_http::serve(node.clone(), l, max, stop.clone()));
+        stop
+    });
+    let mut running = reload::Running::start(&node, &running.0, &running.1, started, metrics)?;
     let mgmt = tokio::net::UnixListener::from_std(bound.mgmt)?;
     tokio::spawn(mgmt::serve(node.clone(), mgmt));
     tokio::spawn(datapath::tun_reader(

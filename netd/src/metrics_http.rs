@@ -4,6 +4,11 @@
 //! read and write on a socket it already has: nothing seccomp or Landlock
 //! withholds).
 //!
+//! A reload may turn the endpoint on, off or move it (see reload.rs): the
+//! running one is stopped by its token and a new one bound then, by the
+//! unprivileged netd (a loopback port, or a socket in a directory netd may
+//! write; owned by netd's user and group until the next restart).
+//!
 //! A deliberately small HTTP/1.x: one request per connection, then close.
 //! Whatever is not `GET /metrics` (or `GET /`) with an HTTP/1.0 or 1.1
 //! request line, complete headers within [`MAX_REQUEST`] bytes and
@@ -18,6 +23,7 @@ use sapper_shared::config::{MetricsConfig, MetricsEndpoint};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 /// The longest request (line plus headers) read.
 pub const MAX_REQUEST: usize = 8 * 1024;
@@ -194,9 +200,9 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(node: Arc<Node>, mut s: S)
     Ok(())
 }
 
-/// Serves scrapes until shutdown.
-pub async fn serve(node: Arc<Node>, listener: Listener) {
-    let max = node.cfg.metrics.as_ref().map_or(4, |m| m.max_connections);
+/// Serves scrapes, at most `max` at once, until shutdown or `stop` (a reload
+/// that turns the endpoint off or moves it); the listener closes then.
+pub async fn serve(node: Arc<Node>, listener: Listener, max: usize, stop: CancellationToken) {
     let slots = Arc::new(tokio::sync::Semaphore::new(max));
     let (tcp, unix) = match listener {
         Listener::Tcp(l) => (tokio::net::TcpListener::from_std(l).ok(), None),
@@ -210,11 +216,11 @@ pub async fn serve(node: Arc<Node>, listener: Listener) {
     loop {
         // A slot first: past the bound, connections wait in the backlog.
         let permit = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
         };
         let accepted: std::io::Result<Box<dyn Stream>> = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             r = async {
                 match (&tcp, &unix) {
                     (Some(t), _) => t.accept().await.map(|(s, _)| Box::new(s) as Box<dyn Stream>),

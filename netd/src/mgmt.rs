@@ -626,12 +626,18 @@ fn listen(node: &Arc<Node>, l: ListenRequest) -> Result<(), Failure> {
         Transport::Quic => {
             let s = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
             s.set_nonblocking(true).map_err(bind_err)?;
-            crate::listen::quic(node, s, addr.to_string()).map_err(failed)
+            let allowed = crate::listen::allowed_at_start(node, &addr.to_string());
+            crate::listen::quic(node, s, addr.to_string(), allowed)
+                .map(drop)
+                .map_err(failed)
         }
         Transport::Ws => {
             let s = std::net::TcpListener::bind(addr).map_err(bind_err)?;
             s.set_nonblocking(true).map_err(bind_err)?;
-            crate::listen::ws(node, s, addr.to_string(), path.as_str().into()).map_err(failed)
+            let allowed = crate::listen::allowed_at_start(node, &addr.to_string());
+            crate::listen::ws(node, s, addr.to_string(), path.as_str().into(), allowed)
+                .map(drop)
+                .map_err(failed)
         }
     }
 }

@@ -37,6 +37,16 @@ impl Latency {
         }
     }
 
+    /// A new miss limit (a reload of `netd.ping_miss_limit`): pings already
+    /// unanswered count against it, so a lower limit may declare the peer
+    /// dead at the next keepalive. The outstanding list stays bounded by it.
+    pub fn set_miss_limit(&mut self, miss_limit: usize) {
+        self.miss_limit = miss_limit.max(1);
+        while self.outstanding.len() > self.miss_limit {
+            self.outstanding.pop_front();
+        }
+    }
+
     /// Records a ping sent at `now_ms` and returns it.
     pub fn ping(&mut self, now_ms: u64) -> Ping {
         self.ping_at(now_ms, 0)

@@ -668,6 +668,312 @@ fn reload(t: Transport) {
 }
 per_transport!(reload);
 
+/// Sends `GET /metrics` to `addr` from inside the network namespace `ns`
+/// (one thread moved there with setns) and returns the answer; `None` when
+/// nothing accepts the connection.
+fn scrape_in(ns: &str, addr: &str) -> Option<Vec<u8>> {
+    let path = format!("/run/netns/{ns}");
+    let addr: std::net::SocketAddr = addr.parse().expect("scrape address");
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns on an fd we own; it moves only this thread.
+        let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}");
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .ok()?;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        Some(out)
+    })
+    .join()
+    .expect("scrape thread")
+}
+
+/// Whether the exit's listener at `addr` (over `t`) completes TLS and
+/// opens the control stream, tried from the entry's namespace with
+/// `sapper-rogue anon` (which then sends a bad proof and is refused).
+fn served(topo: &Topology, t: Transport, addr: &str, fp: &str) -> bool {
+    let mut cmd = topo.entry.cmd(sapper_tests::bins::tool("sapper-rogue"));
+    cmd.args(["anon", t.as_str(), addr, fp]);
+    match run_timeout(&mut cmd, Duration::from_secs(30)) {
+        Ok(o) => {
+            println!("sapper-rogue anon {} {addr}: {}", t.as_str(), show(&o));
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("first=")
+        }
+        Err(e) => {
+            println!("sapper-rogue anon {} {addr}: {e}", t.as_str());
+            false
+        }
+    }
+}
+
+/// Counts the lines of `node`'s netd log containing `needle`.
+fn log_count(topo: &Topology, node: Node, needle: &str) -> usize {
+    topo.netd(node)
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Writes `text` as `node`'s config, sends SIGHUP and waits for the reload
+/// to be logged as applied; returns that log line.
+fn reload_with(topo: &mut Topology, node: Node, text: &str) -> String {
+    let before = log_count(topo, node, "reload: applied live");
+    std::fs::write(topo.config_path(node), text).expect("write config");
+    hup(topo, node);
+    wait_until("the reload to be applied", WAIT, || {
+        (log_count(topo, node, "reload: applied live") > before).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", topo.netd(node).stderr_text()));
+    topo.netd(node)
+        .stderr_text()
+        .lines()
+        .rfind(|l| l.contains("reload: applied live"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The pongs the entry recorded from the exit so far (the RTT histogram's
+/// count), scraped from its metrics endpoint.
+fn pongs(topo: &Topology, addr: &str) -> f64 {
+    let answer = scrape_in(topo.entry.name(), addr).expect("the metrics endpoint answers");
+    let body = body_of(&answer);
+    sum(
+        &samples(&body),
+        "sapper_peer_rtt_samples_seconds_count",
+        "peer=\"exit\"",
+    )
+}
+
+/// Reload applies live what used to wait for a restart, while a ping on the
+/// link no change touches loses nothing:
+/// - a listener added and then removed on the exit: served, then closed
+///   (no TLS handshake completes on it) while the tunnel's listener serves;
+/// - `announce_routes` on the exit: the entry learns an added prefix and
+///   drops a removed one;
+/// - `[netd.metrics]` on the entry turned on (scraped), moved to another
+///   port and turned off (nothing accepts);
+/// - `ping_interval_ms` on the entry: the pongs counted by the metrics
+///   endpoint go from ~1/s to ~10/s.
+fn reload_live(t: Transport) {
+    let mut topo = bare(t);
+    init_pair(&mut topo, t);
+    topo.wait_for_tunnel();
+    let (other, other_port) = if t == Transport::Quic {
+        (Transport::Ws, 8443)
+    } else {
+        (Transport::Quic, 4433)
+    };
+    let own_port = if t == Transport::Quic { 4433 } else { 8443 };
+    let fp = topo.ctl_json(Node::Exit, &["status"]).expect("exit status")["cert_fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_string();
+
+    // A ping all along: 0.2 s apart for ~30 s.
+    let mut pinger = topo.entry.cmd("ping");
+    pinger
+        .args([
+            "-n",
+            "-q",
+            "-i",
+            "0.2",
+            "-c",
+            "150",
+            "-W",
+            "1",
+            PRIVATE_HOST,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let pinger = pinger.spawn().expect("start ping");
+
+    // Listeners: one added, then removed.
+    let exit_cfg = topo.config_path(Node::Exit);
+    let exit_good = std::fs::read_to_string(&exit_cfg).expect("exit config");
+    let other_addr = format!("{EXIT_UNDERLAY}:{other_port}");
+    let own_addr = format!("{EXIT_UNDERLAY}:{own_port}");
+    let with_listener = exit_good.replacen(
+        "\n[privd]\n",
+        &format!(
+            "\n[[netd.listen]]\ntransport = \"{}\"\naddress = \"0.0.0.0:{other_port}\"\n\n[privd]\n",
+            other.as_str()
+        ),
+        1,
+    );
+    let line = reload_with(&mut topo, Node::Exit, &with_listener);
+    assert!(line.contains("netd.listen"), "{line}");
+    assert!(
+        served(&topo, other, &other_addr, &fp),
+        "the added listener serves"
+    );
+    let line = reload_with(&mut topo, Node::Exit, &exit_good);
+    assert!(line.contains("netd.listen"), "{line}");
+    topo.wait_for_log("exit-netd", "listener closed", WAIT);
+    assert!(
+        !served(&topo, other, &other_addr, &fp),
+        "the removed listener still completes handshakes"
+    );
+    assert!(served(&topo, t, &own_addr, &fp), "the kept listener serves");
+
+    // Announced routes: one added on the exit reaches the entry, and goes
+    // again when removed.
+    const MORE: &str = "10.77.0.0/24";
+    let entry_routes = |topo: &Topology| -> Vec<String> {
+        topo.ctl_json(Node::Entry, &["routes"]).expect("routes")["routes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|r| r["peer"] == "exit")
+                    .filter_map(|r| r["prefix"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let announce = format!("announce_routes = [\"{PRIVATE_NET}\"]");
+    assert!(exit_good.contains(&announce), "{exit_good}");
+    let more = exit_good.replacen(
+        &announce,
+        &format!("announce_routes = [\"{PRIVATE_NET}\", \"{MORE}\"]"),
+        1,
+    );
+    let line = reload_with(&mut topo, Node::Exit, &more);
+    assert!(line.contains("netd.announce_routes"), "{line}");
+    wait_until("the entry to learn the added route", WAIT, || {
+        entry_routes(&topo)
+            .contains(&MORE.to_string())
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    // `peers` shows the exit's list as it is now.
+    let peers = topo.peers(Node::Entry).expect("peers");
+    assert!(
+        peers[0]["routes"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|p| p == MORE)),
+        "{peers:?}"
+    );
+    reload_with(&mut topo, Node::Exit, &exit_good);
+    wait_until("the entry to drop the removed route", WAIT, || {
+        let r = entry_routes(&topo);
+        (!r.contains(&MORE.to_string()) && r.contains(&PRIVATE_NET.to_string())).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", entry_routes(&topo)));
+
+    // Metrics on by reload, then the ping interval from 1 s to 100 ms.
+    let entry_cfg = topo.config_path(Node::Entry);
+    let entry_good = std::fs::read_to_string(&entry_cfg).expect("entry config");
+    // [netd.metrics] goes last, after the sections the file has.
+    let with_metrics = |port: u16, extra: &str| {
+        let base = if extra.is_empty() {
+            entry_good.clone()
+        } else {
+            entry_good.replacen("\n[netd]\n", &format!("\n[netd]\n{extra}\n"), 1)
+        };
+        format!("{base}\n[netd.metrics]\nlisten = \"127.0.0.1:{port}\"\n")
+    };
+    assert!(
+        scrape_in(topo.entry.name(), "127.0.0.1:9477").is_none(),
+        "a metrics endpoint before it was configured"
+    );
+    let line = reload_with(&mut topo, Node::Entry, &with_metrics(9477, ""));
+    assert!(line.contains("netd.metrics"), "{line}");
+    let rate = |topo: &Topology, addr: &str| {
+        let a = pongs(topo, addr);
+        std::thread::sleep(Duration::from_secs(3));
+        (pongs(topo, addr) - a) / 3.0
+    };
+    let slow = rate(&topo, "127.0.0.1:9477");
+    let line = reload_with(
+        &mut topo,
+        Node::Entry,
+        &with_metrics(9478, "ping_interval_ms = 100"),
+    );
+    assert!(
+        line.contains("netd.ping_interval_ms") && line.contains("netd.metrics"),
+        "{line}"
+    );
+    assert!(
+        scrape_in(topo.entry.name(), "127.0.0.1:9477").is_none(),
+        "the old metrics address still answers"
+    );
+    let fast = rate(&topo, "127.0.0.1:9478");
+    println!("pongs per second: {slow:.1} at 1000 ms, {fast:.1} at 100 ms");
+    assert!(
+        slow <= 2.5 && fast >= 5.0,
+        "pongs per second {slow:.1} at 1000 ms, {fast:.1} at 100 ms"
+    );
+    // Metrics off, and a key only a restart applies: named in the same
+    // line and in a warning of its own.
+    let slower_redial = entry_good.replacen("\n[netd]\n", "\n[netd]\nreconnect_max_ms = 2000\n", 1);
+    let line = reload_with(&mut topo, Node::Entry, &slower_redial);
+    assert!(
+        line.contains("netd.metrics") && line.contains("needs_restart=netd.reconnect_*"),
+        "{line}"
+    );
+    let warned = topo.wait_for_log_line(
+        "entry-netd",
+        &["takes effect when netd restarts", "netd.reconnect_*"],
+        WAIT,
+    );
+    assert!(warned.contains("WARN"), "{warned}");
+    assert!(
+        scrape_in(topo.entry.name(), "127.0.0.1:9478").is_none(),
+        "metrics still served after they were turned off"
+    );
+
+    topo.assert_daemons_alive();
+    let out = pinger.wait_with_output().expect("ping");
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        summary.contains("150 packets transmitted, 150 received"),
+        "the ping on the untouched link lost packets during the reloads:\n{summary}"
+    );
+    // One link all along: no change touched it.
+    let peers = topo.peers(Node::Entry).expect("peers");
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(
+        log_count(&topo, Node::Entry, "peer_disconnected"),
+        0,
+        "the entry's link went down during the reloads"
+    );
+
+    // The hint: the exit's fixed role taken out by a reload makes it
+    // undecided (the secure posture does not negotiate), so the entry drops
+    // its routes; put back, the exit's routes return. The link stays up.
+    let role_line = "role = \"exit\"";
+    assert!(exit_good.contains(role_line), "{exit_good}");
+    let exit_role = |topo: &Topology| {
+        topo.peers(Node::Entry).ok().and_then(|p| {
+            p.first()
+                .and_then(|p| p["role"].as_str().map(str::to_string))
+        })
+    };
+    let line = reload_with(&mut topo, Node::Exit, &exit_good.replacen(role_line, "", 1));
+    assert!(line.contains("node.hint"), "{line}");
+    wait_until("the entry to see the exit undecided", WAIT, || {
+        (exit_role(&topo).as_deref() == Some("indeterminate")
+            && !entry_routes(&topo).contains(&PRIVATE_NET.to_string()))
+        .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?} {:?}", exit_role(&topo), entry_routes(&topo)));
+    reload_with(&mut topo, Node::Exit, &exit_good);
+    wait_until("the exit to be the exit again", WAIT, || {
+        (exit_role(&topo).as_deref() == Some("exit")
+            && entry_routes(&topo).contains(&PRIVATE_NET.to_string()))
+        .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?} {:?}", exit_role(&topo), entry_routes(&topo)));
+    topo.wait_for_tunnel();
+    assert_eq!(log_count(&topo, Node::Entry, "peer_disconnected"), 0);
+}
+per_transport!(reload_live);
+
 /// `disconnect --stay`: the entry closes its link to the exit and stops
 /// redialling it (no link at any look for 3 s); the exit, which was dialled,
 /// refuses --stay with a reason; a reload that still lists the connect entry

@@ -741,6 +741,94 @@ fn flow_limit_refuses_new_flows_only() {
     ux.topo.assert_daemons_alive();
 }
 
+/// A reload (SIGHUP) of `[netd.exit]` on the running exit: a lower
+/// max_tcp_flows refuses connections the old limit admitted, a deny rule
+/// added refuses a destination that connected before, and taking both out
+/// again admits them; the link and a ping through it stay up throughout.
+#[test]
+fn reload_applies_exit_limits_and_policy() {
+    let mut ux = Ux::start(Transport::Quic, &["max_tcp_flows = 64"], true);
+    ux.serve("tcp-echo-serve", "10.20.0.2:7001");
+    ux.wait_for_ping(PRIVATE_HOST);
+    let cfg = ux.topo.config_path(Node::Exit);
+    let good = fs::read_to_string(&cfg).expect("exit config");
+    let reload = |ux: &mut Ux, text: &str| {
+        let applied = |ux: &Ux| {
+            ux.topo
+                .netd(Node::Exit)
+                .stderr_text()
+                .matches("reload: userspace exit limits and policy applied")
+                .count()
+        };
+        let before = applied(ux);
+        write(&cfg, text, 0o644);
+        let pid = ux.topo.netd(Node::Exit).pid();
+        // SAFETY: kill has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+        wait_until("the exit to apply the reload", WAIT, || {
+            (applied(ux) > before).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", ux.topo.netd(Node::Exit).stderr_text()));
+    };
+    let conns = |ux: &Ux| {
+        ux.probe(
+            &[
+                "tcp-conns",
+                "10.20.0.2:7001",
+                "12",
+                "1000",
+                "--timeout",
+                "30",
+            ],
+            Duration::from_secs(45),
+        )
+    };
+    let flows_gone = |ux: &Ux| {
+        wait_until(
+            "the exit's TCP flows to close",
+            Duration::from_secs(30),
+            || (ux.stat("tcp_flows") == 0).then_some(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}; exit: {}", ux.exit_stats()));
+    };
+    let out = conns(&ux);
+    assert!(
+        out.status.success(),
+        "12 connections under 64: {}",
+        show(&out)
+    );
+    flows_gone(&ux);
+
+    reload(
+        &mut ux,
+        &good.replace("max_tcp_flows = 64", "max_tcp_flows = 4"),
+    );
+    let refused = ux.stat("refused_limit");
+    let out = conns(&ux);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stdout).contains("refused"),
+        "12 connections past a reloaded limit of 4: {}",
+        show(&out)
+    );
+    assert!(ux.stat("refused_limit") > refused, "{}", ux.exit_stats());
+    flows_gone(&ux);
+
+    reload(
+        &mut ux,
+        &format!("{good}deny = [\"tcp 10.20.0.2 port 7001\"]\n"),
+    );
+    let (r, _) = ux.connect("10.20.0.2:7001");
+    assert_eq!(r, "refused", "a destination denied by the reload");
+    assert!(ux.stat("denied_flows") >= 1, "{}", ux.exit_stats());
+
+    reload(&mut ux, &good);
+    let (r, _) = ux.connect("10.20.0.2:7001");
+    assert_eq!(r, "connected", "allowed again");
+    ux.wait_for_ping(PRIVATE_HOST);
+    assert_eq!(ux.topo.peers(Node::Entry).expect("peers").len(), 1);
+    ux.topo.assert_daemons_alive();
+}
+
 /// With max_udp_flows = 2 and max_icmp_flows = 1, a third UDP flow and a
 /// second ping flow are refused at once (ICMP "prohibited", which the
 /// sockets see as unreachable), counted and logged with the limit's name,

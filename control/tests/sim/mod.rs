@@ -436,6 +436,22 @@ impl Sim {
         self.run();
     }
 
+    /// A reload on `name`: `change` edits the live configuration, the core
+    /// gets it at the current time. Returns the keys it applied.
+    pub fn reload(
+        &mut self,
+        name: &str,
+        change: impl FnOnce(&mut sapper_control::LiveConfig),
+    ) -> Vec<&'static str> {
+        let i = self.idx(name);
+        let mut live = self.nodes[i].core.config().live();
+        change(&mut live);
+        let now = self.now;
+        let applied = self.nodes[i].core.handle_config(now, live);
+        self.run();
+        applied
+    }
+
     pub fn set_hint(&mut self, name: &str, h: Option<RoleHint>) {
         let i = self.idx(name);
         self.nodes[i].core.set_hint(h);

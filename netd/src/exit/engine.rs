@@ -211,6 +211,8 @@ impl DgramFlow {
 pub struct Engine {
     pub(super) ctx: Arc<Ctx>,
     pub(super) cfg: ExitConfig,
+    /// New `[netd.exit]` from a reload.
+    configs: tokio::sync::watch::Receiver<ExitConfig>,
     pub(super) limits: Limits,
     pub(super) usage: Usage,
     inbound: mpsc::Receiver<(u64, Bytes)>,
@@ -234,11 +236,12 @@ impl Engine {
     pub fn new(
         sink: Arc<DataPath>,
         shutdown: CancellationToken,
-        cfg: ExitConfig,
+        mut configs: tokio::sync::watch::Receiver<ExitConfig>,
         stats: Arc<Stats>,
         inbound: mpsc::Receiver<(u64, Bytes)>,
         queued: Arc<AtomicUsize>,
     ) -> Result<Engine> {
+        let cfg = configs.borrow_and_update().clone();
         let (etx, erx) = mpsc::unbounded_channel();
         let ctx = Arc::new(Ctx {
             sink,
@@ -276,6 +279,7 @@ impl Engine {
             limits: Limits::from_config(&cfg),
             ctx,
             cfg,
+            configs,
             usage: Usage::default(),
             inbound,
             queued,
@@ -348,10 +352,36 @@ impl Engine {
                     None => break,
                 },
                 _ = notify.notified() => {}
+                Ok(()) = self.configs.changed() => {
+                    let cfg = self.configs.borrow_and_update().clone();
+                    self.reconfigure(cfg);
+                }
                 _ = tokio::time::sleep(delay) => {}
             }
         }
         self.shutdown_all();
+    }
+
+    /// A reload's `[netd.exit]`: new limits for new flows. What open flows
+    /// hold stays counted (each gives back the cost it was admitted with),
+    /// so a lower limit refuses new flows until enough have closed. The
+    /// cache of denied flows is dropped: the policy may allow them now.
+    fn reconfigure(&mut self, cfg: ExitConfig) {
+        self.limits = Limits::from_config(&cfg);
+        self.ctx
+            .stats
+            .max_buffer_bytes
+            .store(cfg.buffers.total_bytes(), Relaxed);
+        self.denied.clear();
+        tracing::info!(
+            max_tcp_flows = self.limits.max_flows[0],
+            max_udp_flows = self.limits.max_flows[1],
+            max_icmp_flows = self.limits.max_flows[2],
+            max_buffer_bytes = cfg.buffers.total_bytes(),
+            deny_local = cfg.deny_local,
+            "reload: userspace exit limits and policy applied to new flows"
+        );
+        self.cfg = cfg;
     }
 
     /// One round of smoltcp processing and data movement.

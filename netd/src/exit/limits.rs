@@ -97,6 +97,54 @@ impl Limits {
     }
 }
 
+/// The keys of `[netd.exit]` that differ between `old` and `new`, all of
+/// which a running exit applies to new flows; `Err` names the one that
+/// needs a restart (`enable`: starting or stopping the exit changes where
+/// the tunnel's packets end).
+pub fn live_change(old: &ExitConfig, new: &ExitConfig) -> Result<Vec<&'static str>, &'static str> {
+    if old.enable != new.enable {
+        return Err("netd.exit.enable");
+    }
+    let mut changed = Vec::new();
+    let mut check = |key, differs: bool| {
+        if differs {
+            changed.push(key);
+        }
+    };
+    check(
+        "netd.exit.max_tcp_flows",
+        old.max_tcp_flows != new.max_tcp_flows,
+    );
+    check(
+        "netd.exit.max_udp_flows",
+        old.max_udp_flows != new.max_udp_flows,
+    );
+    check(
+        "netd.exit.max_icmp_flows",
+        old.max_icmp_flows != new.max_icmp_flows,
+    );
+    check(
+        "netd.exit.max_flows_per_peer",
+        old.max_flows_per_peer != new.max_flows_per_peer,
+    );
+    check("netd.exit.*_buffer_bytes", old.buffers != new.buffers);
+    check(
+        "netd.exit.connect_timeout_ms",
+        old.connect_timeout != new.connect_timeout,
+    );
+    check(
+        "netd.exit.*_idle_timeout_ms",
+        old.udp_idle_timeout != new.udp_idle_timeout
+            || old.icmp_idle_timeout != new.icmp_idle_timeout,
+    );
+    check(
+        "netd.exit.allow/deny/deny_local",
+        format!("{:?}", old.policy) != format!("{:?}", new.policy)
+            || old.deny_local != new.deny_local,
+    );
+    Ok(changed)
+}
+
 /// Why a new flow was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -177,6 +225,24 @@ mod tests {
             max_bytes: bytes,
             flow_buffer: 1000,
         }
+    }
+
+    #[test]
+    fn live_changes_are_named_and_enable_needs_a_restart() {
+        let old = ExitConfig::default();
+        assert_eq!(live_change(&old, &old.clone()), Ok(vec![]));
+        let mut new = old.clone();
+        new.max_tcp_flows = sapper_shared::config::Bounded::new_const(2);
+        new.policy = sapper_shared::egress::Policy::new(Vec::new(), Vec::new(), false);
+        assert_eq!(
+            live_change(&old, &new),
+            Ok(vec![
+                "netd.exit.max_tcp_flows",
+                "netd.exit.allow/deny/deny_local"
+            ])
+        );
+        new.enable = Some(false);
+        assert_eq!(live_change(&old, &new), Err("netd.exit.enable"));
     }
 
     #[test]

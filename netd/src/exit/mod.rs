@@ -83,6 +83,23 @@ pub struct UserspaceExit {
     inbound: mpsc::Sender<(u64, Bytes)>,
     queued: Arc<AtomicUsize>,
     pub stats: Arc<Stats>,
+    /// `[netd.exit]` as the engine runs it; a reload sends a new one.
+    config: tokio::sync::watch::Sender<ExitConfig>,
+}
+
+impl UserspaceExit {
+    /// A reload changed `[netd.exit]`: limits, timeouts and the egress
+    /// policy apply to every flow opened from now on (see
+    /// [`limits::live_change`]); flows already open keep what they were
+    /// admitted with until they close. Returns the keys that changed, or
+    /// the key that only a restart applies.
+    pub fn reconfigure(&self, new: &ExitConfig) -> Result<Vec<&'static str>, &'static str> {
+        let changed = limits::live_change(&self.config.borrow(), new)?;
+        if !changed.is_empty() {
+            self.config.send_replace(new.clone());
+        }
+        Ok(changed)
+    }
 }
 
 impl Terminus for UserspaceExit {
@@ -168,13 +185,15 @@ pub fn install(
         .store(cfg.buffers.total_bytes(), Relaxed);
     let (tx, rx) = mpsc::channel(INBOUND_PACKETS);
     let queued = Arc::new(AtomicUsize::new(0));
+    let (config, config_rx) = tokio::sync::watch::channel(cfg.clone());
     let exit = Arc::new(UserspaceExit {
         inbound: tx,
         queued: queued.clone(),
         stats: stats.clone(),
+        config,
     });
     icmp::probe_ping_sockets();
-    let engine = engine::Engine::new(data.clone(), shutdown, cfg.clone(), stats, rx, queued)?;
+    let engine = engine::Engine::new(data.clone(), shutdown, config_rx, stats, rx, queued)?;
     tokio::spawn(engine.run());
     if !data.set_terminus(exit.clone()) {
         anyhow::bail!("userspace exit installed twice");
