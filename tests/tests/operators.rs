@@ -1376,7 +1376,8 @@ fn audit_matches_proc() {
 /// excludes: the entry learns exactly the two LANs' prefixes (not the
 /// underlay, not the TUN's networks, not link-local, not the excluded one),
 /// the exit's status lists the same, and a ping from the entry reaches the
-/// host in the second LAN, whose only route back is the exit.
+/// host in the second LAN, whose only route back is the exit. A network
+/// added later is announced after a SIGHUP.
 #[test]
 fn announce_interfaces() {
     use sapper_tests::netns::{self, Netns};
@@ -1427,23 +1428,27 @@ fn announce_interfaces() {
     ]);
     topo.start_daemons();
     topo.wait_for_peers();
+    // What the entry learned from the exit, sorted; polled until it is
+    // `want` (or the deadline), the last answer shown.
+    let learned_is = |topo: &Topology, want: &[&str]| {
+        let mut last = Vec::new();
+        let res = wait_until("the exit's announcement at the entry", WAIT, || {
+            let peers = topo.peers(Node::Entry).ok()?;
+            let mut routes: Vec<String> = peers
+                .first()?
+                .get("routes")?
+                .as_array()?
+                .iter()
+                .filter_map(|r| r.as_str().map(str::to_string))
+                .collect();
+            routes.sort();
+            last = routes.clone();
+            (routes == want).then_some(())
+        });
+        assert!(res.is_ok(), "the entry learned {last:?}, want {want:?}");
+    };
     let want = vec!["10.20.0.0/24", "10.30.0.0/24", "fd30::/64"];
-    // Polled until it matches (or the deadline); the last answer is shown.
-    let mut last = Vec::new();
-    let learned = wait_until("the exit's announcement at the entry", WAIT, || {
-        let peers = topo.peers(Node::Entry).ok()?;
-        let mut routes: Vec<String> = peers
-            .first()?
-            .get("routes")?
-            .as_array()?
-            .iter()
-            .filter_map(|r| r.as_str().map(str::to_string))
-            .collect();
-        routes.sort();
-        last = routes.clone();
-        (routes == want).then_some(routes)
-    });
-    assert!(learned.is_ok(), "the entry learned {last:?}, want {want:?}");
+    learned_is(&topo, &want);
     let status = topo.ctl_json(Node::Exit, &["status"]).expect("status");
     assert_eq!(status["announce_source"], "interfaces", "{status}");
     assert_eq!(
@@ -1470,6 +1475,15 @@ fn announce_interfaces() {
             .success()
             .then_some(())
     });
+    // A network that appears later is announced at the next reload (the
+    // tables are read again), through the same link.
+    topo.exit
+        .ip(&["addr", "add", "10.50.0.1/24", "dev", "lan3p"]);
+    hup(&topo, Node::Exit);
+    learned_is(
+        &topo,
+        &["10.20.0.0/24", "10.30.0.0/24", "10.50.0.0/24", "fd30::/64"],
+    );
     drop(topo);
     drop(lan);
 }
