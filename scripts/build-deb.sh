@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds sapper_<version>_<arch>.deb with dpkg-deb (no cargo-deb needed):
-# the three binaries, the systemd units, the sysusers.d file, and a
-# commented example config (a conffile).
+# the three binaries, the systemd units, the sysusers.d file, a
+# commented example config (a conffile), man pages and completions.
 #
 #   scripts/build-deb.sh [--debug] [--out DIR]     # default DIR: target/debian
 #
@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-ensure_packages dpkg-deb:dpkg
+ensure_packages dpkg-deb:dpkg help2man:help2man
 find_cargo
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 [ -n "$version" ] || die "no workspace version in Cargo.toml"
@@ -58,7 +58,20 @@ done
 install -d "$pkg/usr/share/man/man1" "$pkg/usr/share/bash-completion/completions" \
     "$pkg/usr/share/zsh/vendor-completions" "$pkg/usr/share/fish/vendor_completions.d"
 "$bindir/sapperctl" man --out-dir "$pkg/usr/share/man/man1" >&2
-gzip -9n "$pkg"/usr/share/man/man1/*.1
+# The daemons' pages come from their own --help (help2man) plus the
+# sections in scripts/man/*.h2m: privd's CLI stays in privd/src with no
+# generator code there (privd is held to 1,500 lines), and the same way for
+# netd keeps the two alike. sapper.toml(5) is made from README.md's key
+# table and the example config (scripts/man/sapper.toml.5.sh).
+install -d "$pkg/usr/share/man/man8" "$pkg/usr/share/man/man5"
+for d in sapper-netd sapper-privd; do
+    help2man --no-info --section 8 --version-string "$version" \
+        --include "scripts/man/$d.h2m" --output "$pkg/usr/share/man/man8/$d.8" \
+        "$bindir/$d" >&2
+done
+scripts/man/sapper.toml.5.sh "$version" >"$pkg/usr/share/man/man5/sapper.toml.5"
+gzip -9n "$pkg"/usr/share/man/man1/*.1 "$pkg"/usr/share/man/man8/*.8 \
+    "$pkg"/usr/share/man/man5/*.5
 "$bindir/sapperctl" completions bash >"$pkg/usr/share/bash-completion/completions/sapperctl"
 "$bindir/sapperctl" completions zsh >"$pkg/usr/share/zsh/vendor-completions/_sapperctl"
 "$bindir/sapperctl" completions fish >"$pkg/usr/share/fish/vendor_completions.d/sapperctl.fish"
@@ -138,6 +151,8 @@ dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >&2
 # What the package promises operators: the man pages and completions are in it.
 contents=$(dpkg-deb -c "$deb")
 for f in usr/share/man/man1/sapperctl.1.gz usr/share/man/man1/sapperctl-init.1.gz \
+    usr/share/man/man8/sapper-netd.8.gz usr/share/man/man8/sapper-privd.8.gz \
+    usr/share/man/man5/sapper.toml.5.gz \
     usr/share/bash-completion/completions/sapperctl \
     usr/share/zsh/vendor-completions/_sapperctl \
     usr/share/fish/vendor_completions.d/sapperctl.fish; do

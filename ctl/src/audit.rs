@@ -286,6 +286,8 @@ pub fn collect(
         Ok(s) => json!({
             "granted": s.get("granted").cloned().unwrap_or(Value::Null),
             "refused": s.get("refused").cloned().unwrap_or(Value::Null),
+            // privd's own audit lines, newest last (at most 8).
+            "last_refusals": s.get("last_refusals").cloned().unwrap_or_else(|| json!([])),
         }),
         Err(e) => json!({"error": e}),
     };
@@ -373,10 +375,20 @@ pub fn text(v: &Value) -> String {
                     "  requests:     unavailable ({})\n",
                     e.as_str().unwrap_or_default()
                 )),
-                None => s.push_str(&format!(
-                    "  requests:     {} granted, {} refused\n",
-                    r["granted"], r["refused"]
-                )),
+                None => {
+                    s.push_str(&format!(
+                        "  requests:     {} granted, {} refused\n",
+                        r["granted"], r["refused"]
+                    ));
+                    // Strings a daemon wrote: escaped for the terminal.
+                    for line in r["last_refusals"].as_array().into_iter().flatten() {
+                        let shown = match line.as_str() {
+                            Some(text) => crate::render::refusal_text(text),
+                            None => crate::render::refusal_text(&line.to_string()),
+                        };
+                        s.push_str(&format!("  refused:      {shown}\n"));
+                    }
+                }
             }
         }
         match d["exposure"].get("score") {
@@ -406,5 +418,29 @@ mod tests {
         assert_eq!(me["uid"]["real"], nix::unistd::getuid().as_raw());
         assert_eq!(me["pid"], std::process::id());
         assert!(proc_status(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn last_refusals_listed_and_escaped() {
+        let page = collect(
+            Path::new("/nonexistent/netd.sock"),
+            Path::new("/nonexistent/privd.sock"),
+            None,
+            Ok(json!({"granted": 3, "refused": 2, "last_refusals": [
+                {"ts": "2026-12-02T04:00:00Z", "audit": true, "msg": "refused add_route 8.8.8.0/24"},
+                "bad \u{1b}[2J"
+            ]})),
+        );
+        assert_eq!(
+            page["privd"]["requests"]["last_refusals"][0]["msg"],
+            "refused add_route 8.8.8.0/24"
+        );
+        let t = text(&page);
+        assert!(
+            t.contains("  refused:      2026-12-02T04:00:00Z refused add_route 8.8.8.0/24\n"),
+            "{t}"
+        );
+        assert!(t.contains("  refused:      bad "), "{t}");
+        assert!(!t.contains('\u{1b}'), "{t}");
     }
 }

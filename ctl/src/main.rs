@@ -512,7 +512,13 @@ fn audit(mgmt: &std::path::Path, privd: &std::path::Path, json: bool) -> ExitCod
         });
     let privd_status = sapper_privd_client::PrivdClient::connect(privd)
         .and_then(|mut c| c.status())
-        .map(|s| serde_json::json!({"granted": s.granted, "refused": s.refused}))
+        .map(|s| {
+            serde_json::json!({
+                "granted": s.granted,
+                "refused": s.refused,
+                "last_refusals": s.last_refusals.iter().map(|l| render::refusal_json(l)).collect::<Vec<_>>(),
+            })
+        })
         .map_err(|e| e.to_string());
     let page = audit::collect(mgmt, privd, netd_status.as_ref(), privd_status);
     if json {

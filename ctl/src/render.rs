@@ -39,6 +39,8 @@ pub fn status_json(s: &StatusResponse) -> Value {
         "exit": s.exit.as_ref().map(exit_json),
         "landlock": s.landlock,
         "pid": s.pid,
+        "announced_routes": s.announced_routes,
+        "announce_source": s.announce_source,
     })
 }
 
@@ -139,6 +141,27 @@ pub fn duration(s: u64) -> String {
 }
 
 /// Left-aligned columns sized to their widest cell.
+/// One of privd's last refusals (its JSON audit line) as JSON: the line's
+/// object, or the text when it is not one.
+pub fn refusal_json(line: &str) -> Value {
+    serde_json::from_str::<Value>(line)
+        .ok()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!(line))
+}
+
+/// One of privd's last refusals for people: its time and message, escaped.
+pub fn refusal_text(line: &str) -> String {
+    let v = refusal_json(line);
+    match (
+        v.get("ts").and_then(Value::as_str),
+        v.get("msg").and_then(Value::as_str),
+    ) {
+        (Some(ts), Some(msg)) => clean(&format!("{ts} {msg}")),
+        _ => clean(line),
+    }
+}
+
 /// What a daemon (and so possibly a peer) put in a string, fit for a
 /// terminal: control characters escaped, length bounded.
 pub fn clean(s: &str) -> String {
@@ -200,6 +223,19 @@ pub fn render(body: &Resp, json_out: bool) -> String {
             for l in &s.listeners {
                 out.push(format!("listening:   {} {}", l.transport, l.address));
             }
+            out.push(format!(
+                "announces:   {}{}",
+                if s.announced_routes.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    s.announced_routes.iter().map(|r| clean(r)).collect::<Vec<_>>().join(" ")
+                },
+                if s.announce_source == "interfaces" {
+                    " (networks of this node's interfaces)"
+                } else {
+                    ""
+                }
+            ));
             match (&s.exit, s.exit_mode.as_str()) {
                 (Some(x), _) => {
                     out.push(format!(
@@ -388,9 +424,7 @@ pub fn privd_status(s: &PrivStatus, json_out: bool) -> String {
             "granted": s.granted,
             "refused": s.refused,
             "offloads": s.offloads,
-            "last_refusals": s.last_refusals.iter()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|_| json!(l)))
-                .collect::<Vec<_>>(),
+            "last_refusals": s.last_refusals.iter().map(|l| refusal_json(l)).collect::<Vec<_>>(),
         })
         .to_string();
     }
@@ -427,7 +461,7 @@ pub fn privd_status(s: &PrivStatus, json_out: bool) -> String {
     .chain(
         s.last_refusals
             .iter()
-            .map(|l| format!("refused:    {}", clean(l))),
+            .map(|l| format!("refused:    {}", refusal_text(l))),
     )
     .collect::<Vec<_>>()
     .join("\n")

@@ -10,6 +10,7 @@ mod exit;
 mod fs_sandbox;
 mod gso;
 mod inputs;
+mod interfaces;
 mod link;
 mod listen;
 mod logging;
@@ -221,8 +222,11 @@ fn run(args: Args) -> Result<()> {
     };
     // Read now, and again every few seconds through the same descriptors
     // (underlay::watch), past the sandbox below.
-    let route_tables = underlay::RouteTables::open(tun_name.as_deref());
+    let route_tables = Arc::new(underlay::RouteTables::open(tun_name.as_deref()));
     let protected = route_tables.read().unwrap_or_default();
+    // `announce_routes = "interfaces"` is resolved here and at reload
+    // (interfaces::announced); unreadable tables announce nothing.
+    let announce_routes = interfaces::announced(&netd, &route_tables).unwrap_or_default();
 
     // Setup is done: sockets bound, secrets read, privileges dropped, the
     // TUN in hand. Both are applied before the runtime starts so that every
@@ -313,7 +317,7 @@ fn run(args: Args) -> Result<()> {
                 // TUN without offloads, the userspace exit or a QUIC hop.
                 super_packets: true,
             },
-            announce_routes: netd.announce_routes.as_slice().to_vec(),
+            announce_routes,
             installs_routes: tun.is_some() && netd.privd_socket.is_some(),
             ping_interval: netd.ping_interval.millis(),
             ping_miss_limit: netd.ping_miss_limit.as_u32(),
@@ -353,11 +357,12 @@ fn run(args: Args) -> Result<()> {
             exit,
             shutdown,
             driver_tx,
+            route_tables,
         ));
         tokio::spawn(driver::Driver::new(core, node.clone()).run(driver_rx));
         tokio::spawn(underlay::watch(
             node.clone(),
-            route_tables,
+            node.route_tables.clone(),
             protected.clone(),
             node.shutdown.clone(),
         ));

@@ -267,8 +267,8 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
     let ok = |b| Ok(Response { id, body: Some(b) });
     match body {
         Req::Status(_) => {
-            let st = node
-                .inspect(|core, _| core.status())
+            let (st, announced) = node
+                .inspect(|core, _| (core.status(), core.config().announce_routes.clone()))
                 .await
                 .map_err(internal)?;
             ok(Resp::Status(StatusResponse {
@@ -290,6 +290,8 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
                 exit: node.exit.as_ref().map(|x| x.stats_proto()),
                 landlock: crate::fs_sandbox::recorded().into(),
                 pid: std::process::id(),
+                announced_routes: announced.iter().map(ToString::to_string).collect(),
+                announce_source: node.cfg.announce_routes.source().into(),
             }))
         }
         Req::Peers(r) => {

@@ -44,6 +44,9 @@ pub struct Node {
     pub driver: mpsc::Sender<Input>,
     /// Connections not yet past the Sapper handshake (`netd.limits`).
     pub preauth: Arc<crate::preauth::PreAuth>,
+    /// The kernel's routing tables, opened before the sandbox: the
+    /// underlay watch and `announce_routes = "interfaces"` read them.
+    pub route_tables: Arc<crate::underlay::RouteTables>,
     next_link: AtomicU64,
 }
 
@@ -60,6 +63,7 @@ impl Node {
         exit: Option<Arc<crate::exit::UserspaceExit>>,
         shutdown: CancellationToken,
         driver: mpsc::Sender<Input>,
+        route_tables: Arc<crate::underlay::RouteTables>,
     ) -> Self {
         let preauth =
             crate::preauth::PreAuth::new(cfg.limits.max_preauth, cfg.limits.max_preauth_per_ip);
@@ -77,6 +81,7 @@ impl Node {
             events: broadcast::channel(256).0,
             shutdown,
             driver,
+            route_tables,
             next_link: AtomicU64::new(1),
         }
     }

@@ -178,6 +178,34 @@ pub fn credentials(path: &Path) -> anyhow::Result<Arc<Credentials>> {
     Ok(c)
 }
 
+/// At reload: the credentials of `path` (a path read at start comes from
+/// the cache and is not read again), or why the sandboxed netd cannot read
+/// a new one. After start netd reads files as its own user and, under
+/// Landlock, only inside `state_dir` (a read root from start) besides the
+/// files named then; a file elsewhere needs a restart.
+pub fn credentials_at_reload(path: &Path, state_dir: &Path) -> anyhow::Result<Arc<Credentials>> {
+    credentials(path).map_err(|e| {
+        let denied = e
+            .chain()
+            .filter_map(|c| c.downcast_ref::<std::io::Error>())
+            .any(|io| io.kind() == std::io::ErrorKind::PermissionDenied);
+        if !denied {
+            return e;
+        }
+        // Landlock judges the resolved path.
+        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let hint = if real(path).starts_with(real(state_dir)) {
+            "netd's user cannot read it: make that user its owner (mode 0600)".to_string()
+        } else {
+            format!(
+                "after start netd reads new files only inside netd.state_dir ({}): move it there, owned by netd's user with mode 0600, or restart netd",
+                state_dir.display()
+            )
+        };
+        e.context(hint)
+    })
+}
+
 /// Reads `user:password` (one line) from `path`, which must not be readable
 /// by group or others.
 fn read_credentials(path: &Path) -> anyhow::Result<Credentials> {
@@ -389,6 +417,52 @@ fn check_answer(
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+
+    /// Under the same Landlock rules as a running netd (in a thread of its
+    /// own: Landlock binds the calling thread only), a new credentials file
+    /// inside the state directory is read at reload; one elsewhere is
+    /// refused with the exact remedy.
+    #[test]
+    fn reload_reads_new_credentials_only_inside_state_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("sapper-cred-{}", std::process::id()));
+        let state = base.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let (inside, outside) = (state.join("proxy-cred"), base.join("proxy-cred"));
+        for f in [&inside, &outside] {
+            std::fs::write(f, "user:s3cret\n").unwrap();
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let (s, i, o) = (state.clone(), inside.clone(), outside.clone());
+        let res = std::thread::spawn(move || {
+            let status = crate::fs_sandbox::restrict(std::slice::from_ref(&s), None).unwrap();
+            (
+                status,
+                credentials_at_reload(&i, &s)
+                    .map(|_| ())
+                    .map_err(|e| format!("{e:#}")),
+                credentials_at_reload(&o, &s)
+                    .map(|_| ())
+                    .map_err(|e| format!("{e:#}")),
+            )
+        })
+        .join()
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&base);
+        assert!(res.1.is_ok(), "{:?}", res.1);
+        if res.0 == landlock::RulesetStatus::NotEnforced {
+            eprintln!("Landlock not enforced here: the outside case is not checked");
+            return;
+        }
+        let err = res
+            .2
+            .expect_err("a file outside the state directory was read");
+        assert!(
+            err.contains("only inside netd.state_dir") && err.contains("or restart netd"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
 
     /// A proxy on loopback that reads the request head and answers
     /// `answer` (then holds a complete answer's connection open for a

@@ -106,11 +106,16 @@ pub struct Running {
 /// A listener started at start-up: its address, transport and stop token.
 pub type Started = (String, Transport, CancellationToken);
 
-/// The live part of the core's configuration a file asks for.
-fn live_config(node: &NodeConfig, netd: &NetdConfig) -> Result<LiveConfig> {
+/// The live part of the core's configuration a file asks for, with the
+/// prefixes it announces (`announce_routes = "interfaces"` resolved).
+fn live_config(
+    node: &NodeConfig,
+    netd: &NetdConfig,
+    announce_routes: Vec<ipnet::IpNet>,
+) -> Result<LiveConfig> {
     let posture = sapper_shared::posture::resolve(node, netd)?;
     Ok(LiveConfig {
-        announce_routes: netd.announce_routes.as_slice().to_vec(),
+        announce_routes,
         announce: posture.announce_routes,
         hint: posture.hint,
         ping_interval: netd.ping_interval.millis(),
@@ -186,8 +191,8 @@ impl Running {
             crate::target::Dial::client_tls(c, node.cfg.tls.key_exchange)
                 .with_context(|| format!("{shown}: netd.connect[{i}]"))?;
             if let Some(f) = c.proxy().and_then(|p| p.credentials_file.as_deref()) {
-                crate::proxy::credentials(f).with_context(|| {
-                    format!("{shown}: netd.connect[{i}].proxy_credentials_file (a file not read at start may be out of the sandboxed netd's reach: restart to use it)")
+                crate::proxy::credentials_at_reload(f, &node.cfg.state_dir).with_context(|| {
+                    format!("{shown}: netd.connect[{i}].proxy_credentials_file")
                 })?;
             }
         }
@@ -197,7 +202,13 @@ impl Running {
             config_sha256 = %crate::logging::config_hash(text.as_bytes()),
             "config re-read (SIGHUP)"
         );
-        let live = live_config(&cfg.node, &new)
+        // Resolved again from the tables now: interfaces may have come or
+        // gone. Unreadable tables refuse the reload rather than withdraw
+        // every route.
+        let announce = crate::interfaces::announced(&new, &node.route_tables).with_context(|| {
+            format!("{shown}: netd.announce_routes = \"interfaces\": the routing tables in /proc could not be read")
+        })?;
+        let live = live_config(&cfg.node, &new, announce)
             .with_context(|| format!("{shown}: node (psk_file, psk_env, insecure_open)"))?;
         let mut applied: Vec<&'static str> = Vec::new();
         if self.netd.connect != new.connect {

@@ -44,18 +44,66 @@ impl RouteTables {
     /// TUN, as the kernel has them now; `None` when a table could not be
     /// read.
     pub fn read(&self) -> Option<Vec<IpNet>> {
-        let tun = self.tun.as_deref();
+        Some(protected(&self.routes()?, self.tun.as_deref()))
+    }
+
+    /// Every entry of both tables as the kernel has them now; `None` when a
+    /// table could not be read.
+    pub fn routes(&self) -> Option<Vec<KernelRoute>> {
         let mut out = Vec::new();
         if let Some(f) = &self.v4 {
-            out.extend(parse_v4(&read_all(f)?, tun));
+            out.extend(parse_v4(&read_all(f)?));
         }
         if let Some(f) = &self.v6 {
-            out.extend(parse_v6(&read_all(f)?, tun));
+            out.extend(parse_v6(&read_all(f)?));
         }
-        out.sort();
-        out.dedup();
         Some(out)
     }
+
+    /// The TUN's name, if there is one.
+    pub fn tun(&self) -> Option<&str> {
+        self.tun.as_deref()
+    }
+}
+
+/// One entry of the kernel's routing tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute {
+    /// Outgoing interface.
+    pub iface: String,
+    /// Destination.
+    pub net: IpNet,
+    /// Next hop, when the route has one.
+    pub gateway: Option<IpAddr>,
+    /// RTF_* flags.
+    pub flags: u32,
+}
+
+/// RTF_* flags (linux/route.h, linux/ipv6_route.h).
+pub const RTF_REJECT: u32 = 0x0200;
+/// A route to one of this host's own addresses (IPv6 table only).
+pub const RTF_LOCAL: u32 = 0x8000_0000;
+/// A subnet-router anycast address (IPv6 local table, with forwarding on).
+pub const RTF_ANYCAST: u32 = 0x0010_0000;
+/// A cached (learned) IPv6 route.
+pub const RTF_CACHE: u32 = 0x0100_0000;
+
+/// What an automatic route must not cover: every network reached directly
+/// and every gateway, on interfaces other than the TUN and loopback.
+fn protected(routes: &[KernelRoute], tun: Option<&str>) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = routes
+        .iter()
+        .filter(|r| Some(r.iface.as_str()) != tun && r.iface != "lo")
+        // Multicast is not a route a peer could announce usefully.
+        .filter(|r| !matches!(r.net, IpNet::V6(n) if n.addr().segments()[0] & 0xff00 == 0xff00))
+        .filter_map(|r| match r.gateway {
+            Some(gw) => Some(IpNet::from(gw)),
+            None => (r.net.prefix_len() > 0).then_some(r.net),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The whole text of a /proc table, from offset 0 (pread: no shared file
@@ -89,7 +137,7 @@ pub const REFRESH: Duration = Duration::from_secs(2);
 /// every [`REFRESH`] and a changed set is handed to the core.
 pub async fn watch(
     node: Arc<crate::node::Node>,
-    tables: RouteTables,
+    tables: Arc<RouteTables>,
     mut last: Vec<IpNet>,
     shutdown: CancellationToken,
 ) {
@@ -130,29 +178,31 @@ fn hex32_le(s: &str) -> Option<Ipv4Addr> {
 
 /// `/proc/net/route`: Iface Destination Gateway Flags RefCnt Use Metric Mask …
 /// (addresses little-endian hex).
-fn parse_v4(text: &str, tun: Option<&str>) -> Vec<IpNet> {
+fn parse_v4(text: &str) -> Vec<KernelRoute> {
     let mut out = Vec::new();
     for line in text.lines().skip(1).take(100_000) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(iface), Some(dst), Some(gw), Some(mask)) =
-            (f.first(), f.get(1), f.get(2), f.get(7))
+        let (Some(iface), Some(dst), Some(gw), Some(flags), Some(mask)) =
+            (f.first(), f.get(1), f.get(2), f.get(3), f.get(7))
         else {
             continue;
         };
-        if Some(*iface) == tun || *iface == "lo" {
-            continue;
-        }
-        let (Some(dst), Some(gw), Some(mask)) = (hex32_le(dst), hex32_le(gw), hex32_le(mask))
-        else {
+        let (Some(dst), Some(gw), Some(mask), Ok(flags)) = (
+            hex32_le(dst),
+            hex32_le(gw),
+            hex32_le(mask),
+            u32::from_str_radix(flags, 16),
+        ) else {
             continue;
         };
         let len = u32::from(mask).count_ones() as u8;
-        if !gw.is_unspecified() {
-            out.push(IpNet::from(IpAddr::V4(gw)));
-        } else if len > 0 {
-            if let Ok(n) = Ipv4Net::new(dst, len) {
-                out.push(IpNet::V4(n.trunc()));
-            }
+        if let Ok(n) = Ipv4Net::new(dst, len) {
+            out.push(KernelRoute {
+                iface: iface.to_string(),
+                net: IpNet::V4(n.trunc()),
+                gateway: (!gw.is_unspecified()).then_some(IpAddr::V4(gw)),
+                flags,
+            });
         }
     }
     out
@@ -160,36 +210,31 @@ fn parse_v4(text: &str, tun: Option<&str>) -> Vec<IpNet> {
 
 /// `/proc/net/ipv6_route`: dst dst_len src src_len next_hop metric refcnt
 /// use flags iface (addresses as 32 hex digits).
-fn parse_v6(text: &str, tun: Option<&str>) -> Vec<IpNet> {
+fn parse_v6(text: &str) -> Vec<KernelRoute> {
     let mut out = Vec::new();
     for line in text.lines().take(100_000) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(dst), Some(len), Some(gw), Some(iface)) =
-            (f.first(), f.get(1), f.get(4), f.get(9))
+        let (Some(dst), Some(len), Some(gw), Some(flags), Some(iface)) =
+            (f.first(), f.get(1), f.get(4), f.get(8), f.get(9))
         else {
             continue;
         };
-        if Some(*iface) == tun || *iface == "lo" {
-            continue;
-        }
-        let (Ok(dst), Ok(len), Ok(gw)) = (
+        let (Ok(dst), Ok(len), Ok(gw), Ok(flags)) = (
             u128::from_str_radix(dst, 16),
             u8::from_str_radix(len, 16),
             u128::from_str_radix(gw, 16),
+            u32::from_str_radix(flags, 16),
         ) else {
             continue;
         };
         let (dst, gw) = (Ipv6Addr::from(dst), Ipv6Addr::from(gw));
-        // Multicast and link-local are not routes a peer could announce usefully.
-        if dst.segments()[0] & 0xff00 == 0xff00 {
-            continue;
-        }
-        if !gw.is_unspecified() {
-            out.push(IpNet::from(IpAddr::V6(gw)));
-        } else if len > 0 {
-            if let Ok(n) = Ipv6Net::new(dst, len) {
-                out.push(IpNet::V6(n.trunc()));
-            }
+        if let Ok(n) = Ipv6Net::new(dst, len) {
+            out.push(KernelRoute {
+                iface: iface.to_string(),
+                net: IpNet::V6(n.trunc()),
+                gateway: (!gw.is_unspecified()).then_some(IpAddr::V6(gw)),
+                flags,
+            });
         }
     }
     out
@@ -207,16 +252,16 @@ mod tests {
                   eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
                   sap0\t0000630A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
         assert_eq!(
-            parse_v4(v4, Some("sap0")),
+            protected(&parse_v4(v4), Some("sap0")),
             vec![
-                "192.0.2.1/32".parse::<IpNet>().unwrap(),
-                "192.0.2.0/24".parse().unwrap()
+                "192.0.2.0/24".parse::<IpNet>().unwrap(),
+                "192.0.2.1/32".parse().unwrap()
             ]
         );
         let v6 = "fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n\
                   00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000003 00000000 00000003     eth0\n";
         assert_eq!(
-            parse_v6(v6, None),
+            protected(&parse_v6(v6), None),
             vec![
                 "fd00::/64".parse::<IpNet>().unwrap(),
                 "fd00::1/128".parse().unwrap()

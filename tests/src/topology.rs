@@ -133,6 +133,9 @@ pub struct Options {
     pub connect_lines: Vec<String>,
     /// Keys added to the exit's `[privd.nat]` table (e.g. `sources`).
     pub exit_nat_lines: Vec<String>,
+    /// The exit's announce keys instead of `announce_routes = [PRIVATE_NET]`
+    /// (when not empty).
+    pub exit_announce: Vec<String>,
     /// Keys added to the entry's and the exit's `[privd.tun]` table (e.g.
     /// `offload = true`).
     pub tun_lines: [Vec<String>; 2],
@@ -155,6 +158,7 @@ impl Options {
             connect_host: None,
             connect_lines: Vec::new(),
             exit_nat_lines: Vec::new(),
+            exit_announce: Vec::new(),
             tun_lines: [Vec::new(), Vec::new()],
         }
     }
@@ -580,8 +584,12 @@ impl Topology {
         let _ = writeln!(s, "ping_interval_ms = 200");
         let _ = writeln!(s, "reconnect_min_ms = 100");
         let _ = writeln!(s, "reconnect_max_ms = 1000");
-        if node == Node::Exit {
+        if node == Node::Exit && self.opts.exit_announce.is_empty() {
             let _ = writeln!(s, "announce_routes = [\"{PRIVATE_NET}\"]");
+        } else if node == Node::Exit {
+            for l in &self.opts.exit_announce {
+                let _ = writeln!(s, "{l}");
+            }
         }
         if let Some(g) = &self.opts.operator_group {
             let _ = writeln!(s, "operator_group = \"{g}\"");

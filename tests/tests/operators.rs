@@ -4,9 +4,10 @@
 
 use sapper_tests::bins::bins;
 use sapper_tests::cmd::{run_timeout, wait_until, WAIT};
-use sapper_tests::topology::{EXIT_UNDERLAY, PRIVATE_HOST, PRIVATE_NET};
+use sapper_tests::topology::{ping_ns, ENTRY_UNDERLAY, EXIT_UNDERLAY, PRIVATE_HOST, PRIVATE_NET};
 use sapper_tests::{Node, Options, Topology, Transport};
 use serde_json::Value;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -1229,6 +1230,20 @@ fn audit_matches_proc() {
     let mut topo = Topology::start(Options::new(Transport::Quic));
     topo.wait_for_tunnel();
     let privd_sock = topo.privd_socket(Node::Exit);
+    // A refusal for the page to list: a uid that is not netd's, in the
+    // socket's group so that privd itself (not the file mode) says no.
+    let mut probe = Command::new(sapper_tests::bins::tool("sapper-privd-probe"));
+    probe
+        .arg(&privd_sock)
+        .uid(4242)
+        .gid(sapper_tests::gid_of("nogroup"));
+    let out = run_timeout(&mut probe, Duration::from_secs(15)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("outcome=refused "),
+        "{}",
+        show(&out)
+    );
+    topo.wait_for_log("exit-privd", "4242", WAIT);
     let page = topo
         .ctl_json(
             Node::Exit,
@@ -1314,6 +1329,30 @@ fn audit_matches_proc() {
         .expect("granted");
     assert!(granted > 0, "privd granted the TUN at least: {page}");
     assert!(granted <= privd_status["granted"].as_u64().unwrap_or(0));
+    // The refusal provoked above: counted, and the newest of the last
+    // refusals is the audit line privd logged for it.
+    let requests = &page["privd"]["requests"];
+    assert!(requests["refused"].as_u64().unwrap_or(0) >= 1, "{page}");
+    let refusals = requests["last_refusals"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(refusals.len() <= 8, "{page}");
+    let newest = refusals
+        .last()
+        .unwrap_or_else(|| panic!("audit lists no refusal of privd: {page}"));
+    assert!(
+        newest.to_string().contains("4242"),
+        "newest refusal {newest}"
+    );
+    // The very line privd wrote to its log (JSON, so compared parsed).
+    let privd_log = topo.privd(Node::Exit).stderr_text();
+    assert!(
+        privd_log
+            .lines()
+            .any(|l| serde_json::from_str::<Value>(l).ok().as_ref() == Some(newest)),
+        "privd logged no line {newest}:\n{privd_log}"
+    );
     let text = topo.ctl(
         Node::Exit,
         &["--privd-socket", &privd_sock.display().to_string(), "audit"],
@@ -1323,4 +1362,128 @@ fn audit_matches_proc() {
         shown.contains(&format!("pid:          {}", topo.netd(Node::Exit).pid())),
         "{shown}"
     );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("  refused:") && l.contains("4242")),
+        "{shown}"
+    );
+}
+
+/// `announce_routes = "interfaces"` on an exit with its underlay veth (which
+/// holds the default route), the standard private LAN, a second LAN veth
+/// into its own namespace (IPv4 and IPv6) and a third LAN the operator
+/// excludes: the entry learns exactly the two LANs' prefixes (not the
+/// underlay, not the TUN's networks, not link-local, not the excluded one),
+/// the exit's status lists the same, and a ping from the entry reaches the
+/// host in the second LAN, whose only route back is the exit. A network
+/// added later is announced after a SIGHUP.
+#[test]
+fn announce_interfaces() {
+    use sapper_tests::netns::{self, Netns};
+    let mut topo = Topology::start(Options {
+        start_daemons: false,
+        exit_announce: vec![
+            "announce_routes = \"interfaces\"".into(),
+            "announce_exclude = [\"10.40.0.0/16\"]".into(),
+        ],
+        ..Options::new(Transport::Quic).node_lines(Node::Entry, &["auto_routes = true"])
+    });
+    topo.bins = Some(bins());
+    let lan = Netns::create(netns::name_for('L', netns::next_id()));
+    let x = &topo.exit;
+    x.ip(&[
+        "link",
+        "add",
+        "vx-l",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vl-x",
+        "netns",
+        lan.name(),
+    ]);
+    x.ip(&["addr", "add", "10.30.0.1/24", "dev", "vx-l"]);
+    x.ip(&["addr", "add", "fd30::1/64", "dev", "vx-l", "nodad"]);
+    x.ip(&["link", "set", "vx-l", "up"]);
+    lan.ip(&["addr", "add", "10.30.0.2/24", "dev", "vl-x"]);
+    lan.ip(&["link", "set", "vl-x", "up"]);
+    // No dummy module on every test kernel: a veth pair with one end
+    // addressed is a LAN just the same.
+    x.ip(&[
+        "link", "add", "lan3", "type", "veth", "peer", "name", "lan3p",
+    ]);
+    x.ip(&["addr", "add", "10.40.0.1/24", "dev", "lan3"]);
+    x.ip(&["link", "set", "lan3", "up"]);
+    x.ip(&["link", "set", "lan3p", "up"]);
+    x.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        ENTRY_UNDERLAY,
+        "dev",
+        "vx-e",
+    ]);
+    topo.start_daemons();
+    topo.wait_for_peers();
+    // What the entry learned from the exit, sorted; polled until it is
+    // `want` (or the deadline), the last answer shown.
+    let learned_is = |topo: &Topology, want: &[&str]| {
+        let mut last = Vec::new();
+        let res = wait_until("the exit's announcement at the entry", WAIT, || {
+            let peers = topo.peers(Node::Entry).ok()?;
+            let mut routes: Vec<String> = peers
+                .first()?
+                .get("routes")?
+                .as_array()?
+                .iter()
+                .filter_map(|r| r.as_str().map(str::to_string))
+                .collect();
+            routes.sort();
+            last = routes.clone();
+            (routes == want).then_some(())
+        });
+        assert!(res.is_ok(), "the entry learned {last:?}, want {want:?}");
+    };
+    let want = vec!["10.20.0.0/24", "10.30.0.0/24", "fd30::/64"];
+    learned_is(&topo, &want);
+    let status = topo.ctl_json(Node::Exit, &["status"]).expect("status");
+    assert_eq!(status["announce_source"], "interfaces", "{status}");
+    assert_eq!(
+        status["announced_routes"],
+        serde_json::json!(want),
+        "{status}"
+    );
+    let text = String::from_utf8_lossy(&topo.ctl(Node::Exit, &["status"]).stdout).to_string();
+    assert!(
+        text.contains(
+            "announces:   10.20.0.0/24 10.30.0.0/24 fd30::/64 (networks of this node's interfaces)"
+        ),
+        "{text}"
+    );
+    let log = topo.netd(Node::Exit).stderr_text();
+    assert!(
+        log.contains("announce_interfaces") && log.contains("vx-e (default route)"),
+        "{log}"
+    );
+    let ns = topo.entry.name().to_string();
+    topo.wait_for("a ping from E to the second LAN's host", WAIT, || {
+        ping_ns(&ns, "10.30.0.2", 1, 1)
+            .status
+            .success()
+            .then_some(())
+    });
+    // A network that appears later is announced at the next reload (the
+    // tables are read again), through the same link.
+    topo.exit
+        .ip(&["addr", "add", "10.50.0.1/24", "dev", "lan3p"]);
+    hup(&topo, Node::Exit);
+    learned_is(
+        &topo,
+        &["10.20.0.0/24", "10.30.0.0/24", "10.50.0.0/24", "fd30::/64"],
+    );
+    drop(topo);
+    drop(lan);
 }

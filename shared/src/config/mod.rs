@@ -12,11 +12,13 @@
 //! This module does no I/O: the daemons read the file and pass its text to
 //! [`Config::parse`].
 
+mod announce;
 mod bounded;
 mod metrics;
 mod proxy;
 pub mod raw;
 
+pub use announce::{Announce, AnnounceExclude};
 pub use bounded::Bounded;
 pub use metrics::{MetricsConfig, MetricsEndpoint};
 pub use proxy::{NoProxy, ProxyUrl, ProxyUrlError};
@@ -609,8 +611,9 @@ pub struct NetdConfig {
     /// Async worker threads (1 by default: on a 2-core host a single worker
     /// moved ~30% more through the tunnel than two).
     pub worker_threads: WorkerThreads,
-    /// Prefixes this node reaches and offers to peers.
-    pub announce_routes: RouteList,
+    /// Prefixes this node reaches and offers to peers: listed, or
+    /// discovered from its interfaces (`announce_routes = "interfaces"`).
+    pub announce_routes: Announce,
     /// Listeners.
     pub listen: Vec<Listen>,
     /// Peers to dial.
@@ -644,7 +647,7 @@ impl Default for NetdConfig {
             handshake_timeout: Bounded::new_const(10_000),
             peer_queue: Bounded::new_const(1024),
             worker_threads: Bounded::new_const(1),
-            announce_routes: RouteList::default(),
+            announce_routes: Announce::default(),
             listen: Vec::new(),
             connect: Vec::new(),
             exit: ExitConfig::default(),
@@ -687,17 +690,7 @@ impl TryFrom<raw::Netd> for NetdConfig {
                     "need 0 < reconnect_min_ms <= reconnect_max_ms",
                 )
             })?;
-        let announce = crate::routing::parse_prefixes(&n.announce_routes).map_err(|e| {
-            use crate::routing::PrefixError;
-            let message = match e {
-                PrefixError::TooMany(_) => format!(
-                    "at most {} prefixes (peers refuse a Handshake with more)",
-                    crate::routing::MAX_ROUTES
-                ),
-                PrefixError::NotAPrefix(p) => format!("{p:?} is not a CIDR prefix"),
-            };
-            KeyError::invalid("announce_routes", message)
-        })?;
+        let announce = announce::parse(n.announce_routes, n.announce_exclude)?;
         let listen = indexed(n.listen, "listen", |l| {
             Ok(Listen {
                 transport: l.transport,
@@ -727,7 +720,7 @@ impl TryFrom<raw::Netd> for NetdConfig {
             handshake_timeout: bounded("handshake_timeout_ms", n.handshake_timeout_ms, MS)?,
             peer_queue: bounded("peer_queue", n.peer_queue, "")?,
             worker_threads: bounded("worker_threads", n.worker_threads, "")?,
-            announce_routes: RouteList(announce),
+            announce_routes: announce,
             listen,
             connect: indexed(n.connect, "connect", Connect::try_from)?,
             exit: ExitConfig::try_from(n.exit).map_err(|e| e.under("exit"))?,
@@ -1450,7 +1443,7 @@ allowed_routes = ["10.0.0.0/8"]
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            n.announce_routes.as_slice(),
+            n.announce_routes.listed(),
             &["10.200.0.0/24".parse::<IpNet>().unwrap()]
         );
         assert_eq!(n.reconnect, Reconnect::default());

@@ -139,8 +139,10 @@ pub struct Netd {
     pub peer_queue: u64,
     #[serde(default = "default_workers")]
     pub worker_threads: u64,
-    #[serde(default)]
-    pub announce_routes: Vec<String>,
+    /// A list of prefixes or the word "interfaces" (typed in
+    /// config/announce.rs, which names the key in its errors).
+    pub announce_routes: Option<toml::Value>,
+    pub announce_exclude: Option<Vec<String>>,
     #[serde(default)]
     pub listen: Vec<Listen>,
     #[serde(default)]
