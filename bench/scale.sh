@@ -45,7 +45,7 @@ while [ $# -gt 0 ]; do
         --tuns) TUNS=${2:?}; shift 2 ;;
         --pings) PINGS=${2:?}; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (try --help)" ;;
     esac
 done
