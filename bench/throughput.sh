@@ -76,7 +76,7 @@ while [ $# -gt 0 ]; do
         --streams) STREAMS=${2:?}; shift 2 ;;
         --pings) PINGS=${2:?}; shift 2 ;;
         --no-build) BUILD=0; shift ;;
-        -h | --help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
         *) die "unknown argument $1 (try --help)" ;;
     esac
 done
