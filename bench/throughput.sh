@@ -22,9 +22,9 @@
 #                            [--pings N] [--offload off|on|both] [--no-build]
 #
 # Defaults: both transports, both exits, --relay quic-ws, 10 s, 4 streams,
-# 20 pings, offload off. --offload on opens the TUNs with TSO/USO ([privd.tun]
-# offload = true: netd then moves GSO super-packets); both measures every
-# path twice. The netds inherit the environment.
+# 20 pings, offload on (the config's default: [privd.tun] offload = true,
+# TSO/USO, netd moves GSO super-packets); --offload off opens plain TUNs;
+# both measures every path twice. The netds inherit the environment.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,7 +36,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TRANSPORTS=(quic ws)
 EXITS=(kernel userspace)
 RELAY=quic-ws
-OFFLOADS=(0)
+OFFLOADS=(1)
 SECS=10
 STREAMS=4
 PINGS=20

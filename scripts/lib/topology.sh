@@ -11,8 +11,9 @@
 # TOPO_TAG (two lower-case letters naming the caller in namespace names).
 # TOPO_EXIT=userspace (default kernel) runs the exit as netd alone, started
 # as nobody with no privd and no TUN (the userspace exit), with ping sockets
-# allowed in X. TOPO_OFFLOAD=1 opens both TUNs with offloads
-# ([privd.tun] offload = true: virtio_net_hdr, TSO/USO). TOPO_RELAY=quic|ws
+# allowed in X. TOPO_OFFLOAD=0 opens both TUNs without offloads
+# ([privd.tun] offload = false; the default, 1, is the config's default:
+# virtio_net_hdr, TSO/USO). TOPO_RELAY=quic|ws
 # puts a relay R (netd alone, no TUN) between E and X: E dials R over
 # topo_up's transport, R dials X over TOPO_RELAY's (E ve-x 10.10.0.1 ──
 # vr-e 10.10.0.2 R vr-x 10.11.0.1 ── vx-r 10.11.0.2 X), so E still dials
@@ -25,7 +26,7 @@ TOPO_PIDS=()
 TOPO_DIR=""
 TOPO_EXIT=${TOPO_EXIT:-kernel}
 TOPO_RELAY=${TOPO_RELAY:-}
-TOPO_OFFLOAD=${TOPO_OFFLOAD:-0}
+TOPO_OFFLOAD=${TOPO_OFFLOAD:-1}
 TOPO_NAMESPACES=()
 
 topo_names() {
