@@ -77,20 +77,8 @@ NAMESPACES=()
 ENTRY_PIDS=()
 
 cleanup() {
-    local rc=$? pid ns i alive
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for ((i = 0; i < 50; i++)); do
-        alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && { alive=1; break; }; done
-        [ $alive -eq 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    for ns in "${NAMESPACES[@]}"; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-        ip netns del "$ns" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
+    local rc=$?
+    stop_and_remove PIDS NAMESPACES 50
     rm -rf "$DIR"
     restore_target_owner "$ROOT"
     [ $rc -eq 0 ] || printf 'scale benchmark failed (exit %d)\n' "$rc" >&2

@@ -65,6 +65,27 @@ build_release() {
     (cd "$ROOT" && "$CARGO" build --release --workspace --bins)
 }
 
+# stop_and_remove PIDS_ARRAY NAMESPACES_ARRAY TENTHS: TERM to every pid,
+# up to TENTHS tenths of a second for them to go, KILL to the rest and to
+# anything left in the namespaces, which are then deleted. Safe to repeat.
+stop_and_remove() {
+    local -n pids_=$1 namespaces_=$2
+    local tenths=$3 pid ns i alive
+    for pid in "${pids_[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for ((i = 0; i < tenths; i++)); do
+        alive=0
+        for pid in "${pids_[@]}"; do kill -0 "$pid" 2>/dev/null && { alive=1; break; }; done
+        [ $alive -eq 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${pids_[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for ns in "${namespaces_[@]}"; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+}
+
 # Deletes the network namespaces a killed test run left behind: every
 # /run/netns/sap<UPPER><pid>_<n> (the harness's and privd's test names)
 # whose creating process is gone; what still runs inside is killed first.

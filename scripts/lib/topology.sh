@@ -307,20 +307,7 @@ topo_logs() {
 
 # Stops the daemons and removes namespaces and files. Safe to call twice.
 topo_cleanup() {
-    local pid ns i
-    for pid in "${TOPO_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for ((i = 0; i < 30; i++)); do
-        local alive=0
-        for pid in "${TOPO_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [ $alive -eq 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${TOPO_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    for ns in "${TOPO_NAMESPACES[@]}"; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-        ip netns del "$ns" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
+    stop_and_remove TOPO_PIDS TOPO_NAMESPACES 30
     [ -n "$TOPO_DIR" ] && rm -rf "$TOPO_DIR"
     TOPO_PIDS=()
     TOPO_NAMESPACES=()
