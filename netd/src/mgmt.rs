@@ -291,7 +291,11 @@ async fn handle(node: &Arc<Node>, id: u64, body: Req) -> Result<Response, Failur
                 landlock: crate::fs_sandbox::recorded().into(),
                 pid: std::process::id(),
                 announced_routes: announced.iter().map(ToString::to_string).collect(),
-                announce_source: node.cfg.announce_routes.source().into(),
+                announce_source: match node.announce_from_interfaces.load(Relaxed) {
+                    true => "interfaces",
+                    false => "config",
+                }
+                .into(),
             }))
         }
         Req::Peers(r) => {

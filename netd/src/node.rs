@@ -10,7 +10,7 @@ use sapper_control::{Core, LinkId};
 use sapper_shared::config::NetdConfig;
 use sapper_shared::proto::management::Event;
 use sapper_shared::psk::Psk;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -47,6 +47,9 @@ pub struct Node {
     /// The kernel's routing tables, opened before the sandbox: the
     /// underlay watch and `announce_routes = "interfaces"` read them.
     pub route_tables: Arc<crate::underlay::RouteTables>,
+    /// Where the announced routes come from now (`announce_routes` as a
+    /// reload last applied it, `cfg` being the start config).
+    pub announce_from_interfaces: AtomicBool,
     next_link: AtomicU64,
 }
 
@@ -65,6 +68,7 @@ impl Node {
         driver: mpsc::Sender<Input>,
         route_tables: Arc<crate::underlay::RouteTables>,
     ) -> Self {
+        let announce_from_interfaces = cfg.announce_routes.source() == "interfaces";
         let preauth =
             crate::preauth::PreAuth::new(cfg.limits.max_preauth, cfg.limits.max_preauth_per_ip);
         Self {
@@ -82,6 +86,7 @@ impl Node {
             shutdown,
             driver,
             route_tables,
+            announce_from_interfaces: AtomicBool::new(announce_from_interfaces),
             next_link: AtomicU64::new(1),
         }
     }

@@ -34,6 +34,7 @@ use sapper_shared::config::{
     Config, Connect, Listen, MetricsConfig, NetdConfig, NodeConfig, Transport,
 };
 use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -223,7 +224,11 @@ impl Running {
             .inspect(move |core, _| core.handle_config(now, live))
             .await
         {
-            Ok(keys) => applied.extend(keys),
+            Ok(keys) => {
+                let from = new.announce_routes.source() == "interfaces";
+                node.announce_from_interfaces.store(from, Relaxed);
+                applied.extend(keys)
+            }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "reload: routes, hint and ping timers not applied")
             }

@@ -1484,6 +1484,22 @@ fn announce_interfaces() {
         &topo,
         &["10.20.0.0/24", "10.30.0.0/24", "10.50.0.0/24", "fd30::/64"],
     );
+    // From discovery to a list by reload: the list is announced and
+    // status names where it comes from now.
+    let cfg = topo.config_path(Node::Exit);
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    let listed = text
+        .replace(
+            "announce_routes = \"interfaces\"",
+            "announce_routes = [\"10.30.0.0/24\"]",
+        )
+        .replace("announce_exclude = [\"10.40.0.0/16\"]\n", "");
+    assert_ne!(listed, text);
+    std::fs::write(&cfg, listed).expect("write config");
+    hup(&topo, Node::Exit);
+    learned_is(&topo, &["10.30.0.0/24"]);
+    let status = topo.ctl_json(Node::Exit, &["status"]).expect("status");
+    assert_eq!(status["announce_source"], "config", "{status}");
     drop(topo);
     drop(lan);
 }
