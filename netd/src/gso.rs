@@ -24,22 +24,9 @@ const ARENA: usize = 256 * 1024;
 /// between two looks at the other tasks.
 pub const RX_BATCH: usize = 64;
 
-/// Every refusal [`sapper_offload::Error`] has; a later one this list
-/// lacks is counted as `other`.
-const REFUSALS: [Error; 12] = [
-    Error::Truncated,
-    Error::BadIpHeader,
-    Error::NotTcpOrUdp,
-    Error::SegmentSizeZero,
-    Error::SegmentTooBig,
-    Error::LengthMismatch,
-    Error::UnknownGsoType,
-    Error::BadHeaderLength,
-    Error::BadChecksumOffset,
-    Error::TooBig,
-    Error::TooManySegments,
-    Error::OffloadDisabled,
-];
+/// Every refusal [`sapper_offload::Error`] has; one that list lacks is
+/// counted as `other`.
+const REFUSALS: [Error; 12] = Error::ALL;
 const SLOTS: usize = REFUSALS.len() + 1;
 
 fn slot(e: Error) -> usize {

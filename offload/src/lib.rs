@@ -109,6 +109,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every refusal, in declaration order: a drop counter's slots.
+    pub const ALL: [Error; 12] = [
+        Error::Truncated,
+        Error::BadIpHeader,
+        Error::NotTcpOrUdp,
+        Error::SegmentSizeZero,
+        Error::SegmentTooBig,
+        Error::LengthMismatch,
+        Error::UnknownGsoType,
+        Error::BadHeaderLength,
+        Error::BadChecksumOffset,
+        Error::TooBig,
+        Error::TooManySegments,
+        Error::OffloadDisabled,
+    ];
+
     /// A stable label for a drop counter (snake case, never changes).
     pub fn reason(&self) -> &'static str {
         match self {

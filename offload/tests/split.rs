@@ -426,20 +426,7 @@ fn header_for_refuses_too_many_udp_segments() {
 
 #[test]
 fn reasons_are_distinct_labels() {
-    let all = [
-        Error::Truncated,
-        Error::BadIpHeader,
-        Error::NotTcpOrUdp,
-        Error::SegmentSizeZero,
-        Error::SegmentTooBig,
-        Error::LengthMismatch,
-        Error::UnknownGsoType,
-        Error::BadHeaderLength,
-        Error::BadChecksumOffset,
-        Error::TooBig,
-        Error::TooManySegments,
-        Error::OffloadDisabled,
-    ];
+    let all = Error::ALL;
     let mut r: Vec<_> = all.iter().map(Error::reason).collect();
     assert!(r
         .iter()
